@@ -1,0 +1,428 @@
+//! A local chat cluster on loopback: `redis-server`, N chat servers and
+//! HAProxy in front, the same topology as `docker-compose.yml`.
+//!
+//! The `cluster` binary (the README's demo), the integration tests of every
+//! crate and the benchmarks all start clusters through [`Cluster::start`],
+//! so they run the same code. Every port is ephemeral unless chosen, so
+//! several clusters can run at once. Children die with the process that
+//! started them (`PR_SET_PDEATHSIG`) and on [`Drop`].
+//!
+//! # Layout
+//! - [`procs`]: one child process with its log file, readiness probes.
+//! - [`haproxy`]: the HAProxy configuration generator.
+//! - [`http`]: a tiny blocking HTTP/1.0 GET for probes and tests.
+
+pub mod haproxy;
+pub mod http;
+pub mod procs;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::procs::{free_port, Child};
+
+/// How to start a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// How many chat servers (`app1`..`appN`).
+    pub servers: usize,
+    /// HAProxy's client port; 0 picks a free one.
+    pub port: u16,
+    /// HAProxy's stats port; 0 picks a free one.
+    pub stats_port: u16,
+    /// Redis port; 0 picks a free one.
+    pub redis_port: u16,
+    /// First server port (`app1`; the others follow); 0 picks free ones.
+    pub server_base_port: u16,
+    /// Extra arguments for every server (e.g. `--max-connections 100`).
+    pub server_args: Vec<String>,
+    /// The `server` binary; `None` finds it next to the running executable
+    /// or through `CHAT_SERVER_BIN`.
+    pub server_bin: Option<PathBuf>,
+    /// HAProxy `maxconn` (each proxied connection costs it two files).
+    pub haproxy_maxconn: u32,
+    /// Where logs go; `None` makes a fresh temporary directory.
+    pub log_dir: Option<PathBuf>,
+    /// `RUST_LOG` for the servers.
+    pub server_log: String,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self {
+            servers: 3,
+            port: 0,
+            stats_port: 0,
+            redis_port: 0,
+            server_base_port: 0,
+            server_args: Vec::new(),
+            server_bin: None,
+            haproxy_maxconn: 9000,
+            log_dir: None,
+            server_log: "info".into(),
+        }
+    }
+}
+
+/// A running cluster. Dropping it stops every process.
+#[derive(Debug)]
+pub struct Cluster {
+    opts: ClusterOptions,
+    log_dir: PathBuf,
+    server_bin: PathBuf,
+    redis_port: u16,
+    redis: Option<Child>,
+    server_ports: Vec<u16>,
+    servers: Vec<Option<Child>>,
+    port: u16,
+    stats_port: u16,
+    haproxy: Option<Child>,
+}
+
+impl Cluster {
+    /// Start Redis, the servers and HAProxy, and wait until HAProxy sees
+    /// every server healthy.
+    pub fn start(opts: ClusterOptions) -> Result<Self> {
+        procs::require_tools()?;
+        let log_dir = match &opts.log_dir {
+            Some(d) => d.clone(),
+            None => procs::temp_dir("chat-cluster")?,
+        };
+        std::fs::create_dir_all(&log_dir)
+            .with_context(|| format!("creating log directory {}", log_dir.display()))?;
+        let server_bin = match &opts.server_bin {
+            Some(p) => p.clone(),
+            None => find_server_bin()?,
+        };
+        let pick = |p: u16| if p == 0 { free_port() } else { Ok(p) };
+        let redis_port = pick(opts.redis_port)?;
+        let server_ports = (0..opts.servers)
+            .map(|i| {
+                if opts.server_base_port == 0 {
+                    free_port()
+                } else {
+                    Ok(opts.server_base_port + i as u16)
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let port = pick(opts.port)?;
+        let stats_port = pick(opts.stats_port)?;
+        let mut cluster = Cluster {
+            servers: (0..opts.servers).map(|_| None).collect(),
+            opts,
+            log_dir,
+            server_bin,
+            redis_port,
+            redis: None,
+            server_ports,
+            port,
+            stats_port,
+            haproxy: None,
+        };
+        cluster.start_redis()?;
+        for i in 0..cluster.servers.len() {
+            cluster.start_server(i)?;
+        }
+        cluster.start_haproxy()?;
+        cluster.wait_all_up(Duration::from_secs(20))?;
+        Ok(cluster)
+    }
+
+    /// `ws://127.0.0.1:PORT/ws` through HAProxy.
+    pub fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}/ws", self.port)
+    }
+
+    /// `http://127.0.0.1:PORT` through HAProxy.
+    pub fn http_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// HAProxy's client address.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// HAProxy's stats page.
+    pub fn stats_url(&self) -> String {
+        format!("http://127.0.0.1:{}/stats", self.stats_port)
+    }
+
+    /// Number of servers.
+    pub fn len(&self) -> usize {
+        self.servers.len()
+    }
+
+    /// Whether the cluster has no servers.
+    pub fn is_empty(&self) -> bool {
+        self.servers.is_empty()
+    }
+
+    /// The APP_ID of server `i` (0-based): `app{i+1}`.
+    pub fn app_id(&self, i: usize) -> String {
+        format!("app{}", i + 1)
+    }
+
+    /// The address server `i` listens on.
+    pub fn server_addr(&self, i: usize) -> String {
+        format!("127.0.0.1:{}", self.server_ports[i])
+    }
+
+    /// A WebSocket URL straight to server `i`, bypassing HAProxy.
+    pub fn server_ws_url(&self, i: usize) -> String {
+        format!("ws://{}/ws", self.server_addr(i))
+    }
+
+    /// The PID of server `i`, if it runs.
+    pub fn server_pid(&self, i: usize) -> Option<u32> {
+        self.servers[i].as_ref().map(Child::pid)
+    }
+
+    /// `redis://127.0.0.1:PORT/`.
+    pub fn redis_url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.redis_port)
+    }
+
+    /// Where the logs are.
+    pub fn log_dir(&self) -> &Path {
+        &self.log_dir
+    }
+
+    /// Start (or restart) server `i` on its port with its APP_ID and wait
+    /// until its `/healthz` answers 200.
+    pub fn start_server(&mut self, i: usize) -> Result<()> {
+        let app_id = self.app_id(i);
+        let addr = self.server_addr(i);
+        let mut args = vec![
+            "--listen".to_string(),
+            addr.clone(),
+            "--app-id".into(),
+            app_id.clone(),
+            "--redis-url".into(),
+            self.redis_url(),
+        ];
+        args.extend(self.opts.server_args.iter().cloned());
+        let child = Child::spawn(
+            &app_id,
+            self.server_bin.as_os_str(),
+            &args,
+            &[("RUST_LOG", self.opts.server_log.as_str())],
+            &self.log_dir,
+        )?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok((200, _)) = http::get(&addr, "/healthz", Duration::from_millis(500)) {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{app_id} did not become healthy on {addr} within 15s\n{}",
+                    child.log_tail(20)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.servers[i] = Some(child);
+        Ok(())
+    }
+
+    /// Kill server `i` with SIGKILL: no goodbye to its clients.
+    pub fn kill_server(&mut self, i: usize) {
+        if let Some(mut c) = self.servers[i].take() {
+            c.kill();
+        }
+    }
+
+    /// Stop server `i` with SIGTERM (graceful drain) and wait for it.
+    pub fn stop_server(&mut self, i: usize) -> Result<std::process::ExitStatus> {
+        match self.servers[i].take() {
+            Some(mut c) => c.terminate(Duration::from_secs(15)),
+            None => bail!("server {i} is not running"),
+        }
+    }
+
+    /// Stop Redis (SIGKILL).
+    pub fn kill_redis(&mut self) {
+        if let Some(mut r) = self.redis.take() {
+            r.kill();
+        }
+    }
+
+    /// Start Redis on its port (after [`Cluster::kill_redis`]).
+    pub fn start_redis(&mut self) -> Result<()> {
+        let port = self.redis_port.to_string();
+        let child = Child::spawn(
+            "redis",
+            "redis-server".as_ref(),
+            &[
+                "--port",
+                &port,
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+                "--maxclients",
+                "10000",
+            ],
+            &[],
+            &self.log_dir,
+        )?;
+        procs::wait_redis(self.redis_port, Duration::from_secs(10))
+            .map_err(|e| anyhow::anyhow!("{e}\n{}", child.log_tail(20)))?;
+        self.redis = Some(child);
+        Ok(())
+    }
+
+    /// Kill Redis and start it again on the same port (empty: nothing is
+    /// persisted, like a Redis that lost its data).
+    pub fn restart_redis(&mut self) -> Result<()> {
+        self.kill_redis();
+        self.start_redis()
+    }
+
+    fn start_haproxy(&mut self) -> Result<()> {
+        let settings = haproxy::HaproxySettings {
+            bind: format!("127.0.0.1:{}", self.port),
+            servers: (0..self.servers.len())
+                .map(|i| (self.app_id(i), self.server_addr(i)))
+                .collect(),
+            stats_bind: format!("127.0.0.1:{}", self.stats_port),
+            maxconn: self.opts.haproxy_maxconn,
+            docker_dns: false,
+        };
+        let cfg = self.log_dir.join("haproxy.cfg");
+        std::fs::write(&cfg, haproxy::render(&settings))?;
+        let cfg = cfg.to_string_lossy().into_owned();
+        let child = Child::spawn(
+            "haproxy",
+            procs::haproxy_path().as_ref(),
+            &["-db", "-f", &cfg],
+            &[],
+            &self.log_dir,
+        )?;
+        self.haproxy = Some(child);
+        Ok(())
+    }
+
+    /// The status HAProxy reports for each server, e.g. `("app1","UP")`.
+    pub fn haproxy_status(&self) -> Result<Vec<(String, String)>> {
+        let (code, body) = http::get(
+            &format!("127.0.0.1:{}", self.stats_port),
+            "/stats;csv",
+            Duration::from_secs(2),
+        )?;
+        if code != 200 {
+            bail!("haproxy stats answered {code}");
+        }
+        Ok(body
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                (f.len() > 17 && f[0] == "chat_servers" && f[1].starts_with("app"))
+                    .then(|| (f[1].to_string(), f[17].to_string()))
+            })
+            .collect())
+    }
+
+    /// Wait until HAProxy sees every running server `UP` and every stopped
+    /// one not `UP`.
+    pub fn wait_all_up(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = self.haproxy_status();
+            if let Ok(st) = &status {
+                let ok = st.len() == self.servers.len()
+                    && st.iter().all(|(name, s)| {
+                        let i: usize = name[3..].parse::<usize>().unwrap_or(1) - 1;
+                        let running = self.servers.get(i).is_some_and(Option::is_some);
+                        running == s.starts_with("UP")
+                    });
+                if ok {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                let tail = self
+                    .haproxy
+                    .as_ref()
+                    .map(|h| h.log_tail(20))
+                    .unwrap_or_default();
+                bail!("HAProxy did not see the expected servers up within {timeout:?}: {status:?}\n{tail}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stop everything: servers first (SIGTERM, so they drain), then
+    /// HAProxy and Redis.
+    pub fn shutdown(&mut self) {
+        for s in self.servers.iter_mut() {
+            if let Some(mut c) = s.take() {
+                let _ = c.terminate(Duration::from_secs(10));
+            }
+        }
+        if let Some(mut h) = self.haproxy.take() {
+            h.kill();
+        }
+        self.kill_redis();
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for s in self.servers.iter_mut() {
+            if let Some(mut c) = s.take() {
+                c.kill();
+            }
+        }
+        if let Some(mut h) = self.haproxy.take() {
+            h.kill();
+        }
+        self.kill_redis();
+    }
+}
+
+/// Find the `server` binary: `CHAT_SERVER_BIN`, then next to the running
+/// executable (or one directory up, for test binaries in `deps/`), building
+/// it with cargo when running under cargo and it is missing.
+pub fn find_server_bin() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("CHAT_SERVER_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    let mut dirs = Vec::new();
+    if let Some(d) = exe.parent() {
+        dirs.push(d.to_path_buf());
+        if let Some(up) = d.parent() {
+            dirs.push(up.to_path_buf());
+        }
+    }
+    let look = |dirs: &[PathBuf]| dirs.iter().map(|d| d.join("server")).find(|p| p.is_file());
+    if let Some(p) = look(&dirs) {
+        return Ok(p);
+    }
+    if let Some(cargo) = std::env::var_os("CARGO") {
+        let release = dirs.iter().any(|d| d.ends_with("release"));
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.args(["build", "-q", "-p", "chat-server", "--bin", "server"]);
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().context("running cargo build -p chat-server")?;
+        if status.success() {
+            if let Some(p) = look(&dirs) {
+                return Ok(p);
+            }
+        }
+    }
+    bail!(
+        "cannot find the chat `server` binary next to {} — build it with `cargo build -p chat-server` or set CHAT_SERVER_BIN",
+        exe.display()
+    )
+}

@@ -1,0 +1,188 @@
+//! Child processes of a cluster: spawned with their output in a log file,
+//! killed with their parent, and probed for readiness.
+
+use std::ffi::OsStr;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// A running child process and the log file that holds its output.
+#[derive(Debug)]
+pub struct Child {
+    name: String,
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl Child {
+    /// Spawn `program` with `args`, stdout and stderr going to
+    /// `<log_dir>/<name>.log` (appended, so restarts keep history).
+    pub fn spawn(
+        name: &str,
+        program: &OsStr,
+        args: &[impl AsRef<OsStr>],
+        env: &[(&str, &str)],
+        log_dir: &Path,
+    ) -> Result<Self> {
+        let log = log_dir.join(format!("{name}.log"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("opening {}", log.display()))?;
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file);
+        die_with_parent(&mut cmd);
+        let child = cmd.spawn().with_context(|| {
+            format!("starting {name} ({})", Path::new(program).display())
+        })?;
+        Ok(Self {
+            name: name.to_string(),
+            child,
+            log,
+        })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait up to `grace` before SIGKILL.
+    pub fn terminate(&mut self, grace: Duration) -> Result<ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + grace;
+        loop {
+            if let Some(st) = self.child.try_wait()? {
+                return Ok(st);
+            }
+            if Instant::now() > deadline {
+                self.kill();
+                bail!("{} did not exit within {grace:?} of SIGTERM", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The last `n` lines of the log, for error messages.
+    pub fn log_tail(&self, n: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let from = lines.len().saturating_sub(n);
+        format!(
+            "--- last lines of {} ---\n{}",
+            self.log.display(),
+            lines[from..].join("\n")
+        )
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches no memory of ours; it
+    // only asks the kernel to SIGKILL the child when its parent thread dies,
+    // so a crashed test never leaves servers holding ports.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_parent(_cmd: &mut Command) {}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A fresh directory under the system temp dir.
+pub fn temp_dir(prefix: &str) -> Result<PathBuf> {
+    let base = std::env::temp_dir();
+    for n in 0..1000u32 {
+        let d = base.join(format!("{prefix}-{}-{n}", std::process::id()));
+        if std::fs::create_dir(&d).is_ok() {
+            return Ok(d);
+        }
+    }
+    bail!("cannot create a temporary directory under {}", base.display())
+}
+
+/// HAProxy lives in /usr/sbin on Debian, which is not on every PATH.
+pub fn haproxy_path() -> PathBuf {
+    which("haproxy").unwrap_or_else(|| PathBuf::from("/usr/sbin/haproxy"))
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// Fail with what to install when `redis-server` or `haproxy` is missing.
+/// Tests call this instead of skipping.
+pub fn require_tools() -> Result<()> {
+    let mut missing = Vec::new();
+    if which("redis-server").is_none() {
+        missing.push("redis-server");
+    }
+    if !haproxy_path().is_file() {
+        missing.push("haproxy");
+    }
+    if !missing.is_empty() {
+        bail!(
+            "missing {}: install with `sudo apt-get install -y {}` (the tests need real processes and never skip)",
+            missing.join(" and "),
+            missing.join(" ")
+        );
+    }
+    Ok(())
+}
+
+/// Wait until Redis on `port` answers PING.
+pub fn wait_redis(port: u16, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if ping_redis(port).is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("redis-server did not answer PING on port {port} within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn ping_redis(port: u16) -> Result<()> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_millis(500)))?;
+    s.write_all(b"PING\r\n")?;
+    let mut buf = [0u8; 7];
+    s.read_exact(&mut buf)?;
+    if &buf != b"+PONG\r\n" {
+        bail!("unexpected reply {buf:?}");
+    }
+    Ok(())
+}
