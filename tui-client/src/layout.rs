@@ -1,0 +1,154 @@
+//! Screen geometry shared by the state and the view.
+//!
+//! The state needs to know how wide the message pane is (a page for PgUp,
+//! how many rows a new line adds while scrolled up, which pane the mouse is
+//! over) and the view needs the same numbers to draw; computing them in one
+//! place keeps the two from drifting apart.
+
+use std::ops::Range;
+
+use ratatui::layout::Rect;
+
+use crate::state::room::{Line, LineKind};
+use crate::wrap;
+
+/// Width of the room list on the left.
+pub const ROOMS_WIDTH: u16 = 18;
+/// Width of the member list on the right.
+pub const MEMBERS_WIDTH: u16 = 20;
+/// Below this terminal width the side panes are hidden so the messages keep
+/// a usable width.
+pub const SIDEBARS_MIN_WIDTH: u16 = 70;
+/// Cells for the nick column (right-aligned, cut with `…`).
+pub const NICK_COL: usize = 12;
+/// Cells for the `HH:MM:SS` column.
+pub const TIME_COL: usize = 8;
+/// Cells for the APP_ID column when it is shown.
+pub const APP_COL: usize = 6;
+/// The separator between the prefix and the text.
+pub const SEPARATOR: &str = " │ ";
+/// Cells [`SEPARATOR`] takes.
+pub const SEPARATOR_WIDTH: usize = 3;
+
+/// Where each pane goes for a terminal of a given size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Panes {
+    pub rooms: Option<Rect>,
+    pub messages: Rect,
+    pub members: Option<Rect>,
+    pub status: Rect,
+    pub input: Rect,
+}
+
+/// Split the terminal: side panes, messages, then the status bar and the
+/// input line at the bottom (always visible, whatever the size).
+pub fn panes(area: Rect) -> Panes {
+    let input_h = area.height.min(1);
+    let status_h = area.height.saturating_sub(input_h).min(1);
+    let body_h = area.height.saturating_sub(input_h + status_h);
+    let input = Rect::new(area.x, area.y + body_h + status_h, area.width, input_h);
+    let status = Rect::new(area.x, area.y + body_h, area.width, status_h);
+    let body = Rect::new(area.x, area.y, area.width, body_h);
+    if area.width < SIDEBARS_MIN_WIDTH {
+        return Panes {
+            rooms: None,
+            messages: body,
+            members: None,
+            status,
+            input,
+        };
+    }
+    let rooms = Rect::new(body.x, body.y, ROOMS_WIDTH, body.height);
+    let members = Rect::new(
+        body.x + body.width - MEMBERS_WIDTH,
+        body.y,
+        MEMBERS_WIDTH,
+        body.height,
+    );
+    let messages = Rect::new(
+        body.x + ROOMS_WIDTH,
+        body.y,
+        body.width - ROOMS_WIDTH - MEMBERS_WIDTH,
+        body.height,
+    );
+    Panes {
+        rooms: Some(rooms),
+        messages,
+        members: Some(members),
+        status,
+        input,
+    }
+}
+
+/// Cells before the text of a line: time, APP_ID (when shown), nick, `│`.
+pub fn prefix_width(show_app_ids: bool) -> usize {
+    TIME_COL + 1 + if show_app_ids { APP_COL + 1 } else { 0 } + NICK_COL + SEPARATOR_WIDTH
+}
+
+/// The text of a line as it is drawn after the prefix: an action reads
+/// `nick waves`.
+pub fn body_text(line: &Line) -> std::borrow::Cow<'_, str> {
+    match &line.kind {
+        LineKind::Message { action: true, .. } | LineKind::Pending { action: true, .. } => {
+            format!("{} {}", line.nick, line.text).into()
+        }
+        _ => line.text.as_str().into(),
+    }
+}
+
+/// The rows of a line's text in a message pane `width` cells wide: byte
+/// ranges into [`body_text`]. Later rows are indented to the text column
+/// (like WeeChat), unless the pane is too narrow for that to leave room.
+pub fn line_rows(body: &str, width: usize, show_app_ids: bool) -> Vec<Range<usize>> {
+    let prefix = prefix_width(show_app_ids);
+    let indent = if width >= prefix + 16 { prefix } else { 0 };
+    wrap::wrap(
+        body,
+        width.saturating_sub(prefix),
+        width.saturating_sub(indent),
+    )
+}
+
+/// How many rows a line takes in a pane `width` cells wide.
+pub fn line_height(line: &Line, width: usize, show_app_ids: bool) -> usize {
+    line_rows(&body_text(line), width, show_app_ids).len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panes_fill_the_terminal() {
+        let p = panes(Rect::new(0, 0, 120, 40));
+        assert_eq!(p.input, Rect::new(0, 39, 120, 1));
+        assert_eq!(p.status, Rect::new(0, 38, 120, 1));
+        assert_eq!(p.messages.height, 38);
+        assert_eq!(
+            p.rooms.unwrap().width + p.messages.width + p.members.unwrap().width,
+            120
+        );
+    }
+
+    #[test]
+    fn narrow_terminals_drop_the_side_panes() {
+        let p = panes(Rect::new(0, 0, 50, 10));
+        assert!(p.rooms.is_none() && p.members.is_none());
+        assert_eq!(p.messages, Rect::new(0, 0, 50, 8));
+    }
+
+    #[test]
+    fn tiny_terminals_do_not_underflow() {
+        for (w, h) in [(0, 0), (1, 1), (5, 2), (80, 1)] {
+            let p = panes(Rect::new(0, 0, w, h));
+            assert!(p.messages.height <= h);
+        }
+    }
+
+    #[test]
+    fn prefix_widths() {
+        // "12:00:00 " + 12 nick cells + " │ "
+        assert_eq!(prefix_width(false), 8 + 1 + 12 + 3);
+        assert_eq!(prefix_width(true), 8 + 1 + 7 + 12 + 3);
+    }
+}

@@ -1,0 +1,427 @@
+//! The connection loop: connect, read the welcome, resume, relay frames,
+//! ping, and on any loss wait (backoff with jitter) and start over.
+//!
+//! One task owns the socket and the [`Session`]; the UI reaches it only
+//! through its command channel, so no lock is ever shared.
+
+use std::time::{Duration, Instant};
+
+use chat_protocol::{close, ClientFrame, ServerFrame};
+use futures_util::{SinkExt, StreamExt};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use super::bucket::Bucket;
+use super::session::{Outgoing, Session};
+use super::{url, Command, NetConfig, NetEvent, Request};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How a connection (or an attempt) ended.
+enum Exit {
+    /// Lost: retry after a backoff.
+    Retry(String),
+    /// Refused for good: wait for the user.
+    Offline(String),
+    /// The user asked to reconnect now.
+    Now,
+    /// Stop the worker (the UI is gone or asked to quit).
+    Shutdown(Option<oneshot::Sender<()>>),
+}
+
+pub(super) struct Actor {
+    cfg: NetConfig,
+    session: Session,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<NetEvent>,
+    rng: StdRng,
+    /// The zero of the ping timestamps.
+    epoch: Instant,
+    next_ping: u64,
+}
+
+impl Actor {
+    pub(super) fn new(
+        cfg: NetConfig,
+        commands: mpsc::Receiver<Command>,
+        events: mpsc::Sender<NetEvent>,
+    ) -> Self {
+        Self {
+            session: Session::new(&cfg.nick, &cfg.room, cfg.history),
+            cfg,
+            commands,
+            events,
+            rng: StdRng::from_os_rng(),
+            epoch: Instant::now(),
+            next_ping: 0,
+        }
+    }
+
+    /// Tell the UI; false when the UI is gone.
+    async fn emit(&self, ev: NetEvent) -> bool {
+        self.events.send(ev).await.is_ok()
+    }
+
+    pub(super) async fn run(mut self) {
+        // Consecutive failures: the backoff grows with it and a stable
+        // connection resets it.
+        let mut failures: u32 = 0;
+        loop {
+            if !self.emit(NetEvent::Connecting { attempt: failures }).await {
+                return;
+            }
+            let target = url::with_params(&self.cfg.url, &self.session.connect_params());
+            tracing::info!(url = %target, attempt = failures, "connecting");
+            let exit = match self.connect(&target).await {
+                Ok(ws) => {
+                    let started = Instant::now();
+                    let exit = self.connected(ws).await;
+                    if started.elapsed() >= self.cfg.stable_after {
+                        failures = 0;
+                    }
+                    exit
+                }
+                Err(exit) => exit,
+            };
+            let delay = match exit {
+                Exit::Shutdown(done) => {
+                    if let Some(done) = done {
+                        let _ = done.send(());
+                    }
+                    return;
+                }
+                Exit::Now => {
+                    failures = 0;
+                    continue;
+                }
+                Exit::Retry(reason) => {
+                    failures += 1;
+                    let delay = self.cfg.backoff.delay(failures, &mut self.rng);
+                    tracing::warn!(%reason, attempt = failures, ?delay, "disconnected; will retry");
+                    (reason, Some(delay))
+                }
+                Exit::Offline(reason) => {
+                    failures += 1;
+                    tracing::warn!(%reason, "disconnected; not retrying until asked");
+                    (reason, None)
+                }
+            };
+            let (reason, retry_in) = delay;
+            let ev = NetEvent::Disconnected {
+                reason,
+                retry_in,
+                attempt: failures,
+            };
+            if !self.emit(ev).await {
+                return;
+            }
+            if let Some(Exit::Shutdown(done)) = self.wait(retry_in).await {
+                if let Some(done) = done {
+                    let _ = done.send(());
+                }
+                return;
+            }
+        }
+    }
+
+    /// Wait out the backoff (or forever, when offline) while still taking
+    /// requests: joins, leaves and sends made now apply on the next
+    /// connection. Returns `Some` only to shut down.
+    async fn wait(&mut self, delay: Option<Duration>) -> Option<Exit> {
+        let sleep = tokio::time::sleep(delay.unwrap_or(Duration::MAX / 4));
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep, if delay.is_some() => return None,
+                cmd = self.commands.recv() => match cmd {
+                    None => return Some(Exit::Shutdown(None)),
+                    Some(Command::Shutdown(done)) => return Some(Exit::Shutdown(Some(done))),
+                    Some(Command::Request(Request::Reconnect)) => return None,
+                    Some(Command::Request(r)) => {
+                        if !self.offline_request(r).await {
+                            return Some(Exit::Shutdown(None));
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    /// A request while there is no connection. False when the UI is gone.
+    async fn offline_request(&mut self, r: Request) -> bool {
+        match r {
+            Request::Join(room) => {
+                self.session.join(&room);
+            }
+            Request::Leave(room) => {
+                self.session.leave(&room);
+            }
+            Request::Nick(nick) => self.session.nick = nick,
+            Request::Send {
+                room,
+                text,
+                id,
+                action,
+            } => return self.enqueue(room, text, id, action).await,
+            // The UI says "not connected" itself; nothing to remember.
+            Request::Who(_) | Request::Reconnect => {}
+        }
+        true
+    }
+
+    async fn enqueue(&mut self, room: String, text: String, id: String, action: bool) -> bool {
+        let out = Outgoing {
+            id: id.clone(),
+            room: room.clone(),
+            text,
+            action,
+            sent: false,
+        };
+        match self.session.enqueue(out) {
+            Ok(()) => true,
+            Err(reason) => self.emit(NetEvent::SendFailed { id, room, reason }).await,
+        }
+    }
+
+    /// Open the WebSocket, still answering requests meanwhile.
+    async fn connect(&mut self, target: &str) -> Result<Ws, Exit> {
+        let attempt = tokio::time::timeout(
+            self.cfg.connect_timeout,
+            tokio_tungstenite::connect_async(target),
+        );
+        tokio::pin!(attempt);
+        loop {
+            tokio::select! {
+                res = &mut attempt => {
+                    return match res {
+                        Err(_) => Err(Exit::Retry(format!(
+                            "no answer within {}s", self.cfg.connect_timeout.as_secs()
+                        ))),
+                        Ok(Ok((ws, _))) => Ok(ws),
+                        Ok(Err(e)) => Err(connect_error(e)),
+                    };
+                }
+                cmd = self.commands.recv() => match cmd {
+                    None => return Err(Exit::Shutdown(None)),
+                    Some(Command::Shutdown(done)) => return Err(Exit::Shutdown(Some(done))),
+                    Some(Command::Request(Request::Reconnect)) => return Err(Exit::Now),
+                    Some(Command::Request(r)) => {
+                        if !self.offline_request(r).await {
+                            return Err(Exit::Shutdown(None));
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    /// Run one connection until it ends.
+    async fn connected(&mut self, ws: Ws) -> Exit {
+        let (mut sink, mut stream) = ws.split();
+        let welcome = tokio::time::timeout(self.cfg.connect_timeout, stream.next()).await;
+        let frame = match welcome {
+            Err(_) => return Exit::Retry("no welcome from the server".into()),
+            Ok(None) => return Exit::Retry("closed before the welcome".into()),
+            Ok(Some(Err(e))) => return Exit::Retry(format!("connection lost: {e}")),
+            Ok(Some(Ok(Message::Close(cf)))) => return close_exit(cf),
+            Ok(Some(Ok(Message::Text(t)))) => serde_json::from_str::<ServerFrame>(&t),
+            Ok(Some(Ok(other))) => {
+                return Exit::Retry(format!("expected a welcome, got {other:?}"));
+            }
+        };
+        let (app_id, conn_id, nick, limits) = match frame {
+            Ok(ServerFrame::Welcome {
+                app_id,
+                conn_id,
+                nick,
+                limits,
+                ..
+            }) => (app_id, conn_id, nick, limits),
+            other => return Exit::Retry(format!("expected a welcome, got {other:?}")),
+        };
+        tracing::info!(%app_id, %conn_id, %nick, "connected");
+        self.session.nick.clone_from(&nick);
+        let mut bucket = Bucket::inside(limits.rate_per_sec, limits.burst, Instant::now());
+        let ev = NetEvent::Connected {
+            app_id,
+            conn_id,
+            nick,
+            limits,
+        };
+        if !self.emit(ev).await {
+            return Exit::Shutdown(None);
+        }
+        for join in self.session.on_connected() {
+            if let Err(e) = send(&mut sink, &join).await {
+                return Exit::Retry(format!("connection lost: {e}"));
+            }
+        }
+        let mut ping = tokio::time::interval(self.cfg.ping_interval);
+        let mut last_heard = Instant::now();
+        let mut pace: Option<Instant> = None;
+        loop {
+            // Write whatever may go now, inside the rate limit.
+            while pace.is_none() && self.session.has_sendable() {
+                let now = Instant::now();
+                if !bucket.try_take(now) {
+                    pace = Some(bucket.next_token(now));
+                    break;
+                }
+                if let Some(frame) = self.session.next_sendable() {
+                    if let Err(e) = send(&mut sink, &frame).await {
+                        return Exit::Retry(format!("connection lost: {e}"));
+                    }
+                }
+            }
+            let pace_at = pace.unwrap_or_else(Instant::now);
+            tokio::select! {
+                msg = stream.next() => {
+                    last_heard = Instant::now();
+                    match msg {
+                        None => return Exit::Retry("the server closed the connection".into()),
+                        Some(Err(e)) => return Exit::Retry(format!("connection lost: {e}")),
+                        Some(Ok(Message::Close(cf))) => return close_exit(cf),
+                        Some(Ok(Message::Text(t))) => {
+                            if !self.on_text(&t).await {
+                                return Exit::Shutdown(None);
+                            }
+                        }
+                        // Pings are answered by tungstenite; binary is not
+                        // part of the protocol.
+                        Some(Ok(_)) => {}
+                    }
+                }
+                cmd = self.commands.recv() => {
+                    let frame = match cmd {
+                        None => return Exit::Shutdown(None),
+                        Some(Command::Shutdown(done)) => {
+                            let bye = CloseFrame { code: CloseCode::Normal, reason: "bye".into() };
+                            let _ = tokio::time::timeout(
+                                Duration::from_millis(500),
+                                sink.send(Message::Close(Some(bye))),
+                            ).await;
+                            return Exit::Shutdown(Some(done));
+                        }
+                        Some(Command::Request(r)) => match r {
+                            Request::Reconnect => {
+                                let _ = sink.send(Message::Close(None)).await;
+                                return Exit::Now;
+                            }
+                            Request::Send { room, text, id, action } => {
+                                if !self.enqueue(room, text, id, action).await {
+                                    return Exit::Shutdown(None);
+                                }
+                                None
+                            }
+                            Request::Join(room) => self.session.join(&room),
+                            Request::Leave(room) => Some(self.session.leave(&room)),
+                            Request::Nick(nick) => Some(ClientFrame::Nick { nick }),
+                            Request::Who(room) => Some(ClientFrame::Who { room }),
+                        },
+                    };
+                    if let Some(frame) = frame {
+                        if let Err(e) = send(&mut sink, &frame).await {
+                            return Exit::Retry(format!("connection lost: {e}"));
+                        }
+                    }
+                }
+                _ = ping.tick() => {
+                    let silent = last_heard.elapsed();
+                    if silent >= self.cfg.dead_after {
+                        return Exit::Retry(format!(
+                            "no answer from the server for {}s", silent.as_secs()
+                        ));
+                    }
+                    self.next_ping += 1;
+                    let frame = ClientFrame::Ping {
+                        id: Some(format!("p{}", self.next_ping)),
+                        ts: Some(self.epoch.elapsed().as_millis() as u64),
+                    };
+                    if let Err(e) = send(&mut sink, &frame).await {
+                        return Exit::Retry(format!("connection lost: {e}"));
+                    }
+                }
+                _ = tokio::time::sleep_until(pace_at.into()), if pace.is_some() => {
+                    pace = None;
+                }
+            }
+        }
+    }
+
+    /// One text frame from the server. False when the UI is gone.
+    async fn on_text(&mut self, text: &str) -> bool {
+        let frame = match serde_json::from_str::<ServerFrame>(text) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(error = %e, frame = %text, "unreadable frame from the server");
+                return true;
+            }
+        };
+        match frame {
+            ServerFrame::Pong { ts: Some(ts), .. } => {
+                let now = self.epoch.elapsed().as_millis() as u64;
+                let rtt = Duration::from_millis(now.saturating_sub(ts));
+                self.emit(NetEvent::Rtt(rtt)).await
+            }
+            ServerFrame::Pong { .. } => true,
+            frame => {
+                if self.session.observe(&frame) {
+                    self.emit(NetEvent::Frame(frame)).await
+                } else {
+                    tracing::debug!(?frame, "dropped a duplicate");
+                    true
+                }
+            }
+        }
+    }
+}
+
+async fn send<S>(sink: &mut S, frame: &ClientFrame) -> Result<(), WsError>
+where
+    S: SinkExt<Message, Error = WsError> + Unpin,
+{
+    let json = serde_json::to_string(frame).expect("client frames always serialise");
+    sink.send(Message::Text(json.into())).await
+}
+
+/// What a close frame from the server means for us.
+fn close_exit(cf: Option<CloseFrame>) -> Exit {
+    let Some(cf) = cf else {
+        return Exit::Retry("the server closed the connection".into());
+    };
+    let code = u16::from(cf.code);
+    let reason = format!("closed by the server: {} {} {}", code, close::name(code), cf.reason);
+    if close::should_reconnect(code) {
+        Exit::Retry(reason)
+    } else {
+        Exit::Offline(reason)
+    }
+}
+
+/// What a failed connection attempt means: a `400` (bad nick or room) will
+/// not get better by retrying; anything else might.
+fn connect_error(e: WsError) -> Exit {
+    match e {
+        WsError::Http(resp) => {
+            let body = resp
+                .body()
+                .as_deref()
+                .map(|b| String::from_utf8_lossy(b).trim().to_string())
+                .unwrap_or_default();
+            let status = resp.status();
+            let reason = format!("the server refused the connection: {status} {body}");
+            if status.is_client_error() && status.as_u16() != 429 {
+                Exit::Offline(reason)
+            } else {
+                Exit::Retry(reason)
+            }
+        }
+        other => Exit::Retry(format!("cannot connect: {other}")),
+    }
+}

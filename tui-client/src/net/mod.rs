@@ -1,0 +1,170 @@
+//! The network worker: an actor that owns the WebSocket, reconnects with
+//! backoff, resumes every room, and reports to the UI as [`NetEvent`]s.
+//!
+//! The UI talks to it only through a [`NetHandle`] (typed requests; the
+//! shutdown waits on a `oneshot` reply) and never blocks on the network:
+//! requests are queued with `try_send`, and events arrive on a bounded
+//! channel that the UI drains between frames.
+//!
+//! - [`session`]: what survives a reconnect (offsets, outbox), pure logic.
+//! - [`backoff`]: exponential backoff with jitter.
+//! - [`bucket`]: pacing sends inside the server's rate limit.
+//! - [`url`]: the connect URL.
+//! - `actor`: the connection loop itself.
+
+mod actor;
+pub mod backoff;
+pub mod bucket;
+pub mod session;
+pub mod url;
+
+use std::time::Duration;
+
+use chat_protocol::{Limits, ServerFrame};
+use tokio::sync::{mpsc, oneshot};
+
+pub use backoff::Backoff;
+
+/// What the UI asks the network to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Join(String),
+    Leave(String),
+    Nick(String),
+    Send {
+        room: String,
+        text: String,
+        /// The client's message id, echoed by the server: it matches the
+        /// local echo to the delivered message.
+        id: String,
+        action: bool,
+    },
+    Who(Option<String>),
+    /// Drop the wait (or the connection) and connect now.
+    Reconnect,
+}
+
+/// What the network tells the UI.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NetEvent {
+    /// A connection attempt started; `attempt` is 0 for the first connect
+    /// and counts failed attempts after that.
+    Connecting { attempt: u32 },
+    /// The welcome arrived.
+    Connected {
+        app_id: String,
+        conn_id: String,
+        nick: String,
+        limits: Limits,
+    },
+    /// A server frame, duplicates already dropped.
+    Frame(ServerFrame),
+    /// A round-trip time measured with an application ping.
+    Rtt(Duration),
+    /// The connection is gone. `retry_in` is `None` when the client will
+    /// not retry by itself (the server refused it for good); `attempt` is
+    /// the number of the next attempt.
+    Disconnected {
+        reason: String,
+        retry_in: Option<Duration>,
+        attempt: u32,
+    },
+    /// A send was refused before it reached the server.
+    SendFailed {
+        id: String,
+        room: String,
+        reason: String,
+    },
+}
+
+/// How the network worker behaves.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// The server URL without the session's query parameters.
+    pub url: String,
+    pub nick: String,
+    pub room: String,
+    /// Messages to replay when a room is joined for the first time.
+    pub history: u32,
+    pub backoff: Backoff,
+    /// How often to measure the round trip (and show liveness).
+    pub ping_interval: Duration,
+    /// With nothing heard for this long, the connection is taken as dead
+    /// (a half-open TCP connection otherwise hangs for minutes).
+    pub dead_after: Duration,
+    /// The limit for connecting and receiving the welcome.
+    pub connect_timeout: Duration,
+    /// A connection that lasted this long resets the backoff.
+    pub stable_after: Duration,
+}
+
+impl NetConfig {
+    pub fn new(url: &str, nick: &str, room: &str) -> Self {
+        Self {
+            url: url.to_string(),
+            nick: nick.to_string(),
+            room: room.to_string(),
+            history: 50,
+            backoff: Backoff::default(),
+            ping_interval: Duration::from_secs(5),
+            dead_after: Duration::from_secs(20),
+            connect_timeout: Duration::from_secs(10),
+            stable_after: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why a request could not be queued.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NetError {
+    #[error("the network worker is busy; try again")]
+    Busy,
+    #[error("the network worker has stopped")]
+    Stopped,
+}
+
+#[derive(Debug)]
+enum Command {
+    Request(Request),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// The UI's handle on the network worker.
+#[derive(Debug, Clone)]
+pub struct NetHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+/// Requests the UI may queue before the worker catches up (a paste of many
+/// lines is one request per line).
+const REQUEST_QUEUE: usize = 1024;
+/// Events the worker may queue before it waits for the UI: in a busy room
+/// this is what pushes back on the socket instead of growing memory.
+const EVENT_QUEUE: usize = 4096;
+
+impl NetHandle {
+    /// Queue a request without waiting.
+    pub fn request(&self, r: Request) -> Result<(), NetError> {
+        self.tx.try_send(Command::Request(r)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => NetError::Busy,
+            mpsc::error::TrySendError::Closed(_) => NetError::Stopped,
+        })
+    }
+
+    /// Close the connection politely (close code 1000) and stop the worker;
+    /// waits at most `limit`.
+    pub async fn shutdown(&self, limit: Duration) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Command::Shutdown(tx)).await.is_ok() {
+            let _ = tokio::time::timeout(limit, rx).await;
+        }
+    }
+}
+
+/// Start the network worker on the current tokio runtime.
+pub fn spawn(config: NetConfig) -> (NetHandle, mpsc::Receiver<NetEvent>) {
+    let (tx, commands) = mpsc::channel(REQUEST_QUEUE);
+    let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
+    tokio::spawn(actor::Actor::new(config, commands, events_tx).run());
+    (NetHandle { tx }, events)
+}

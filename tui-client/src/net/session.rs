@@ -1,0 +1,243 @@
+//! What must survive a reconnect: the nick, the joined rooms with the last
+//! offset seen in each, and the messages not yet confirmed by the server.
+//!
+//! The session is plain data driven by the network actor, so resume and
+//! deduplication are tested without sockets. The rules:
+//! - every room resumes with `since` = the last offset seen, so the server
+//!   replays exactly what was missed;
+//! - a message at or below that offset is a duplicate and is dropped;
+//! - a message sent but not echoed when the socket dropped is sent again
+//!   only once its room has caught up to the `head` the server announced on
+//!   re-join: if the server had accepted it, the replay holds it (with our
+//!   id) and it is not sent twice.
+
+use std::collections::VecDeque;
+
+use chat_protocol::{ClientFrame, ServerFrame};
+
+/// Most unconfirmed sends kept while disconnected.
+pub const OUTBOX_MAX: usize = 256;
+
+/// One joined room as the network sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrackedRoom {
+    pub name: String,
+    /// The last offset seen, or the point replay starts from. `None` until
+    /// the first `joined`: then there is nothing to resume from.
+    pub last: Option<u64>,
+    /// The room's head announced by `joined` on the current connection;
+    /// `None` until then.
+    pub head: Option<u64>,
+}
+
+impl TrackedRoom {
+    /// Replay on this connection has reached the head announced at join.
+    pub fn caught_up(&self) -> bool {
+        matches!((self.head, self.last), (Some(h), Some(l)) if l >= h)
+    }
+}
+
+/// A chat line waiting for the server's echo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    pub id: String,
+    pub room: String,
+    pub text: String,
+    pub action: bool,
+    /// Written to the current connection.
+    pub sent: bool,
+}
+
+/// The resumable state of the connection.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub nick: String,
+    /// Joined rooms in join order. The first is the room in the connect URL.
+    pub rooms: Vec<TrackedRoom>,
+    pub outbox: VecDeque<Outgoing>,
+    /// Messages replayed when joining a room for the first time.
+    pub history: u32,
+}
+
+impl Session {
+    pub fn new(nick: &str, room: &str, history: u32) -> Self {
+        Self {
+            nick: nick.to_string(),
+            rooms: vec![TrackedRoom {
+                name: room.to_string(),
+                last: None,
+                head: None,
+            }],
+            outbox: VecDeque::new(),
+            history,
+        }
+    }
+
+    pub fn room(&self, name: &str) -> Option<&TrackedRoom> {
+        self.rooms.iter().find(|r| r.name == name)
+    }
+
+    fn room_mut(&mut self, name: &str) -> Option<&mut TrackedRoom> {
+        self.rooms.iter_mut().find(|r| r.name == name)
+    }
+
+    fn join_params(&self, room: &TrackedRoom) -> (Option<u64>, Option<u32>) {
+        match room.last {
+            Some(since) => (Some(since), None),
+            None => (None, Some(self.history).filter(|h| *h > 0)),
+        }
+    }
+
+    /// The query parameters for the connect URL: the first room (resumed
+    /// when possible) and the nick. A connection always starts in a room.
+    pub fn connect_params(&self) -> Vec<(&'static str, String)> {
+        // Without a nick the server picks one (and the welcome tells us).
+        let mut q = Vec::new();
+        if !self.nick.is_empty() {
+            q.push(("nick", self.nick.clone()));
+        }
+        if let Some(first) = self.rooms.first() {
+            q.push(("room", first.name.clone()));
+            match self.join_params(first) {
+                (Some(since), _) => q.push(("since", since.to_string())),
+                (None, Some(h)) => q.push(("history", h.to_string())),
+                (None, None) => {}
+            }
+        }
+        q
+    }
+
+    /// A new connection is up (welcome received): nothing is joined or sent
+    /// on it yet. Returns the joins for every room after the first.
+    pub fn on_connected(&mut self) -> Vec<ClientFrame> {
+        for r in &mut self.rooms {
+            r.head = None;
+        }
+        for o in &mut self.outbox {
+            o.sent = false;
+        }
+        self.rooms
+            .iter()
+            .skip(1)
+            .map(|r| {
+                let (since, history) = self.join_params(r);
+                ClientFrame::Join {
+                    room: r.name.clone(),
+                    since,
+                    history,
+                }
+            })
+            .collect()
+    }
+
+    /// The user joins a room: returns the frame to send when connected
+    /// (nothing if it is already joined).
+    pub fn join(&mut self, room: &str) -> Option<ClientFrame> {
+        if self.room(room).is_some() {
+            return None;
+        }
+        let tracked = TrackedRoom {
+            name: room.to_string(),
+            last: None,
+            head: None,
+        };
+        let (since, history) = self.join_params(&tracked);
+        self.rooms.push(tracked);
+        Some(ClientFrame::Join {
+            room: room.to_string(),
+            since,
+            history,
+        })
+    }
+
+    /// The user leaves a room: unconfirmed sends to it are dropped.
+    pub fn leave(&mut self, room: &str) -> ClientFrame {
+        self.rooms.retain(|r| r.name != room);
+        self.outbox.retain(|o| o.room != room);
+        ClientFrame::Leave {
+            room: room.to_string(),
+        }
+    }
+
+    /// Queue a chat line. Fails when too many are already waiting.
+    pub fn enqueue(&mut self, out: Outgoing) -> Result<(), String> {
+        if self.outbox.len() >= OUTBOX_MAX {
+            return Err(format!(
+                "{OUTBOX_MAX} messages are already waiting to be sent"
+            ));
+        }
+        self.outbox.push_back(out);
+        Ok(())
+    }
+
+    /// The next queued line that may be written now: not yet written on
+    /// this connection, and its room has caught up (see the module doc).
+    /// It is marked as written.
+    pub fn next_sendable(&mut self) -> Option<ClientFrame> {
+        let rooms = &self.rooms;
+        let o = self.outbox.iter_mut().find(|o| {
+            !o.sent
+                && rooms
+                    .iter()
+                    .any(|r| r.name == o.room && r.caught_up())
+        })?;
+        o.sent = true;
+        Some(ClientFrame::Send {
+            room: Some(o.room.clone()),
+            text: o.text.clone(),
+            id: Some(o.id.clone()),
+            action: o.action,
+        })
+    }
+
+    /// Whether something waits for [`Session::next_sendable`].
+    pub fn has_sendable(&self) -> bool {
+        self.outbox
+            .iter()
+            .any(|o| !o.sent && self.room(&o.room).is_some_and(TrackedRoom::caught_up))
+    }
+
+    /// Learn from a server frame. Returns false for a duplicate message,
+    /// which must not be shown.
+    pub fn observe(&mut self, frame: &ServerFrame) -> bool {
+        match frame {
+            ServerFrame::Welcome { nick, .. } => self.nick.clone_from(nick),
+            ServerFrame::Joined { room, head } => {
+                let history = self.history;
+                if let Some(r) = self.room_mut(room) {
+                    r.head = Some(*head);
+                    if r.last.is_none() {
+                        // A fresh join: replay covers the last `history`
+                        // offsets, live messages follow the head.
+                        r.last = Some(head.saturating_sub(u64::from(history)));
+                    }
+                }
+            }
+            ServerFrame::Message(m) => {
+                if let Some(id) = &m.id {
+                    self.outbox.retain(|o| &o.id != id);
+                }
+                if let Some(r) = self.room_mut(&m.room) {
+                    if r.last.is_some_and(|last| m.offset <= last) {
+                        return false;
+                    }
+                    r.last = Some(m.offset);
+                }
+            }
+            ServerFrame::Gap { room, to, .. } => {
+                if let Some(r) = self.room_mut(room) {
+                    r.last = Some(r.last.map_or(*to, |l| l.max(*to)));
+                }
+            }
+            ServerFrame::Error { id: Some(id), .. } => {
+                self.outbox.retain(|o| &o.id != id);
+            }
+            ServerFrame::Nick { nick, .. } => self.nick.clone_from(nick),
+            _ => {}
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,200 @@
+//! Resume and deduplication rules of [`Session`].
+
+use chat_protocol::{ChatMessage, ClientFrame, ErrorCode, ServerFrame};
+
+use super::*;
+
+fn msg(room: &str, offset: u64, id: Option<&str>) -> ServerFrame {
+    ServerFrame::Message(ChatMessage {
+        room: room.into(),
+        offset,
+        nick: "ann".into(),
+        text: format!("m{offset}"),
+        app_id: "app1".into(),
+        ts: 0,
+        id: id.map(str::to_string),
+        action: false,
+    })
+}
+
+fn joined(room: &str, head: u64) -> ServerFrame {
+    ServerFrame::Joined {
+        room: room.into(),
+        head,
+    }
+}
+
+fn out(id: &str, room: &str) -> Outgoing {
+    Outgoing {
+        id: id.into(),
+        room: room.into(),
+        text: "hi".into(),
+        action: false,
+        sent: false,
+    }
+}
+
+#[test]
+fn first_connect_asks_for_history_then_resumes_from_the_last_offset() {
+    let mut s = Session::new("alice", "lobby", 50);
+    assert_eq!(
+        s.connect_params(),
+        vec![
+            ("nick", "alice".to_string()),
+            ("room", "lobby".to_string()),
+            ("history", "50".to_string())
+        ]
+    );
+    s.on_connected();
+    s.observe(&joined("lobby", 100));
+    // Replay of the last 50 (51..=100) is shown, not dropped.
+    assert!(s.observe(&msg("lobby", 51, None)));
+    assert!(s.observe(&msg("lobby", 52, None)));
+    assert_eq!(s.connect_params()[2], ("since", "52".to_string()));
+}
+
+#[test]
+fn a_fresh_join_without_history_starts_at_the_head() {
+    let mut s = Session::new("alice", "lobby", 0);
+    assert_eq!(s.connect_params().len(), 2, "no history parameter");
+    s.on_connected();
+    s.observe(&joined("lobby", 7));
+    assert_eq!(s.room("lobby").unwrap().last, Some(7));
+    assert!(s.room("lobby").unwrap().caught_up());
+}
+
+#[test]
+fn duplicates_are_dropped_per_room() {
+    let mut s = Session::new("alice", "a", 0);
+    s.join("b");
+    s.on_connected();
+    s.observe(&joined("a", 0));
+    s.observe(&joined("b", 0));
+    assert!(s.observe(&msg("a", 1, None)));
+    assert!(s.observe(&msg("a", 2, None)));
+    assert!(!s.observe(&msg("a", 2, None)), "same offset twice");
+    assert!(!s.observe(&msg("a", 1, None)), "older offset");
+    assert!(s.observe(&msg("b", 1, None)), "offsets are per room");
+    assert!(s.observe(&msg("a", 3, None)));
+}
+
+#[test]
+fn every_room_resumes_from_its_own_offset_after_a_reconnect() {
+    let mut s = Session::new("alice", "a", 10);
+    assert!(s.join("b").is_some());
+    assert!(s.join("b").is_none(), "joining twice sends nothing");
+    s.join("c");
+    s.on_connected();
+    s.observe(&joined("a", 5));
+    s.observe(&joined("b", 0));
+    s.observe(&joined("c", 40));
+    s.observe(&msg("a", 6, None));
+    s.observe(&msg("b", 1, None));
+    // Disconnect, reconnect: the URL resumes `a`, joins resume `b` and `c`.
+    assert_eq!(s.connect_params()[2], ("since", "6".to_string()));
+    let joins = s.on_connected();
+    assert_eq!(
+        joins,
+        vec![
+            ClientFrame::Join {
+                room: "b".into(),
+                since: Some(1),
+                history: None
+            },
+            ClientFrame::Join {
+                room: "c".into(),
+                since: Some(30),
+                history: None
+            },
+        ]
+    );
+    // The replay after the resume overlaps what was seen: no duplicates.
+    s.observe(&joined("a", 8));
+    assert!(!s.observe(&msg("a", 6, None)));
+    assert!(s.observe(&msg("a", 7, None)));
+    assert!(s.observe(&msg("a", 8, None)));
+}
+
+#[test]
+fn a_gap_moves_the_resume_point_past_the_hole() {
+    let mut s = Session::new("alice", "a", 0);
+    s.on_connected();
+    s.observe(&joined("a", 3));
+    s.observe(&ServerFrame::Gap {
+        room: "a".into(),
+        from: 4,
+        to: 900,
+    });
+    assert_eq!(s.room("a").unwrap().last, Some(900));
+    assert!(!s.observe(&msg("a", 900, None)));
+    assert!(s.observe(&msg("a", 901, None)));
+}
+
+#[test]
+fn unconfirmed_sends_wait_for_catch_up_and_are_not_sent_twice() {
+    let mut s = Session::new("alice", "a", 0);
+    s.enqueue(out("c1", "a")).unwrap();
+    assert!(s.next_sendable().is_none(), "not connected yet");
+    s.on_connected();
+    s.observe(&joined("a", 10));
+    let f = s.next_sendable().expect("caught up: send");
+    assert!(matches!(f, ClientFrame::Send { id: Some(ref i), .. } if i == "c1"));
+    assert!(s.next_sendable().is_none(), "written once per connection");
+    s.enqueue(out("c2", "a")).unwrap();
+    assert!(s.next_sendable().is_some());
+
+    // The socket drops before either is echoed. On the new connection the
+    // room is behind its head: nothing is resent yet.
+    s.on_connected();
+    s.observe(&joined("a", 11));
+    assert!(!s.has_sendable());
+    // The replay shows the server did accept c1 before the drop...
+    assert!(s.observe(&msg("a", 11, Some("c1"))));
+    // ...so only c2 goes again.
+    match s.next_sendable() {
+        Some(ClientFrame::Send { id: Some(id), .. }) => assert_eq!(id, "c2"),
+        other => panic!("expected c2, got {other:?}"),
+    }
+    assert!(s.next_sendable().is_none());
+    assert!(s.observe(&msg("a", 12, Some("c2"))));
+    assert!(s.outbox.is_empty());
+}
+
+#[test]
+fn errors_and_leaves_drop_sends() {
+    let mut s = Session::new("alice", "a", 0);
+    s.join("b");
+    s.enqueue(out("c1", "a")).unwrap();
+    s.enqueue(out("c2", "b")).unwrap();
+    s.observe(&ServerFrame::Error {
+        code: ErrorCode::RateLimited,
+        message: "slow down".into(),
+        id: Some("c1".into()),
+    });
+    assert_eq!(s.outbox.len(), 1);
+    assert_eq!(
+        s.leave("b"),
+        ClientFrame::Leave { room: "b".into() }
+    );
+    assert!(s.outbox.is_empty());
+    assert_eq!(s.rooms.len(), 1);
+}
+
+#[test]
+fn the_outbox_is_bounded() {
+    let mut s = Session::new("alice", "a", 0);
+    for i in 0..OUTBOX_MAX {
+        s.enqueue(out(&format!("c{i}"), "a")).unwrap();
+    }
+    assert!(s.enqueue(out("more", "a")).is_err());
+}
+
+#[test]
+fn the_nick_follows_the_server() {
+    let mut s = Session::new("alice", "a", 0);
+    s.observe(&ServerFrame::Nick {
+        nick: "bob".into(),
+        old: "alice".into(),
+    });
+    assert_eq!(s.connect_params()[0], ("nick", "bob".to_string()));
+}

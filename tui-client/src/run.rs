@@ -1,0 +1,148 @@
+//! The run loop: one `select!` over the terminal's events, the network
+//! worker's events and a tick; the state changes in `App::update` and the
+//! screen is drawn from it at most ~60 times a second.
+
+use std::time::{Duration, Instant};
+
+use crossterm::event::{Event as TermEvent, EventStream};
+use futures_util::StreamExt;
+use ratatui::layout::Rect;
+use tokio::time::MissedTickBehavior;
+
+use crate::net::{self, NetConfig, NetHandle};
+use crate::opts::Opts;
+use crate::state::clock::Clock;
+use crate::state::{Action, App, ConnStatus, Event, Settings};
+use crate::terminal::TerminalGuard;
+use crate::view;
+
+/// The shortest time between two frames: a flood of messages is drawn as
+/// it comes, but not once per message.
+const FRAME: Duration = Duration::from_millis(16);
+/// Network events taken in one go before drawing.
+const EVENT_BATCH: usize = 1024;
+
+/// The nick to ask for: `--nick`, else the login name when it is a valid
+/// nick, else none (the server picks one).
+pub fn default_nick(opts: &Opts) -> String {
+    if let Some(n) = &opts.nick {
+        return n.clone();
+    }
+    std::env::var("USER")
+        .ok()
+        .filter(|u| chat_protocol::names::validate_nick(u).is_ok())
+        .unwrap_or_default()
+}
+
+/// Run the client until the user quits.
+pub async fn run(opts: Opts) -> anyhow::Result<()> {
+    let nick = default_nick(&opts);
+    let mut cfg = NetConfig::new(&opts.url, &nick, &opts.room);
+    cfg.history = opts.history;
+    let (net, mut events) = net::spawn(cfg);
+
+    let mut guard = TerminalGuard::new(!opts.no_mouse)?;
+    let size = guard.terminal.size()?;
+    let settings = Settings {
+        url: opts.url.clone(),
+        nick,
+        room: opts.room.clone(),
+        scrollback: opts.scrollback,
+        clock: Clock {
+            utc: opts.utc,
+            fixed_ms: None,
+        },
+        id_prefix: format!("t{:x}", rand::random::<u32>()),
+    };
+    let area = Rect::new(0, 0, size.width, size.height);
+    let mut app = App::new(settings, area, Instant::now());
+    app.show_app_ids = opts.show_app_ids;
+
+    let mut terminal_events = EventStream::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut dirty = true;
+    let mut last_draw = Instant::now() - FRAME;
+    let result = loop {
+        if dirty && last_draw.elapsed() >= FRAME {
+            guard.terminal.draw(|f| view::render(&app, f))?;
+            last_draw = Instant::now();
+            dirty = false;
+        }
+        let next_frame = tokio::time::Instant::from_std(last_draw + FRAME);
+        tokio::select! {
+            ev = terminal_events.next() => match ev {
+                None => break Ok(()),
+                Some(Err(e)) => break Err(anyhow::Error::from(e).context("reading the terminal")),
+                Some(Ok(ev)) => {
+                    if let Some(ev) = from_terminal(ev) {
+                        let actions = app.update(ev);
+                        perform(&mut app, &net, &mut guard, actions)?;
+                        dirty = true;
+                    }
+                }
+            },
+            ev = events.recv() => match ev {
+                None => break Err(anyhow::anyhow!("the network worker stopped")),
+                Some(ev) => {
+                    app.update(Event::Net(ev));
+                    // Take what else is waiting before drawing: in a busy
+                    // room this is one frame per batch, not per message.
+                    for _ in 0..EVENT_BATCH {
+                        match events.try_recv() {
+                            Ok(ev) => {
+                                app.update(Event::Net(ev));
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    dirty = true;
+                }
+            },
+            _ = tick.tick() => {
+                app.update(Event::Tick(Instant::now()));
+                // Countdowns move while waiting to reconnect.
+                if !matches!(app.conn, ConnStatus::Connected) {
+                    dirty = true;
+                }
+            }
+            _ = tokio::time::sleep_until(next_frame), if dirty => {}
+        }
+        if app.quit {
+            break Ok(());
+        }
+    };
+    net.shutdown(Duration::from_secs(1)).await;
+    drop(guard);
+    result
+}
+
+fn from_terminal(ev: TermEvent) -> Option<Event> {
+    match ev {
+        TermEvent::Key(k) => Some(Event::Key(k)),
+        TermEvent::Mouse(m) => Some(Event::Mouse(m)),
+        TermEvent::Paste(s) => Some(Event::Paste(s)),
+        TermEvent::Resize(w, h) => Some(Event::Resize(w, h)),
+        TermEvent::FocusGained | TermEvent::FocusLost => None,
+    }
+}
+
+fn perform(
+    app: &mut App,
+    net: &NetHandle,
+    guard: &mut TerminalGuard,
+    actions: Vec<Action>,
+) -> anyhow::Result<()> {
+    for action in actions {
+        match action {
+            Action::Net(req) => {
+                if let Err(e) = net.request(req) {
+                    app.error(&e.to_string());
+                }
+            }
+            Action::Redraw => guard.terminal.clear()?,
+            Action::Quit => app.quit = true,
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,82 @@
+//! Wall-clock time for timestamps and day separators.
+//!
+//! Messages carry the server's time; the client's own notices use the local
+//! clock. Tests pin the clock and the time zone so snapshots do not depend
+//! on when or where they run.
+
+use chrono::{DateTime, Local, TimeZone, Utc};
+
+/// How times are read and shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Clock {
+    /// Show UTC instead of the local time zone.
+    pub utc: bool,
+    /// A fixed "now" in ms since the epoch (tests); `None` reads the clock.
+    pub fixed_ms: Option<u64>,
+}
+
+/// A moment as it is shown on a line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamp {
+    /// `HH:MM:SS`.
+    pub time: String,
+    /// Days since the epoch in the display time zone: a change means a new
+    /// day separator.
+    pub day: i64,
+    /// `Monday, 23 November 2026`, for the separator.
+    pub day_label: String,
+}
+
+impl Clock {
+    /// A clock pinned at `ms`, in UTC.
+    pub fn fixed(ms: u64) -> Self {
+        Self {
+            utc: true,
+            fixed_ms: Some(ms),
+        }
+    }
+
+    /// Now, in ms since the epoch.
+    pub fn now_ms(&self) -> u64 {
+        self.fixed_ms
+            .unwrap_or_else(|| Utc::now().timestamp_millis().max(0) as u64)
+    }
+
+    /// How `ms` is shown.
+    pub fn stamp(&self, ms: u64) -> Stamp {
+        let utc = DateTime::<Utc>::from_timestamp_millis(ms as i64).unwrap_or_default();
+        if self.utc {
+            stamp_in(&utc)
+        } else {
+            stamp_in(&Local.from_utc_datetime(&utc.naive_utc()))
+        }
+    }
+}
+
+fn stamp_in<Tz: TimeZone>(t: &DateTime<Tz>) -> Stamp
+where
+    Tz::Offset: std::fmt::Display,
+{
+    let naive = t.naive_local();
+    Stamp {
+        time: naive.format("%H:%M:%S").to_string(),
+        day: naive.and_utc().timestamp().div_euclid(86_400),
+        day_label: naive.format("%A, %-d %B %Y").to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_stamps() {
+        let c = Clock::fixed(0);
+        // 2023-11-14 22:13:20 UTC
+        let s = c.stamp(1_700_000_000_000);
+        assert_eq!(s.time, "22:13:20");
+        assert_eq!(s.day, 19_675);
+        assert_eq!(s.day_label, "Tuesday, 14 November 2023");
+        assert_eq!(c.stamp(1_700_000_000_000 + 7_000_000).day, 19_676);
+    }
+}

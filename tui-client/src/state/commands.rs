@@ -1,0 +1,254 @@
+//! Carrying out what the user typed: chat text and slash commands.
+
+use chat_protocol::names;
+
+use super::command::{self, Command};
+use super::room::{Line, LineKind, Room};
+use super::{Action, App, ConnStatus};
+use crate::net::Request;
+use crate::wrap;
+
+/// The server's limit on one message before the welcome says otherwise.
+const DEFAULT_MAX_MESSAGE_BYTES: usize = 4096;
+
+impl App {
+    /// Enter: run the input line.
+    pub(super) fn submit(&mut self) -> Vec<Action> {
+        let line = self.input.submit();
+        if line.trim().is_empty() {
+            return Vec::new();
+        }
+        self.room_mut().scroll_to_bottom();
+        match command::parse(&line) {
+            Ok(cmd) => self.run(cmd),
+            Err(e) => {
+                self.error(&e.0);
+                Vec::new()
+            }
+        }
+    }
+
+    /// Carry out a command.
+    pub fn run(&mut self, cmd: Command) -> Vec<Action> {
+        match cmd {
+            Command::Say(text) => self.say(&text, false),
+            Command::Me(text) => self.say(&text, true),
+            Command::Join(room) => self.join(&room),
+            Command::Leave(room) => self.leave(room),
+            Command::Nick(nick) => {
+                if let Err(e) = names::validate_nick(&nick) {
+                    self.error(&format!("cannot use nick {nick:?}: {e}"));
+                    return Vec::new();
+                }
+                if self.conn != ConnStatus::Connected {
+                    self.info(&format!("not connected: {nick} will be used on reconnect"));
+                }
+                vec![Action::Net(Request::Nick(nick))]
+            }
+            Command::Who(room) => {
+                let name = room.unwrap_or_else(|| self.room().name.clone());
+                let Some(i) = self.room_index(&name) else {
+                    self.error(&format!("you are not in {name}"));
+                    return Vec::new();
+                };
+                if self.conn != ConnStatus::Connected {
+                    self.info("not connected: the members below are from before the disconnect");
+                    self.print_members(i);
+                    return Vec::new();
+                }
+                self.who_pending.push(name.clone());
+                vec![Action::Net(Request::Who(Some(name)))]
+            }
+            Command::Switch(target) => {
+                self.switch(&target);
+                Vec::new()
+            }
+            Command::Help(topic) => {
+                self.show_help(topic.as_deref());
+                Vec::new()
+            }
+            Command::Quit => vec![Action::Quit],
+            Command::AppIds => {
+                self.toggle_app_ids();
+                Vec::new()
+            }
+            Command::Reconnect => {
+                self.info("reconnecting now");
+                vec![Action::Net(Request::Reconnect)]
+            }
+            Command::Clear => {
+                let r = self.room_mut();
+                r.lines.clear();
+                r.scroll_to_bottom();
+                Vec::new()
+            }
+        }
+    }
+
+    /// Send text to the room shown, split to fit the server's limit. Each
+    /// piece shows at once as a pending line until the server echoes it.
+    fn say(&mut self, text: &str, action: bool) -> Vec<Action> {
+        let max = self
+            .limits
+            .as_ref()
+            .map_or(DEFAULT_MAX_MESSAGE_BYTES, |l| l.max_message_bytes as usize);
+        let room = self.room().name.clone();
+        let mut actions = Vec::new();
+        for piece in split_message(text, max) {
+            let id = self.new_id();
+            let now = self.clock.stamp(self.clock.now_ms());
+            let pending = Line {
+                time: now.time,
+                day: now.day,
+                kind: LineKind::Pending {
+                    id: id.clone(),
+                    action,
+                },
+                nick: self.nick.clone(),
+                text: wrap::sanitize(&piece),
+                app_id: None,
+                offset: None,
+            };
+            self.room_mut().pending.push(pending);
+            actions.push(Action::Net(Request::Send {
+                room: room.clone(),
+                text: piece,
+                id,
+                action,
+            }));
+        }
+        actions
+    }
+
+    fn join(&mut self, room: &str) -> Vec<Action> {
+        let room = room.trim_start_matches('/');
+        if let Some(i) = self.room_index(room) {
+            self.switch_to(i);
+            return Vec::new();
+        }
+        if let Err(e) = names::validate_room(room) {
+            self.error(&format!("cannot join {room:?}: {e}"));
+            return Vec::new();
+        }
+        if let Some(max) = self.limits.as_ref().map(|l| l.max_rooms as usize) {
+            if self.rooms.len() >= max {
+                self.error(&format!(
+                    "the server allows {max} rooms per connection; /leave one first"
+                ));
+                return Vec::new();
+            }
+        }
+        self.rooms.push(Room::new(room, self.scrollback));
+        self.switch_to(self.rooms.len() - 1);
+        self.info(&format!("joining {room}…"));
+        vec![Action::Net(Request::Join(room.to_string()))]
+    }
+
+    fn leave(&mut self, room: Option<String>) -> Vec<Action> {
+        let name = room.unwrap_or_else(|| self.room().name.clone());
+        let Some(i) = self.room_index(&name) else {
+            self.error(&format!("you are not in {name}"));
+            return Vec::new();
+        };
+        if self.rooms.len() == 1 {
+            self.error(&format!(
+                "{name} is your only room: /join another one before leaving it, or /quit"
+            ));
+            return Vec::new();
+        }
+        self.remove_room(i);
+        self.info(&format!("left {name}"));
+        vec![Action::Net(Request::Leave(name))]
+    }
+
+    /// Drop room `i`, keeping a valid current room.
+    pub(super) fn remove_room(&mut self, i: usize) {
+        self.rooms.remove(i);
+        if self.current > i || self.current >= self.rooms.len() {
+            self.current = self.current.saturating_sub(1);
+        }
+        self.switch_to(self.current);
+    }
+
+    fn switch(&mut self, target: &str) {
+        let by_number = target
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=self.rooms.len()).contains(n))
+            .map(|n| n - 1);
+        match by_number.or_else(|| self.room_index(target)) {
+            Some(i) => self.switch_to(i),
+            None => {
+                let joined: Vec<String> = self
+                    .rooms
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| format!("{} {}", i + 1, r.name))
+                    .collect();
+                self.error(&format!(
+                    "no room {target:?} here; joined: {} (use /join to join a new one)",
+                    joined.join(", ")
+                ));
+            }
+        }
+    }
+
+    pub(super) fn show_help(&mut self, topic: Option<&str>) {
+        for line in command::help(topic) {
+            self.info(&line);
+        }
+    }
+
+    pub(super) fn toggle_app_ids(&mut self) {
+        self.show_app_ids = !self.show_app_ids;
+        let state = if self.show_app_ids { "shown" } else { "hidden" };
+        self.info(&format!(
+            "APP_IDs {state}: each message shows the instance that accepted it (F2 toggles)"
+        ));
+    }
+
+    /// Print the members of room `i` into the room shown.
+    pub(super) fn print_members(&mut self, i: usize) {
+        let r = &self.rooms[i];
+        let mut by_app: Vec<String> = r
+            .members
+            .iter()
+            .map(|m| format!("{} ({})", m.nick, m.app_id))
+            .collect();
+        let total = by_app.len();
+        const SHOWN: usize = 200;
+        by_app.truncate(SHOWN);
+        let more = if total > SHOWN {
+            format!(" and {} more", total - SHOWN)
+        } else {
+            String::new()
+        };
+        let text = format!("{total} in {}: {}{more}", r.name, by_app.join(", "));
+        self.info(&text);
+    }
+}
+
+/// Cut `text` into pieces of at most `max` bytes, at white space where
+/// possible and never inside a character.
+pub(crate) fn split_message(text: &str, max: usize) -> Vec<String> {
+    let max = max.max(4);
+    let mut pieces = Vec::new();
+    let mut rest = text;
+    while rest.len() > max {
+        let mut cut = max;
+        while !rest.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        if let Some(space) = rest[..cut].rfind(char::is_whitespace) {
+            if space > max / 2 {
+                cut = space + rest[space..].chars().next().map_or(1, char::len_utf8);
+            }
+        }
+        pieces.push(rest[..cut].to_string());
+        rest = &rest[cut..];
+    }
+    if !rest.is_empty() || pieces.is_empty() {
+        pieces.push(rest.to_string());
+    }
+    pieces
+}

@@ -1,0 +1,126 @@
+//! Keyboard and mouse bindings (documented in `--help` and `/help`; see
+//! [`crate::opts::KEYS`]).
+
+use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseButton, MouseEvent, MouseEventKind};
+use ratatui::layout::Position;
+
+use super::{Action, App};
+use crate::layout;
+
+/// Rows one mouse-wheel step scrolls.
+const WHEEL_ROWS: usize = 3;
+
+impl App {
+    pub(super) fn on_key(&mut self, key: KeyEvent) -> Vec<Action> {
+        // Some terminals report releases too; act once per press.
+        if key.kind == KeyEventKind::Release {
+            return Vec::new();
+        }
+        let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
+        let alt = key.modifiers.contains(KeyModifiers::ALT);
+        let page = self.geometry().height.saturating_sub(2).max(1);
+        match key.code {
+            KeyCode::Enter if alt => self.input.insert('\n'),
+            KeyCode::Enter => return self.submit(),
+            KeyCode::Char('c') if ctrl => return vec![Action::Quit],
+            KeyCode::Char('d') if ctrl && self.input.is_empty() => return vec![Action::Quit],
+            KeyCode::Char('d') if ctrl => self.input.delete(),
+            KeyCode::Char('l') if ctrl => return vec![Action::Redraw],
+            KeyCode::Char('a') if ctrl => self.input.home(),
+            KeyCode::Char('e') if ctrl => self.input.end(),
+            KeyCode::Char('b') if ctrl => self.input.left(),
+            KeyCode::Char('f') if ctrl => self.input.right(),
+            KeyCode::Char('w') if ctrl => self.input.delete_word_back(),
+            KeyCode::Char('u') if ctrl => self.input.kill_to_start(),
+            KeyCode::Char('k') if ctrl => self.input.kill_to_end(),
+            KeyCode::Char('n') if ctrl => self.cycle_room(1),
+            KeyCode::Char('p') if ctrl => self.cycle_room(-1),
+            KeyCode::Char(c) if alt && c.is_ascii_digit() => {
+                let n = c.to_digit(10).unwrap_or(0) as usize;
+                let i = if n == 0 { 9 } else { n - 1 };
+                if i < self.rooms.len() {
+                    self.switch_to(i);
+                }
+            }
+            KeyCode::Char('b') if alt => self.input.word_left(),
+            KeyCode::Char('f') if alt => self.input.word_right(),
+            KeyCode::Char(_) if ctrl || alt => {}
+            KeyCode::Char(c) => self.input.insert(c),
+            KeyCode::Backspace if ctrl || alt => self.input.delete_word_back(),
+            KeyCode::Backspace => self.input.backspace(),
+            KeyCode::Delete => self.input.delete(),
+            KeyCode::Left if alt => self.cycle_room(-1),
+            KeyCode::Right if alt => self.cycle_room(1),
+            KeyCode::Left if ctrl => self.input.word_left(),
+            KeyCode::Right if ctrl => self.input.word_right(),
+            KeyCode::Left => self.input.left(),
+            KeyCode::Right => self.input.right(),
+            KeyCode::Home if ctrl => {
+                let geo = self.geometry();
+                self.room_mut().scroll_up(usize::MAX / 4, geo);
+            }
+            KeyCode::End if ctrl => self.room_mut().scroll_to_bottom(),
+            KeyCode::Home => self.input.home(),
+            KeyCode::End => self.input.end(),
+            KeyCode::Up => self.input.history_prev(),
+            KeyCode::Down => self.input.history_next(),
+            KeyCode::PageUp => {
+                let geo = self.geometry();
+                self.room_mut().scroll_up(page, geo);
+            }
+            KeyCode::PageDown => self.room_mut().scroll_down(page),
+            KeyCode::Esc => self.room_mut().scroll_to_bottom(),
+            KeyCode::Tab => self.complete(),
+            KeyCode::F(1) => self.show_help(None),
+            KeyCode::F(2) => self.toggle_app_ids(),
+            _ => {}
+        }
+        Vec::new()
+    }
+
+    /// Tab: a command name after a leading `/`, otherwise a member's nick.
+    fn complete(&mut self) {
+        let text = self.input.text();
+        let names: Vec<String> = if text.starts_with('/') && !text.contains(' ') {
+            super::command::COMMANDS
+                .iter()
+                .map(|(n, _, _)| format!("/{n}"))
+                .collect()
+        } else {
+            self.completion_names()
+        };
+        self.input.complete(names.iter().map(String::as_str));
+    }
+
+    /// Ctrl+N / Ctrl+P: the next or previous room, wrapping around.
+    fn cycle_room(&mut self, step: isize) {
+        let n = self.rooms.len() as isize;
+        let i = (self.current as isize + step).rem_euclid(n);
+        self.switch_to(i as usize);
+    }
+
+    pub(super) fn on_mouse(&mut self, m: MouseEvent) {
+        let panes = layout::panes(self.area);
+        let at = Position::new(m.column, m.row);
+        match m.kind {
+            MouseEventKind::ScrollUp if panes.messages.contains(at) => {
+                let geo = self.geometry();
+                self.room_mut().scroll_up(WHEEL_ROWS, geo);
+            }
+            MouseEventKind::ScrollDown if panes.messages.contains(at) => {
+                self.room_mut().scroll_down(WHEEL_ROWS);
+            }
+            MouseEventKind::Down(MouseButton::Left) => {
+                // A click on a room in the room list (its first row is the
+                // title) shows that room.
+                if let Some(rooms) = panes.rooms.filter(|r| r.contains(at)) {
+                    let row = (m.row - rooms.y) as usize;
+                    if row >= 1 && row - 1 < self.rooms.len() {
+                        self.switch_to(row - 1);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! Everything the client knows, and nothing about drawing it.
+//!
+//! [`App::update`] takes one [`Event`] (a key, the mouse, a paste, a
+//! resize, a tick or a network event), changes the state and returns the
+//! [`Action`]s for the run loop to carry out (requests to the network
+//! worker, quitting). The view reads the state and never changes it.
+//!
+//! - [`room`]: a room's scrollback, members, unread counts, scrolling.
+//! - [`input`]: the line editor and its history.
+//! - [`command`]: slash-command parsing and help.
+//! - [`clock`]: timestamps.
+//! - `keys`: keyboard and mouse bindings.
+//! - `net_events`: what each network event does to the state.
+//! - `commands`: carrying out commands and sending text.
+
+pub mod clock;
+pub mod command;
+mod commands;
+pub mod input;
+mod keys;
+mod net_events;
+pub mod room;
+
+use std::time::{Duration, Instant};
+
+use chat_protocol::Limits;
+use crossterm::event::{KeyEvent, MouseEvent};
+use ratatui::layout::Rect;
+
+use crate::layout;
+use crate::net::{NetEvent, Request};
+use crate::wrap;
+use clock::Clock;
+use input::Input;
+use room::{Geometry, Line, LineKind, Room};
+
+/// Lines of scrollback kept per room unless configured otherwise.
+pub const DEFAULT_SCROLLBACK: usize = 10_000;
+
+/// Where the connection stands, as the status bar shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnStatus {
+    /// An attempt is under way; `attempt` 0 is the first connect.
+    Connecting { attempt: u32 },
+    Connected,
+    /// Waiting to retry at `at`.
+    Reconnecting {
+        attempt: u32,
+        at: Instant,
+        reason: String,
+    },
+    /// Not retrying until the user says so (`/reconnect`).
+    Offline { reason: String },
+}
+
+/// Something that happened, for [`App::update`].
+#[derive(Debug, Clone)]
+pub enum Event {
+    Key(KeyEvent),
+    Mouse(MouseEvent),
+    Paste(String),
+    /// The terminal's new size (columns, rows).
+    Resize(u16, u16),
+    Net(NetEvent),
+    /// Time passes (for countdowns).
+    Tick(Instant),
+}
+
+/// What the run loop must do after an update.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Net(Request),
+    /// Redraw the whole screen (Ctrl+L).
+    Redraw,
+    Quit,
+}
+
+/// How the client was started.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub url: String,
+    pub nick: String,
+    pub room: String,
+    /// Lines kept per room.
+    pub scrollback: usize,
+    pub clock: Clock,
+    /// Prefix of this client's message ids, unique per process so that
+    /// echoes are matched to this client only.
+    pub id_prefix: String,
+}
+
+/// The whole client state.
+#[derive(Debug)]
+pub struct App {
+    pub url: String,
+    /// This client's nick as the server last confirmed it (or as asked for,
+    /// before the first welcome).
+    pub nick: String,
+    /// Joined rooms in the order of the room list (Alt+1 is the first).
+    pub rooms: Vec<Room>,
+    /// Index of the room shown.
+    pub current: usize,
+    pub conn: ConnStatus,
+    /// The instance the connection landed on.
+    pub app_id: Option<String>,
+    /// The instance before the last reconnect, when it was another one.
+    pub prev_app_id: Option<String>,
+    pub conn_id: Option<String>,
+    pub rtt: Option<Duration>,
+    pub input: Input,
+    /// Show the APP_ID each message came through.
+    pub show_app_ids: bool,
+    /// The terminal area.
+    pub area: Rect,
+    pub limits: Option<Limits>,
+    /// The latest tick, for countdowns.
+    pub now: Instant,
+    pub clock: Clock,
+    pub quit: bool,
+    scrollback: usize,
+    id_prefix: String,
+    next_id: u64,
+    /// Rooms whose `/who` answer should be printed when it arrives.
+    who_pending: Vec<String>,
+    /// Whether the client has ever been connected (the first welcome is
+    /// "connected", later ones are "reconnected").
+    was_connected: bool,
+}
+
+impl App {
+    pub fn new(settings: Settings, area: Rect, now: Instant) -> Self {
+        let mut app = Self {
+            url: settings.url,
+            nick: settings.nick,
+            rooms: vec![Room::new(&settings.room, settings.scrollback)],
+            current: 0,
+            conn: ConnStatus::Connecting { attempt: 0 },
+            app_id: None,
+            prev_app_id: None,
+            conn_id: None,
+            rtt: None,
+            input: Input::default(),
+            show_app_ids: false,
+            area,
+            limits: None,
+            now,
+            clock: settings.clock,
+            quit: false,
+            scrollback: settings.scrollback,
+            id_prefix: settings.id_prefix,
+            next_id: 0,
+            who_pending: Vec::new(),
+            was_connected: false,
+        };
+        let url = app.url.clone();
+        app.info(&format!(
+            "connecting to {url} as {} — /help for commands, F1 for keys",
+            app.nick
+        ));
+        app
+    }
+
+    /// Carry out one event.
+    pub fn update(&mut self, event: Event) -> Vec<Action> {
+        match event {
+            Event::Key(k) => self.on_key(k),
+            Event::Mouse(m) => {
+                self.on_mouse(m);
+                Vec::new()
+            }
+            Event::Paste(s) => {
+                self.input.insert_str(&s);
+                Vec::new()
+            }
+            Event::Resize(w, h) => {
+                self.area = Rect::new(0, 0, w, h);
+                Vec::new()
+            }
+            Event::Net(ev) => {
+                self.on_net(ev);
+                Vec::new()
+            }
+            Event::Tick(now) => {
+                self.now = now;
+                Vec::new()
+            }
+        }
+    }
+
+    /// The room shown.
+    pub fn room(&self) -> &Room {
+        &self.rooms[self.current]
+    }
+
+    fn room_mut(&mut self) -> &mut Room {
+        &mut self.rooms[self.current]
+    }
+
+    pub fn room_index(&self, name: &str) -> Option<usize> {
+        self.rooms.iter().position(|r| r.name == name)
+    }
+
+    /// The message pane's geometry, for scroll arithmetic.
+    pub fn geometry(&self) -> Geometry {
+        let pane = layout::panes(self.area).messages;
+        Geometry {
+            width: pane.width as usize,
+            height: pane.height as usize,
+            show_app_ids: self.show_app_ids,
+        }
+    }
+
+    /// Show room `i` (its unread counts clear).
+    pub fn switch_to(&mut self, i: usize) {
+        if i < self.rooms.len() {
+            self.current = i;
+            self.rooms[i].mark_read();
+        }
+    }
+
+    /// A line stamped now, from the client itself.
+    fn local_line(&self, kind: LineKind, text: &str) -> Line {
+        let stamp = self.clock.stamp(self.clock.now_ms());
+        Line {
+            time: stamp.time,
+            day: stamp.day,
+            kind,
+            nick: String::new(),
+            text: wrap::sanitize(text),
+            app_id: None,
+            offset: None,
+        }
+    }
+
+    /// Append a line to room `i`.
+    fn push_line(&mut self, i: usize, line: Line) {
+        let geo = self.geometry();
+        let label = self.clock.stamp(self.clock.now_ms()).day_label;
+        let room = &mut self.rooms[i];
+        // Date separators only for server-stamped lines; client notices are
+        // stamped "now" and would add one for every reconnect at midnight.
+        let label = matches!(line.kind, LineKind::Message { .. }).then_some(label);
+        room.push(line, geo, label.as_deref());
+    }
+
+    /// A notice in the room shown.
+    pub fn info(&mut self, text: &str) {
+        let line = self.local_line(LineKind::Info, text);
+        self.push_line(self.current, line);
+    }
+
+    /// An error notice in the room shown.
+    pub fn error(&mut self, text: &str) {
+        let line = self.local_line(LineKind::Error, text);
+        self.push_line(self.current, line);
+    }
+
+    /// A notice in every room (reconnects concern them all).
+    fn info_everywhere(&mut self, text: &str) {
+        for i in 0..self.rooms.len() {
+            let line = self.local_line(LineKind::Info, text);
+            self.push_line(i, line);
+        }
+    }
+
+    fn new_id(&mut self) -> String {
+        self.next_id += 1;
+        format!("{}-{}", self.id_prefix, self.next_id)
+    }
+
+    /// Nicks to complete with Tab: the members of the room shown.
+    fn completion_names(&self) -> Vec<String> {
+        self.room().members.iter().map(|m| m.nick.clone()).collect()
+    }
+}
+
+/// Whether `text` mentions `nick` as a whole word (any case).
+pub fn mentions(text: &str, nick: &str) -> bool {
+    if nick.is_empty() {
+        return false;
+    }
+    let text = text.to_lowercase();
+    let nick = nick.to_lowercase();
+    let is_word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+    text.match_indices(&nick).any(|(i, _)| {
+        !is_word(text[..i].chars().next_back()) && !is_word(text[i + nick.len()..].chars().next())
+    })
+}
+
+#[cfg(test)]
+mod tests;

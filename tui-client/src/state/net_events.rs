@@ -1,0 +1,237 @@
+//! What each network event does to the state.
+
+use chat_protocol::{ChatMessage, PresenceEvent, ServerFrame};
+
+use super::room::{Line, LineKind};
+use super::{mentions, App, ConnStatus};
+use crate::net::NetEvent;
+use crate::wrap;
+
+impl App {
+    pub(super) fn on_net(&mut self, ev: NetEvent) {
+        match ev {
+            NetEvent::Connecting { attempt } => self.conn = ConnStatus::Connecting { attempt },
+            NetEvent::Connected {
+                app_id,
+                conn_id,
+                nick,
+                limits,
+            } => self.on_connected(app_id, conn_id, nick, limits),
+            NetEvent::Frame(f) => self.on_frame(f),
+            NetEvent::Rtt(rtt) => self.rtt = Some(rtt),
+            NetEvent::Disconnected {
+                reason,
+                retry_in,
+                attempt,
+            } => {
+                let was_up = self.conn == ConnStatus::Connected;
+                let from = self.app_id.clone().unwrap_or_else(|| "the server".into());
+                self.rtt = None;
+                for r in &mut self.rooms {
+                    r.joined = false;
+                }
+                self.conn = match retry_in {
+                    Some(d) => ConnStatus::Reconnecting {
+                        attempt,
+                        at: self.now + d,
+                        reason: reason.clone(),
+                    },
+                    None => ConnStatus::Offline {
+                        reason: reason.clone(),
+                    },
+                };
+                // One line per outage, not one per failed attempt: the
+                // status bar shows the attempts.
+                if was_up {
+                    self.info_everywhere(&format!(
+                        "disconnected from {from}: {reason}; reconnecting…"
+                    ));
+                } else if retry_in.is_none() {
+                    self.error(&format!("offline: {reason} — type /reconnect to try again"));
+                }
+            }
+            NetEvent::SendFailed { id, room, reason } => {
+                let i = self.room_index(&room).unwrap_or(self.current);
+                let text = self.rooms[i].take_pending(&id).map(|l| l.text);
+                let line = self.local_line(
+                    LineKind::Error,
+                    &format!("not sent ({reason}): {}", text.unwrap_or_default()),
+                );
+                self.push_line(i, line);
+            }
+        }
+    }
+
+    fn on_connected(
+        &mut self,
+        app_id: String,
+        conn_id: String,
+        nick: String,
+        limits: chat_protocol::Limits,
+    ) {
+        let text = match (&self.app_id, self.was_connected) {
+            (Some(old), true) if *old != app_id => {
+                self.prev_app_id = Some(old.clone());
+                format!("reconnected: now on {app_id}, was {old}")
+            }
+            (_, true) => format!("reconnected to {app_id}"),
+            (_, false) => format!("connected to {app_id} as {nick}"),
+        };
+        self.was_connected = true;
+        self.app_id = Some(app_id);
+        self.conn_id = Some(conn_id);
+        self.nick = nick;
+        self.limits = Some(limits);
+        self.conn = ConnStatus::Connected;
+        self.info_everywhere(&text);
+    }
+
+    fn on_frame(&mut self, frame: ServerFrame) {
+        match frame {
+            ServerFrame::Welcome { .. } | ServerFrame::Pong { .. } => {}
+            ServerFrame::Joined { room, head } => {
+                let i = match self.room_index(&room) {
+                    Some(i) => i,
+                    // The server put us in a room we did not ask for (the
+                    // default room of a bare URL): show it.
+                    None => {
+                        self.rooms
+                            .push(super::room::Room::new(&room, self.scrollback));
+                        self.rooms.len() - 1
+                    }
+                };
+                let r = &mut self.rooms[i];
+                r.joined = true;
+                if r.last_offset.is_none() {
+                    // History replay of a fresh join is not "unread".
+                    r.quiet_until = head;
+                }
+            }
+            ServerFrame::Left { room } => {
+                if let Some(i) = self.room_index(&room) {
+                    if self.rooms.len() > 1 {
+                        self.remove_room(i);
+                    }
+                }
+            }
+            ServerFrame::Message(m) => self.on_message(m),
+            ServerFrame::Gap { room, from, to } => {
+                let Some(i) = self.room_index(&room) else { return };
+                let r = &mut self.rooms[i];
+                r.last_offset = Some(r.last_offset.map_or(to, |l| l.max(to)));
+                let n = to.saturating_sub(from) + 1;
+                let line = self.local_line(
+                    LineKind::Gap,
+                    &format!(
+                        "{n} message(s) missed here (offsets {from}–{to}): the room's history no longer holds them"
+                    ),
+                );
+                self.push_line(i, line);
+            }
+            ServerFrame::Presence {
+                room,
+                event,
+                conn_id,
+                nick,
+                app_id,
+                ts,
+                old_nick,
+            } => {
+                let Some(i) = self.room_index(&room) else { return };
+                let (kind, text) = match event {
+                    PresenceEvent::Join => {
+                        self.rooms[i].members.add(chat_protocol::Member {
+                            conn_id,
+                            nick: nick.clone(),
+                            app_id: app_id.clone(),
+                        });
+                        (LineKind::Join, format!("{nick} joined {room} (via {app_id})"))
+                    }
+                    PresenceEvent::Leave => {
+                        self.rooms[i].members.remove(&conn_id);
+                        (LineKind::Leave, format!("{nick} left {room}"))
+                    }
+                    PresenceEvent::Nick => {
+                        self.rooms[i].members.rename(&conn_id, &nick);
+                        let old = old_nick.unwrap_or_else(|| "someone".into());
+                        (LineKind::NickChange, format!("{old} is now known as {nick}"))
+                    }
+                };
+                let stamp = self.clock.stamp(ts);
+                let line = Line {
+                    time: stamp.time,
+                    day: stamp.day,
+                    kind,
+                    nick: String::new(),
+                    text: wrap::sanitize(&text),
+                    app_id: Some(app_id),
+                    offset: None,
+                };
+                self.push_line(i, line);
+            }
+            ServerFrame::Members { room, members } => {
+                let Some(i) = self.room_index(&room) else { return };
+                self.rooms[i].members.set(members);
+                if let Some(p) = self.who_pending.iter().position(|r| *r == room) {
+                    self.who_pending.remove(p);
+                    self.print_members(i);
+                }
+            }
+            ServerFrame::Nick { nick, old } => {
+                self.nick = nick.clone();
+                self.info(&format!("you are now known as {nick} (was {old})"));
+            }
+            ServerFrame::Error { code, message, id } => {
+                let failed = id.as_deref().and_then(|id| {
+                    self.rooms
+                        .iter_mut()
+                        .enumerate()
+                        .find_map(|(i, r)| r.take_pending(id).map(|l| (i, l.text)))
+                });
+                let text = format!("{}: {message}", code.as_str());
+                match failed {
+                    Some((i, sent)) => {
+                        let line =
+                            self.local_line(LineKind::Error, &format!("not sent ({text}): {sent}"));
+                        self.push_line(i, line);
+                    }
+                    None => self.error(&text),
+                }
+            }
+        }
+    }
+
+    fn on_message(&mut self, m: ChatMessage) {
+        let Some(i) = self.room_index(&m.room) else {
+            tracing::debug!(room = %m.room, "message for a room not shown");
+            return;
+        };
+        let r = &mut self.rooms[i];
+        if r.last_offset.is_some_and(|last| m.offset <= last) {
+            return;
+        }
+        r.last_offset = Some(m.offset);
+        let echoed = m.id.as_deref().and_then(|id| r.take_pending(id)).is_some();
+        let own = echoed || m.nick == self.nick;
+        let mention = !own && mentions(&m.text, &self.nick);
+        if i != self.current && !own && m.offset > r.quiet_until {
+            r.unread += 1;
+            r.mentions += usize::from(mention);
+        }
+        let stamp = self.clock.stamp(m.ts);
+        let line = Line {
+            time: stamp.time,
+            day: stamp.day,
+            kind: LineKind::Message {
+                own,
+                action: m.action,
+                mention,
+            },
+            nick: wrap::sanitize(&m.nick),
+            text: wrap::sanitize(&m.text),
+            app_id: Some(m.app_id),
+            offset: Some(m.offset),
+        };
+        self.push_line(i, line);
+    }
+}

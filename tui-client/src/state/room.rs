@@ -1,0 +1,353 @@
+//! One room: its bounded scrollback, pending local echoes, members, unread
+//! counts and scroll position. No drawing here.
+//!
+//! The scroll position is counted in screen rows up from the bottom, 0 being
+//! "follow new messages". When a line arrives while the view is scrolled up,
+//! the offset grows by the rows that line takes, so what the reader is
+//! looking at stays put.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use chat_protocol::Member;
+
+use crate::layout;
+
+/// What a line is, which decides how it is drawn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LineKind {
+    /// A chat message from the server.
+    Message {
+        /// Sent by this client's nick.
+        own: bool,
+        /// A `/me` line.
+        action: bool,
+        /// Mentions this client's nick.
+        mention: bool,
+    },
+    /// A line this client sent that the server has not echoed yet.
+    Pending { id: String, action: bool },
+    Join,
+    Leave,
+    NickChange,
+    /// A notice from the client itself (help, reconnects, `/who`).
+    Info,
+    Error,
+    /// Messages history could no longer deliver.
+    Gap,
+    /// A date separator.
+    Day,
+}
+
+/// One line of scrollback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line {
+    /// `HH:MM:SS`, formatted once on arrival rather than on every frame.
+    pub time: String,
+    /// The day of `time`, to insert date separators.
+    pub day: i64,
+    pub kind: LineKind,
+    /// The sender, for messages; empty otherwise.
+    pub nick: String,
+    /// Terminal-safe text (see [`crate::wrap::sanitize`]).
+    pub text: String,
+    /// The instance that accepted the message, or where a member is.
+    pub app_id: Option<String>,
+    /// The room offset of a message.
+    pub offset: Option<u64>,
+}
+
+/// The members of a room, sorted by nick for display and keyed by
+/// connection so that one person with two connections shows twice and a
+/// leave removes the right one. Both maps keep updates O(log n), which
+/// matters in a room with thousands of members joining and leaving.
+#[derive(Debug, Default, Clone)]
+pub struct Members {
+    sorted: BTreeMap<(String, String), Member>,
+    by_conn: HashMap<String, (String, String)>,
+}
+
+impl Members {
+    /// Replace the whole list (a `members` frame).
+    pub fn set(&mut self, members: Vec<Member>) {
+        self.sorted.clear();
+        self.by_conn.clear();
+        for m in members {
+            self.add(m);
+        }
+    }
+
+    /// Add or update one member.
+    pub fn add(&mut self, m: Member) {
+        self.remove(&m.conn_id);
+        let key = (m.nick.to_lowercase(), m.conn_id.clone());
+        self.by_conn.insert(m.conn_id.clone(), key.clone());
+        self.sorted.insert(key, m);
+    }
+
+    /// Remove a member by connection; returns it if it was there.
+    pub fn remove(&mut self, conn_id: &str) -> Option<Member> {
+        let key = self.by_conn.remove(conn_id)?;
+        self.sorted.remove(&key)
+    }
+
+    /// A member changed nick.
+    pub fn rename(&mut self, conn_id: &str, nick: &str) {
+        if let Some(mut m) = self.remove(conn_id) {
+            m.nick = nick.to_string();
+            self.add(m);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.sorted.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sorted.is_empty()
+    }
+
+    /// Members in nick order.
+    pub fn iter(&self) -> impl Iterator<Item = &Member> {
+        self.sorted.values()
+    }
+}
+
+/// The message pane geometry the room needs for scroll arithmetic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    pub width: usize,
+    pub height: usize,
+    pub show_app_ids: bool,
+}
+
+/// One joined room.
+#[derive(Debug, Clone)]
+pub struct Room {
+    pub name: String,
+    /// Scrollback, oldest first, at most `capacity` lines.
+    pub lines: VecDeque<Line>,
+    /// Local echoes, drawn after `lines` until the server echoes them.
+    pub pending: Vec<Line>,
+    pub members: Members,
+    /// Messages that arrived while another room was shown.
+    pub unread: usize,
+    /// Of those, how many mention this client's nick.
+    pub mentions: usize,
+    /// Rows scrolled up from the bottom; 0 follows new lines.
+    pub scroll: usize,
+    /// Lines that arrived below the view while scrolled up.
+    pub new_below: usize,
+    /// The server confirmed the join on the current connection.
+    pub joined: bool,
+    /// The last message offset shown: a safety net against duplicates (the
+    /// network session already drops them).
+    pub last_offset: Option<u64>,
+    /// Offsets up to this one are history replay of a fresh join, which is
+    /// not "unread".
+    pub quiet_until: u64,
+    capacity: usize,
+}
+
+impl Room {
+    pub fn new(name: &str, capacity: usize) -> Self {
+        Self {
+            name: name.to_string(),
+            lines: VecDeque::new(),
+            pending: Vec::new(),
+            members: Members::default(),
+            unread: 0,
+            mentions: 0,
+            scroll: 0,
+            new_below: 0,
+            joined: false,
+            last_offset: None,
+            quiet_until: 0,
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Append a line (with a date separator first when the day changed),
+    /// drop the oldest beyond the capacity, and keep a scrolled-up view
+    /// where it is.
+    pub fn push(&mut self, line: Line, geo: Geometry, day_label: Option<&str>) {
+        if let (Some(label), Some(last)) = (day_label, self.lines.back()) {
+            if last.day != line.day {
+                let sep = Line {
+                    time: line.time.clone(),
+                    day: line.day,
+                    kind: LineKind::Day,
+                    nick: String::new(),
+                    text: label.to_string(),
+                    app_id: None,
+                    offset: None,
+                };
+                self.push_raw(sep, geo);
+            }
+        }
+        self.push_raw(line, geo);
+    }
+
+    fn push_raw(&mut self, line: Line, geo: Geometry) {
+        if self.scroll > 0 {
+            self.scroll += layout::line_height(&line, geo.width, geo.show_app_ids);
+            self.new_below += 1;
+        }
+        self.lines.push_back(line);
+        while self.lines.len() > self.capacity {
+            self.lines.pop_front();
+        }
+    }
+
+    /// Remove the local echo with this id (the server echoed it, or it
+    /// failed); returns it.
+    pub fn take_pending(&mut self, id: &str) -> Option<Line> {
+        let i = self
+            .pending
+            .iter()
+            .position(|l| matches!(&l.kind, LineKind::Pending { id: p, .. } if p == id))?;
+        Some(self.pending.remove(i))
+    }
+
+    /// Every line from the newest (pending echoes first) to the oldest.
+    pub fn lines_rev(&self) -> impl Iterator<Item = &Line> {
+        self.lines.iter().chain(self.pending.iter()).rev()
+    }
+
+    /// Scroll up by `rows`, no further than the top of the scrollback.
+    pub fn scroll_up(&mut self, rows: usize, geo: Geometry) {
+        let want = self.scroll + rows;
+        // Only walk as far back as needed: with thousands of lines the
+        // total height is never computed in full unless the reader goes
+        // all the way up.
+        let mut total = 0;
+        let mut reached = false;
+        for line in self.lines_rev() {
+            total += layout::line_height(line, geo.width, geo.show_app_ids);
+            if total >= want + geo.height {
+                reached = true;
+                break;
+            }
+        }
+        self.scroll = if reached {
+            want
+        } else {
+            total.saturating_sub(geo.height)
+        };
+    }
+
+    /// Scroll down by `rows`; reaching the bottom follows new lines again.
+    pub fn scroll_down(&mut self, rows: usize) {
+        self.scroll = self.scroll.saturating_sub(rows);
+        if self.scroll == 0 {
+            self.new_below = 0;
+        }
+    }
+
+    pub fn scroll_to_bottom(&mut self) {
+        self.scroll = 0;
+        self.new_below = 0;
+    }
+
+    /// The room is being shown: nothing in it is unread any more.
+    pub fn mark_read(&mut self) {
+        self.unread = 0;
+        self.mentions = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(text: &str, day: i64) -> Line {
+        Line {
+            time: "12:00:00".into(),
+            day,
+            kind: LineKind::Info,
+            nick: String::new(),
+            text: text.into(),
+            app_id: None,
+            offset: None,
+        }
+    }
+
+    const GEO: Geometry = Geometry {
+        width: 60,
+        height: 5,
+        show_app_ids: false,
+    };
+
+    #[test]
+    fn scrollback_is_bounded() {
+        let mut r = Room::new("r", 100);
+        for i in 0..250 {
+            r.push(line(&i.to_string(), 0), GEO, None);
+        }
+        assert_eq!(r.lines.len(), 100);
+        assert_eq!(r.lines.front().unwrap().text, "150");
+    }
+
+    #[test]
+    fn scrolled_view_stays_put_when_lines_arrive() {
+        let mut r = Room::new("r", 100);
+        for i in 0..20 {
+            r.push(line(&i.to_string(), 0), GEO, None);
+        }
+        r.scroll_up(3, GEO);
+        assert_eq!(r.scroll, 3);
+        // A line that wraps to two rows (60 - 24 = 36 cells of text).
+        r.push(line(&"x".repeat(50), 0), GEO, None);
+        assert_eq!(r.scroll, 5);
+        assert_eq!(r.new_below, 1);
+        r.scroll_down(100);
+        assert_eq!((r.scroll, r.new_below), (0, 0));
+        // At the bottom, new lines do not move the offset: the view follows.
+        r.push(line("y", 0), GEO, None);
+        assert_eq!(r.scroll, 0);
+    }
+
+    #[test]
+    fn scroll_up_stops_at_the_top() {
+        let mut r = Room::new("r", 100);
+        for i in 0..8 {
+            r.push(line(&i.to_string(), 0), GEO, None);
+        }
+        r.scroll_up(100, GEO);
+        assert_eq!(r.scroll, 3, "8 rows in a 5-row pane scroll by 3 at most");
+        let mut empty = Room::new("e", 10);
+        empty.scroll_up(10, GEO);
+        assert_eq!(empty.scroll, 0);
+    }
+
+    #[test]
+    fn day_separators() {
+        let mut r = Room::new("r", 100);
+        r.push(line("a", 1), GEO, Some("Monday"));
+        r.push(line("b", 1), GEO, Some("Monday"));
+        r.push(line("c", 2), GEO, Some("Tuesday"));
+        let kinds: Vec<_> = r.lines.iter().map(|l| l.kind.clone()).collect();
+        assert_eq!(
+            kinds,
+            vec![LineKind::Info, LineKind::Info, LineKind::Day, LineKind::Info]
+        );
+    }
+
+    #[test]
+    fn members_track_connections() {
+        let m = |c: &str, n: &str| Member {
+            conn_id: c.into(),
+            nick: n.into(),
+            app_id: "app1".into(),
+        };
+        let mut ms = Members::default();
+        ms.set(vec![m("1", "zed"), m("2", "Ann"), m("3", "bob")]);
+        ms.add(m("4", "ann"));
+        let nicks: Vec<_> = ms.iter().map(|m| m.nick.as_str()).collect();
+        assert_eq!(nicks, vec!["Ann", "ann", "bob", "zed"]);
+        ms.rename("1", "aaron");
+        assert_eq!(ms.iter().next().unwrap().nick, "aaron");
+        assert!(ms.remove("2").is_some());
+        assert!(ms.remove("2").is_none());
+        assert_eq!(ms.len(), 3);
+    }
+}

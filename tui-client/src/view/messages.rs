@@ -1,0 +1,123 @@
+//! The message pane: only the rows on screen are wrapped and drawn, walking
+//! up from the newest line, so a room with ten thousand lines costs the
+//! same per frame as one with twenty.
+
+use ratatui::buffer::Buffer;
+use ratatui::layout::Rect;
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line as TextLine, Span};
+
+use super::colors::nick_color;
+use crate::layout::{self, APP_COL, NICK_COL, SEPARATOR, TIME_COL};
+use crate::state::room::{Line, LineKind, Room};
+use crate::wrap;
+
+/// Draw the shown room's messages into `area`, newest at the bottom.
+pub(super) fn render(room: &Room, show_app_ids: bool, area: Rect, buf: &mut Buffer) {
+    let width = area.width as usize;
+    let height = area.height as usize;
+    if width == 0 || height == 0 {
+        return;
+    }
+    let mut skip = room.scroll;
+    let mut y = area.bottom();
+    'lines: for line in room.lines_rev() {
+        let body = layout::body_text(line);
+        let rows = layout::line_rows(&body, width, show_app_ids);
+        for (k, range) in rows.iter().enumerate().rev() {
+            if skip > 0 {
+                skip -= 1;
+                continue;
+            }
+            if y == area.top() {
+                break 'lines;
+            }
+            y -= 1;
+            let row = render_row(line, &body[range.clone()], k, width, show_app_ids);
+            buf.set_line(area.x, y, &row, area.width);
+        }
+    }
+}
+
+/// The style of a line's text.
+fn body_style(line: &Line) -> Style {
+    match &line.kind {
+        LineKind::Message { mention: true, .. } => Style::new().fg(Color::Yellow).bold(),
+        LineKind::Message { action: true, .. } => Style::new().fg(nick_color(&line.nick)).italic(),
+        LineKind::Message { .. } => Style::new(),
+        LineKind::Pending { .. } => Style::new().fg(Color::DarkGray).italic(),
+        LineKind::Join => Style::new().fg(Color::Green),
+        LineKind::Leave => Style::new().fg(Color::Red),
+        LineKind::NickChange | LineKind::Info => Style::new().fg(Color::Cyan),
+        LineKind::Error => Style::new().fg(Color::LightRed).bold(),
+        LineKind::Gap => Style::new().fg(Color::Yellow).bold(),
+        LineKind::Day => Style::new().fg(Color::DarkGray).add_modifier(Modifier::BOLD),
+    }
+}
+
+/// What goes in the nick column, and its style.
+fn nick_cell(line: &Line) -> (String, Style) {
+    let dim = Style::new().fg(Color::DarkGray);
+    match &line.kind {
+        LineKind::Message { action: true, .. } | LineKind::Pending { action: true, .. } => {
+            ("*".into(), Style::new().fg(nick_color(&line.nick)).bold())
+        }
+        LineKind::Message { own, mention, .. } => {
+            let mut style = Style::new().fg(nick_color(&line.nick));
+            if *own {
+                style = style.bold();
+            }
+            if *mention {
+                style = Style::new().fg(Color::Black).bg(Color::Yellow).bold();
+            }
+            (line.nick.clone(), style)
+        }
+        LineKind::Pending { .. } => (line.nick.clone(), dim),
+        LineKind::Join => ("-->".into(), Style::new().fg(Color::Green)),
+        LineKind::Leave => ("<--".into(), Style::new().fg(Color::Red)),
+        LineKind::NickChange | LineKind::Info | LineKind::Day => ("--".into(), dim),
+        LineKind::Error | LineKind::Gap => ("!!".into(), Style::new().fg(Color::LightRed).bold()),
+    }
+}
+
+fn pad_left(s: &str, width: usize) -> String {
+    let s = wrap::truncate(s, width);
+    format!("{}{s}", " ".repeat(width.saturating_sub(wrap::str_width(&s))))
+}
+
+fn pad_right(s: &str, width: usize) -> String {
+    let s = wrap::truncate(s, width);
+    format!("{s}{}", " ".repeat(width.saturating_sub(wrap::str_width(&s))))
+}
+
+/// Row `k` of a line: the first row carries the prefix, later rows are
+/// indented to the text column.
+fn render_row(line: &Line, text: &str, k: usize, width: usize, show_app_ids: bool) -> TextLine<'static> {
+    let style = body_style(line);
+    if k > 0 {
+        let prefix = layout::prefix_width(show_app_ids);
+        let indent = if width >= prefix + 16 { prefix } else { 0 };
+        return TextLine::from(vec![
+            Span::raw(" ".repeat(indent)),
+            Span::styled(text.to_string(), style),
+        ]);
+    }
+    let dim = Style::new().fg(Color::DarkGray);
+    let time = if matches!(line.kind, LineKind::Pending { .. }) {
+        pad_right("sending", TIME_COL)
+    } else {
+        pad_right(&line.time, TIME_COL)
+    };
+    let mut spans = vec![Span::styled(time, dim), Span::raw(" ")];
+    if show_app_ids {
+        let app = line.app_id.as_deref().unwrap_or("");
+        let app_style = if app.is_empty() { dim } else { Style::new().fg(nick_color(app)) };
+        spans.push(Span::styled(pad_right(app, APP_COL), app_style));
+        spans.push(Span::raw(" "));
+    }
+    let (nick, nick_style) = nick_cell(line);
+    spans.push(Span::styled(pad_left(&nick, NICK_COL), nick_style));
+    spans.push(Span::styled(SEPARATOR, dim));
+    spans.push(Span::styled(text.to_string(), style));
+    TextLine::from(spans)
+}

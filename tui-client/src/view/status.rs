@@ -1,0 +1,110 @@
+//! The status bar: where the connection landed and how it is doing, who
+//! and where you are, and which rooms have news.
+
+use std::time::Duration;
+
+use ratatui::buffer::Buffer;
+use ratatui::layout::Rect;
+use ratatui::style::{Color, Style};
+use ratatui::text::{Line, Span};
+
+use crate::state::{App, ConnStatus};
+
+fn secs(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}
+
+/// The connection state in words, with its colour.
+pub fn conn_text(app: &App) -> (String, Color) {
+    match &app.conn {
+        ConnStatus::Connected => ("● connected".into(), Color::LightGreen),
+        ConnStatus::Connecting { attempt: 0 } => ("◌ connecting…".into(), Color::Yellow),
+        ConnStatus::Connecting { attempt } => (
+            format!("◌ reconnecting (attempt {attempt}, trying now)"),
+            Color::Yellow,
+        ),
+        ConnStatus::Reconnecting { attempt, at, .. } => {
+            let left = at.saturating_duration_since(app.now);
+            (
+                format!(
+                    "◌ reconnecting (attempt {attempt}, next try in {})",
+                    secs(left)
+                ),
+                Color::Yellow,
+            )
+        }
+        ConnStatus::Offline { .. } => ("○ offline (/reconnect)".into(), Color::LightRed),
+    }
+}
+
+pub fn render(app: &App, area: Rect, buf: &mut Buffer) {
+    let bar = Style::new().bg(Color::Indexed(236)).fg(Color::White);
+    buf.set_style(area, bar);
+    let sep = || Span::styled(" │ ", Style::new().fg(Color::Gray));
+    let mut spans = vec![Span::raw(" ")];
+    match &app.app_id {
+        Some(id) => spans.push(Span::styled(
+            format!("on {id}"),
+            Style::new().fg(Color::LightCyan).bold(),
+        )),
+        None => spans.push(Span::styled("on –", Style::new().fg(Color::Gray))),
+    }
+    if let Some(prev) = &app.prev_app_id {
+        spans.push(Span::styled(
+            format!(" (was {prev})"),
+            Style::new().fg(Color::Gray),
+        ));
+    }
+    spans.push(sep());
+    let (conn, color) = conn_text(app);
+    spans.push(Span::styled(conn, Style::new().fg(color).bold()));
+    spans.push(sep());
+    spans.push(Span::raw(match app.rtt {
+        Some(rtt) if rtt < Duration::from_millis(10) => {
+            format!("rtt {:.1}ms", rtt.as_secs_f64() * 1000.0)
+        }
+        Some(rtt) => format!("rtt {}ms", rtt.as_millis()),
+        None => "rtt –".into(),
+    }));
+    spans.push(sep());
+    let nick = if app.nick.is_empty() { "?" } else { &app.nick };
+    spans.push(Span::styled(nick.to_string(), Style::new().bold()));
+    spans.push(Span::raw(" in "));
+    spans.push(Span::styled(
+        app.room().name.clone(),
+        Style::new().fg(Color::LightYellow).bold(),
+    ));
+    // irssi's "Act": the numbers of the other rooms with unread messages.
+    let act: Vec<Span> = app
+        .rooms
+        .iter()
+        .enumerate()
+        .filter(|(i, r)| *i != app.current && r.unread > 0)
+        .map(|(i, r)| {
+            let style = if r.mentions > 0 {
+                Style::new().fg(Color::LightMagenta).bold()
+            } else {
+                Style::new().fg(Color::Yellow)
+            };
+            Span::styled(format!(" {}", i + 1), style)
+        })
+        .collect();
+    if !act.is_empty() {
+        spans.push(sep());
+        spans.push(Span::raw("act:"));
+        spans.extend(act);
+    }
+    let room = app.room();
+    if room.scroll > 0 {
+        spans.push(sep());
+        spans.push(Span::styled(
+            format!("⇣ scrolled, {} new below (Esc)", room.new_below),
+            Style::new().fg(Color::LightYellow).bold(),
+        ));
+    }
+    if app.show_app_ids {
+        spans.push(sep());
+        spans.push(Span::raw("APP_IDs shown"));
+    }
+    buf.set_line(area.x, area.y, &Line::from(spans), area.width);
+}

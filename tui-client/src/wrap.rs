@@ -1,0 +1,199 @@
+//! Terminal-safe text and line wrapping by display width.
+//!
+//! Both the state (scroll arithmetic) and the view (drawing) wrap through
+//! these functions, so the number of rows a line takes is the same number in
+//! both places. Widths come from `unicode-width`: a CJK character or most
+//! emoji take two cells, combining marks take none.
+
+use std::ops::Range;
+
+use unicode_width::UnicodeWidthChar;
+
+/// Cells a character takes on screen. Control characters never reach the
+/// screen (see [`sanitize`]), so they count as zero here.
+pub fn char_width(c: char) -> usize {
+    if c == '\n' {
+        return 0;
+    }
+    c.width().unwrap_or(0)
+}
+
+/// Cells a string takes on screen (on one row).
+pub fn str_width(s: &str) -> usize {
+    s.chars().map(char_width).sum()
+}
+
+/// Make untrusted text safe to put in terminal cells: a message that holds
+/// an escape sequence must not be able to move the cursor or change colours,
+/// so control characters become visible symbols. Newlines stay (they break
+/// rows); tabs become four spaces so column arithmetic stays simple.
+pub fn sanitize(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\n' => out.push('\n'),
+            '\r' => {}
+            '\t' => out.push_str("    "),
+            // U+2400 block: the "control picture" of each C0 character.
+            c if (c as u32) < 0x20 => out.push(char::from_u32(0x2400 + c as u32).unwrap_or('?')),
+            '\u{7f}' => out.push('\u{2421}'),
+            c if c.is_control() => out.push('\u{fffd}'),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Cut `s` to at most `width` cells, ending with `…` when something was cut.
+pub fn truncate(s: &str, width: usize) -> String {
+    if str_width(s) <= width {
+        return s.to_string();
+    }
+    let mut out = String::new();
+    let mut used = 0;
+    for c in s.chars() {
+        let w = char_width(c);
+        if used + w + 1 > width {
+            break;
+        }
+        used += w;
+        out.push(c);
+    }
+    if width > 0 {
+        out.push('…');
+    }
+    out
+}
+
+/// Split `text` into rows: the first row is `first` cells wide, every later
+/// row `rest` cells wide. Returns byte ranges into `text` (without the
+/// newline characters). Rows break after white space when the row holds a
+/// break opportunity, otherwise between characters; a wide character never
+/// straddles two rows. Every paragraph (text between newlines) takes at
+/// least one row, so an empty text takes one row.
+pub fn wrap(text: &str, first: usize, rest: usize) -> Vec<Range<usize>> {
+    let first = first.max(1);
+    let rest = rest.max(1);
+    let mut rows = Vec::new();
+    let mut para_start = 0;
+    for para in text.split('\n') {
+        wrap_paragraph(para, para_start, first, rest, &mut rows);
+        para_start += para.len() + 1;
+    }
+    rows
+}
+
+fn wrap_paragraph(
+    para: &str,
+    base: usize,
+    first: usize,
+    rest: usize,
+    rows: &mut Vec<Range<usize>>,
+) {
+    let cap = |rows: &Vec<Range<usize>>| if rows.is_empty() { first } else { rest };
+    let mut row_start = 0;
+    let mut row_width = 0;
+    // The byte index just after the last white space in this row, and the
+    // width of what follows it: where a soft break would go.
+    let mut last_break: Option<usize> = None;
+    let mut since_break = 0;
+    for (i, c) in para.char_indices() {
+        let w = char_width(c);
+        while row_width + w > cap(rows) && row_width > 0 {
+            match last_break {
+                Some(b) if b > row_start => {
+                    rows.push(base + row_start..base + b);
+                    row_start = b;
+                    row_width = since_break;
+                }
+                _ => {
+                    rows.push(base + row_start..base + i);
+                    row_start = i;
+                    row_width = 0;
+                    since_break = 0;
+                }
+            }
+            last_break = None;
+        }
+        row_width += w;
+        if c.is_whitespace() {
+            last_break = Some(i + c.len_utf8());
+            since_break = 0;
+        } else {
+            since_break += w;
+        }
+    }
+    rows.push(base + row_start..base + para.len());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows<'a>(text: &'a str, first: usize, rest: usize) -> Vec<&'a str> {
+        wrap(text, first, rest)
+            .into_iter()
+            .map(|r| &text[r])
+            .collect()
+    }
+
+    #[test]
+    fn short_text_is_one_row() {
+        assert_eq!(rows("hello", 10, 10), vec!["hello"]);
+        assert_eq!(rows("", 10, 10), vec![""]);
+    }
+
+    #[test]
+    fn breaks_after_spaces() {
+        assert_eq!(
+            rows("the quick brown fox", 10, 10),
+            vec!["the quick ", "brown fox"]
+        );
+    }
+
+    #[test]
+    fn first_row_may_be_narrower() {
+        assert_eq!(rows("aaa bbb ccc ddd", 4, 8), vec!["aaa ", "bbb ccc ", "ddd"]);
+    }
+
+    #[test]
+    fn long_words_break_by_character() {
+        assert_eq!(rows("abcdefghij", 4, 4), vec!["abcd", "efgh", "ij"]);
+    }
+
+    #[test]
+    fn wide_characters_never_straddle() {
+        // Each of these takes two cells: three fit in 7 cells, not four.
+        let text = "日本語のテキスト";
+        let r = rows(text, 7, 7);
+        assert_eq!(r, vec!["日本語", "のテキ", "スト"]);
+        for row in &r {
+            assert!(str_width(row) <= 7);
+        }
+    }
+
+    #[test]
+    fn a_wide_char_in_a_one_cell_row_still_makes_progress() {
+        assert_eq!(rows("日本", 1, 1), vec!["日", "本"]);
+    }
+
+    #[test]
+    fn newlines_break_rows() {
+        assert_eq!(rows("a\nb c\n\nd", 10, 10), vec!["a", "b c", "", "d"]);
+    }
+
+    #[test]
+    fn sanitize_defuses_escape_sequences() {
+        let s = sanitize("red\x1b[31m\tbell\x07\r\nok");
+        assert!(!s.chars().any(|c| c.is_control() && c != '\n'), "{s:?}");
+        assert!(s.contains("    bell"));
+        assert!(s.ends_with("\nok"));
+    }
+
+    #[test]
+    fn truncate_marks_the_cut() {
+        assert_eq!(truncate("alice", 10), "alice");
+        assert_eq!(truncate("bartholomew", 6), "barth…");
+        assert_eq!(str_width(&truncate("日本語のテキスト", 6)), 5);
+    }
+}
