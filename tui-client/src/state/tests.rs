@@ -1,0 +1,515 @@
+//! App-state tests: commands, unread counts, resume and dedup as the user
+//! sees them, reconnect notices, keys.
+
+use std::time::{Duration, Instant};
+
+use chat_protocol::{ChatMessage, ErrorCode, Limits, Member, PresenceEvent, ServerFrame};
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers, MouseEvent, MouseEventKind};
+use ratatui::layout::Rect;
+
+use super::commands::split_message;
+use super::room::LineKind;
+use super::*;
+use crate::net::{NetEvent, Request};
+
+fn limits() -> Limits {
+    Limits {
+        max_message_bytes: 4096,
+        max_frame_bytes: 16384,
+        rate_per_sec: 20,
+        burst: 40,
+        max_rooms: 4,
+        history_len: 1000,
+        idle_timeout_ms: 90_000,
+        ping_interval_ms: 30_000,
+    }
+}
+
+fn app() -> App {
+    let settings = Settings {
+        url: "ws://127.0.0.1:1/ws".into(),
+        nick: "alice".into(),
+        room: "lobby".into(),
+        scrollback: 1000,
+        clock: Clock::fixed(1_700_000_000_000),
+        id_prefix: "t".into(),
+    };
+    let mut a = App::new(settings, Rect::new(0, 0, 120, 40), Instant::now());
+    a.update(Event::Net(welcome("app1")));
+    a.update(frame(ServerFrame::Joined {
+        room: "lobby".into(),
+        head: 0,
+    }));
+    a
+}
+
+fn welcome(app_id: &str) -> NetEvent {
+    NetEvent::Connected {
+        app_id: app_id.into(),
+        conn_id: format!("{app_id}-1"),
+        nick: "alice".into(),
+        limits: limits(),
+    }
+}
+
+fn frame(f: ServerFrame) -> Event {
+    Event::Net(NetEvent::Frame(f))
+}
+
+fn msg(room: &str, offset: u64, nick: &str, text: &str) -> Event {
+    frame(ServerFrame::Message(ChatMessage {
+        room: room.into(),
+        offset,
+        nick: nick.into(),
+        text: text.into(),
+        app_id: "app2".into(),
+        ts: 1_700_000_000_000 + offset,
+        id: None,
+        action: false,
+    }))
+}
+
+fn key(code: KeyCode) -> Event {
+    Event::Key(KeyEvent::new(code, KeyModifiers::NONE))
+}
+
+fn alt(c: char) -> Event {
+    Event::Key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::ALT))
+}
+
+fn type_line(a: &mut App, s: &str) -> Vec<Action> {
+    a.update(Event::Paste(s.into()));
+    a.update(key(KeyCode::Enter))
+}
+
+fn texts(a: &App, room: usize) -> Vec<String> {
+    a.rooms[room].lines.iter().map(|l| l.text.clone()).collect()
+}
+
+fn last_text(a: &App) -> String {
+    a.room().lines.back().map(|l| l.text.clone()).unwrap_or_default()
+}
+
+#[test]
+fn typing_text_sends_it_with_a_pending_echo_until_the_server_echoes() {
+    let mut a = app();
+    let actions = type_line(&mut a, "héllo 日本");
+    assert_eq!(
+        actions,
+        vec![Action::Net(Request::Send {
+            room: "lobby".into(),
+            text: "héllo 日本".into(),
+            id: "t-1".into(),
+            action: false
+        })]
+    );
+    assert_eq!(a.room().pending.len(), 1);
+    assert!(a.input.is_empty());
+    let mut echo = ChatMessage {
+        room: "lobby".into(),
+        offset: 1,
+        nick: "alice".into(),
+        text: "héllo 日本".into(),
+        app_id: "app1".into(),
+        ts: 0,
+        id: Some("t-1".into()),
+        action: false,
+    };
+    a.update(frame(ServerFrame::Message(echo.clone())));
+    assert!(a.room().pending.is_empty());
+    let l = a.room().lines.back().unwrap();
+    assert_eq!(
+        l.kind,
+        LineKind::Message {
+            own: true,
+            action: false,
+            mention: false
+        }
+    );
+    // The same offset again (a resume overlap) is not shown twice.
+    echo.id = None;
+    let n = a.room().lines.len();
+    a.update(frame(ServerFrame::Message(echo)));
+    assert_eq!(a.room().lines.len(), n);
+}
+
+#[test]
+fn me_sends_an_action() {
+    let mut a = app();
+    let actions = type_line(&mut a, "/me waves");
+    assert!(matches!(
+        &actions[..],
+        [Action::Net(Request::Send { action: true, text, .. })] if text == "waves"
+    ));
+}
+
+#[test]
+fn join_switch_and_leave() {
+    let mut a = app();
+    assert_eq!(
+        type_line(&mut a, "/join rust"),
+        vec![Action::Net(Request::Join("rust".into()))]
+    );
+    assert_eq!(a.room().name, "rust");
+    assert_eq!(a.current, 1);
+    // Joining a joined room just shows it.
+    type_line(&mut a, "/join lobby");
+    assert!(type_line(&mut a, "/join lobby").is_empty());
+    assert_eq!(a.current, 0);
+    type_line(&mut a, "/switch 2");
+    assert_eq!(a.current, 1);
+    type_line(&mut a, "/switch lobby");
+    assert_eq!(a.current, 0);
+    a.update(alt('2'));
+    assert_eq!(a.current, 1);
+    a.update(alt('9'));
+    assert_eq!(a.current, 1, "no room 9: nothing happens");
+    type_line(&mut a, "/switch nope");
+    assert!(last_text(&a).contains("no room \"nope\""), "{}", last_text(&a));
+    assert_eq!(
+        type_line(&mut a, "/leave"),
+        vec![Action::Net(Request::Leave("rust".into()))]
+    );
+    assert_eq!(a.rooms.len(), 1);
+    assert_eq!(a.room().name, "lobby");
+    // The last room cannot be left: the connection always has a room.
+    assert!(type_line(&mut a, "/leave").is_empty());
+    assert!(last_text(&a).contains("only room"), "{}", last_text(&a));
+}
+
+#[test]
+fn bad_names_are_refused_locally() {
+    let mut a = app();
+    assert!(type_line(&mut a, "/join bad room!").is_empty());
+    assert!(type_line(&mut a, "/join b@d").is_empty());
+    assert!(last_text(&a).contains("cannot join"), "{}", last_text(&a));
+    assert!(type_line(&mut a, "/nick bad<nick>").is_empty());
+    assert!(last_text(&a).contains("cannot use nick"));
+    assert_eq!(
+        type_line(&mut a, "/nick bob"),
+        vec![Action::Net(Request::Nick("bob".into()))]
+    );
+    a.update(frame(ServerFrame::Nick {
+        nick: "bob".into(),
+        old: "alice".into(),
+    }));
+    assert_eq!(a.nick, "bob");
+}
+
+#[test]
+fn the_room_limit_from_the_welcome_is_respected() {
+    let mut a = app();
+    for r in ["a", "b", "c"] {
+        assert!(!type_line(&mut a, &format!("/join {r}")).is_empty());
+    }
+    assert!(type_line(&mut a, "/join d").is_empty());
+    assert!(last_text(&a).contains("4 rooms"), "{}", last_text(&a));
+}
+
+#[test]
+fn unknown_commands_get_a_helpful_message() {
+    let mut a = app();
+    assert!(type_line(&mut a, "/jion rust").is_empty());
+    let t = last_text(&a);
+    assert!(t.contains("unknown command /jion") && t.contains("/join"), "{t}");
+    assert_eq!(a.room().lines.back().unwrap().kind, LineKind::Error);
+    // Text starting with a slash can still be sent.
+    assert!(matches!(
+        &type_line(&mut a, "//jion")[..],
+        [Action::Net(Request::Send { text, .. })] if text == "/jion"
+    ));
+}
+
+#[test]
+fn help_and_quit() {
+    let mut a = app();
+    let before = a.room().lines.len();
+    type_line(&mut a, "/help");
+    assert!(a.room().lines.len() > before + 10);
+    assert!(texts(&a, 0).iter().any(|t| t.contains("/switch")));
+    assert_eq!(type_line(&mut a, "/quit"), vec![Action::Quit]);
+    let ctrl_c = Event::Key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL));
+    assert_eq!(a.update(ctrl_c), vec![Action::Quit]);
+}
+
+#[test]
+fn unread_counts_only_new_messages_in_other_rooms() {
+    let mut a = app();
+    type_line(&mut a, "/join rust");
+    // A fresh join with history: replay up to the head is not unread.
+    a.update(frame(ServerFrame::Joined {
+        room: "rust".into(),
+        head: 10,
+    }));
+    a.update(alt('1'));
+    for o in 8..=10 {
+        a.update(msg("rust", o, "bob", "old"));
+    }
+    assert_eq!(a.rooms[1].unread, 0);
+    a.update(msg("rust", 11, "bob", "new"));
+    a.update(msg("rust", 12, "bob", "hey alice, look"));
+    a.update(msg("rust", 13, "alice", "my own line"));
+    a.update(msg("lobby", 1, "bob", "in the room shown"));
+    assert_eq!((a.rooms[1].unread, a.rooms[1].mentions), (2, 1));
+    assert_eq!(a.rooms[0].unread, 0);
+    a.update(alt('2'));
+    assert_eq!((a.rooms[1].unread, a.rooms[1].mentions), (0, 0));
+}
+
+#[test]
+fn mentions_are_whole_words() {
+    assert!(mentions("hi Alice!", "alice"));
+    assert!(mentions("alice: ping", "alice"));
+    assert!(!mentions("malice", "alice"));
+    assert!(!mentions("alice_2 here", "alice"));
+    assert!(!mentions("anything", ""));
+}
+
+#[test]
+fn reconnecting_to_another_instance_says_so_everywhere_and_keeps_the_rooms() {
+    let mut a = app();
+    type_line(&mut a, "/join rust");
+    a.update(msg("lobby", 5, "bob", "before"));
+    let now = a.now;
+    a.update(Event::Net(NetEvent::Disconnected {
+        reason: "connection lost".into(),
+        retry_in: Some(Duration::from_millis(1500)),
+        attempt: 1,
+    }));
+    assert_eq!(
+        a.conn,
+        ConnStatus::Reconnecting {
+            attempt: 1,
+            at: now + Duration::from_millis(1500),
+            reason: "connection lost".into()
+        }
+    );
+    assert!(a.rtt.is_none());
+    assert!(texts(&a, 0).iter().any(|t| t.contains("disconnected from app1")));
+    // A second failed attempt adds no line: the status bar counts.
+    let n = a.rooms[0].lines.len();
+    a.update(Event::Net(NetEvent::Connecting { attempt: 1 }));
+    a.update(Event::Net(NetEvent::Disconnected {
+        reason: "refused".into(),
+        retry_in: Some(Duration::from_secs(1)),
+        attempt: 2,
+    }));
+    assert_eq!(a.rooms[0].lines.len(), n);
+    a.update(Event::Net(welcome("app2")));
+    assert_eq!(a.conn, ConnStatus::Connected);
+    assert_eq!(a.app_id.as_deref(), Some("app2"));
+    assert_eq!(a.prev_app_id.as_deref(), Some("app1"));
+    for i in 0..2 {
+        assert!(
+            texts(&a, i).iter().any(|t| t == "reconnected: now on app2, was app1"),
+            "{:?}",
+            texts(&a, i)
+        );
+    }
+    // Resume replay overlapping what was seen is not shown again.
+    a.update(msg("lobby", 5, "bob", "before"));
+    a.update(msg("lobby", 6, "bob", "missed while away"));
+    let before: Vec<_> = texts(&a, 0).into_iter().filter(|t| t == "before").collect();
+    assert_eq!(before.len(), 1);
+    assert!(texts(&a, 0).contains(&"missed while away".to_string()));
+    // Same instance again: no "was".
+    a.update(Event::Net(welcome("app2")));
+    assert_eq!(last_text(&a), "reconnected to app2");
+}
+
+#[test]
+fn offline_is_reported_once_with_what_to_do() {
+    let mut a = app();
+    a.update(Event::Net(NetEvent::Disconnected {
+        reason: "closed by the server: 1008 policy".into(),
+        retry_in: None,
+        attempt: 1,
+    }));
+    assert!(matches!(a.conn, ConnStatus::Offline { .. }));
+    assert_eq!(
+        type_line(&mut a, "/reconnect"),
+        vec![Action::Net(Request::Reconnect)]
+    );
+}
+
+#[test]
+fn gaps_are_shown_never_silent() {
+    let mut a = app();
+    a.update(frame(ServerFrame::Gap {
+        room: "lobby".into(),
+        from: 1,
+        to: 99,
+    }));
+    let l = a.room().lines.back().unwrap();
+    assert_eq!(l.kind, LineKind::Gap);
+    assert!(l.text.contains("99 message(s) missed"), "{}", l.text);
+    a.update(msg("lobby", 50, "bob", "inside the gap"));
+    assert_ne!(last_text(&a), "inside the gap");
+}
+
+#[test]
+fn presence_updates_members_and_shows_lines() {
+    let mut a = app();
+    let m = |c: &str, n: &str| Member {
+        conn_id: c.into(),
+        nick: n.into(),
+        app_id: "app3".into(),
+    };
+    a.update(frame(ServerFrame::Members {
+        room: "lobby".into(),
+        members: vec![m("c1", "alice"), m("c2", "bob")],
+    }));
+    let presence = |event, conn: &str, nick: &str, old: Option<&str>| {
+        frame(ServerFrame::Presence {
+            room: "lobby".into(),
+            event,
+            conn_id: conn.into(),
+            nick: nick.into(),
+            app_id: "app3".into(),
+            ts: 1_700_000_000_000,
+            old_nick: old.map(str::to_string),
+        })
+    };
+    a.update(presence(PresenceEvent::Join, "c3", "carol", None));
+    assert_eq!(a.room().members.len(), 3);
+    assert_eq!(a.room().lines.back().unwrap().kind, LineKind::Join);
+    assert!(last_text(&a).contains("carol joined lobby (via app3)"));
+    a.update(presence(PresenceEvent::Nick, "c2", "robert", Some("bob")));
+    assert!(last_text(&a).contains("bob is now known as robert"));
+    a.update(presence(PresenceEvent::Leave, "c3", "carol", None));
+    assert_eq!(a.room().lines.back().unwrap().kind, LineKind::Leave);
+    let nicks: Vec<_> = a.room().members.iter().map(|m| m.nick.clone()).collect();
+    assert_eq!(nicks, vec!["alice", "robert"]);
+    // /who asks the server and prints the answer.
+    assert_eq!(
+        type_line(&mut a, "/who"),
+        vec![Action::Net(Request::Who(Some("lobby".into())))]
+    );
+    a.update(frame(ServerFrame::Members {
+        room: "lobby".into(),
+        members: vec![m("c1", "alice"), m("c2", "robert")],
+    }));
+    assert_eq!(last_text(&a), "2 in lobby: alice (app3), robert (app3)");
+}
+
+#[test]
+fn send_errors_turn_the_pending_line_into_an_error() {
+    let mut a = app();
+    type_line(&mut a, "too fast");
+    a.update(frame(ServerFrame::Error {
+        code: ErrorCode::RateLimited,
+        message: "slow down".into(),
+        id: Some("t-1".into()),
+    }));
+    assert!(a.room().pending.is_empty());
+    assert_eq!(
+        last_text(&a),
+        "not sent (rate_limited: slow down): too fast"
+    );
+    type_line(&mut a, "queued");
+    a.update(Event::Net(NetEvent::SendFailed {
+        id: "t-2".into(),
+        room: "lobby".into(),
+        reason: "256 messages are already waiting to be sent".into(),
+    }));
+    assert!(a.room().pending.is_empty());
+}
+
+#[test]
+fn long_text_is_split_to_the_servers_limit() {
+    let pieces = split_message(&"word ".repeat(2000), 4096);
+    assert_eq!(pieces.len(), 3);
+    assert!(pieces.iter().all(|p| p.len() <= 4096));
+    assert_eq!(pieces.concat(), "word ".repeat(2000));
+    let wide = "日".repeat(2000); // 6000 bytes, no spaces
+    let pieces = split_message(&wide, 4096);
+    assert!(pieces.iter().all(|p| p.len() <= 4096));
+    assert_eq!(pieces.concat(), wide);
+    assert_eq!(split_message("", 10), vec![String::new()]);
+}
+
+#[test]
+fn scrolling_with_keys_and_wheel_and_following_at_the_bottom() {
+    let mut a = app();
+    for o in 1..=200 {
+        a.update(msg("lobby", o, "bob", &format!("line {o}")));
+    }
+    assert_eq!(a.room().scroll, 0);
+    a.update(key(KeyCode::PageUp));
+    let page = a.room().scroll;
+    assert_eq!(page, 36, "a page is the pane height (38) minus 2");
+    // New messages while scrolled up do not move the view.
+    a.update(msg("lobby", 201, "bob", "new"));
+    assert_eq!(a.room().scroll, page + 1);
+    assert_eq!(a.room().new_below, 1);
+    let wheel = |kind| {
+        Event::Mouse(MouseEvent {
+            kind,
+            column: 60,
+            row: 10,
+            modifiers: KeyModifiers::NONE,
+        })
+    };
+    a.update(wheel(MouseEventKind::ScrollUp));
+    assert_eq!(a.room().scroll, page + 4);
+    a.update(wheel(MouseEventKind::ScrollDown));
+    a.update(key(KeyCode::PageDown));
+    a.update(key(KeyCode::PageDown));
+    assert_eq!(a.room().scroll, 0);
+    assert_eq!(a.room().new_below, 0);
+    a.update(msg("lobby", 202, "bob", "followed"));
+    assert_eq!(a.room().scroll, 0);
+    // Sending jumps back to the bottom.
+    a.update(key(KeyCode::PageUp));
+    type_line(&mut a, "hi");
+    assert_eq!(a.room().scroll, 0);
+}
+
+#[test]
+fn input_history_with_arrows() {
+    let mut a = app();
+    type_line(&mut a, "one");
+    type_line(&mut a, "two");
+    a.update(key(KeyCode::Up));
+    assert_eq!(a.input.text(), "two");
+    a.update(key(KeyCode::Up));
+    assert_eq!(a.input.text(), "one");
+    a.update(key(KeyCode::Down));
+    a.update(key(KeyCode::Down));
+    assert_eq!(a.input.text(), "");
+}
+
+#[test]
+fn tab_completes_member_nicks() {
+    let mut a = app();
+    a.update(frame(ServerFrame::Members {
+        room: "lobby".into(),
+        members: vec![Member {
+            conn_id: "c9".into(),
+            nick: "bartholomew".into(),
+            app_id: "app1".into(),
+        }],
+    }));
+    a.update(Event::Paste("bar".into()));
+    a.update(key(KeyCode::Tab));
+    assert_eq!(a.input.text(), "bartholomew: ");
+}
+
+#[test]
+fn app_id_toggle() {
+    let mut a = app();
+    a.update(key(KeyCode::F(2)));
+    assert!(a.show_app_ids);
+    type_line(&mut a, "/appids");
+    assert!(!a.show_app_ids);
+}
+
+#[test]
+fn scrollback_stays_bounded_in_a_busy_room() {
+    let mut a = app();
+    for o in 1..=5000 {
+        a.update(msg("lobby", o, "bob", "flood"));
+    }
+    assert_eq!(a.room().lines.len(), 1000);
+    assert_eq!(a.room().last_offset, Some(5000));
+}
