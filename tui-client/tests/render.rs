@@ -1,0 +1,310 @@
+//! Render tests: the real view drawn into ratatui's `TestBackend`, checked
+//! with insta snapshots and with explicit assertions on what must be seen.
+
+use std::time::{Duration, Instant};
+
+use chat_protocol::{ChatMessage, Limits, Member, ServerFrame};
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use ratatui::backend::TestBackend;
+use ratatui::layout::Rect;
+use ratatui::Terminal;
+use tui_client::net::NetEvent;
+use tui_client::state::clock::Clock;
+use tui_client::state::{App, Event, Settings};
+use tui_client::view;
+
+const T0: u64 = 1_700_000_000_000;
+
+fn limits() -> Limits {
+    Limits {
+        max_message_bytes: 4096,
+        max_frame_bytes: 16384,
+        rate_per_sec: 20,
+        burst: 40,
+        max_rooms: 16,
+        history_len: 1000,
+        idle_timeout_ms: 90_000,
+        ping_interval_ms: 30_000,
+    }
+}
+
+fn app(w: u16, h: u16) -> App {
+    let settings = Settings {
+        url: "ws://127.0.0.1:8080/ws".into(),
+        nick: "alice".into(),
+        room: "lobby".into(),
+        scrollback: 10_000,
+        clock: Clock::fixed(T0),
+        id_prefix: "t".into(),
+    };
+    let mut a = App::new(settings, Rect::new(0, 0, w, h), Instant::now());
+    a.update(Event::Net(NetEvent::Connected {
+        app_id: "app1".into(),
+        conn_id: "app1-1".into(),
+        nick: "alice".into(),
+        limits: limits(),
+    }));
+    a.update(frame(ServerFrame::Joined {
+        room: "lobby".into(),
+        head: 0,
+    }));
+    a.update(Event::Net(NetEvent::Rtt(Duration::from_micros(2400))));
+    a
+}
+
+fn frame(f: ServerFrame) -> Event {
+    Event::Net(NetEvent::Frame(f))
+}
+
+fn msg(room: &str, offset: u64, nick: &str, app_id: &str, text: &str) -> Event {
+    frame(ServerFrame::Message(ChatMessage {
+        room: room.into(),
+        offset,
+        nick: nick.into(),
+        text: text.into(),
+        app_id: app_id.into(),
+        ts: T0 + offset * 1000,
+        id: None,
+        action: false,
+    }))
+}
+
+fn draw(a: &App, w: u16, h: u16) -> Terminal<TestBackend> {
+    let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
+    t.draw(|f| view::render(a, f)).unwrap();
+    t
+}
+
+fn screen(t: &Terminal<TestBackend>) -> String {
+    t.backend().to_string()
+}
+
+fn row(t: &Terminal<TestBackend>, y: u16) -> String {
+    let buf = t.backend().buffer();
+    (0..buf.area.width)
+        .map(|x| buf[(x, y)].symbol().to_string())
+        .collect()
+}
+
+/// A lively room: members across instances, messages through every
+/// instance, a join, an action, a mention, a long wrapped line.
+fn busy() -> App {
+    let mut a = app(120, 30);
+    let member = |c: &str, n: &str, app: &str| Member {
+        conn_id: c.into(),
+        nick: n.into(),
+        app_id: app.into(),
+    };
+    a.update(frame(ServerFrame::Members {
+        room: "lobby".into(),
+        members: vec![
+            member("c1", "alice", "app1"),
+            member("c2", "bob", "app2"),
+            member("c3", "carol", "app3"),
+            member("c4", "日本語ニック", "app2"),
+        ],
+    }));
+    a.update(msg("lobby", 1, "bob", "app2", "hi all"));
+    a.update(msg("lobby", 2, "carol", "app3", "hello from the third instance"));
+    a.update(msg("lobby", 3, "alice", "app1", "hey bob, carol"));
+    a.update(msg(
+        "lobby",
+        4,
+        "bob",
+        "app2",
+        "a long line that has to wrap because it is much longer than the message pane is wide, \
+         so the continuation rows must line up under the text column and never cut a word",
+    ));
+    a.update(msg("lobby", 5, "日本語ニック", "app2", "日本語のテキストも大丈夫です alice"));
+    a.update(frame(ServerFrame::Message(ChatMessage {
+        room: "lobby".into(),
+        offset: 6,
+        nick: "carol".into(),
+        text: "waves".into(),
+        app_id: "app3".into(),
+        ts: T0 + 6000,
+        id: None,
+        action: true,
+    })));
+    a.update(Event::Key(KeyEvent::new(KeyCode::Char('x'), KeyModifiers::NONE)));
+    a.update(Event::Paste("ünïcödé 日本".into()));
+    a
+}
+
+#[test]
+fn a_busy_room() {
+    let a = busy();
+    let mut t = draw(&a, 120, 30);
+    let s = screen(&t);
+    insta::assert_snapshot!("busy_room", s);
+    let status = row(&t, 28);
+    assert!(status.contains("on app1"), "{status}");
+    assert!(status.contains("● connected"), "{status}");
+    assert!(status.contains("rtt 2.4ms"), "{status}");
+    assert!(status.contains("alice in lobby"), "{status}");
+    assert!(s.contains("Members (4)"));
+    assert!(s.contains("* │ carol waves"));
+    // The cursor sits after the typed text, counted in cells: the prompt
+    // "[lobby] " (8) + "xünïcödé " (9) + two wide characters (4).
+    t.backend_mut().assert_cursor_position((8 + 9 + 4, 29));
+}
+
+#[test]
+fn app_ids_shown_per_message_and_member() {
+    let mut a = busy();
+    a.update(Event::Key(KeyEvent::new(KeyCode::F(2), KeyModifiers::NONE)));
+    let t = draw(&a, 120, 30);
+    insta::assert_snapshot!("app_ids", screen(&t));
+    let s = screen(&t);
+    for app in ["app1", "app2", "app3"] {
+        assert!(
+            s.lines().any(|l| l.contains(app) && l.contains('│')),
+            "{app} not shown"
+        );
+    }
+}
+
+#[test]
+fn reconnecting_and_then_landing_elsewhere() {
+    let mut a = busy();
+    let now = a.now;
+    a.update(Event::Net(NetEvent::Disconnected {
+        reason: "connection lost".into(),
+        retry_in: Some(Duration::from_millis(1500)),
+        attempt: 2,
+    }));
+    a.update(Event::Tick(now + Duration::from_millis(300)));
+    let t = draw(&a, 120, 30);
+    let status = row(&t, 28);
+    assert!(
+        status.contains("reconnecting (attempt 2, next try in 1.2s)"),
+        "{status}"
+    );
+    assert!(status.contains("rtt –"), "{status}");
+    a.update(Event::Net(NetEvent::Connected {
+        app_id: "app3".into(),
+        conn_id: "app3-9".into(),
+        nick: "alice".into(),
+        limits: limits(),
+    }));
+    let t = draw(&a, 120, 30);
+    insta::assert_snapshot!("landed_elsewhere", screen(&t));
+    assert!(row(&t, 28).contains("on app3 (was app1)"));
+    assert!(screen(&t).contains("reconnected: now on app3, was app1"));
+    a.update(Event::Net(NetEvent::Disconnected {
+        reason: "closed by the server: 1008 policy".into(),
+        retry_in: None,
+        attempt: 1,
+    }));
+    assert!(row(&draw(&a, 120, 30), 28).contains("offline"));
+}
+
+#[test]
+fn room_list_with_unread_counts_and_mentions() {
+    let mut a = busy();
+    for r in ["rust", "ops"] {
+        a.update(Event::Paste(format!("/join {r}")));
+        a.update(Event::Key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE)));
+        a.update(frame(ServerFrame::Joined {
+            room: r.into(),
+            head: 0,
+        }));
+    }
+    a.update(Event::Key(KeyEvent::new(KeyCode::Char('1'), KeyModifiers::ALT)));
+    for o in 1..=3 {
+        a.update(msg("rust", o, "bob", "app2", "news"));
+    }
+    a.update(msg("ops", 1, "carol", "app3", "alice: the deploy is yours"));
+    let t = draw(&a, 120, 30);
+    insta::assert_snapshot!("room_list", screen(&t));
+    assert!(row(&t, 2).contains("2 rust") && row(&t, 2).contains(" 3"), "{}", row(&t, 2));
+    assert!(row(&t, 3).contains("3 ops") && row(&t, 3).contains("1!1"), "{}", row(&t, 3));
+    assert!(row(&t, 28).contains("act: 2 3"), "{}", row(&t, 28));
+}
+
+#[test]
+fn narrow_terminal_keeps_status_and_input() {
+    let mut a = busy();
+    a.update(Event::Resize(50, 12));
+    let t = draw(&a, 50, 12);
+    insta::assert_snapshot!("narrow", screen(&t));
+    assert!(row(&t, 10).contains("on app1"));
+    assert!(row(&t, 11).starts_with("[lobby]"));
+    // Tiny sizes draw without panicking.
+    for (w, h) in [(1, 1), (3, 2), (10, 3), (200, 2)] {
+        let mut a = busy();
+        a.update(Event::Resize(w, h));
+        draw(&a, w, h);
+    }
+}
+
+#[test]
+fn escape_sequences_in_messages_cannot_reach_the_terminal() {
+    let mut a = app(80, 10);
+    a.update(msg("lobby", 1, "mallory", "app2", "\x1b[2J\x1b[31mred\x07"));
+    let t = draw(&a, 80, 10);
+    let buf = t.backend().buffer();
+    for cell in buf.content() {
+        assert!(
+            !cell.symbol().chars().any(|c| c.is_control()),
+            "control character in a cell: {:?}",
+            cell.symbol()
+        );
+    }
+}
+
+#[test]
+fn scrolled_view_stays_put_while_messages_arrive() {
+    let mut a = app(120, 30);
+    for o in 1..=100 {
+        a.update(msg("lobby", o, "bob", "app2", &format!("line {o}")));
+    }
+    a.update(Event::Key(KeyEvent::new(KeyCode::PageUp, KeyModifiers::NONE)));
+    let before = screen(&draw(&a, 120, 30));
+    let body = |s: &str| s.lines().take(27).collect::<Vec<_>>().join("\n");
+    for o in 101..=120 {
+        a.update(msg("lobby", o, "bob", "app2", &format!("line {o}")));
+    }
+    let t = draw(&a, 120, 30);
+    let after = screen(&t);
+    assert_eq!(body(&before), body(&after), "the view moved");
+    assert!(row(&t, 28).contains("20 new below"), "{}", row(&t, 28));
+    a.update(Event::Key(KeyEvent::new(KeyCode::Esc, KeyModifiers::NONE)));
+    assert!(screen(&draw(&a, 120, 30)).contains("line 120"));
+}
+
+#[test]
+fn ten_thousand_lines_render_fast() {
+    let mut a = app(120, 40);
+    for o in 1..=10_000 {
+        a.update(msg(
+            "lobby",
+            o,
+            &format!("user{}", o % 50),
+            "app2",
+            &format!("message number {o} with some text that is long enough to wrap twice in a normal pane {}", "x".repeat(o as usize % 40)),
+        ));
+    }
+    assert_eq!(a.room().lines.len(), 10_000);
+    let mut t = Terminal::new(TestBackend::new(120, 40)).unwrap();
+    let frames = 50;
+    let start = Instant::now();
+    for _ in 0..frames {
+        t.draw(|f| view::render(&a, f)).unwrap();
+    }
+    let per_frame = start.elapsed() / frames;
+    eprintln!("render at the bottom of 10k lines: {per_frame:?} per frame");
+    // Halfway up the scrollback: rows are walked, not drawn.
+    for _ in 0..150 {
+        a.update(Event::Key(KeyEvent::new(KeyCode::PageUp, KeyModifiers::NONE)));
+    }
+    assert!(a.room().scroll > 4000);
+    let start = Instant::now();
+    t.draw(|f| view::render(&a, f)).unwrap();
+    let scrolled = start.elapsed();
+    eprintln!("render {} rows up: {scrolled:?}", a.room().scroll);
+    // Generous bounds (debug build, shared machine): what they catch is
+    // drawing every line, which is orders of magnitude slower.
+    assert!(per_frame < Duration::from_millis(40), "{per_frame:?}");
+    assert!(scrolled < Duration::from_millis(400), "{scrolled:?}");
+}
