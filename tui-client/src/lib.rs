@@ -4,16 +4,16 @@
 //! every room from the last offset it saw, so no line is lost or doubled.
 //!
 //! # Layout
-//! - [`opts`]: command-line options, environment variables, the key list.
-//! - [`run`]: the `select!` loop tying terminal, network and state together.
-//! - [`terminal`]: the guard that restores the terminal on exit and panic.
-//! - [`logging`]: logs to a file, never to the screen.
-//! - [`state`]: everything the client knows (rooms, input, connection),
+//! - [`opts`] — command-line options, environment variables, the key list.
+//! - [`run`] — the `select!` loop tying terminal, network and state together.
+//! - [`terminal`] — the guard that restores the terminal on exit and panic.
+//! - [`logging`] — logs to a file, never to the screen.
+//! - [`state`] — everything the client knows (rooms, input, connection),
 //!   changed only by `App::update`; no drawing.
-//! - [`view`]: drawing the state with ratatui; no state changes.
-//! - [`net`]: the network actor: connect, resume, dedupe, ping, reconnect.
-//! - [`layout`]: screen geometry shared by `state` and `view`.
-//! - [`wrap`]: terminal-safe text and wrapping by display width.
+//! - [`view`] — drawing the state with ratatui; no state changes.
+//! - [`net`] — the network actor: connect, resume, dedupe, ping, reconnect.
+//! - [`layout`] — screen geometry shared by `state` and `view`.
+//! - [`wrap`] — terminal-safe text and wrapping by display width.
 
 pub mod layout;
 pub mod logging;

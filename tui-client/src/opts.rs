@@ -96,7 +96,10 @@ impl Opts {
             chat_protocol::names::validate_nick(nick).map_err(|e| format!("--nick: {e}"))?;
         }
         if !(self.url.starts_with("ws://") || self.url.starts_with("wss://")) {
-            return Err(format!("--url must start with ws:// or wss://, got {}", self.url));
+            return Err(format!(
+                "--url must start with ws:// or wss://, got {}",
+                self.url
+            ));
         }
         if self.scrollback == 0 {
             return Err("--scrollback must be at least 1".into());
@@ -147,7 +150,15 @@ mod tests {
         let help = <Opts as clap::CommandFactory>::command()
             .render_long_help()
             .to_string();
-        for needle in ["PgUp", "Alt+1..9", "F2", "CHAT_URL", "CHAT_NICK", "CHAT_ROOM", "/join"] {
+        for needle in [
+            "PgUp",
+            "Alt+1..9",
+            "F2",
+            "CHAT_URL",
+            "CHAT_NICK",
+            "CHAT_ROOM",
+            "/join",
+        ] {
             assert!(help.contains(needle), "--help lacks {needle}");
         }
     }

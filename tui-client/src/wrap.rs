@@ -130,7 +130,7 @@ fn wrap_paragraph(
 mod tests {
     use super::*;
 
-    fn rows<'a>(text: &'a str, first: usize, rest: usize) -> Vec<&'a str> {
+    fn rows(text: &str, first: usize, rest: usize) -> Vec<&str> {
         wrap(text, first, rest)
             .into_iter()
             .map(|r| &text[r])
@@ -153,7 +153,10 @@ mod tests {
 
     #[test]
     fn first_row_may_be_narrower() {
-        assert_eq!(rows("aaa bbb ccc ddd", 4, 8), vec!["aaa ", "bbb ccc ", "ddd"]);
+        assert_eq!(
+            rows("aaa bbb ccc ddd", 4, 8),
+            vec!["aaa ", "bbb ccc ", "ddd"]
+        );
     }
 
     #[test]

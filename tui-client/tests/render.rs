@@ -105,7 +105,13 @@ fn busy() -> App {
         ],
     }));
     a.update(msg("lobby", 1, "bob", "app2", "hi all"));
-    a.update(msg("lobby", 2, "carol", "app3", "hello from the third instance"));
+    a.update(msg(
+        "lobby",
+        2,
+        "carol",
+        "app3",
+        "hello from the third instance",
+    ));
     a.update(msg("lobby", 3, "alice", "app1", "hey bob, carol"));
     a.update(msg(
         "lobby",
@@ -115,7 +121,13 @@ fn busy() -> App {
         "a long line that has to wrap because it is much longer than the message pane is wide, \
          so the continuation rows must line up under the text column and never cut a word",
     ));
-    a.update(msg("lobby", 5, "日本語ニック", "app2", "日本語のテキストも大丈夫です alice"));
+    a.update(msg(
+        "lobby",
+        5,
+        "日本語ニック",
+        "app2",
+        "日本語のテキストも大丈夫です alice",
+    ));
     a.update(frame(ServerFrame::Message(ChatMessage {
         room: "lobby".into(),
         offset: 6,
@@ -126,7 +138,10 @@ fn busy() -> App {
         id: None,
         action: true,
     })));
-    a.update(Event::Key(KeyEvent::new(KeyCode::Char('x'), KeyModifiers::NONE)));
+    a.update(Event::Key(KeyEvent::new(
+        KeyCode::Char('x'),
+        KeyModifiers::NONE,
+    )));
     a.update(Event::Paste("ünïcödé 日本".into()));
     a
 }
@@ -204,21 +219,35 @@ fn room_list_with_unread_counts_and_mentions() {
     let mut a = busy();
     for r in ["rust", "ops"] {
         a.update(Event::Paste(format!("/join {r}")));
-        a.update(Event::Key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE)));
+        a.update(Event::Key(KeyEvent::new(
+            KeyCode::Enter,
+            KeyModifiers::NONE,
+        )));
         a.update(frame(ServerFrame::Joined {
             room: r.into(),
             head: 0,
         }));
     }
-    a.update(Event::Key(KeyEvent::new(KeyCode::Char('1'), KeyModifiers::ALT)));
+    a.update(Event::Key(KeyEvent::new(
+        KeyCode::Char('1'),
+        KeyModifiers::ALT,
+    )));
     for o in 1..=3 {
         a.update(msg("rust", o, "bob", "app2", "news"));
     }
     a.update(msg("ops", 1, "carol", "app3", "alice: the deploy is yours"));
     let t = draw(&a, 120, 30);
     insta::assert_snapshot!("room_list", screen(&t));
-    assert!(row(&t, 2).contains("2 rust") && row(&t, 2).contains(" 3"), "{}", row(&t, 2));
-    assert!(row(&t, 3).contains("3 ops") && row(&t, 3).contains("1!1"), "{}", row(&t, 3));
+    assert!(
+        row(&t, 2).contains("2 rust") && row(&t, 2).contains(" 3"),
+        "{}",
+        row(&t, 2)
+    );
+    assert!(
+        row(&t, 3).contains("3 ops") && row(&t, 3).contains("1!1"),
+        "{}",
+        row(&t, 3)
+    );
     assert!(row(&t, 28).contains("act: 2 3"), "{}", row(&t, 28));
 }
 
@@ -259,7 +288,10 @@ fn scrolled_view_stays_put_while_messages_arrive() {
     for o in 1..=100 {
         a.update(msg("lobby", o, "bob", "app2", &format!("line {o}")));
     }
-    a.update(Event::Key(KeyEvent::new(KeyCode::PageUp, KeyModifiers::NONE)));
+    a.update(Event::Key(KeyEvent::new(
+        KeyCode::PageUp,
+        KeyModifiers::NONE,
+    )));
     let before = screen(&draw(&a, 120, 30));
     let body = |s: &str| s.lines().take(27).collect::<Vec<_>>().join("\n");
     for o in 101..=120 {
@@ -296,7 +328,10 @@ fn ten_thousand_lines_render_fast() {
     eprintln!("render at the bottom of 10k lines: {per_frame:?} per frame");
     // Halfway up the scrollback: rows are walked, not drawn.
     for _ in 0..150 {
-        a.update(Event::Key(KeyEvent::new(KeyCode::PageUp, KeyModifiers::NONE)));
+        a.update(Event::Key(KeyEvent::new(
+            KeyCode::PageUp,
+            KeyModifiers::NONE,
+        )));
     }
     assert!(a.room().scroll > 4000);
     let start = Instant::now();

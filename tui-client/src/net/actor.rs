@@ -193,7 +193,9 @@ impl Actor {
     async fn connect(&mut self, target: &str) -> Result<Ws, Exit> {
         let attempt = tokio::time::timeout(
             self.cfg.connect_timeout,
-            tokio_tungstenite::connect_async(target),
+            // Nagle off: chat frames are small and latency is the point;
+            // with it on, a ping waits ~40 ms for a delayed ACK.
+            tokio_tungstenite::connect_async_with_config(target, None, true),
         );
         tokio::pin!(attempt);
         loop {
@@ -228,7 +230,7 @@ impl Actor {
         let frame = match welcome {
             Err(_) => return Exit::Retry("no welcome from the server".into()),
             Ok(None) => return Exit::Retry("closed before the welcome".into()),
-            Ok(Some(Err(e))) => return Exit::Retry(format!("connection lost: {e}")),
+            Ok(Some(Err(e))) => return Exit::Retry(lost(&e)),
             Ok(Some(Ok(Message::Close(cf)))) => return close_exit(cf),
             Ok(Some(Ok(Message::Text(t)))) => serde_json::from_str::<ServerFrame>(&t),
             Ok(Some(Ok(other))) => {
@@ -259,7 +261,7 @@ impl Actor {
         }
         for join in self.session.on_connected() {
             if let Err(e) = send(&mut sink, &join).await {
-                return Exit::Retry(format!("connection lost: {e}"));
+                return Exit::Retry(lost(&e));
             }
         }
         let mut ping = tokio::time::interval(self.cfg.ping_interval);
@@ -275,7 +277,7 @@ impl Actor {
                 }
                 if let Some(frame) = self.session.next_sendable() {
                     if let Err(e) = send(&mut sink, &frame).await {
-                        return Exit::Retry(format!("connection lost: {e}"));
+                        return Exit::Retry(lost(&e));
                     }
                 }
             }
@@ -285,7 +287,7 @@ impl Actor {
                     last_heard = Instant::now();
                     match msg {
                         None => return Exit::Retry("the server closed the connection".into()),
-                        Some(Err(e)) => return Exit::Retry(format!("connection lost: {e}")),
+                        Some(Err(e)) => return Exit::Retry(lost(&e)),
                         Some(Ok(Message::Close(cf))) => return close_exit(cf),
                         Some(Ok(Message::Text(t))) => {
                             if !self.on_text(&t).await {
@@ -327,7 +329,7 @@ impl Actor {
                     };
                     if let Some(frame) = frame {
                         if let Err(e) = send(&mut sink, &frame).await {
-                            return Exit::Retry(format!("connection lost: {e}"));
+                            return Exit::Retry(lost(&e));
                         }
                     }
                 }
@@ -341,10 +343,12 @@ impl Actor {
                     self.next_ping += 1;
                     let frame = ClientFrame::Ping {
                         id: Some(format!("p{}", self.next_ping)),
-                        ts: Some(self.epoch.elapsed().as_millis() as u64),
+                        // Microseconds, so that loopback round trips do
+                        // not all read as 0 ms.
+                        ts: Some(self.epoch.elapsed().as_micros() as u64),
                     };
                     if let Err(e) = send(&mut sink, &frame).await {
-                        return Exit::Retry(format!("connection lost: {e}"));
+                        return Exit::Retry(lost(&e));
                     }
                 }
                 _ = tokio::time::sleep_until(pace_at.into()), if pace.is_some() => {
@@ -365,8 +369,8 @@ impl Actor {
         };
         match frame {
             ServerFrame::Pong { ts: Some(ts), .. } => {
-                let now = self.epoch.elapsed().as_millis() as u64;
-                let rtt = Duration::from_millis(now.saturating_sub(ts));
+                let now = self.epoch.elapsed().as_micros() as u64;
+                let rtt = Duration::from_micros(now.saturating_sub(ts));
                 self.emit(NetEvent::Rtt(rtt)).await
             }
             ServerFrame::Pong { .. } => true,
@@ -396,7 +400,12 @@ fn close_exit(cf: Option<CloseFrame>) -> Exit {
         return Exit::Retry("the server closed the connection".into());
     };
     let code = u16::from(cf.code);
-    let reason = format!("closed by the server: {} {} {}", code, close::name(code), cf.reason);
+    let reason = format!(
+        "closed by the server: {} {} {}",
+        code,
+        close::name(code),
+        cf.reason
+    );
     if close::should_reconnect(code) {
         Exit::Retry(reason)
     } else {
@@ -423,5 +432,17 @@ fn connect_error(e: WsError) -> Exit {
             }
         }
         other => Exit::Retry(format!("cannot connect: {other}")),
+    }
+}
+
+/// A lost connection in words a user understands.
+fn lost(e: &WsError) -> String {
+    use tokio_tungstenite::tungstenite::error::ProtocolError;
+    match e {
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+            "the connection dropped without a goodbye (the instance may have died)".into()
+        }
+        WsError::Io(io) => format!("connection lost: {io}"),
+        other => format!("connection lost: {other}"),
     }
 }

@@ -68,7 +68,11 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(7);
         for attempt in 1..=12 {
             let ceiling = b.ceiling(attempt);
-            let floor = if attempt == 1 { Duration::ZERO } else { ceiling / 2 };
+            let floor = if attempt == 1 {
+                Duration::ZERO
+            } else {
+                ceiling / 2
+            };
             let delays: Vec<Duration> = (0..50).map(|_| b.delay(attempt, &mut rng)).collect();
             assert!(delays.iter().all(|d| *d >= floor && *d <= ceiling));
             let first = delays[0];

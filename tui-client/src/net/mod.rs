@@ -6,10 +6,10 @@
 //! requests are queued with `try_send`, and events arrive on a bounded
 //! channel that the UI drains between frames.
 //!
-//! - [`session`]: what survives a reconnect (offsets, outbox), pure logic.
-//! - [`backoff`]: exponential backoff with jitter.
-//! - [`bucket`]: pacing sends inside the server's rate limit.
-//! - [`url`]: the connect URL.
+//! - [`session`] — what survives a reconnect (offsets, outbox), pure logic.
+//! - [`backoff`] — exponential backoff with jitter.
+//! - [`bucket`] — pacing sends inside the server's rate limit.
+//! - [`url`] — the connect URL.
 //! - `actor`: the connection loop itself.
 
 mod actor;

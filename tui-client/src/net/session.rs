@@ -175,12 +175,10 @@ impl Session {
     /// It is marked as written.
     pub fn next_sendable(&mut self) -> Option<ClientFrame> {
         let rooms = &self.rooms;
-        let o = self.outbox.iter_mut().find(|o| {
-            !o.sent
-                && rooms
-                    .iter()
-                    .any(|r| r.name == o.room && r.caught_up())
-        })?;
+        let o = self
+            .outbox
+            .iter_mut()
+            .find(|o| !o.sent && rooms.iter().any(|r| r.name == o.room && r.caught_up()))?;
         o.sent = true;
         Some(ClientFrame::Send {
             room: Some(o.room.clone()),

@@ -30,13 +30,33 @@ pub enum Command {
 /// Every command with its arguments and what it does, for `/help`.
 pub const COMMANDS: &[(&str, &str, &str)] = &[
     ("join", "<room>", "join a room and switch to it"),
-    ("leave", "[room]", "leave a room (default: this one); alias /part"),
-    ("switch", "<room|number>", "show another joined room; also Alt+1..9"),
+    (
+        "leave",
+        "[room]",
+        "leave a room (default: this one); alias /part",
+    ),
+    (
+        "switch",
+        "<room|number>",
+        "show another joined room; also Alt+1..9",
+    ),
     ("nick", "<nick>", "change your nick in every room"),
     ("who", "[room]", "list the members of a room"),
-    ("me", "<action>", "send an action: /me waves → * alice waves"),
-    ("appids", "", "show which instance each message came through (F2)"),
-    ("reconnect", "", "reconnect now instead of waiting for the backoff"),
+    (
+        "me",
+        "<action>",
+        "send an action: /me waves → * alice waves",
+    ),
+    (
+        "appids",
+        "",
+        "show which instance each message came through (F2)",
+    ),
+    (
+        "reconnect",
+        "",
+        "reconnect now instead of waiting for the backoff",
+    ),
     ("clear", "", "empty this room's scrollback on screen"),
     ("help", "[command]", "this help"),
     ("quit", "", "leave the chat; alias /exit"),
@@ -172,7 +192,10 @@ mod tests {
         assert_eq!(parse("/part ops").unwrap(), Leave(Some("ops".into())));
         assert_eq!(parse("/nick bob").unwrap(), Nick("bob".into()));
         assert_eq!(parse("/who").unwrap(), Who(None));
-        assert_eq!(parse("/me waves  hello").unwrap(), Me("waves  hello".into()));
+        assert_eq!(
+            parse("/me waves  hello").unwrap(),
+            Me("waves  hello".into())
+        );
         assert_eq!(parse("/switch 2").unwrap(), Switch("2".into()));
         assert_eq!(parse("/help join").unwrap(), Help(Some("join".into())));
         assert_eq!(parse("/quit").unwrap(), Quit);

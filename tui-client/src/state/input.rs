@@ -249,7 +249,8 @@ impl Input {
         let word = &comp.candidates[comp.next % comp.candidates.len()];
         let suffix = if comp.start == 0 { ": " } else { " " };
         let replacement: Vec<char> = word.chars().chain(suffix.chars()).collect();
-        self.chars.splice(comp.start..self.cursor, replacement.iter().copied());
+        self.chars
+            .splice(comp.start..self.cursor, replacement.iter().copied());
         self.cursor = comp.start + replacement.len();
         self.completion = Some(Completion {
             next: comp.next + 1,

@@ -1,7 +1,9 @@
 //! Keyboard and mouse bindings (documented in `--help` and `/help`; see
 //! [`crate::opts::KEYS`]).
 
-use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseButton, MouseEvent, MouseEventKind};
+use crossterm::event::{
+    KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseButton, MouseEvent, MouseEventKind,
+};
 use ratatui::layout::Position;
 
 use super::{Action, App};

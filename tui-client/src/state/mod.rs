@@ -5,10 +5,10 @@
 //! [`Action`]s for the run loop to carry out (requests to the network
 //! worker, quitting). The view reads the state and never changes it.
 //!
-//! - [`room`]: a room's scrollback, members, unread counts, scrolling.
-//! - [`input`]: the line editor and its history.
-//! - [`command`]: slash-command parsing and help.
-//! - [`clock`]: timestamps.
+//! - [`room`] — a room's scrollback, members, unread counts, scrolling.
+//! - [`input`] — the line editor and its history.
+//! - [`command`] — slash-command parsing and help.
+//! - [`clock`] — timestamps.
 //! - `keys`: keyboard and mouse bindings.
 //! - `net_events`: what each network event does to the state.
 //! - `commands`: carrying out commands and sending text.
@@ -41,7 +41,9 @@ pub const DEFAULT_SCROLLBACK: usize = 10_000;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConnStatus {
     /// An attempt is under way; `attempt` 0 is the first connect.
-    Connecting { attempt: u32 },
+    Connecting {
+        attempt: u32,
+    },
     Connected,
     /// Waiting to retry at `at`.
     Reconnecting {
@@ -50,7 +52,9 @@ pub enum ConnStatus {
         reason: String,
     },
     /// Not retrying until the user says so (`/reconnect`).
-    Offline { reason: String },
+    Offline {
+        reason: String,
+    },
 }
 
 /// Something that happened, for [`App::update`].

@@ -102,9 +102,15 @@ impl App {
                 };
                 let r = &mut self.rooms[i];
                 r.joined = true;
-                if r.last_offset.is_none() {
+                if !r.ever_joined {
+                    r.ever_joined = true;
                     // History replay of a fresh join is not "unread".
                     r.quiet_until = head;
+                    let line = self.local_line(
+                        LineKind::Join,
+                        &format!("you joined {room} ({head} message(s) so far)"),
+                    );
+                    self.push_line(i, line);
                 }
             }
             ServerFrame::Left { room } => {
@@ -116,7 +122,9 @@ impl App {
             }
             ServerFrame::Message(m) => self.on_message(m),
             ServerFrame::Gap { room, from, to } => {
-                let Some(i) = self.room_index(&room) else { return };
+                let Some(i) = self.room_index(&room) else {
+                    return;
+                };
                 let r = &mut self.rooms[i];
                 r.last_offset = Some(r.last_offset.map_or(to, |l| l.max(to)));
                 let n = to.saturating_sub(from) + 1;
@@ -137,7 +145,12 @@ impl App {
                 ts,
                 old_nick,
             } => {
-                let Some(i) = self.room_index(&room) else { return };
+                let Some(i) = self.room_index(&room) else {
+                    return;
+                };
+                // Our own join and leave are the echo of what we did (and
+                // of every reconnect): keep the member list, skip the line.
+                let own = self.conn_id.as_deref() == Some(conn_id.as_str());
                 let (kind, text) = match event {
                     PresenceEvent::Join => {
                         self.rooms[i].members.add(chat_protocol::Member {
@@ -145,7 +158,10 @@ impl App {
                             nick: nick.clone(),
                             app_id: app_id.clone(),
                         });
-                        (LineKind::Join, format!("{nick} joined {room} (via {app_id})"))
+                        (
+                            LineKind::Join,
+                            format!("{nick} joined {room} (via {app_id})"),
+                        )
                     }
                     PresenceEvent::Leave => {
                         self.rooms[i].members.remove(&conn_id);
@@ -154,9 +170,15 @@ impl App {
                     PresenceEvent::Nick => {
                         self.rooms[i].members.rename(&conn_id, &nick);
                         let old = old_nick.unwrap_or_else(|| "someone".into());
-                        (LineKind::NickChange, format!("{old} is now known as {nick}"))
+                        (
+                            LineKind::NickChange,
+                            format!("{old} is now known as {nick}"),
+                        )
                     }
                 };
+                if own && kind != LineKind::NickChange {
+                    return;
+                }
                 let stamp = self.clock.stamp(ts);
                 let line = Line {
                     time: stamp.time,
@@ -170,7 +192,9 @@ impl App {
                 self.push_line(i, line);
             }
             ServerFrame::Members { room, members } => {
-                let Some(i) = self.room_index(&room) else { return };
+                let Some(i) = self.room_index(&room) else {
+                    return;
+                };
                 self.rooms[i].members.set(members);
                 if let Some(p) = self.who_pending.iter().position(|r| *r == room) {
                     self.who_pending.remove(p);

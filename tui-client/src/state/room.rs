@@ -25,7 +25,10 @@ pub enum LineKind {
         mention: bool,
     },
     /// A line this client sent that the server has not echoed yet.
-    Pending { id: String, action: bool },
+    Pending {
+        id: String,
+        action: bool,
+    },
     Join,
     Leave,
     NickChange,
@@ -139,6 +142,8 @@ pub struct Room {
     pub new_below: usize,
     /// The server confirmed the join on the current connection.
     pub joined: bool,
+    /// The server confirmed a join at least once (later joins are resumes).
+    pub ever_joined: bool,
     /// The last message offset shown: a safety net against duplicates (the
     /// network session already drops them).
     pub last_offset: Option<u64>,
@@ -160,6 +165,7 @@ impl Room {
             scroll: 0,
             new_below: 0,
             joined: false,
+            ever_joined: false,
             last_offset: None,
             quiet_until: 0,
             capacity: capacity.max(1),
@@ -328,7 +334,12 @@ mod tests {
         let kinds: Vec<_> = r.lines.iter().map(|l| l.kind.clone()).collect();
         assert_eq!(
             kinds,
-            vec![LineKind::Info, LineKind::Info, LineKind::Day, LineKind::Info]
+            vec![
+                LineKind::Info,
+                LineKind::Info,
+                LineKind::Day,
+                LineKind::Info
+            ]
         );
     }
 

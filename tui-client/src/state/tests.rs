@@ -87,7 +87,11 @@ fn texts(a: &App, room: usize) -> Vec<String> {
 }
 
 fn last_text(a: &App) -> String {
-    a.room().lines.back().map(|l| l.text.clone()).unwrap_or_default()
+    a.room()
+        .lines
+        .back()
+        .map(|l| l.text.clone())
+        .unwrap_or_default()
 }
 
 #[test]
@@ -165,7 +169,11 @@ fn join_switch_and_leave() {
     a.update(alt('9'));
     assert_eq!(a.current, 1, "no room 9: nothing happens");
     type_line(&mut a, "/switch nope");
-    assert!(last_text(&a).contains("no room \"nope\""), "{}", last_text(&a));
+    assert!(
+        last_text(&a).contains("no room \"nope\""),
+        "{}",
+        last_text(&a)
+    );
     assert_eq!(
         type_line(&mut a, "/leave"),
         vec![Action::Net(Request::Leave("rust".into()))]
@@ -211,7 +219,10 @@ fn unknown_commands_get_a_helpful_message() {
     let mut a = app();
     assert!(type_line(&mut a, "/jion rust").is_empty());
     let t = last_text(&a);
-    assert!(t.contains("unknown command /jion") && t.contains("/join"), "{t}");
+    assert!(
+        t.contains("unknown command /jion") && t.contains("/join"),
+        "{t}"
+    );
     assert_eq!(a.room().lines.back().unwrap().kind, LineKind::Error);
     // Text starting with a slash can still be sent.
     assert!(matches!(
@@ -285,7 +296,9 @@ fn reconnecting_to_another_instance_says_so_everywhere_and_keeps_the_rooms() {
         }
     );
     assert!(a.rtt.is_none());
-    assert!(texts(&a, 0).iter().any(|t| t.contains("disconnected from app1")));
+    assert!(texts(&a, 0)
+        .iter()
+        .any(|t| t.contains("disconnected from app1")));
     // A second failed attempt adds no line: the status bar counts.
     let n = a.rooms[0].lines.len();
     a.update(Event::Net(NetEvent::Connecting { attempt: 1 }));
@@ -301,7 +314,9 @@ fn reconnecting_to_another_instance_says_so_everywhere_and_keeps_the_rooms() {
     assert_eq!(a.prev_app_id.as_deref(), Some("app1"));
     for i in 0..2 {
         assert!(
-            texts(&a, i).iter().any(|t| t == "reconnected: now on app2, was app1"),
+            texts(&a, i)
+                .iter()
+                .any(|t| t == "reconnected: now on app2, was app1"),
             "{:?}",
             texts(&a, i)
         );

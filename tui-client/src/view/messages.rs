@@ -51,7 +51,9 @@ fn body_style(line: &Line) -> Style {
         LineKind::NickChange | LineKind::Info => Style::new().fg(Color::Cyan),
         LineKind::Error => Style::new().fg(Color::LightRed).bold(),
         LineKind::Gap => Style::new().fg(Color::Yellow).bold(),
-        LineKind::Day => Style::new().fg(Color::DarkGray).add_modifier(Modifier::BOLD),
+        LineKind::Day => Style::new()
+            .fg(Color::DarkGray)
+            .add_modifier(Modifier::BOLD),
     }
 }
 
@@ -82,17 +84,29 @@ fn nick_cell(line: &Line) -> (String, Style) {
 
 fn pad_left(s: &str, width: usize) -> String {
     let s = wrap::truncate(s, width);
-    format!("{}{s}", " ".repeat(width.saturating_sub(wrap::str_width(&s))))
+    format!(
+        "{}{s}",
+        " ".repeat(width.saturating_sub(wrap::str_width(&s)))
+    )
 }
 
 fn pad_right(s: &str, width: usize) -> String {
     let s = wrap::truncate(s, width);
-    format!("{s}{}", " ".repeat(width.saturating_sub(wrap::str_width(&s))))
+    format!(
+        "{s}{}",
+        " ".repeat(width.saturating_sub(wrap::str_width(&s)))
+    )
 }
 
 /// Row `k` of a line: the first row carries the prefix, later rows are
 /// indented to the text column.
-fn render_row(line: &Line, text: &str, k: usize, width: usize, show_app_ids: bool) -> TextLine<'static> {
+fn render_row(
+    line: &Line,
+    text: &str,
+    k: usize,
+    width: usize,
+    show_app_ids: bool,
+) -> TextLine<'static> {
     let style = body_style(line);
     if k > 0 {
         let prefix = layout::prefix_width(show_app_ids);
@@ -111,7 +125,11 @@ fn render_row(line: &Line, text: &str, k: usize, width: usize, show_app_ids: boo
     let mut spans = vec![Span::styled(time, dim), Span::raw(" ")];
     if show_app_ids {
         let app = line.app_id.as_deref().unwrap_or("");
-        let app_style = if app.is_empty() { dim } else { Style::new().fg(nick_color(app)) };
+        let app_style = if app.is_empty() {
+            dim
+        } else {
+            Style::new().fg(nick_color(app))
+        };
         spans.push(Span::styled(pad_right(app, APP_COL), app_style));
         spans.push(Span::raw(" "));
     }

@@ -4,7 +4,7 @@
 //! - `sidebar`: the room list and the member list.
 //! - `status`: the status bar.
 //! - `input`: the input line and the cursor.
-//! - [`colors`]: stable nick colours.
+//! - [`colors`] — stable nick colours.
 
 pub mod colors;
 mod input;

@@ -30,7 +30,11 @@ pub(super) fn rooms(app: &App, area: Rect, buf: &mut Buffer) {
         if y >= inner.bottom() {
             break;
         }
-        let number = if i < 10 { format!("{}", (i + 1) % 10) } else { " ".into() };
+        let number = if i < 10 {
+            format!("{}", (i + 1) % 10)
+        } else {
+            " ".into()
+        };
         let count = match (room.unread, room.mentions) {
             (0, _) => String::new(),
             (n, 0) => format!(" {n}"),
@@ -81,7 +85,11 @@ pub(super) fn members(app: &App, area: Rect, buf: &mut Buffer) {
     let rows = inner.height.saturating_sub(1) as usize;
     let total = room.members.len();
     // When they do not all fit, the last row says how many are left out.
-    let shown = if total > rows { rows.saturating_sub(1) } else { total };
+    let shown = if total > rows {
+        rows.saturating_sub(1)
+    } else {
+        total
+    };
     for (i, m) in room.members.iter().take(shown).enumerate() {
         let y = inner.y + 1 + i as u16;
         let mut spans = vec![Span::raw(" ")];

@@ -172,10 +172,7 @@ fn errors_and_leaves_drop_sends() {
         id: Some("c1".into()),
     });
     assert_eq!(s.outbox.len(), 1);
-    assert_eq!(
-        s.leave("b"),
-        ClientFrame::Leave { room: "b".into() }
-    );
+    assert_eq!(s.leave("b"), ClientFrame::Leave { room: "b".into() });
     assert!(s.outbox.is_empty());
     assert_eq!(s.rooms.len(), 1);
 }

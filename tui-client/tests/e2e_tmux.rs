@@ -1,0 +1,288 @@
+//! End to end: the real `tui-client` binary in tmux against a real local
+//! cluster (redis-server, three chat servers, HAProxy on loopback ports).
+//!
+//! It checks what a person would look at: the APP_ID on screen, a message
+//! sent by another client through another instance appearing, a line typed
+//! in the client reaching the other client, and, after the instance the
+//! client was on is killed with SIGKILL, a different APP_ID on screen
+//! ("now on appK, was appN") and messages still arriving, once each.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use chat_cluster::{Cluster, ClusterOptions};
+use chat_protocol::{ClientFrame, ServerFrame};
+use futures_util::{SinkExt, StreamExt};
+use tokio::runtime::Runtime;
+use tokio_tungstenite::tungstenite::Message;
+
+/// A tmux server of our own (`-L`), so the test never touches the user's
+/// sessions; killed on drop.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn start(command: &str) -> Tmux {
+        match Command::new("tmux").arg("-V").output() {
+            Ok(o) if o.status.success() => {}
+            _ => panic!(
+                "tmux is required for this end-to-end test but was not found: \
+                 install it (Debian/Ubuntu: apt-get install tmux; .ci/run does)"
+            ),
+        }
+        let t = Tmux {
+            socket: format!("tui-e2e-{}", std::process::id()),
+        };
+        let ok = t
+            .cmd(&[
+                "new-session",
+                "-d",
+                "-x",
+                "120",
+                "-y",
+                "40",
+                "-s",
+                "main",
+                command,
+            ])
+            .status
+            .success();
+        assert!(ok, "tmux new-session failed");
+        t
+    }
+
+    fn cmd(&self, args: &[&str]) -> std::process::Output {
+        Command::new("tmux")
+            .args(["-L", &self.socket, "-f", "/dev/null"])
+            .args(args)
+            .output()
+            .expect("running tmux")
+    }
+
+    fn screen(&self) -> String {
+        String::from_utf8_lossy(&self.cmd(&["capture-pane", "-p", "-t", "main"]).stdout)
+            .into_owned()
+    }
+
+    /// Type a line and press Enter (`-l`: literally, no key names).
+    fn type_line(&self, text: &str) {
+        self.cmd(&["send-keys", "-t", "main", "-l", text]);
+        self.cmd(&["send-keys", "-t", "main", "Enter"]);
+    }
+
+    fn alive(&self) -> bool {
+        self.cmd(&["has-session", "-t", "main"]).status.success()
+    }
+
+    /// Wait until the screen satisfies `pred`; panics with the screen.
+    fn wait_for(&self, what: &str, limit: Duration, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let s = self.screen();
+            if pred(&s) {
+                return s;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out after {limit:?} waiting for {what}; the screen:\n{s}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd(&["kill-server"]);
+    }
+}
+
+/// The instance named in the status bar (`on appN`).
+fn status_app_id(screen: &str) -> Option<String> {
+    let status = screen.lines().rev().nth(1)?;
+    let at = status.find("on app")?;
+    let id: String = status[at + 3..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric())
+        .collect();
+    Some(id)
+}
+
+/// Another chat client speaking the protocol directly to one instance.
+struct Peer {
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    app_id: String,
+}
+
+impl Peer {
+    async fn connect(url: &str, nick: &str, room: &str) -> Peer {
+        let url = format!("{url}?nick={nick}&room={room}");
+        let (mut ws, _) = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio_tungstenite::connect_async(&url),
+        )
+        .await
+        .expect("peer connect timed out")
+        .expect("peer connect failed");
+        let first = ws.next().await.expect("welcome").expect("welcome frame");
+        let Message::Text(t) = first else {
+            panic!("expected a welcome, got {first:?}")
+        };
+        let ServerFrame::Welcome { app_id, .. } = serde_json::from_str(&t).expect("welcome json")
+        else {
+            panic!("first frame is not a welcome: {t}")
+        };
+        Peer { ws, app_id }
+    }
+
+    async fn say(&mut self, text: &str) {
+        let f = ClientFrame::Send {
+            room: None,
+            text: text.into(),
+            id: None,
+            action: false,
+        };
+        let json = serde_json::to_string(&f).unwrap();
+        self.ws
+            .send(Message::Text(json.into()))
+            .await
+            .expect("peer send");
+    }
+
+    /// Read frames until a message with `text` arrives; returns its sender.
+    async fn expect_message(&mut self, text: &str, limit: Duration) -> String {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .unwrap_or_else(|_| panic!("peer: no message {text:?} within {limit:?}"));
+            let Some(Ok(Message::Text(t))) = next else {
+                continue;
+            };
+            if let Ok(ServerFrame::Message(m)) = serde_json::from_str(&t) {
+                if m.text == text {
+                    return m.nick;
+                }
+            }
+        }
+    }
+
+    /// Read whatever is waiting, so the server never sees a slow reader.
+    async fn drain(&mut self) {
+        while let Ok(Some(_)) =
+            tokio::time::timeout(Duration::from_millis(20), self.ws.next()).await
+        {}
+    }
+}
+
+fn log_dir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!("tui-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn tui_client_follows_the_cluster_through_a_killed_instance() {
+    let mut cluster = Cluster::start(ClusterOptions {
+        servers: 3,
+        ..Default::default()
+    })
+    .expect("starting the local cluster (needs redis-server, haproxy and the server binary)");
+    let logs = log_dir();
+    let client_log = logs.join("tui-client.log");
+    let command = format!(
+        "{} --url {} --nick tester --room e2e --log-file {} --log debug --utc",
+        env!("CARGO_BIN_EXE_tui-client"),
+        cluster.ws_url(),
+        client_log.display()
+    );
+    let tmux = Tmux::start(&command);
+    let fail_ctx = || {
+        let log = std::fs::read_to_string(&client_log).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        format!("client log tail (newest first):\n{}", tail.join("\n"))
+    };
+
+    // 1. The APP_ID the client landed on is on screen.
+    let screen = tmux.wait_for("the client to connect", Duration::from_secs(20), |s| {
+        s.contains("● connected") && status_app_id(s).is_some_and(|id| id != "–")
+    });
+    eprintln!("--- connected:\n{screen}");
+    let first_app = status_app_id(&screen).unwrap();
+    let landed: usize = first_app
+        .trim_start_matches("app")
+        .parse::<usize>()
+        .expect("appN")
+        - 1;
+    assert!(landed < cluster.len(), "{first_app} is not in the cluster");
+    // The peer talks to an instance the client is not on.
+    let other = (landed + 1) % cluster.len();
+
+    let rt = Runtime::new().unwrap();
+    let mut peer = rt.block_on(Peer::connect(&cluster.server_ws_url(other), "peer", "e2e"));
+    assert_eq!(peer.app_id, cluster.app_id(other));
+
+    // 2. A message through another instance appears.
+    let hello = format!("hello via {}", peer.app_id);
+    rt.block_on(peer.say(&hello));
+    tmux.wait_for("the peer's message", Duration::from_secs(10), |s| {
+        s.contains(&hello)
+    });
+    // ...and what the user types reaches the peer.
+    tmux.type_line("typed in tmux ünïcödé 日本");
+    let from =
+        rt.block_on(peer.expect_message("typed in tmux ünïcödé 日本", Duration::from_secs(10)));
+    assert_eq!(from, "tester");
+    tmux.wait_for("the typed line's echo", Duration::from_secs(10), |s| {
+        s.lines().any(|l| l.contains("tester │ typed in tmux"))
+    });
+
+    // 3. Kill the instance under the client: it reconnects elsewhere.
+    cluster.kill_server(landed);
+    let screen = tmux.wait_for(
+        "the client to land on another instance",
+        Duration::from_secs(30),
+        |s| s.contains(&format!("was {first_app}")) && s.contains("● connected"),
+    );
+    eprintln!("--- after killing {first_app}:\n{screen}");
+    let second_app = status_app_id(&screen).unwrap();
+    assert_ne!(second_app, first_app, "{screen}\n{}", fail_ctx());
+    assert!(
+        screen.contains(&format!("now on {second_app}, was {first_app}")),
+        "{screen}"
+    );
+
+    // 4. Messages still arrive, once each, and sending still works.
+    rt.block_on(peer.drain());
+    let after = format!("after the kill, via {}", peer.app_id);
+    rt.block_on(peer.say(&after));
+    let screen = tmux.wait_for("a message after the kill", Duration::from_secs(10), |s| {
+        s.contains(&after)
+    });
+    for line in [&hello, &after] {
+        assert_eq!(
+            screen.matches(line.as_str()).count(),
+            1,
+            "{line:?} not shown exactly once:\n{screen}"
+        );
+    }
+    eprintln!("--- a message after the kill:\n{screen}");
+    tmux.type_line("still here");
+    let from = rt.block_on(peer.expect_message("still here", Duration::from_secs(10)));
+    assert_eq!(from, "tester");
+
+    // 5. /quit ends the program (and with it the tmux session).
+    tmux.type_line("/quit");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tmux.alive() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !tmux.alive(),
+        "the client did not exit on /quit\n{}",
+        fail_ctx()
+    );
+}
