@@ -1,0 +1,190 @@
+//! `loadgen`: a load generator and cross-instance delivery checker for
+//! WebSocket group chat.
+//!
+//! It opens many sockets (through HAProxy by default), lets a subset send
+//! on an open-loop schedule, and checks at every receiver that every
+//! message arrived exactly once and in order, with fan-out latency in
+//! HdrHistograms (from the scheduled send time, so coordinated omission is
+//! corrected, and from the actual send) and a sender-APP_ID ×
+//! receiver-APP_ID matrix that proves messages cross instances.
+//!
+//! # Layout
+//! - [`opts`]: the clap CLI, presets, the validated [`opts::Config`].
+//! - [`sys`]: file and port limits, warnings, loopback source binding.
+//! - [`probe`]: the probe id carried by every send; byte scans of deliveries.
+//! - [`client`]: one simulated client (connect, join, read, send).
+//! - [`checker`]: per-receiver verification (lost, duplicated, out of order).
+//! - [`stats`]: live counters, sharded histograms, APP_ID table, snapshots.
+//! - [`hist`]: HdrHistogram helpers, serde, `.hgrm` output.
+//! - [`sched`]: the open-loop send schedule (one thread per process).
+//! - [`run`]: the phases of one process's run (ramp, send, drain, close).
+//! - [`worker`]: spreading a run over child processes; merging.
+//! - [`tally`]: mergeable raw results; [`report`]: the JSON report;
+//!   [`human`]: the text summary; [`thresholds`]: CI limits.
+//! - [`live`]: the live view's state and progress lines; [`tui`]: the
+//!   ratatui dashboard.
+//! - [`relay`]: a deliberately faulty relay that tests (and people) use to
+//!   prove the checker catches drops, duplicates and reordering.
+
+pub mod checker;
+pub mod client;
+pub mod hist;
+pub mod human;
+pub mod live;
+pub mod opts;
+pub mod probe;
+pub mod relay;
+pub mod report;
+pub mod run;
+pub mod sched;
+pub mod stats;
+pub mod sys;
+pub mod tally;
+pub mod thresholds;
+pub mod tui;
+pub mod worker;
+
+use std::io::Write as _;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::live::{Mode, View};
+use crate::opts::{Config, Opts};
+use crate::report::Report;
+use crate::run::{Control, Part};
+use crate::stats::Snapshot;
+use crate::tally::Tally;
+
+/// Exit code when a threshold failed.
+pub const EXIT_THRESHOLD: u8 = 1;
+/// Exit code when the run could not be carried out (bad flags, I/O).
+pub const EXIT_ERROR: u8 = 2;
+
+/// The binary's entry point.
+pub fn main_entry() -> ExitCode {
+    let opts = <Opts as clap::Parser>::parse();
+    match run_cli(&opts) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("loadgen: error: {e:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+/// Run with parsed options: the run itself, the report, the exit code.
+pub fn run_cli(opts: &Opts) -> Result<ExitCode> {
+    let fd = sys::raise_fd_limit();
+    let cfg = opts.resolve(fd.socket_budget())?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cfg.threads)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    if let Some(spec) = &opts.worker_of {
+        return rt.block_on(worker::child_main(cfg, spec, fd));
+    }
+    for w in sys::capacity_warnings(
+        cfg.clients.div_ceil(cfg.workers),
+        cfg.clients.div_ceil(cfg.urls.len()),
+        cfg.source_ips.len(),
+        fd,
+        cfg.workers,
+    ) {
+        eprintln!("loadgen: warning: {w}");
+    }
+    let json_stdout = opts.json.as_deref() == Some("-");
+    let mode = Mode::choose(opts.no_tui, opts.quiet, json_stdout);
+    let cfg = Arc::new(cfg);
+    let tally = rt.block_on(async {
+        if cfg.workers > 1 {
+            worker::parent_main(cfg.clone(), mode).await
+        } else {
+            run_local(cfg.clone(), mode, fd).await
+        }
+    })?;
+    drop(rt);
+    finish(opts, &cfg, &tally)
+}
+
+/// One process, every room, with a live view.
+pub async fn run_local(cfg: Arc<Config>, mode: Mode, fd: sys::FdLimit) -> Result<Tally> {
+    let interrupt = CancellationToken::new();
+    let hard_stop = CancellationToken::new();
+    let sig = live::spawn_signal_handler(interrupt.clone(), hard_stop.clone());
+    let h = run::prepare(&cfg, Part::ALL);
+    let (ramped_tx, ramped_rx) = oneshot::channel();
+    let (go_tx, go_rx) = oneshot::channel();
+    // A standalone run starts sending as soon as it has ramped up.
+    tokio::spawn(async move {
+        if ramped_rx.await.is_ok() {
+            let _ = go_tx.send(());
+        }
+    });
+    let done = CancellationToken::new();
+    let view = View::new(config_line(&cfg));
+    let (stats, phase, clients) = (h.stats.clone(), h.phase.clone(), h.clients);
+    let display = tokio::spawn(live::show(
+        mode,
+        view,
+        move || Snapshot::take(&stats, phase.name(), clients, fd.soft),
+        done.clone(),
+        interrupt.clone(),
+        hard_stop.clone(),
+    ));
+    let control = Control {
+        ramped: Some(ramped_tx),
+        go: go_rx,
+        interrupt,
+        hard_stop,
+    };
+    let result = run::run(cfg, Part::ALL, h, control).await;
+    done.cancel();
+    let _ = display.await;
+    sig.abort();
+    result
+}
+
+/// A one-line description of the run for the dashboard title.
+pub fn config_line(cfg: &Config) -> String {
+    format!(
+        "{} clients · {} rooms · {} senders @ {} msg/s · {}",
+        cfg.clients,
+        cfg.rooms,
+        cfg.senders,
+        cfg.rate,
+        humantime::format_duration(cfg.duration)
+    )
+}
+
+/// Print the summary, write `--json` and `--hgrm`, and pick the exit code.
+pub fn finish(opts: &Opts, cfg: &Config, tally: &Tally) -> Result<ExitCode> {
+    let report = Report::new(cfg, tally);
+    let text = human::summary(&report);
+    let json = serde_json::to_string_pretty(&report)?;
+    match opts.json.as_deref() {
+        Some("-") => {
+            eprint!("{text}");
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{json}")?;
+            out.flush()?;
+        }
+        Some(path) => {
+            print!("{text}");
+            std::fs::write(path, json + "\n").with_context(|| format!("writing --json {path}"))?;
+        }
+        None => print!("{text}"),
+    }
+    if let Some(path) = &opts.hgrm {
+        std::fs::write(path, tally.latency.hgrm()).with_context(|| format!("writing --hgrm {}", path.display()))?;
+    }
+    Ok(if report.thresholds.passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_THRESHOLD)
+    })
+}

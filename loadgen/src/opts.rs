@@ -1,0 +1,560 @@
+//! Command-line options, presets, and the validated [`Config`] a run uses.
+//!
+//! Flags that a preset may set are `Option`s in [`Opts`], so that
+//! [`Opts::resolve`] can layer them: an explicit flag beats the preset, and
+//! the preset beats the built-in default. Outside scripts rely on the flag
+//! names (`--url`, `--clients`, `--rooms`, `--senders`, `--rate`,
+//! `--duration`, `--ramp`, `--size`, `--protocol`, `--app-id-regex`,
+//! `--json`, `--hgrm`, `--max-p99`, `--max-lost`, `--min-instances`,
+//! `--preset`, `--workers`, `--source-ips`): keep them.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use clap::{Parser, ValueEnum};
+
+use crate::sys::parse_source_ips;
+use crate::thresholds::Thresholds;
+
+/// The URL of the local HAProxy started by the cluster launcher or compose.
+pub const DEFAULT_URL: &str = "ws://127.0.0.1:8080/ws";
+/// Matches the greeting of the published Node.js design.
+pub const DEFAULT_APP_ID_REGEX: &str = r"Connected successfully to server\s+(?P<app_id>[^\s\x22]+)";
+
+/// Which wire protocol the clients speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// This project's JSON protocol (welcome, joined, send with id, message
+    /// with offset and app_id).
+    Chat,
+    /// Any broadcast relay of text frames: the probe travels inside the text
+    /// and the APP_ID comes from the greeting (see --app-id-regex).
+    Raw,
+}
+
+/// Built-in scenarios. Explicit flags override what a preset sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Preset {
+    /// Small and fast, for CI: 60 clients in 3 rooms, 6 senders at 60 msg/s
+    /// for 5s, and zero loss, duplication, reordering or failed connections.
+    Smoke,
+    /// One big room: 1000 members, 10 senders at 50 msg/s for 20s (50k
+    /// deliveries/s).
+    Fanout,
+    /// Many mostly idle sockets: 20000 clients in 200 rooms, a trickle of
+    /// 20 msg/s for 30s; spreads over worker processes and source IPs.
+    Connections,
+}
+
+/// Load generator and cross-instance delivery checker for WebSocket group
+/// chat. Opens many sockets (through HAProxy by default), sends on an
+/// open-loop schedule, and checks every delivery at every receiver.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "loadgen", version, about, long_about = None)]
+pub struct Opts {
+    /// WebSocket URL to connect to; repeat to spread clients round-robin
+    /// over several endpoints (e.g. straight to each instance). A `{room}`
+    /// in the URL is replaced by the client's room name.
+    #[arg(long, default_value = DEFAULT_URL, action = clap::ArgAction::Append)]
+    pub url: Vec<String>,
+
+    /// Built-in scenario; explicit flags override its values.
+    #[arg(long, value_enum)]
+    pub preset: Option<Preset>,
+
+    /// Number of client connections in all [default: 100].
+    #[arg(long)]
+    pub clients: Option<usize>,
+
+    /// Number of rooms; client i joins room i mod rooms [default: 1].
+    #[arg(long)]
+    pub rooms: Option<usize>,
+
+    /// Members per room; sets --clients to rooms × members.
+    #[arg(long)]
+    pub members: Option<usize>,
+
+    /// Number of clients that send (spread over the rooms) [default: rooms].
+    #[arg(long)]
+    pub senders: Option<usize>,
+
+    /// Aggregate send rate over all senders, in messages per second
+    /// [default: 10].
+    #[arg(long)]
+    pub rate: Option<f64>,
+
+    /// Chat text size in bytes (the probe id travels in the message id in
+    /// chat mode, inside the text in raw mode) [default: 64].
+    #[arg(long)]
+    pub size: Option<usize>,
+
+    /// How long senders send once every client is connected, e.g. `30s`,
+    /// `2m` [default: 10s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Connection ramp: new connections per second [default: 1000].
+    #[arg(long)]
+    pub ramp: Option<f64>,
+
+    /// Wire protocol: `chat` (this project's JSON frames) or `raw` (any
+    /// broadcast relay of text frames).
+    #[arg(long, value_enum, default_value_t = Protocol::Chat)]
+    pub protocol: Protocol,
+
+    /// Raw mode: regex that finds the APP_ID in the greeting frame; uses the
+    /// group named `app_id`, else group 1, else the whole match.
+    #[arg(long, default_value = DEFAULT_APP_ID_REGEX)]
+    pub app_id_regex: String,
+
+    /// Write the JSON report to this file, or `-` for stdout (the human
+    /// summary then goes to stderr). Schema: loadgen/README.md.
+    #[arg(long)]
+    pub json: Option<String>,
+
+    /// Write the fan-out latency distribution (from scheduled send time) in
+    /// HdrHistogram's percentile format (.hgrm), in milliseconds.
+    #[arg(long)]
+    pub hgrm: Option<PathBuf>,
+
+    /// Fail (exit 1) if fan-out p99 (from scheduled time) exceeds this,
+    /// e.g. `20ms`.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub max_p99: Option<Duration>,
+
+    /// Fail if more deliveries than this were lost.
+    #[arg(long)]
+    pub max_lost: Option<u64>,
+
+    /// Fail if more deliveries than this were duplicated.
+    #[arg(long)]
+    pub max_duplicated: Option<u64>,
+
+    /// Fail if more deliveries than this arrived out of order.
+    #[arg(long)]
+    pub max_out_of_order: Option<u64>,
+
+    /// Fail if more connections than this failed to open or join.
+    #[arg(long)]
+    pub max_failed_connections: Option<u64>,
+
+    /// Fail if clients landed on fewer distinct APP_IDs than this.
+    #[arg(long)]
+    pub min_instances: Option<usize>,
+
+    /// Fail if fewer deliveries than this crossed instances (sender APP_ID
+    /// differs from receiver APP_ID).
+    #[arg(long)]
+    pub min_cross_instance: Option<u64>,
+
+    /// Worker processes (loadgen re-executes itself); each holds whole rooms.
+    /// Default: as many as the file-descriptor limit requires.
+    #[arg(long)]
+    pub workers: Option<usize>,
+
+    /// Loopback source addresses to spread connections over, e.g.
+    /// `127.0.0.2-127.0.0.20` or `127.0.0.2,127.0.0.3`. Default: chosen
+    /// automatically when one address would run out of ephemeral ports.
+    #[arg(long)]
+    pub source_ips: Option<String>,
+
+    /// Time to wait after the last send for in-flight deliveries; messages
+    /// sent within this long of a receiver's disconnect are not counted as
+    /// expected there.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "3s")]
+    pub grace: Duration,
+
+    /// Give up on a connection that has not been welcomed and joined within
+    /// this long.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    pub connect_timeout: Duration,
+
+    /// Connection attempts in flight at once (TCP + WebSocket handshake).
+    #[arg(long, default_value_t = 256)]
+    pub connect_concurrency: usize,
+
+    /// Prefix of the room names; default `lg-<random>` so runs never share
+    /// rooms or history.
+    #[arg(long)]
+    pub room_prefix: Option<String>,
+
+    /// Runtime threads per process [default: number of CPUs].
+    #[arg(long)]
+    pub threads: Option<usize>,
+
+    /// No live dashboard even on a terminal: a progress line every second.
+    #[arg(long)]
+    pub no_tui: bool,
+
+    /// No live output at all (the report is still printed).
+    #[arg(long, short)]
+    pub quiet: bool,
+
+    /// Internal: run as worker `INDEX/COUNT` of a parent loadgen.
+    #[arg(long, hide = true)]
+    pub worker_of: Option<String>,
+}
+
+/// A validated run configuration.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Config {
+    pub urls: Vec<String>,
+    pub preset: Option<Preset>,
+    pub clients: usize,
+    pub rooms: usize,
+    pub senders: usize,
+    pub rate: f64,
+    pub size: usize,
+    #[serde(serialize_with = "ser_dur")]
+    pub duration: Duration,
+    pub ramp: f64,
+    pub protocol: Protocol,
+    pub app_id_regex: String,
+    #[serde(serialize_with = "ser_dur")]
+    pub grace: Duration,
+    #[serde(serialize_with = "ser_dur")]
+    pub connect_timeout: Duration,
+    pub connect_concurrency: usize,
+    pub room_prefix: String,
+    pub workers: usize,
+    pub source_ips: Vec<Ipv4Addr>,
+    pub threads: usize,
+    #[serde(skip)]
+    pub thresholds: Thresholds,
+}
+
+fn ser_dur<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_duration(*d).to_string())
+}
+
+/// The values a preset sets; `None` falls through to the default.
+#[derive(Default)]
+struct PresetValues {
+    clients: Option<usize>,
+    rooms: Option<usize>,
+    senders: Option<usize>,
+    rate: Option<f64>,
+    size: Option<usize>,
+    duration: Option<Duration>,
+    ramp: Option<f64>,
+    thresholds: Thresholds,
+}
+
+fn preset_values(p: Option<Preset>) -> PresetValues {
+    let secs = Duration::from_secs;
+    match p {
+        None => PresetValues::default(),
+        Some(Preset::Smoke) => PresetValues {
+            clients: Some(60),
+            rooms: Some(3),
+            senders: Some(6),
+            rate: Some(60.0),
+            size: Some(64),
+            duration: Some(secs(5)),
+            ramp: Some(500.0),
+            thresholds: Thresholds {
+                max_lost: Some(0),
+                max_duplicated: Some(0),
+                max_out_of_order: Some(0),
+                max_failed_connections: Some(0),
+                ..Thresholds::default()
+            },
+        },
+        Some(Preset::Fanout) => PresetValues {
+            clients: Some(1000),
+            rooms: Some(1),
+            senders: Some(10),
+            rate: Some(50.0),
+            size: Some(64),
+            duration: Some(secs(20)),
+            ramp: Some(1000.0),
+            thresholds: Thresholds::default(),
+        },
+        Some(Preset::Connections) => PresetValues {
+            clients: Some(20_000),
+            rooms: Some(200),
+            senders: Some(20),
+            rate: Some(20.0),
+            size: Some(32),
+            duration: Some(secs(30)),
+            ramp: Some(2000.0),
+            thresholds: Thresholds::default(),
+        },
+    }
+}
+
+impl Opts {
+    /// Layer explicit flags over the preset over the defaults, and check
+    /// that the result makes sense. `fd_budget` is how many sockets one
+    /// process may hold (for the automatic worker count).
+    pub fn resolve(&self, fd_budget: usize) -> Result<Config> {
+        let p = preset_values(self.preset);
+        let rooms = self.rooms.or(p.rooms).unwrap_or(1);
+        if rooms == 0 {
+            bail!("--rooms must be at least 1");
+        }
+        let clients = match (self.members, self.clients) {
+            (Some(m), Some(c)) if m * rooms != c => {
+                bail!("--members {m} × --rooms {rooms} = {} but --clients is {c}; give one of them", m * rooms)
+            }
+            (Some(m), _) => m * rooms,
+            (None, Some(c)) => c,
+            (None, None) => p.clients.unwrap_or(100),
+        };
+        if clients < rooms {
+            bail!("--clients {clients} is fewer than --rooms {rooms}: every room needs a member");
+        }
+        let senders = self.senders.or(p.senders).unwrap_or(rooms);
+        if senders > clients {
+            bail!("--senders {senders} is more than --clients {clients}");
+        }
+        let rate = self.rate.or(p.rate).unwrap_or(10.0);
+        if !(rate.is_finite() && rate >= 0.0) || (senders > 0 && rate == 0.0) {
+            bail!("--rate must be a positive number of messages per second (got {rate})");
+        }
+        let ramp = self.ramp.or(p.ramp).unwrap_or(1000.0);
+        if !(ramp.is_finite() && ramp > 0.0) {
+            bail!("--ramp must be a positive number of connections per second (got {ramp})");
+        }
+        let size = self.size.or(p.size).unwrap_or(64);
+        if size == 0 || size > 1 << 20 {
+            bail!("--size must be between 1 and 1048576 bytes (got {size})");
+        }
+        let duration = self.duration.or(p.duration).unwrap_or(Duration::from_secs(10));
+        for u in &self.url {
+            check_url(u)?;
+        }
+        if self.protocol == Protocol::Raw && rooms > 1 && !self.url.iter().all(|u| u.contains("{room}")) {
+            bail!(
+                "--protocol raw with --rooms {rooms}: a raw relay broadcasts to every socket, so \
+                 rooms only exist if the URL names them; put `{{room}}` in --url or use --rooms 1"
+            );
+        }
+        if let Err(e) = regex::Regex::new(&self.app_id_regex) {
+            bail!("--app-id-regex is not a valid regex: {e}");
+        }
+        let source_ips = match &self.source_ips {
+            Some(s) => parse_source_ips(s)?,
+            // Ports are per (source, destination) system-wide, so the
+            // automatic choice looks at every worker's sockets together.
+            None => crate::sys::auto_source_ips(
+                clients.div_ceil(self.url.len().max(1)),
+                self.url.iter().all(|u| url_is_loopback(u)),
+            ),
+        };
+        let workers = match self.workers {
+            Some(0) => bail!("--workers must be at least 1"),
+            Some(w) => w,
+            None => clients.div_ceil(fd_budget.max(1)).max(1),
+        };
+        if workers > rooms {
+            bail!(
+                "--workers {workers} but only {rooms} rooms: each worker holds whole rooms (so \
+                 that it can check every delivery on its own); raise --rooms"
+            );
+        }
+        let room_prefix = match &self.room_prefix {
+            Some(p) => p.clone(),
+            None => format!("lg-{:08x}", rand::random::<u32>()),
+        };
+        if room_prefix.len() + 12 > chat_protocol::names::MAX_ROOM_LEN {
+            bail!("--room-prefix is too long: room names are at most 64 bytes");
+        }
+        chat_protocol::names::validate_room(&room_prefix)
+            .map_err(|e| anyhow::anyhow!("--room-prefix: {e}"))?;
+        let threads = self
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+            .max(1);
+        let mut thresholds = p.thresholds;
+        thresholds.overlay(&Thresholds {
+            max_p99: self.max_p99,
+            max_lost: self.max_lost,
+            max_duplicated: self.max_duplicated,
+            max_out_of_order: self.max_out_of_order,
+            max_failed_connections: self.max_failed_connections,
+            min_instances: self.min_instances,
+            min_cross_instance: self.min_cross_instance,
+        });
+        Ok(Config {
+            urls: self.url.clone(),
+            preset: self.preset,
+            clients,
+            rooms,
+            senders,
+            rate,
+            size,
+            duration,
+            ramp,
+            protocol: self.protocol,
+            app_id_regex: self.app_id_regex.clone(),
+            grace: self.grace,
+            connect_timeout: self.connect_timeout,
+            connect_concurrency: self.connect_concurrency.max(1),
+            room_prefix,
+            workers,
+            source_ips,
+            threads,
+            thresholds,
+        })
+    }
+}
+
+/// Loopback-only URLs would be a policy for tests; here we only check the
+/// shape, so that a typo fails before thousands of connections do.
+fn check_url(u: &str) -> Result<()> {
+    let probe = u.replace("{room}", "room");
+    let parsed = tokio_tungstenite::tungstenite::http::Uri::try_from(probe.as_str())
+        .map_err(|e| anyhow::anyhow!("--url {u}: {e}"))?;
+    match parsed.scheme_str() {
+        Some("ws") => {}
+        Some("wss") => bail!("--url {u}: wss:// is not supported (loadgen speaks plain ws://; put TLS in HAProxy)"),
+        _ => bail!("--url {u}: expected ws://HOST:PORT/PATH"),
+    }
+    if parsed.host().is_none() {
+        bail!("--url {u}: no host");
+    }
+    Ok(())
+}
+
+/// Whether a URL's host is a loopback address (or `localhost`).
+fn url_is_loopback(u: &str) -> bool {
+    let probe = u.replace("{room}", "room");
+    let Ok(uri) = tokio_tungstenite::tungstenite::http::Uri::try_from(probe.as_str()) else {
+        return false;
+    };
+    let host = uri.host().unwrap_or("").trim_matches(|c| c == '[' || c == ']');
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+impl Config {
+    /// The name of room `r`.
+    pub fn room_name(&self, r: usize) -> String {
+        format!("{}-{r}", self.room_prefix)
+    }
+
+    /// The room of client `c`.
+    pub fn room_of(&self, c: usize) -> usize {
+        c % self.rooms
+    }
+
+    /// Senders are clients `0..senders`, so sender `s` is in room
+    /// `s % rooms` and is the `s / rooms`-th sender of that room.
+    pub fn senders_in_room(&self, r: usize) -> usize {
+        if r >= self.rooms {
+            return 0;
+        }
+        (self.senders + self.rooms - 1 - r) / self.rooms
+    }
+
+    /// Messages per second of one sender.
+    pub fn per_sender_rate(&self) -> f64 {
+        if self.senders == 0 {
+            0.0
+        } else {
+            self.rate / self.senders as f64
+        }
+    }
+
+    /// The URL client `c` connects to.
+    pub fn url_for(&self, c: usize) -> String {
+        let u = &self.urls[c % self.urls.len()];
+        let room = self.room_name(self.room_of(c));
+        if u.contains("{room}") {
+            return u.replace("{room}", &room);
+        }
+        match self.protocol {
+            Protocol::Raw => u.clone(),
+            Protocol::Chat => {
+                let sep = if u.contains('?') { '&' } else { '?' };
+                format!("{u}{sep}room={room}&nick=lg{c}")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(args: &[&str]) -> Result<Config> {
+        let mut v = vec!["loadgen"];
+        v.extend_from_slice(args);
+        Opts::try_parse_from(v)?.resolve(19_000)
+    }
+
+    #[test]
+    fn defaults() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(c.urls, vec![DEFAULT_URL.to_string()]);
+        assert_eq!((c.clients, c.rooms, c.senders), (100, 1, 1));
+        assert_eq!(c.duration, Duration::from_secs(10));
+        assert_eq!(c.protocol, Protocol::Chat);
+        assert_eq!(c.workers, 1);
+        assert!(c.thresholds.is_empty());
+    }
+
+    #[test]
+    fn explicit_flags_beat_the_preset() {
+        let c = cfg(&["--preset", "smoke", "--clients", "90", "--duration", "2s", "--max-lost", "5"]).unwrap();
+        assert_eq!((c.clients, c.rooms, c.senders), (90, 3, 6));
+        assert_eq!(c.duration, Duration::from_secs(2));
+        assert_eq!(c.thresholds.max_lost, Some(5));
+        assert_eq!(c.thresholds.max_duplicated, Some(0));
+    }
+
+    #[test]
+    fn members_sets_clients() {
+        let c = cfg(&["--rooms", "4", "--members", "25"]).unwrap();
+        assert_eq!(c.clients, 100);
+        assert!(cfg(&["--rooms", "4", "--members", "25", "--clients", "99"]).is_err());
+    }
+
+    #[test]
+    fn rejects_nonsense() {
+        assert!(cfg(&["--clients", "2", "--rooms", "3"]).is_err());
+        assert!(cfg(&["--senders", "200"]).is_err());
+        assert!(cfg(&["--rate", "0"]).is_err());
+        assert!(cfg(&["--url", "http://x/ws"]).is_err());
+        assert!(cfg(&["--duration", "ten"]).is_err());
+        assert!(cfg(&["--protocol", "raw", "--rooms", "2", "--clients", "4"]).is_err());
+        assert!(cfg(&["--app-id-regex", "("]).is_err());
+        assert!(cfg(&["--workers", "4", "--rooms", "2"]).is_err());
+    }
+
+    #[test]
+    fn automatic_workers_follow_the_fd_budget() {
+        let c = Opts::try_parse_from(["loadgen", "--clients", "100000", "--rooms", "100"])
+            .unwrap()
+            .resolve(19_000)
+            .unwrap();
+        assert_eq!(c.workers, 6);
+    }
+
+    #[test]
+    fn rooms_and_senders_layout() {
+        let c = cfg(&["--clients", "10", "--rooms", "3", "--senders", "4"]).unwrap();
+        assert_eq!((0..3).map(|r| c.senders_in_room(r)).collect::<Vec<_>>(), vec![2, 1, 1]);
+        assert_eq!(c.room_of(4), 1);
+        assert!(c.url_for(4).ends_with(&format!("?room={}-1&nick=lg4", c.room_prefix)));
+        let raw = cfg(&["--protocol", "raw", "--url", "ws://127.0.0.1:1/r/{room}", "--rooms", "2", "--clients", "2"]).unwrap();
+        assert_eq!(raw.url_for(1), format!("ws://127.0.0.1:1/r/{}-1", raw.room_prefix));
+    }
+
+    #[test]
+    fn every_flag_has_help() {
+        use clap::CommandFactory;
+        let cmd = Opts::command();
+        for a in cmd.get_arguments() {
+            if a.is_hide_set() || a.get_id() == "help" || a.get_id() == "version" {
+                continue;
+            }
+            assert!(a.get_help().is_some(), "--{} has no help", a.get_id());
+        }
+        cmd.debug_assert();
+    }
+}

@@ -1,0 +1,271 @@
+//! A deliberately faulty WebSocket relay on loopback, kept so that anyone
+//! can prove the checker catches faults (a checker that has never seen a
+//! fault proves nothing). It drops, duplicates and reorders deliveries on a
+//! deterministic schedule (every Nth), so tests can predict the counts.
+//!
+//! Two modes:
+//! - `raw`: the published Node.js design's behaviour: greet with
+//!   `Connected successfully to server <APP_ID>`, relay every text frame to
+//!   every socket, the sender included.
+//! - `chat`: a minimal in-memory speaker of this project's protocol
+//!   (welcome, `joined`, `send` → `message` with a per-room offset, the
+//!   accepting "instance"'s app_id and the echoed id), so chat mode and the
+//!   APP_ID matrix can be tested without Redis or the real server.
+//!
+//! Connections are given APP_IDs round-robin from `app_ids`, like HAProxy
+//! spreading sockets over instances.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+/// What the relay does and which faults it injects.
+#[derive(Debug, Clone, Default)]
+pub struct RelayConfig {
+    /// Speak this project's chat protocol instead of raw relaying.
+    pub chat: bool,
+    /// APP_IDs handed out round-robin (default: `relay1`).
+    pub app_ids: Vec<String>,
+    /// Drop every Nth delivery (0: never).
+    pub drop_every: u64,
+    /// Deliver every Nth delivery twice (0: never).
+    pub dup_every: u64,
+    /// Hold back every Nth delivery and send it after the next one to the
+    /// same socket (0: never).
+    pub reorder_every: u64,
+}
+
+/// What the relay did, for tests to compare with what loadgen reports.
+#[derive(Debug, Default)]
+pub struct RelayCounters {
+    pub deliveries: AtomicU64,
+    pub dropped: AtomicU64,
+    pub duplicated: AtomicU64,
+    pub reordered: AtomicU64,
+}
+
+enum Out {
+    Frame(String),
+    /// Send after the next frame.
+    Hold(String),
+}
+
+struct Member {
+    id: u64,
+    tx: mpsc::Sender<Out>,
+}
+
+#[derive(Default)]
+struct Hub {
+    rooms: HashMap<String, (u64, Vec<Member>)>,
+}
+
+/// A running relay.
+#[derive(Debug, Clone)]
+pub struct Relay {
+    pub addr: SocketAddr,
+    pub counters: Arc<RelayCounters>,
+}
+
+impl Relay {
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+}
+
+/// Serve on `listener` until `shutdown`.
+pub fn spawn(listener: TcpListener, cfg: RelayConfig, shutdown: CancellationToken) -> std::io::Result<Relay> {
+    let addr = listener.local_addr()?;
+    let counters = Arc::new(RelayCounters::default());
+    let cfg = Arc::new(cfg);
+    let hub = Arc::new(Mutex::new(Hub::default()));
+    let c2 = counters.clone();
+    tokio::spawn(async move {
+        let mut next_id = 0u64;
+        loop {
+            let (stream, _) = tokio::select! {
+                r = listener.accept() => match r { Ok(s) => s, Err(_) => continue },
+                _ = shutdown.cancelled() => return,
+            };
+            next_id += 1;
+            let (cfg, hub, counters, stop) = (cfg.clone(), hub.clone(), c2.clone(), shutdown.clone());
+            tokio::spawn(session(stream, next_id, cfg, hub, counters, stop));
+        }
+    });
+    Ok(Relay { addr, counters })
+}
+
+async fn session(
+    stream: TcpStream,
+    id: u64,
+    cfg: Arc<RelayConfig>,
+    hub: Arc<Mutex<Hub>>,
+    counters: Arc<RelayCounters>,
+    shutdown: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let mut query = String::new();
+    let cb = |req: &Request, resp: Response| {
+        query = req.uri().query().unwrap_or("").to_string();
+        Ok(resp)
+    };
+    let Ok(ws) = tokio_tungstenite::accept_hdr_async(stream, cb).await else { return };
+    let param = |k: &str| {
+        query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(a, _)| *a == k)
+            .map(|(_, v)| v.to_string())
+    };
+    let room = if cfg.chat { param("room").unwrap_or_else(|| "lobby".into()) } else { String::new() };
+    let nick = param("nick").unwrap_or_else(|| format!("guest{id}"));
+    let apps = if cfg.app_ids.is_empty() { vec!["relay1".to_string()] } else { cfg.app_ids.clone() };
+    let app_id = apps[(id as usize - 1) % apps.len()].clone();
+    let (mut sink, mut stream) = ws.split();
+    // Bounded: a member that cannot keep up is dropped from the room, like
+    // the real server's slow-consumer policy.
+    let (tx, mut rx) = mpsc::channel::<Out>(4096);
+    let writer = tokio::spawn(async move {
+        let mut held: Option<String> = None;
+        loop {
+            // A held frame goes out after the next one, or after 50 ms if
+            // nothing follows (then it is late, never lost).
+            let o = tokio::select! {
+                o = rx.recv() => match o { Some(o) => o, None => break },
+                _ = tokio::time::sleep(std::time::Duration::from_millis(50)), if held.is_some() => {
+                    let h = held.take().expect("held");
+                    if sink.send(Message::text(h)).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            match o {
+                Out::Hold(f) => {
+                    if let Some(h) = held.replace(f) {
+                        if sink.send(Message::text(h)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Out::Frame(f) => {
+                    if sink.send(Message::text(f)).await.is_err() {
+                        return;
+                    }
+                    if let Some(h) = held.take() {
+                        if sink.send(Message::text(h)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        let _ = sink.close().await;
+    });
+    // Greet and join under the hub lock, so no message slips in between.
+    {
+        let mut h = hub.lock().expect("hub lock");
+        let entry = h.rooms.entry(room.clone()).or_default();
+        let greet = if cfg.chat {
+            let welcome = chat_protocol::ServerFrame::Welcome {
+                app_id: app_id.clone(),
+                conn_id: format!("{app_id}-{id}"),
+                nick: nick.clone(),
+                room: room.clone(),
+                protocol: chat_protocol::PROTOCOL_VERSION,
+                limits: chat_protocol::Limits {
+                    max_message_bytes: 1 << 20,
+                    max_frame_bytes: 2 << 20,
+                    rate_per_sec: 1000,
+                    burst: 1000,
+                    max_rooms: 1,
+                    history_len: 0,
+                    idle_timeout_ms: 600_000,
+                    ping_interval_ms: 30_000,
+                },
+            };
+            let joined = chat_protocol::ServerFrame::Joined { room: room.clone(), head: entry.0 };
+            vec![welcome.to_json(), joined.to_json()]
+        } else {
+            vec![format!("Connected successfully to server {app_id}")]
+        };
+        for g in greet {
+            let _ = tx.try_send(Out::Frame(g));
+        }
+        entry.1.push(Member { id, tx: tx.clone() });
+    }
+    loop {
+        let msg = tokio::select! {
+            m = stream.next() => m,
+            _ = shutdown.cancelled() => break,
+        };
+        let text = match msg {
+            Some(Ok(Message::Text(t))) => t.as_str().to_owned(),
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+            Some(Ok(_)) => continue,
+        };
+        let mut h = hub.lock().expect("hub lock");
+        let Some(entry) = h.rooms.get_mut(&room) else { break };
+        let frame = if cfg.chat {
+            let (text, cid) = match serde_json::from_str::<chat_protocol::ClientFrame>(&text) {
+                Ok(chat_protocol::ClientFrame::Send { text, id, .. }) => (text, id),
+                _ => continue,
+            };
+            entry.0 += 1;
+            let tail = chat_protocol::splice::encode_tail(&chat_protocol::splice::MessageTail {
+                room: &room,
+                nick: &nick,
+                text: &text,
+                app_id: &app_id,
+                ts: 0,
+                id: cid.as_deref(),
+                action: false,
+            });
+            chat_protocol::splice::splice(entry.0, &tail)
+        } else {
+            text
+        };
+        entry.1.retain(|m| deliver(&cfg, &counters, m, &frame));
+    }
+    {
+        let mut h = hub.lock().expect("hub lock");
+        if let Some(entry) = h.rooms.get_mut(&room) {
+            entry.1.retain(|m| m.id != id);
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
+/// Deliver one frame to one member with the configured faults; false if
+/// the member is gone or full (it leaves the room).
+fn deliver(cfg: &RelayConfig, c: &RelayCounters, m: &Member, frame: &str) -> bool {
+    let n = c.deliveries.fetch_add(1, Relaxed) + 1;
+    let every = |k: u64| k > 0 && n % k == 0;
+    if every(cfg.drop_every) {
+        c.dropped.fetch_add(1, Relaxed);
+        return true;
+    }
+    let out = if every(cfg.reorder_every) {
+        c.reordered.fetch_add(1, Relaxed);
+        Out::Hold(frame.to_string())
+    } else {
+        Out::Frame(frame.to_string())
+    };
+    if m.tx.try_send(out).is_err() {
+        return false;
+    }
+    if every(cfg.dup_every) {
+        c.duplicated.fetch_add(1, Relaxed);
+        return m.tx.try_send(Out::Frame(frame.to_string())).is_ok();
+    }
+    true
+}

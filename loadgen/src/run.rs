@@ -1,0 +1,288 @@
+//! One process's share of a run: ramp the connections up, send for the
+//! duration, wait out the grace period for in-flight deliveries, close, and
+//! verify. The phases are driven by [`Control`], so the same code serves a
+//! standalone run and a worker under a parent.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::checker::{self, ReceiverLog, SenderLog};
+use crate::client::{self, Ctx};
+use crate::sched;
+use crate::opts::{Config, Protocol};
+use crate::stats::Stats;
+use crate::tally::{Tally, Timing};
+
+/// The phase a run is in, for the live view.
+#[derive(Debug, Default)]
+pub struct Phase(AtomicU8);
+
+impl Phase {
+    pub const RAMP: u8 = 0;
+    pub const WAIT: u8 = 1;
+    pub const SEND: u8 = 2;
+    pub const DRAIN: u8 = 3;
+    pub const CLOSE: u8 = 4;
+
+    pub fn set(&self, p: u8) {
+        self.0.store(p, Relaxed);
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self.0.load(Relaxed) {
+            Self::RAMP => "ramp",
+            Self::WAIT => "waiting",
+            Self::SEND => "send",
+            Self::DRAIN => "drain",
+            _ => "close",
+        }
+    }
+}
+
+/// Which rooms this process holds: room `r` belongs to worker `r % count`.
+#[derive(Debug, Clone, Copy)]
+pub struct Part {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Part {
+    pub const ALL: Part = Part { index: 0, count: 1 };
+
+    /// The clients of this part, in ramp order.
+    pub fn clients(&self, cfg: &Config) -> Vec<usize> {
+        (0..cfg.clients)
+            .filter(|&c| cfg.room_of(c) % self.count == self.index)
+            .collect()
+    }
+}
+
+/// How the phases are driven.
+#[derive(Debug)]
+pub struct Control {
+    /// Told when every connection attempt has settled.
+    pub ramped: Option<oneshot::Sender<()>>,
+    /// Sending starts when this fires (at once for a standalone run).
+    pub go: oneshot::Receiver<()>,
+    /// First cancel: stop sending and drain. Second (`hard_stop`): stop now.
+    pub interrupt: CancellationToken,
+    pub hard_stop: CancellationToken,
+}
+
+/// Everything a live view needs to read while the run goes.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    pub stats: Arc<Stats>,
+    pub phase: Arc<Phase>,
+    pub clients: usize,
+}
+
+/// Create the shared state for a run of `part`.
+pub fn prepare(cfg: &Config, part: Part) -> Handle {
+    Handle {
+        stats: Arc::new(Stats::new(cfg.threads * 4)),
+        phase: Arc::new(Phase::default()),
+        clients: part.clients(cfg).len(),
+    }
+}
+
+/// Resolve each URL's host and port (once, not per connection).
+async fn resolve(cfg: &Config) -> Result<Vec<SocketAddr>> {
+    let mut out = Vec::new();
+    for u in &cfg.urls {
+        let uri: tokio_tungstenite::tungstenite::http::Uri = u.replace("{room}", "r").parse()?;
+        let host = uri.host().context("URL without host")?.trim_matches(|c| c == '[' || c == ']');
+        let port = uri.port_u16().unwrap_or(80);
+        let addr = tokio::net::lookup_host((host, port))
+            .await
+            .with_context(|| format!("resolving {host}:{port}"))?
+            .next()
+            .with_context(|| format!("{host} has no address"))?;
+        out.push(addr);
+    }
+    Ok(out)
+}
+
+/// Run this process's part to the end and return its tally.
+pub async fn run(cfg: Arc<Config>, part: Part, h: Handle, mut control: Control) -> Result<Tally> {
+    let stats = h.stats.clone();
+    let addrs = resolve(&cfg).await?;
+    // Source addresses only make sense towards IPv4 loopback.
+    let source_ips = if addrs.iter().all(|a| a.ip().is_loopback() && matches!(a.ip(), IpAddr::V4(_))) {
+        cfg.source_ips.clone()
+    } else {
+        Vec::new()
+    };
+    let app_re = match cfg.protocol {
+        Protocol::Raw if !cfg.app_id_regex.is_empty() => Some(regex::Regex::new(&cfg.app_id_regex)?),
+        _ => None,
+    };
+    // One bounded tick queue per sender of this part; the scheduler thread
+    // holds the sending ends.
+    let mut queues: Vec<Option<mpsc::Sender<sched::Tick>>> = vec![None; cfg.senders];
+    let mut ticks = Vec::with_capacity(cfg.senders);
+    for (j, q) in queues.iter_mut().enumerate() {
+        if cfg.room_of(j) % part.count == part.index {
+            let (tx, rx) = mpsc::channel(sched::QUEUE);
+            *q = Some(tx);
+            ticks.push(std::sync::Mutex::new(Some(rx)));
+        } else {
+            ticks.push(std::sync::Mutex::new(None));
+        }
+    }
+    let ctx = Arc::new(Ctx {
+        cfg: cfg.clone(),
+        stats: stats.clone(),
+        addrs,
+        source_ips,
+        members: (0..cfg.rooms).map(|_| AtomicU64::new(0)).collect(),
+        sender_apps: (0..cfg.senders).map(|_| AtomicU16::new(0)).collect(),
+        ticks,
+        stop_send: CancellationToken::new(),
+        shutdown: CancellationToken::new(),
+        app_re,
+        padding: crate::probe::padding(cfg.size),
+        ws_config: client::ws_config(cfg.size),
+    });
+
+    // Ramp: start connections at `ramp` per second (this part's share),
+    // with at most `connect_concurrency` handshakes in flight.
+    let mine = part.clients(&cfg);
+    let ramp = cfg.ramp / part.count as f64;
+    let sem = Arc::new(Semaphore::new(cfg.connect_concurrency));
+    let mut tasks = Vec::with_capacity(mine.len());
+    let ramp_start = Instant::now();
+    let rss_before = crate::sys::rss_bytes().unwrap_or(0);
+    for (i, &c) in mine.iter().enumerate() {
+        let at = ramp_start + Duration::from_secs_f64(i as f64 / ramp);
+        tokio::select! {
+            _ = tokio::time::sleep_until(at.into()) => {}
+            _ = control.interrupt.cancelled() => break,
+        }
+        let permit = tokio::select! {
+            p = sem.clone().acquire_owned() => p.expect("semaphore never closes"),
+            _ = control.interrupt.cancelled() => break,
+        };
+        tasks.push(tokio::spawn(client::run(ctx.clone(), c, permit)));
+    }
+    // Wait until every attempt has settled: joined, failed or timed out.
+    let spawned = tasks.len() as u64;
+    let settle_deadline = Instant::now() + cfg.connect_timeout + Duration::from_secs(1);
+    let l = &stats.live;
+    while l.connected.load(Relaxed) + l.failed.load(Relaxed) + l.dropped.load(Relaxed) < spawned
+        && Instant::now() < settle_deadline
+        && !control.interrupt.is_cancelled()
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ramp_time = ramp_start.elapsed();
+    let rss_ramped = crate::sys::rss_bytes().unwrap_or(0);
+    let connected_after_ramp = l.connected.load(Relaxed);
+    h.phase.set(Phase::WAIT);
+    if let Some(tx) = control.ramped.take() {
+        let _ = tx.send(());
+    }
+    let mut interrupted = control.interrupt.is_cancelled();
+    if !interrupted {
+        tokio::select! {
+            _ = &mut control.go => {}
+            _ = control.interrupt.cancelled() => interrupted = true,
+        }
+    }
+
+    // Send.
+    let cpu_start = crate::sys::cpu_time_us().unwrap_or(0);
+    let start = Instant::now();
+    let end = start + cfg.duration;
+    let mut send_end = start;
+    if !interrupted && cfg.senders > 0 {
+        h.phase.set(Phase::SEND);
+        let scheduler = sched::spawn(queues, cfg.rate, start, end, ctx.stop_send.clone(), stats.clone());
+        tokio::select! {
+            _ = tokio::time::sleep_until(end.into()) => {}
+            _ = control.interrupt.cancelled() => interrupted = true,
+        }
+        if interrupted {
+            // Stop now; on a normal end senders finish their queued ticks.
+            ctx.stop_send.cancel();
+        }
+        send_end = Instant::now().min(end);
+        let _ = tokio::task::spawn_blocking(move || scheduler.join()).await;
+    } else if !interrupted {
+        // Nobody sends: hold the connections for the duration.
+        h.phase.set(Phase::SEND);
+        tokio::select! {
+            _ = tokio::time::sleep_until(end.into()) => {}
+            _ = control.interrupt.cancelled() => interrupted = true,
+        }
+        send_end = Instant::now().min(end);
+    }
+
+    // Drain: wait for in-flight deliveries, up to `grace`; stop early once
+    // every delivery the live count expects has arrived.
+    h.phase.set(Phase::DRAIN);
+    let drain_start = Instant::now();
+    let drain_deadline = drain_start + cfg.grace;
+    let mut all_arrived = false;
+    let mut cut_short = false;
+    loop {
+        let got = l.received.load(Relaxed) - l.duplicated.load(Relaxed);
+        if got >= l.expected.load(Relaxed) {
+            all_arrived = true;
+            break;
+        }
+        if Instant::now() >= drain_deadline {
+            break;
+        }
+        if control.hard_stop.is_cancelled() {
+            cut_short = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let checked_until = if all_arrived || !cut_short {
+        u64::MAX
+    } else {
+        stats.now_us().saturating_sub(cfg.grace.as_micros() as u64)
+    };
+    let drain_time = drain_start.elapsed();
+    let cpu_us = crate::sys::cpu_time_us().unwrap_or(0).saturating_sub(cpu_start);
+
+    // Close every socket and collect what each client saw.
+    h.phase.set(Phase::CLOSE);
+    ctx.shutdown.cancel();
+    let mut senders: Vec<SenderLog> = Vec::new();
+    let mut receivers: Vec<ReceiverLog> = Vec::new();
+    let close_deadline = Instant::now() + Duration::from_secs(10);
+    for t in tasks {
+        let left = close_deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, t).await {
+            Ok(Ok(o)) => {
+                senders.extend(o.sender);
+                receivers.extend(o.receiver);
+            }
+            Ok(Err(e)) => stats.error(format!("internal: client task failed: {e}")),
+            Err(_) => stats.error("internal: a client did not close within 10s"),
+        }
+    }
+    let v = checker::verify(&senders, &receivers, cfg.rooms, cfg.grace.as_micros() as u64, checked_until);
+    let timing = Timing {
+        ramp_ms: ramp_time.as_millis() as u64,
+        send_ms: send_end.saturating_duration_since(start).as_millis() as u64,
+        drain_ms: drain_time.as_millis() as u64,
+        interrupted: interrupted || control.interrupt.is_cancelled(),
+        all_arrived,
+    };
+    let mem_per_socket = if connected_after_ramp > 0 {
+        rss_ramped.saturating_sub(rss_before) / connected_after_ramp
+    } else {
+        0
+    };
+    Ok(Tally::build(&stats, spawned, &senders, &v, timing, cpu_us, rss_ramped, mem_per_socket))
+}

@@ -1,0 +1,301 @@
+//! Shared run state: live counters (atomics, read by the dashboard every
+//! second), latency recorders (histograms sharded over a few mutexes so
+//! that two runtime threads rarely contend), the APP_ID table, and error
+//! counts by kind.
+//!
+//! The hot path per delivery is: one uncontended mutex, four histogram
+//! increments, a few relaxed atomic adds. No allocation.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use crate::hist::Hist;
+
+/// Most distinct APP_IDs tracked; more than this are folded into the last.
+pub const MAX_APPS: usize = 64;
+
+/// Live counters. Each is a running total; rates are differences.
+#[derive(Debug)]
+pub struct Live {
+    pub attempted: AtomicU64,
+    pub connected: AtomicU64,
+    pub failed: AtomicU64,
+    /// Connections that ended before the run did (server close or error).
+    pub dropped: AtomicU64,
+    pub sent: AtomicU64,
+    pub received: AtomicU64,
+    /// Deliveries the run should see by now: each send adds the members its
+    /// room had when it went out. Used to end the grace period early.
+    pub expected: AtomicU64,
+    pub duplicated: AtomicU64,
+    pub out_of_order: AtomicU64,
+    pub errors: AtomicU64,
+    /// Connected clients per APP_ID index.
+    pub per_app: [AtomicU64; MAX_APPS],
+}
+
+impl Default for Live {
+    fn default() -> Self {
+        Self {
+            attempted: AtomicU64::new(0),
+            connected: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            expected: AtomicU64::new(0),
+            duplicated: AtomicU64::new(0),
+            out_of_order: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            per_app: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+/// The table of APP_IDs seen, interned to small indices.
+#[derive(Debug, Default)]
+pub struct Apps {
+    names: Mutex<Vec<String>>,
+}
+
+impl Apps {
+    /// The index of `name`, adding it if new.
+    pub fn intern(&self, name: &str) -> u16 {
+        let mut v = self.names.lock().expect("apps lock");
+        if let Some(i) = v.iter().position(|n| n == name) {
+            return i as u16;
+        }
+        if v.len() == MAX_APPS {
+            return (MAX_APPS - 1) as u16;
+        }
+        v.push(name.to_string());
+        (v.len() - 1) as u16
+    }
+
+    pub fn name(&self, i: u16) -> String {
+        self.names
+            .lock()
+            .expect("apps lock")
+            .get(usize::from(i))
+            .cloned()
+            .unwrap_or_else(|| "?".into())
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.names.lock().expect("apps lock").clone()
+    }
+}
+
+/// Counts and latency of one (sender APP_ID, receiver APP_ID) pair.
+#[derive(Debug, Default, Clone)]
+pub struct CellRec {
+    pub count: u64,
+    pub hist: Hist,
+}
+
+/// One shard of the latency recorders.
+#[derive(Debug, Default)]
+pub struct Shard {
+    /// Fan-out latency from the scheduled send time.
+    pub sched: Hist,
+    /// Latency from the actual send.
+    pub raw: Hist,
+    /// TCP connect + WebSocket upgrade + welcome.
+    pub connect: Hist,
+    /// `sched`, reset every second for the rolling view.
+    pub interval: Hist,
+    pub matrix: HashMap<(u16, u16), CellRec>,
+}
+
+/// The shared state of one run in one process.
+#[derive(Debug)]
+pub struct Stats {
+    pub live: Live,
+    pub apps: Apps,
+    shards: Vec<Mutex<Shard>>,
+    errors: Mutex<BTreeMap<String, u64>>,
+    /// The run's time origin: probe times are µs since this.
+    pub epoch: Instant,
+}
+
+impl Stats {
+    pub fn new(shards: usize) -> Self {
+        Self {
+            live: Live::default(),
+            apps: Apps::default(),
+            shards: (0..shards.max(1)).map(|_| Mutex::new(Shard::default())).collect(),
+            errors: Mutex::new(BTreeMap::new()),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// µs since the epoch.
+    #[inline]
+    pub fn now_us(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+
+    /// µs since the epoch of `t`.
+    pub fn us_of(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.epoch).as_micros() as u64
+    }
+
+    /// Lock the shard of client `client`.
+    #[inline]
+    pub fn shard(&self, client: usize) -> std::sync::MutexGuard<'_, Shard> {
+        self.shards[client % self.shards.len()].lock().expect("shard lock")
+    }
+
+    /// Record one probe delivery.
+    #[inline]
+    pub fn record_delivery(&self, client: usize, sender_app: u16, receiver_app: u16, sched_lat: u64, raw_lat: u64) {
+        let mut s = self.shard(client);
+        s.sched.record(sched_lat);
+        s.raw.record(raw_lat);
+        s.interval.record(sched_lat);
+        let c = s.matrix.entry((sender_app, receiver_app)).or_default();
+        c.count += 1;
+        c.hist.record(sched_lat);
+    }
+
+    /// Count an error of kind `kind` (e.g. `connect: refused`).
+    pub fn error(&self, kind: impl Into<String>) {
+        self.live.errors.fetch_add(1, Relaxed);
+        *self.errors.lock().expect("errors lock").entry(kind.into()).or_default() += 1;
+    }
+
+    pub fn errors(&self) -> BTreeMap<String, u64> {
+        self.errors.lock().expect("errors lock").clone()
+    }
+
+    /// Take the rolling histogram of the last interval from every shard.
+    pub fn take_interval(&self) -> Hist {
+        let mut out = Hist::default();
+        for s in &self.shards {
+            let mut s = s.lock().expect("shard lock");
+            out.add(&s.interval);
+            s.interval.0.reset();
+        }
+        out
+    }
+
+    /// Merge every shard into one.
+    pub fn merged(&self) -> Shard {
+        let mut out = Shard::default();
+        for s in &self.shards {
+            let s = s.lock().expect("shard lock");
+            out.sched.add(&s.sched);
+            out.raw.add(&s.raw);
+            out.connect.add(&s.connect);
+            for (k, c) in &s.matrix {
+                let o = out.matrix.entry(*k).or_default();
+                o.count += c.count;
+                o.hist.add(&c.hist);
+            }
+        }
+        out
+    }
+
+    /// Connected clients per APP_ID name.
+    pub fn per_app(&self) -> BTreeMap<String, u64> {
+        self.apps
+            .names()
+            .into_iter()
+            .enumerate()
+            .map(|(i, n)| (n, self.live.per_app[i].load(Relaxed)))
+            .collect()
+    }
+}
+
+/// A point-in-time view of the live counters, for the dashboard and for
+/// workers to send to their parent.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Snapshot {
+    pub elapsed_ms: u64,
+    pub phase: String,
+    pub clients: u64,
+    pub attempted: u64,
+    pub connected: u64,
+    pub failed: u64,
+    pub dropped: u64,
+    pub sent: u64,
+    pub received: u64,
+    pub expected: u64,
+    pub duplicated: u64,
+    pub out_of_order: u64,
+    pub errors: u64,
+    pub per_app: BTreeMap<String, u64>,
+    /// Rolling fan-out latency of the last interval.
+    pub interval_p50: u64,
+    pub interval_p99: u64,
+    pub interval_count: u64,
+    pub open_fds: u64,
+    pub fd_limit: u64,
+    pub error_kinds: BTreeMap<String, u64>,
+}
+
+impl Snapshot {
+    /// Take one; resets the rolling histogram.
+    pub fn take(stats: &Stats, phase: &str, clients: usize, fd_limit: u64) -> Self {
+        let l = &stats.live;
+        let iv = stats.take_interval();
+        Self {
+            elapsed_ms: stats.epoch.elapsed().as_millis() as u64,
+            phase: phase.to_string(),
+            clients: clients as u64,
+            attempted: l.attempted.load(Relaxed),
+            connected: l.connected.load(Relaxed),
+            failed: l.failed.load(Relaxed),
+            dropped: l.dropped.load(Relaxed),
+            sent: l.sent.load(Relaxed),
+            received: l.received.load(Relaxed),
+            expected: l.expected.load(Relaxed),
+            duplicated: l.duplicated.load(Relaxed),
+            out_of_order: l.out_of_order.load(Relaxed),
+            errors: l.errors.load(Relaxed),
+            per_app: stats.per_app(),
+            interval_p50: iv.q(0.5),
+            interval_p99: iv.q(0.99),
+            interval_count: iv.count(),
+            open_fds: crate::sys::open_fds().unwrap_or(0) as u64,
+            fd_limit,
+            error_kinds: stats.errors(),
+        }
+    }
+
+    /// Sum snapshots of several workers (the parent's view).
+    pub fn merge(parts: &[Snapshot]) -> Snapshot {
+        let mut o = Snapshot::default();
+        for p in parts {
+            o.elapsed_ms = o.elapsed_ms.max(p.elapsed_ms);
+            o.phase.clone_from(&p.phase);
+            o.clients += p.clients;
+            o.attempted += p.attempted;
+            o.connected += p.connected;
+            o.failed += p.failed;
+            o.dropped += p.dropped;
+            o.sent += p.sent;
+            o.received += p.received;
+            o.expected += p.expected;
+            o.duplicated += p.duplicated;
+            o.out_of_order += p.out_of_order;
+            o.errors += p.errors;
+            o.open_fds += p.open_fds;
+            o.fd_limit += p.fd_limit;
+            o.interval_count += p.interval_count;
+            // Rolling percentiles cannot be merged exactly from summaries:
+            // take the worst worker's, which is what an alarm wants.
+            o.interval_p50 = o.interval_p50.max(p.interval_p50);
+            o.interval_p99 = o.interval_p99.max(p.interval_p99);
+            for (k, v) in &p.per_app {
+                *o.per_app.entry(k.clone()).or_default() += v;
+            }
+            for (k, v) in &p.error_kinds {
+                *o.error_kinds.entry(k.clone()).or_default() += v;
+            }
+        }
+        o
+    }
+}

@@ -1,0 +1,209 @@
+//! The raw, mergeable result of one process's run: counts, full
+//! histograms (serialised in HdrHistogram's V2 encoding when a worker
+//! sends its tally to the parent), and the APP_ID matrix keyed by name.
+//! [`crate::report::Report`] is computed from a (merged) tally.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::checker::{SenderLog, Verification};
+use crate::hist::Hist;
+use crate::stats::Stats;
+
+/// How long each phase took.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Timing {
+    pub ramp_ms: u64,
+    pub send_ms: u64,
+    pub drain_ms: u64,
+    /// Stopped by Ctrl-C (or the parent).
+    pub interrupted: bool,
+    /// Every delivery counted live as expected arrived before the grace
+    /// period ended.
+    pub all_arrived: bool,
+}
+
+/// One (sender APP_ID, receiver APP_ID) cell.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Cell {
+    pub sender: String,
+    pub receiver: String,
+    /// Deliveries received (first copies).
+    pub count: u64,
+    pub expected: u64,
+    pub lost: u64,
+    /// Fan-out latency from the scheduled send time.
+    pub hist: Hist,
+}
+
+/// Everything one process measured.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Tally {
+    pub attempted: u64,
+    pub opened: u64,
+    pub failed: u64,
+    /// Opened, then ended before the run did.
+    pub dropped: u64,
+    pub per_app_id: BTreeMap<String, u64>,
+    pub sent: u64,
+    pub rejected: u64,
+    pub expected: u64,
+    pub received: u64,
+    pub delivered: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub out_of_order: u64,
+    pub unexpected: u64,
+    pub receivers_with_loss: u64,
+    pub errors: BTreeMap<String, u64>,
+    pub latency: Hist,
+    pub raw_latency: Hist,
+    pub connect: Hist,
+    pub matrix: Vec<Cell>,
+    pub timing: Timing,
+    /// CPU time this process spent from the start of sending to the end of
+    /// the drain.
+    pub cpu_us: u64,
+    pub rss_bytes: u64,
+    /// RSS growth during the ramp per connection opened.
+    pub mem_per_socket_bytes: u64,
+    pub processes: u64,
+}
+
+impl Tally {
+    /// Build from a finished run's state and the checker's verdict.
+    #[allow(clippy::too_many_arguments)]
+    pub fn build(
+        stats: &Stats,
+        attempted: u64,
+        senders: &[SenderLog],
+        v: &Verification,
+        timing: Timing,
+        cpu_us: u64,
+        rss_bytes: u64,
+        mem_per_socket_bytes: u64,
+    ) -> Tally {
+        let merged = stats.merged();
+        let live = &stats.live;
+        let failed = live.failed.load(std::sync::atomic::Ordering::Relaxed);
+        let dropped = live.dropped.load(std::sync::atomic::Ordering::Relaxed);
+        let mut matrix: BTreeMap<(u16, u16), Cell> = BTreeMap::new();
+        fn cell<'a>(m: &'a mut BTreeMap<(u16, u16), Cell>, stats: &Stats, k: (u16, u16)) -> &'a mut Cell {
+            m.entry(k).or_insert_with(|| Cell {
+                sender: stats.apps.name(k.0),
+                receiver: stats.apps.name(k.1),
+                ..Cell::default()
+            })
+        }
+        for (k, c) in &merged.matrix {
+            let e = cell(&mut matrix, stats, *k);
+            e.count += c.count;
+            e.hist.add(&c.hist);
+        }
+        for (k, c) in &v.cells {
+            let e = cell(&mut matrix, stats, *k);
+            e.expected += c.expected;
+            e.lost += c.lost;
+        }
+        let mut per_app_id = BTreeMap::new();
+        for (k, c) in &v.members_per_app {
+            *per_app_id.entry(stats.apps.name(*k)).or_default() += c;
+        }
+        Tally {
+            attempted,
+            opened: v.members,
+            failed,
+            dropped,
+            per_app_id,
+            sent: senders.iter().map(|s| s.sent_at.len() as u64).sum(),
+            rejected: senders.iter().map(|s| s.rejected.len() as u64).sum(),
+            expected: v.expected,
+            received: v.received,
+            delivered: v.delivered,
+            lost: v.lost,
+            duplicated: v.duplicated,
+            out_of_order: v.out_of_order,
+            unexpected: v.unexpected,
+            receivers_with_loss: v.receivers_with_loss,
+            errors: stats.errors(),
+            latency: merged.sched,
+            raw_latency: merged.raw,
+            connect: merged.connect,
+            matrix: matrix.into_values().collect(),
+            timing,
+            cpu_us,
+            rss_bytes,
+            mem_per_socket_bytes,
+            processes: 1,
+        }
+    }
+
+    /// Add another process's tally (workers of one run).
+    pub fn merge(&mut self, o: &Tally) {
+        let sum = |a: &mut u64, b: u64| *a += b;
+        sum(&mut self.attempted, o.attempted);
+        sum(&mut self.opened, o.opened);
+        sum(&mut self.failed, o.failed);
+        sum(&mut self.dropped, o.dropped);
+        sum(&mut self.sent, o.sent);
+        sum(&mut self.rejected, o.rejected);
+        sum(&mut self.expected, o.expected);
+        sum(&mut self.received, o.received);
+        sum(&mut self.delivered, o.delivered);
+        sum(&mut self.lost, o.lost);
+        sum(&mut self.duplicated, o.duplicated);
+        sum(&mut self.out_of_order, o.out_of_order);
+        sum(&mut self.unexpected, o.unexpected);
+        sum(&mut self.receivers_with_loss, o.receivers_with_loss);
+        sum(&mut self.cpu_us, o.cpu_us);
+        sum(&mut self.rss_bytes, o.rss_bytes);
+        // Weighted by sockets, so the merged figure stays "per socket".
+        let (a, b) = (self.opened - o.opened, o.opened);
+        if a + b > 0 {
+            self.mem_per_socket_bytes = (self.mem_per_socket_bytes * a + o.mem_per_socket_bytes * b) / (a + b);
+        }
+        sum(&mut self.processes, o.processes);
+        for (k, v) in &o.per_app_id {
+            *self.per_app_id.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &o.errors {
+            *self.errors.entry(k.clone()).or_default() += v;
+        }
+        self.latency.add(&o.latency);
+        self.raw_latency.add(&o.raw_latency);
+        self.connect.add(&o.connect);
+        for c in &o.matrix {
+            match self
+                .matrix
+                .iter_mut()
+                .find(|m| m.sender == c.sender && m.receiver == c.receiver)
+            {
+                Some(m) => {
+                    m.count += c.count;
+                    m.expected += c.expected;
+                    m.lost += c.lost;
+                    m.hist.add(&c.hist);
+                }
+                None => self.matrix.push(c.clone()),
+            }
+        }
+        self.matrix
+            .sort_by(|a, b| (&a.sender, &a.receiver).cmp(&(&b.sender, &b.receiver)));
+        let (t, u) = (&mut self.timing, &o.timing);
+        t.ramp_ms = t.ramp_ms.max(u.ramp_ms);
+        t.send_ms = t.send_ms.max(u.send_ms);
+        t.drain_ms = t.drain_ms.max(u.drain_ms);
+        t.interrupted |= u.interrupted;
+        t.all_arrived &= u.all_arrived;
+    }
+
+    /// Deliveries whose sender and receiver landed on different instances.
+    pub fn cross_instance(&self) -> u64 {
+        self.matrix
+            .iter()
+            .filter(|c| c.sender != c.receiver)
+            .map(|c| c.count)
+            .sum()
+    }
+}
