@@ -52,6 +52,8 @@ async fn listen() -> (TcpListener, String) {
 }
 
 /// Accept one WebSocket; returns it with the request's path and query.
+// The callback's error type is tungstenite's HTTP response, by its API.
+#[allow(clippy::result_large_err)]
 async fn accept(l: &TcpListener) -> (Ws, String) {
     let (tcp, _) = timeout(LIMIT, l.accept())
         .await
