@@ -223,7 +223,8 @@ mod tests {
             id: None,
             action: false,
         });
-        let d = scan_chat(splice(5, &tail).as_bytes()).unwrap();
+        let frame = splice(5, &tail);
+        let d = scan_chat(frame.as_bytes()).unwrap();
         assert_eq!((d.offset, d.probe), (5, None));
         assert_eq!(scan_chat(b"{\"type\":\"joined\",\"room\":\"r\",\"head\":0}"), None);
     }

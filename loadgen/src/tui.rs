@@ -221,7 +221,7 @@ mod tests {
             "app1",
             "app2",
             "66.7%",
-            "p50       800µs",
+            "p50     800µs",
             "p99    2.50ms",
             "duplicated          2",
             "out of order 1",
