@@ -39,8 +39,10 @@ pub enum Protocol {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Preset {
-    /// Small and fast, for CI: 60 clients in 3 rooms, 6 senders at 60 msg/s
+    /// Small and fast, for CI: 60 clients in 4 rooms, 8 senders at 80 msg/s
     /// for 5s, and zero loss, duplication, reordering or failed connections.
+    /// (4 rooms, not 3, so that round-robin over 3 instances mixes every
+    /// room across instances.)
     Smoke,
     /// One big room: 1000 members, 10 senders at 50 msg/s for 20s (50k
     /// deliveries/s).
@@ -250,9 +252,9 @@ fn preset_values(p: Option<Preset>) -> PresetValues {
         None => PresetValues::default(),
         Some(Preset::Smoke) => PresetValues {
             clients: Some(60),
-            rooms: Some(3),
-            senders: Some(6),
-            rate: Some(60.0),
+            rooms: Some(4),
+            senders: Some(8),
+            rate: Some(80.0),
             size: Some(64),
             duration: Some(secs(5)),
             ramp: Some(500.0),
@@ -501,7 +503,7 @@ mod tests {
     #[test]
     fn explicit_flags_beat_the_preset() {
         let c = cfg(&["--preset", "smoke", "--clients", "90", "--duration", "2s", "--max-lost", "5"]).unwrap();
-        assert_eq!((c.clients, c.rooms, c.senders), (90, 3, 6));
+        assert_eq!((c.clients, c.rooms, c.senders), (90, 4, 8));
         assert_eq!(c.duration, Duration::from_secs(2));
         assert_eq!(c.thresholds.max_lost, Some(5));
         assert_eq!(c.thresholds.max_duplicated, Some(0));
