@@ -117,7 +117,9 @@ impl ReceiverLog {
 
     /// Distinct seqs of sender `local` seen in `lo..hi`.
     fn seen_in(&self, local: usize, lo: usize, hi: usize) -> u64 {
-        let Some(bits) = self.seen.get(local) else { return 0 };
+        let Some(bits) = self.seen.get(local) else {
+            return 0;
+        };
         let mut n = 0u64;
         let mut i = lo;
         while i < hi {
@@ -125,7 +127,11 @@ impl ReceiverLog {
             let Some(&word) = bits.get(w) else { break };
             let start = i % 64;
             let end = (hi - w * 64).min(64);
-            let mask = if end == 64 { u64::MAX } else { (1u64 << end) - 1 } & !((1u64 << start) - 1);
+            let mask = if end == 64 {
+                u64::MAX
+            } else {
+                (1u64 << end) - 1
+            } & !((1u64 << start) - 1);
             n += u64::from((word & mask).count_ones());
             i = w * 64 + end;
         }
@@ -207,7 +213,11 @@ pub fn verify(
         let mut lost_here = 0u64;
         for (local, s) in by_room.get(&r.room).map(Vec::as_slice).unwrap_or_default() {
             let lo = s.sent_at.partition_point(|&t| t < r.joined_at);
-            let hi = if end < r.joined_at { lo } else { s.sent_at.partition_point(|&t| t <= end) };
+            let hi = if end < r.joined_at {
+                lo
+            } else {
+                s.sent_at.partition_point(|&t| t <= end)
+            };
             let refused: Vec<u32> = s
                 .rejected
                 .iter()
@@ -271,14 +281,14 @@ mod tests {
         let s0 = sender(0, 0, &[10, 20, 30, 40, 50]);
         let mut s2 = sender(2, 0, &[15, 25, 35]);
         s2.rejected = vec![1]; // seq 1 (t=25) refused: never expected
-        // r1 joined at 18: expects s0 seq 1..=4, s2 seq 0 and 2.
+                               // r1 joined at 18: expects s0 seq 1..=4, s2 seq 0 and 2.
         let mut r1 = ReceiverLog::new(1, 0, 1, 18);
         for seq in [1, 2, 4] {
             r1.on_delivery(0, seq, None);
         }
         r1.on_delivery(1, 2, None);
         r1.on_delivery(0, 0, None); // sent before the join: unexpected, not lost
-        // r2 left at 40 with grace 5: window ends at 35.
+                                    // r2 left at 40 with grace 5: window ends at 35.
         let mut r2 = ReceiverLog::new(3, 0, 0, 0);
         r2.left_at = Some(40);
         for seq in [0, 1, 2] {
@@ -296,12 +306,36 @@ mod tests {
         assert_eq!(v.delivered, 9);
         assert_eq!(v.unexpected, 1);
         assert_eq!(v.receivers_with_loss, 1);
-        assert_eq!(v.cells[&(0, 1)], CellCheck { expected: 4, lost: 1 });
-        assert_eq!(v.cells[&(2, 1)], CellCheck { expected: 1, lost: 0 });
-        assert_eq!(v.cells[&(0, 0)], CellCheck { expected: 3, lost: 0 });
+        assert_eq!(
+            v.cells[&(0, 1)],
+            CellCheck {
+                expected: 4,
+                lost: 1
+            }
+        );
+        assert_eq!(
+            v.cells[&(2, 1)],
+            CellCheck {
+                expected: 1,
+                lost: 0
+            }
+        );
+        assert_eq!(
+            v.cells[&(0, 0)],
+            CellCheck {
+                expected: 3,
+                lost: 0
+            }
+        );
         assert_eq!((v.members, v.members_per_app[&1]), (2, 1));
         // Stopping the check at t=30 shrinks what is expected.
-        let v2 = verify(&[sender(0, 0, &[10, 20, 30, 40])], &[ReceiverLog::new(1, 0, 0, 0)], 1, 0, 30);
+        let v2 = verify(
+            &[sender(0, 0, &[10, 20, 30, 40])],
+            &[ReceiverLog::new(1, 0, 0, 0)],
+            1,
+            0,
+            30,
+        );
         assert_eq!((v2.expected, v2.lost), (3, 3));
     }
 

@@ -15,7 +15,9 @@ use futures_util::{SinkExt, StreamExt};
 use regex::Regex;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
-use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::{
+    frame::coding::CloseCode, CloseFrame, WebSocketConfig,
+};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
@@ -93,7 +95,11 @@ pub async fn run(ctx: Arc<Ctx>, c: usize, permit: OwnedSemaphorePermit) -> Outco
         _ = ctx.shutdown.cancelled() => return Outcome::default(),
     };
     drop(permit);
-    let Joined { mut ws, app, rate_limit } = joined;
+    let Joined {
+        mut ws,
+        app,
+        rate_limit,
+    } = joined;
     let _ = started;
     let joined_at = stats.now_us();
     stats.live.connected.fetch_add(1, Relaxed);
@@ -154,8 +160,12 @@ async fn connect(ctx: &Ctx, c: usize) -> Result<Joined, String> {
     let t0 = Instant::now();
     let addr = ctx.addrs[c % ctx.addrs.len()];
     let src = (!ctx.source_ips.is_empty()).then(|| ctx.source_ips[c % ctx.source_ips.len()]);
-    let sock = crate::sys::bound_socket(src, &addr).map_err(|e| format!("connect: {}", io_kind(&e)))?;
-    let tcp = sock.connect(addr).await.map_err(|e| format!("connect: {}", io_kind(&e)))?;
+    let sock =
+        crate::sys::bound_socket(src, &addr).map_err(|e| format!("connect: {}", io_kind(&e)))?;
+    let tcp = sock
+        .connect(addr)
+        .await
+        .map_err(|e| format!("connect: {}", io_kind(&e)))?;
     let url = ctx.cfg.url_for(c);
     let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, tcp, Some(ctx.ws_config))
         .await
@@ -164,17 +174,24 @@ async fn connect(ctx: &Ctx, c: usize) -> Result<Joined, String> {
         Protocol::Chat => {
             let welcome = next_text(&mut ws).await?;
             let (app, rate) = match serde_json::from_str::<chat_protocol::ServerFrame>(&welcome) {
-                Ok(chat_protocol::ServerFrame::Welcome { app_id, limits, .. }) => (app_id, limits.rate_per_sec),
+                Ok(chat_protocol::ServerFrame::Welcome { app_id, limits, .. }) => {
+                    (app_id, limits.rate_per_sec)
+                }
                 _ => return Err("welcome: first frame is not a welcome".into()),
             };
-            stats.shard(c).connect.record(t0.elapsed().as_micros() as u64);
+            stats
+                .shard(c)
+                .connect
+                .record(t0.elapsed().as_micros() as u64);
             let app = stats.apps.intern(&app);
             let room = ctx.cfg.room_name(ctx.cfg.room_of(c));
             loop {
                 let f = next_text(&mut ws).await?;
                 if frame_type(f.as_bytes()) == Some(b"joined") {
                     match serde_json::from_str::<chat_protocol::ServerFrame>(&f) {
-                        Ok(chat_protocol::ServerFrame::Joined { room: r, .. }) if r == room => break,
+                        Ok(chat_protocol::ServerFrame::Joined { room: r, .. }) if r == room => {
+                            break
+                        }
                         _ => continue,
                     }
                 }
@@ -182,20 +199,41 @@ async fn connect(ctx: &Ctx, c: usize) -> Result<Joined, String> {
                     return Err(format!("join: {}", error_code(&f)));
                 }
             }
-            Ok(Joined { ws, app, rate_limit: Some(rate) })
+            Ok(Joined {
+                ws,
+                app,
+                rate_limit: Some(rate),
+            })
         }
         Protocol::Raw => {
             let Some(re) = &ctx.app_re else {
-                stats.shard(c).connect.record(t0.elapsed().as_micros() as u64);
-                return Ok(Joined { app: stats.apps.intern("unknown"), ws, rate_limit: None });
+                stats
+                    .shard(c)
+                    .connect
+                    .record(t0.elapsed().as_micros() as u64);
+                return Ok(Joined {
+                    app: stats.apps.intern("unknown"),
+                    ws,
+                    rate_limit: None,
+                });
             };
             loop {
                 let f = next_text(&mut ws).await?;
                 if let Some(caps) = re.captures(&f) {
-                    let m = caps.name("app_id").or_else(|| caps.get(1)).or_else(|| caps.get(0));
+                    let m = caps
+                        .name("app_id")
+                        .or_else(|| caps.get(1))
+                        .or_else(|| caps.get(0));
                     let app = m.map_or("unknown", |m| m.as_str());
-                    stats.shard(c).connect.record(t0.elapsed().as_micros() as u64);
-                    return Ok(Joined { app: stats.apps.intern(app), ws, rate_limit: None });
+                    stats
+                        .shard(c)
+                        .connect
+                        .record(t0.elapsed().as_micros() as u64);
+                    return Ok(Joined {
+                        app: stats.apps.intern(app),
+                        ws,
+                        rate_limit: None,
+                    });
                 }
             }
         }
@@ -336,24 +374,32 @@ impl Session<'_> {
             },
         };
         let rooms = ctx.cfg.rooms;
-        if probe.sender as usize >= ctx.cfg.senders || ctx.cfg.room_of(probe.sender as usize) != self.room {
+        if probe.sender as usize >= ctx.cfg.senders
+            || ctx.cfg.room_of(probe.sender as usize) != self.room
+        {
             // Another loadgen run's probe, or a room mix-up by the server.
-            ctx.stats.error("deliver: probe from a sender not in this room");
+            ctx.stats
+                .error("deliver: probe from a sender not in this room");
             return;
         }
         let now = ctx.stats.now_us();
-        let sender_app = ctx.sender_apps[probe.sender as usize].load(Relaxed).saturating_sub(1);
+        let sender_app = ctx.sender_apps[probe.sender as usize]
+            .load(Relaxed)
+            .saturating_sub(1);
         let sender_app = match msg_app {
             Some(a) => {
                 let idx = self.intern(a);
                 if idx != sender_app {
-                    ctx.stats.error("deliver: message app_id differs from the sender's welcome app_id");
+                    ctx.stats
+                        .error("deliver: message app_id differs from the sender's welcome app_id");
                 }
                 idx
             }
             None => sender_app,
         };
-        let v = self.recv.on_delivery(probe.sender as usize / rooms, probe.seq, offset);
+        let v = self
+            .recv
+            .on_delivery(probe.sender as usize / rooms, probe.seq, offset);
         let live = &ctx.stats.live;
         live.received.fetch_add(1, Relaxed);
         match v {
@@ -390,8 +436,12 @@ impl Session<'_> {
         match frame_type(t) {
             Some(b"error") => {
                 let text = String::from_utf8_lossy(t);
-                if let Ok(chat_protocol::ServerFrame::Error { code, id, .. }) = serde_json::from_str(&text) {
-                    self.ctx.stats.error(format!("error frame: {}", code.as_str()));
+                if let Ok(chat_protocol::ServerFrame::Error { code, id, .. }) =
+                    serde_json::from_str(&text)
+                {
+                    self.ctx
+                        .stats
+                        .error(format!("error frame: {}", code.as_str()));
                     let p = id.and_then(|i| Probe::parse_id(i.as_bytes()));
                     if let (Some(p), Some(log)) = (p, &mut self.send) {
                         if p.sender as usize == self.c {
@@ -402,7 +452,10 @@ impl Session<'_> {
                     }
                 }
             }
-            Some(b"gap") => self.ctx.stats.error("gap frame: history could not fill a hole"),
+            Some(b"gap") => self
+                .ctx
+                .stats
+                .error("gap frame: history could not fill a hole"),
             _ => {}
         }
     }
@@ -418,7 +471,9 @@ fn frame_type(t: &[u8]) -> Option<&[u8]> {
 
 fn error_code(f: &str) -> String {
     match serde_json::from_str::<chat_protocol::ServerFrame>(f) {
-        Ok(chat_protocol::ServerFrame::Error { code, .. }) => format!("error frame {}", code.as_str()),
+        Ok(chat_protocol::ServerFrame::Error { code, .. }) => {
+            format!("error frame {}", code.as_str())
+        }
         _ => "error frame".into(),
     }
 }
@@ -444,7 +499,9 @@ pub fn io_kind(e: &std::io::Error) -> String {
         Some(libc::EADDRNOTAVAIL) => {
             return "address not available (ephemeral ports exhausted: use --source-ips)".into()
         }
-        Some(libc::EADDRINUSE) => return "address in use (ephemeral ports exhausted: use --source-ips)".into(),
+        Some(libc::EADDRINUSE) => {
+            return "address in use (ephemeral ports exhausted: use --source-ips)".into()
+        }
         _ => {}
     }
     match e.kind() {

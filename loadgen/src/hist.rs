@@ -55,7 +55,11 @@ impl Hist {
         Percentiles {
             count: h.len(),
             min: if h.is_empty() { 0 } else { h.min() },
-            mean: if h.is_empty() { 0.0 } else { (h.mean() * 10.0).round() / 10.0 },
+            mean: if h.is_empty() {
+                0.0
+            } else {
+                (h.mean() * 10.0).round() / 10.0
+            },
             p50: self.q(0.5),
             p90: self.q(0.9),
             p99: self.q(0.99),
@@ -71,7 +75,11 @@ impl Hist {
     pub fn hgrm(&self) -> String {
         let h = &self.0;
         let mut out = String::new();
-        let _ = write!(out, "{:>12} {:>14} {:>10} {:>14}\n\n", "Value", "Percentile", "TotalCount", "1/(1-Percentile)");
+        let _ = write!(
+            out,
+            "{:>12} {:>14} {:>10} {:>14}\n\n",
+            "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
+        );
         let scale = 1000.0;
         let mut total = 0u64;
         if !h.is_empty() {
@@ -80,7 +88,11 @@ impl Hist {
                 let value = v.value_iterated_to() as f64 / scale;
                 let q = v.quantile_iterated_to();
                 if q < 1.0 {
-                    let _ = writeln!(out, "{value:12.3} {q:2.12} {total:10} {:14.2}", 1.0 / (1.0 - q));
+                    let _ = writeln!(
+                        out,
+                        "{value:12.3} {q:2.12} {total:10} {:14.2}",
+                        1.0 / (1.0 - q)
+                    );
                 } else {
                     let _ = writeln!(out, "{value:12.3} {q:2.12} {total:10}");
                 }
@@ -92,7 +104,11 @@ impl Hist {
             (h.mean() / scale, h.stdev() / scale, h.max() as f64 / scale)
         };
         let _ = writeln!(out, "#[Mean    = {mean:12.3}, StdDeviation   = {sd:12.3}]");
-        let _ = writeln!(out, "#[Max     = {max:12.3}, Total count    = {:12}]", h.len());
+        let _ = writeln!(
+            out,
+            "#[Max     = {max:12.3}, Total count    = {:12}]",
+            h.len()
+        );
         let _ = writeln!(
             out,
             "#[Buckets = {:12}, SubBuckets     = {:12}]",
@@ -192,11 +208,18 @@ mod tests {
         let first: Vec<&str> = lines[2].split_whitespace().collect();
         // Values print as the bucket's highest equivalent value, as Java's
         // HdrHistogram does.
-        assert!((1.0..=1.001).contains(&first[0].parse::<f64>().unwrap()), "{}", lines[2]);
+        assert!(
+            (1.0..=1.001).contains(&first[0].parse::<f64>().unwrap()),
+            "{}",
+            lines[2]
+        );
         assert_eq!(first[1], "0.000000000000");
         let last_data = lines.iter().rev().find(|l| !l.starts_with('#')).unwrap();
         let f: Vec<&str> = last_data.split_whitespace().collect();
-        assert!((4.0..=4.002).contains(&f[0].parse::<f64>().unwrap()), "{last_data}");
+        assert!(
+            (4.0..=4.002).contains(&f[0].parse::<f64>().unwrap()),
+            "{last_data}"
+        );
         assert_eq!((f[1], f[2]), ("1.000000000000", "4"));
         assert!(t.contains("Total count    =            4]"), "{t}");
         assert!(t.contains("#[Buckets =           "), "{t}");

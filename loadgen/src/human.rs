@@ -76,7 +76,10 @@ pub fn summary(r: &Report) -> String {
     row(&mut o, "connect (to welcome)", &r.connect_us);
 
     if !r.matrix.is_empty() {
-        let _ = writeln!(o, "\nSender APP_ID → receiver APP_ID (fan-out latency from scheduled)");
+        let _ = writeln!(
+            o,
+            "\nSender APP_ID → receiver APP_ID (fan-out latency from scheduled)"
+        );
         let _ = writeln!(
             o,
             "  {:<12} {:<12} {:>10} {:>10} {:>8} {:>9} {:>9}",
@@ -93,7 +96,11 @@ pub fn summary(r: &Report) -> String {
                 m.lost,
                 fmt_us(m.p50_us),
                 fmt_us(m.p99_us),
-                if m.sender != m.receiver { "  cross" } else { "" }
+                if m.sender != m.receiver {
+                    "  cross"
+                } else {
+                    ""
+                }
             );
         }
     }

@@ -180,7 +180,8 @@ pub fn finish(opts: &Opts, cfg: &Config, tally: &Tally) -> Result<ExitCode> {
         None => print!("{text}"),
     }
     if let Some(path) = &opts.hgrm {
-        std::fs::write(path, tally.latency.hgrm()).with_context(|| format!("writing --hgrm {}", path.display()))?;
+        std::fs::write(path, tally.latency.hgrm())
+            .with_context(|| format!("writing --hgrm {}", path.display()))?;
     }
     Ok(if report.thresholds.passed {
         ExitCode::SUCCESS

@@ -96,7 +96,11 @@ impl Mode {
     pub fn choose(no_tui: bool, quiet: bool, json_to_stdout: bool) -> Mode {
         if quiet {
             Mode::Quiet
-        } else if !no_tui && !json_to_stdout && std::io::stdout().is_terminal() && std::io::stdin().is_terminal() {
+        } else if !no_tui
+            && !json_to_stdout
+            && std::io::stdout().is_terminal()
+            && std::io::stdin().is_terminal()
+        {
             Mode::Tui
         } else {
             Mode::Lines
@@ -110,7 +114,7 @@ impl Mode {
 pub async fn show<F>(
     mode: Mode,
     mut view: View,
-    snap: F,
+    mut snap: F,
     done: CancellationToken,
     interrupt: CancellationToken,
     hard_stop: CancellationToken,
@@ -121,16 +125,14 @@ pub async fn show<F>(
         Mode::Quiet => done.cancelled().await,
         Mode::Lines => lines(&mut view, snap, done).await,
         Mode::Tui => {
-            if let Err(e) = crate::tui::run(&mut view, snap, done.clone(), interrupt, hard_stop).await {
+            if let Err(e) =
+                crate::tui::run(&mut view, &mut snap, done.clone(), interrupt, hard_stop).await
+            {
                 eprintln!("loadgen: dashboard failed ({e}); falling back to progress lines");
-                lines(&mut view, || view_snapshot_unavailable(), done).await;
+                lines(&mut view, snap, done).await;
             }
         }
     }
-}
-
-fn view_snapshot_unavailable() -> Snapshot {
-    Snapshot::default()
 }
 
 async fn lines<F: FnMut() -> Snapshot>(view: &mut View, mut snap: F, done: CancellationToken) {
@@ -148,9 +150,13 @@ async fn lines<F: FnMut() -> Snapshot>(view: &mut View, mut snap: F, done: Cance
 }
 
 /// Turn SIGINT/SIGTERM into the two-stage stop: first drain, then stop now.
-pub fn spawn_signal_handler(interrupt: CancellationToken, hard_stop: CancellationToken) -> Arc<tokio::task::JoinHandle<()>> {
+pub fn spawn_signal_handler(
+    interrupt: CancellationToken,
+    hard_stop: CancellationToken,
+) -> Arc<tokio::task::JoinHandle<()>> {
     Arc::new(tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         for stage in 0..2 {
             let term_fut = async {
                 match term.as_mut() {

@@ -301,7 +301,10 @@ impl Opts {
         }
         let clients = match (self.members, self.clients) {
             (Some(m), Some(c)) if m * rooms != c => {
-                bail!("--members {m} × --rooms {rooms} = {} but --clients is {c}; give one of them", m * rooms)
+                bail!(
+                    "--members {m} × --rooms {rooms} = {} but --clients is {c}; give one of them",
+                    m * rooms
+                )
             }
             (Some(m), _) => m * rooms,
             (None, Some(c)) => c,
@@ -326,11 +329,17 @@ impl Opts {
         if size == 0 || size > 1 << 20 {
             bail!("--size must be between 1 and 1048576 bytes (got {size})");
         }
-        let duration = self.duration.or(p.duration).unwrap_or(Duration::from_secs(10));
+        let duration = self
+            .duration
+            .or(p.duration)
+            .unwrap_or(Duration::from_secs(10));
         for u in &self.url {
             check_url(u)?;
         }
-        if self.protocol == Protocol::Raw && rooms > 1 && !self.url.iter().all(|u| u.contains("{room}")) {
+        if self.protocol == Protocol::Raw
+            && rooms > 1
+            && !self.url.iter().all(|u| u.contains("{room}"))
+        {
             bail!(
                 "--protocol raw with --rooms {rooms}: a raw relay broadcasts to every socket, so \
                  rooms only exist if the URL names them; put `{{room}}` in --url or use --rooms 1"
@@ -414,7 +423,9 @@ fn check_url(u: &str) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("--url {u}: {e}"))?;
     match parsed.scheme_str() {
         Some("ws") => {}
-        Some("wss") => bail!("--url {u}: wss:// is not supported (loadgen speaks plain ws://; put TLS in HAProxy)"),
+        Some("wss") => bail!(
+            "--url {u}: wss:// is not supported (loadgen speaks plain ws://; put TLS in HAProxy)"
+        ),
         _ => bail!("--url {u}: expected ws://HOST:PORT/PATH"),
     }
     if parsed.host().is_none() {
@@ -429,8 +440,14 @@ fn url_is_loopback(u: &str) -> bool {
     let Ok(uri) = tokio_tungstenite::tungstenite::http::Uri::try_from(probe.as_str()) else {
         return false;
     };
-    let host = uri.host().unwrap_or("").trim_matches(|c| c == '[' || c == ']');
-    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    let host = uri
+        .host()
+        .unwrap_or("")
+        .trim_matches(|c| c == '[' || c == ']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 impl Config {
@@ -502,7 +519,17 @@ mod tests {
 
     #[test]
     fn explicit_flags_beat_the_preset() {
-        let c = cfg(&["--preset", "smoke", "--clients", "90", "--duration", "2s", "--max-lost", "5"]).unwrap();
+        let c = cfg(&[
+            "--preset",
+            "smoke",
+            "--clients",
+            "90",
+            "--duration",
+            "2s",
+            "--max-lost",
+            "5",
+        ])
+        .unwrap();
         assert_eq!((c.clients, c.rooms, c.senders), (90, 4, 8));
         assert_eq!(c.duration, Duration::from_secs(2));
         assert_eq!(c.thresholds.max_lost, Some(5));
@@ -540,11 +567,29 @@ mod tests {
     #[test]
     fn rooms_and_senders_layout() {
         let c = cfg(&["--clients", "10", "--rooms", "3", "--senders", "4"]).unwrap();
-        assert_eq!((0..3).map(|r| c.senders_in_room(r)).collect::<Vec<_>>(), vec![2, 1, 1]);
+        assert_eq!(
+            (0..3).map(|r| c.senders_in_room(r)).collect::<Vec<_>>(),
+            vec![2, 1, 1]
+        );
         assert_eq!(c.room_of(4), 1);
-        assert!(c.url_for(4).ends_with(&format!("?room={}-1&nick=lg4", c.room_prefix)));
-        let raw = cfg(&["--protocol", "raw", "--url", "ws://127.0.0.1:1/r/{room}", "--rooms", "2", "--clients", "2"]).unwrap();
-        assert_eq!(raw.url_for(1), format!("ws://127.0.0.1:1/r/{}-1", raw.room_prefix));
+        assert!(c
+            .url_for(4)
+            .ends_with(&format!("?room={}-1&nick=lg4", c.room_prefix)));
+        let raw = cfg(&[
+            "--protocol",
+            "raw",
+            "--url",
+            "ws://127.0.0.1:1/r/{room}",
+            "--rooms",
+            "2",
+            "--clients",
+            "2",
+        ])
+        .unwrap();
+        assert_eq!(
+            raw.url_for(1),
+            format!("ws://127.0.0.1:1/r/{}-1", raw.room_prefix)
+        );
     }
 
     #[test]

@@ -42,7 +42,11 @@ impl Probe {
     /// Append the id form to `out`.
     pub fn write_id(&self, out: &mut String) {
         use std::fmt::Write as _;
-        let _ = write!(out, "{:x}.{:x}.{:x}.{:x}", self.sender, self.seq, self.sched_us, self.sent_us);
+        let _ = write!(
+            out,
+            "{:x}.{:x}.{:x}.{:x}",
+            self.sender, self.seq, self.sched_us, self.sent_us
+        );
     }
 
     /// The id form.
@@ -119,10 +123,12 @@ pub struct ChatDelivery<'a> {
     pub probe: Option<Probe>,
 }
 
-static ID_KEY: LazyLock<memmem::FinderRev<'static>> = LazyLock::new(|| memmem::FinderRev::new(b"\"id\":\""));
+static ID_KEY: LazyLock<memmem::FinderRev<'static>> =
+    LazyLock::new(|| memmem::FinderRev::new(b"\"id\":\""));
 static APP_KEY: LazyLock<memmem::FinderRev<'static>> =
     LazyLock::new(|| memmem::FinderRev::new(b"\"app_id\":\""));
-static RAW_KEY: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(RAW_MARKER));
+static RAW_KEY: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(RAW_MARKER));
 
 /// Read a chat `message` frame; `None` if the frame is not one.
 ///
@@ -141,14 +147,21 @@ pub fn scan_chat(frame: &[u8]) -> Option<ChatDelivery<'_>> {
         let end = memchr::memchr(b'"', v)?;
         Some(&v[..end])
     });
-    Some(ChatDelivery { offset, app_id, probe })
+    Some(ChatDelivery {
+        offset,
+        app_id,
+        probe,
+    })
 }
 
 /// Find a raw-mode probe anywhere in a text frame.
 pub fn scan_raw(frame: &[u8]) -> Option<Probe> {
     let at = RAW_KEY.find(frame)?;
     let v = &frame[at + RAW_MARKER.len()..];
-    let end = v.iter().position(|&c| !(c.is_ascii_hexdigit() || c == b'.')).unwrap_or(v.len());
+    let end = v
+        .iter()
+        .position(|&c| !(c.is_ascii_hexdigit() || c == b'.'))
+        .unwrap_or(v.len());
     Probe::parse_id(&v[..end])
 }
 
@@ -226,7 +239,10 @@ mod tests {
         let frame = splice(5, &tail);
         let d = scan_chat(frame.as_bytes()).unwrap();
         assert_eq!((d.offset, d.probe), (5, None));
-        assert_eq!(scan_chat(b"{\"type\":\"joined\",\"room\":\"r\",\"head\":0}"), None);
+        assert_eq!(
+            scan_chat(b"{\"type\":\"joined\",\"room\":\"r\",\"head\":0}"),
+            None
+        );
     }
 
     #[test]
@@ -234,7 +250,10 @@ mod tests {
         let t = raw_text(&P, 100);
         assert_eq!(t.len(), 100);
         assert_eq!(scan_raw(t.as_bytes()), Some(P));
-        let wrapped = format!("{{\"from\":\"x\",\"msg\":{}}}", serde_json::to_string(&t).unwrap());
+        let wrapped = format!(
+            "{{\"from\":\"x\",\"msg\":{}}}",
+            serde_json::to_string(&t).unwrap()
+        );
         assert_eq!(scan_raw(wrapped.as_bytes()), Some(P));
         assert_eq!(scan_raw(b"Connected successfully to server app1"), None);
     }

@@ -82,7 +82,11 @@ impl Relay {
 }
 
 /// Serve on `listener` until `shutdown`.
-pub fn spawn(listener: TcpListener, cfg: RelayConfig, shutdown: CancellationToken) -> std::io::Result<Relay> {
+pub fn spawn(
+    listener: TcpListener,
+    cfg: RelayConfig,
+    shutdown: CancellationToken,
+) -> std::io::Result<Relay> {
     let addr = listener.local_addr()?;
     let counters = Arc::new(RelayCounters::default());
     let cfg = Arc::new(cfg);
@@ -96,7 +100,8 @@ pub fn spawn(listener: TcpListener, cfg: RelayConfig, shutdown: CancellationToke
                 _ = shutdown.cancelled() => return,
             };
             next_id += 1;
-            let (cfg, hub, counters, stop) = (cfg.clone(), hub.clone(), c2.clone(), shutdown.clone());
+            let (cfg, hub, counters, stop) =
+                (cfg.clone(), hub.clone(), c2.clone(), shutdown.clone());
             tokio::spawn(session(stream, next_id, cfg, hub, counters, stop));
         }
     });
@@ -113,11 +118,14 @@ async fn session(
 ) {
     let _ = stream.set_nodelay(true);
     let mut query = String::new();
+    #[allow(clippy::result_large_err)] // the callback's type is tungstenite's
     let cb = |req: &Request, resp: Response| {
         query = req.uri().query().unwrap_or("").to_string();
         Ok(resp)
     };
-    let Ok(ws) = tokio_tungstenite::accept_hdr_async(stream, cb).await else { return };
+    let Ok(ws) = tokio_tungstenite::accept_hdr_async(stream, cb).await else {
+        return;
+    };
     let param = |k: &str| {
         query
             .split('&')
@@ -125,9 +133,17 @@ async fn session(
             .find(|(a, _)| *a == k)
             .map(|(_, v)| v.to_string())
     };
-    let room = if cfg.chat { param("room").unwrap_or_else(|| "lobby".into()) } else { String::new() };
+    let room = if cfg.chat {
+        param("room").unwrap_or_else(|| "lobby".into())
+    } else {
+        String::new()
+    };
     let nick = param("nick").unwrap_or_else(|| format!("guest{id}"));
-    let apps = if cfg.app_ids.is_empty() { vec!["relay1".to_string()] } else { cfg.app_ids.clone() };
+    let apps = if cfg.app_ids.is_empty() {
+        vec!["relay1".to_string()]
+    } else {
+        cfg.app_ids.clone()
+    };
     let app_id = apps[(id as usize - 1) % apps.len()].clone();
     let (mut sink, mut stream) = ws.split();
     // Bounded: a member that cannot keep up is dropped from the room, like
@@ -192,7 +208,10 @@ async fn session(
                     ping_interval_ms: 30_000,
                 },
             };
-            let joined = chat_protocol::ServerFrame::Joined { room: room.clone(), head: entry.0 };
+            let joined = chat_protocol::ServerFrame::Joined {
+                room: room.clone(),
+                head: entry.0,
+            };
             vec![welcome.to_json(), joined.to_json()]
         } else {
             vec![format!("Connected successfully to server {app_id}")]
@@ -213,7 +232,9 @@ async fn session(
             Some(Ok(_)) => continue,
         };
         let mut h = hub.lock().expect("hub lock");
-        let Some(entry) = h.rooms.get_mut(&room) else { break };
+        let Some(entry) = h.rooms.get_mut(&room) else {
+            break;
+        };
         let frame = if cfg.chat {
             let (text, cid) = match serde_json::from_str::<chat_protocol::ClientFrame>(&text) {
                 Ok(chat_protocol::ClientFrame::Send { text, id, .. }) => (text, id),
@@ -249,7 +270,7 @@ async fn session(
 /// the member is gone or full (it leaves the room).
 fn deliver(cfg: &RelayConfig, c: &RelayCounters, m: &Member, frame: &str) -> bool {
     let n = c.deliveries.fetch_add(1, Relaxed) + 1;
-    let every = |k: u64| k > 0 && n % k == 0;
+    let every = |k: u64| k > 0 && n.is_multiple_of(k);
     if every(cfg.drop_every) {
         c.dropped.fetch_add(1, Relaxed);
         return true;

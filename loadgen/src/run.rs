@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::checker::{self, ReceiverLog, SenderLog};
 use crate::client::{self, Ctx};
-use crate::sched;
 use crate::opts::{Config, Protocol};
+use crate::sched;
 use crate::stats::Stats;
 use crate::tally::{Tally, Timing};
 
@@ -97,7 +97,10 @@ async fn resolve(cfg: &Config) -> Result<Vec<SocketAddr>> {
     let mut out = Vec::new();
     for u in &cfg.urls {
         let uri: tokio_tungstenite::tungstenite::http::Uri = u.replace("{room}", "r").parse()?;
-        let host = uri.host().context("URL without host")?.trim_matches(|c| c == '[' || c == ']');
+        let host = uri
+            .host()
+            .context("URL without host")?
+            .trim_matches(|c| c == '[' || c == ']');
         let port = uri.port_u16().unwrap_or(80);
         let addr = tokio::net::lookup_host((host, port))
             .await
@@ -114,13 +117,18 @@ pub async fn run(cfg: Arc<Config>, part: Part, h: Handle, mut control: Control) 
     let stats = h.stats.clone();
     let addrs = resolve(&cfg).await?;
     // Source addresses only make sense towards IPv4 loopback.
-    let source_ips = if addrs.iter().all(|a| a.ip().is_loopback() && matches!(a.ip(), IpAddr::V4(_))) {
+    let source_ips = if addrs
+        .iter()
+        .all(|a| a.ip().is_loopback() && matches!(a.ip(), IpAddr::V4(_)))
+    {
         cfg.source_ips.clone()
     } else {
         Vec::new()
     };
     let app_re = match cfg.protocol {
-        Protocol::Raw if !cfg.app_id_regex.is_empty() => Some(regex::Regex::new(&cfg.app_id_regex)?),
+        Protocol::Raw if !cfg.app_id_regex.is_empty() => {
+            Some(regex::Regex::new(&cfg.app_id_regex)?)
+        }
         _ => None,
     };
     // One bounded tick queue per sender of this part; the scheduler thread
@@ -203,7 +211,14 @@ pub async fn run(cfg: Arc<Config>, part: Part, h: Handle, mut control: Control) 
     let mut send_end = start;
     if !interrupted && cfg.senders > 0 {
         h.phase.set(Phase::SEND);
-        let scheduler = sched::spawn(queues, cfg.rate, start, end, ctx.stop_send.clone(), stats.clone());
+        let scheduler = sched::spawn(
+            queues,
+            cfg.rate,
+            start,
+            end,
+            ctx.stop_send.clone(),
+            stats.clone(),
+        );
         tokio::select! {
             _ = tokio::time::sleep_until(end.into()) => {}
             _ = control.interrupt.cancelled() => interrupted = true,
@@ -252,7 +267,9 @@ pub async fn run(cfg: Arc<Config>, part: Part, h: Handle, mut control: Control) 
         stats.now_us().saturating_sub(cfg.grace.as_micros() as u64)
     };
     let drain_time = drain_start.elapsed();
-    let cpu_us = crate::sys::cpu_time_us().unwrap_or(0).saturating_sub(cpu_start);
+    let cpu_us = crate::sys::cpu_time_us()
+        .unwrap_or(0)
+        .saturating_sub(cpu_start);
 
     // Close every socket and collect what each client saw.
     h.phase.set(Phase::CLOSE);
@@ -271,7 +288,13 @@ pub async fn run(cfg: Arc<Config>, part: Part, h: Handle, mut control: Control) 
             Err(_) => stats.error("internal: a client did not close within 10s"),
         }
     }
-    let v = checker::verify(&senders, &receivers, cfg.rooms, cfg.grace.as_micros() as u64, checked_until);
+    let v = checker::verify(
+        &senders,
+        &receivers,
+        cfg.rooms,
+        cfg.grace.as_micros() as u64,
+        checked_until,
+    );
     let timing = Timing {
         ramp_ms: ramp_time.as_millis() as u64,
         send_ms: send_end.saturating_duration_since(start).as_millis() as u64,
@@ -279,10 +302,18 @@ pub async fn run(cfg: Arc<Config>, part: Part, h: Handle, mut control: Control) 
         interrupted: interrupted || control.interrupt.is_cancelled(),
         all_arrived,
     };
-    let mem_per_socket = if connected_after_ramp > 0 {
-        rss_ramped.saturating_sub(rss_before) / connected_after_ramp
-    } else {
-        0
-    };
-    Ok(Tally::build(&stats, spawned, &senders, &v, timing, cpu_us, rss_ramped, mem_per_socket))
+    let mem_per_socket = rss_ramped
+        .saturating_sub(rss_before)
+        .checked_div(connected_after_ramp)
+        .unwrap_or(0);
+    Ok(Tally::build(
+        &stats,
+        spawned,
+        &senders,
+        &v,
+        timing,
+        cpu_us,
+        rss_ramped,
+        mem_per_socket,
+    ))
 }

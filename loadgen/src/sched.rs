@@ -118,10 +118,16 @@ mod tests {
         }
         assert_eq!(a.len(), 10);
         assert_eq!(b.len(), 10);
-        assert_eq!(a.iter().map(|t| t.seq).collect::<Vec<_>>(), (0..10).collect::<Vec<_>>());
+        assert_eq!(
+            a.iter().map(|t| t.seq).collect::<Vec<_>>(),
+            (0..10).collect::<Vec<_>>()
+        );
         // Sender 2's message k is global message 3k+2, due at (3k+2)/300 s.
         assert_eq!(b[4].sched, due(start, 300.0, 14));
-        assert_eq!(a[1].sched - a[0].sched, Duration::from_secs_f64(3.0 / 300.0));
+        assert_eq!(
+            a[1].sched - a[0].sched,
+            Duration::from_secs_f64(3.0 / 300.0)
+        );
     }
 
     #[test]
@@ -130,7 +136,14 @@ mod tests {
         let (tx, _rx) = mpsc::channel(QUEUE);
         let stop = CancellationToken::new();
         let start = Instant::now();
-        let h = spawn(vec![Some(tx)], 1.0, start, start + Duration::from_secs(3600), stop.clone(), stats);
+        let h = spawn(
+            vec![Some(tx)],
+            1.0,
+            start,
+            start + Duration::from_secs(3600),
+            stop.clone(),
+            stats,
+        );
         stop.cancel();
         let t = Instant::now();
         h.join().unwrap();

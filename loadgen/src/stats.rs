@@ -125,7 +125,9 @@ impl Stats {
         Self {
             live: Live::default(),
             apps: Apps::default(),
-            shards: (0..shards.max(1)).map(|_| Mutex::new(Shard::default())).collect(),
+            shards: (0..shards.max(1))
+                .map(|_| Mutex::new(Shard::default()))
+                .collect(),
             errors: Mutex::new(BTreeMap::new()),
             epoch: Instant::now(),
         }
@@ -145,12 +147,21 @@ impl Stats {
     /// Lock the shard of client `client`.
     #[inline]
     pub fn shard(&self, client: usize) -> std::sync::MutexGuard<'_, Shard> {
-        self.shards[client % self.shards.len()].lock().expect("shard lock")
+        self.shards[client % self.shards.len()]
+            .lock()
+            .expect("shard lock")
     }
 
     /// Record one probe delivery.
     #[inline]
-    pub fn record_delivery(&self, client: usize, sender_app: u16, receiver_app: u16, sched_lat: u64, raw_lat: u64) {
+    pub fn record_delivery(
+        &self,
+        client: usize,
+        sender_app: u16,
+        receiver_app: u16,
+        sched_lat: u64,
+        raw_lat: u64,
+    ) {
         let mut s = self.shard(client);
         s.sched.record(sched_lat);
         s.raw.record(raw_lat);
@@ -163,7 +174,12 @@ impl Stats {
     /// Count an error of kind `kind` (e.g. `connect: refused`).
     pub fn error(&self, kind: impl Into<String>) {
         self.live.errors.fetch_add(1, Relaxed);
-        *self.errors.lock().expect("errors lock").entry(kind.into()).or_default() += 1;
+        *self
+            .errors
+            .lock()
+            .expect("errors lock")
+            .entry(kind.into())
+            .or_default() += 1;
     }
 
     pub fn errors(&self) -> BTreeMap<String, u64> {

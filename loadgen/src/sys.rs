@@ -64,8 +64,12 @@ pub fn parse_source_ips(s: &str) -> Result<Vec<Ipv4Addr>> {
             Some((a, b)) => (a.trim(), b.trim()),
             None => (part, part),
         };
-        let a: Ipv4Addr = a.parse().with_context(|| format!("--source-ips: bad address {a:?}"))?;
-        let b: Ipv4Addr = b.parse().with_context(|| format!("--source-ips: bad address {b:?}"))?;
+        let a: Ipv4Addr = a
+            .parse()
+            .with_context(|| format!("--source-ips: bad address {a:?}"))?;
+        let b: Ipv4Addr = b
+            .parse()
+            .with_context(|| format!("--source-ips: bad address {b:?}"))?;
         let (x, y) = (u32::from(a), u32::from(b));
         if y < x {
             bail!("--source-ips: range {part} runs backwards");
@@ -104,7 +108,9 @@ pub fn auto_source_ips(sockets_per_dest: usize, dest_is_loopback: bool) -> Vec<I
         return Vec::new();
     }
     let n = sockets_per_dest.div_ceil(per) + 1;
-    (0..n as u32).map(|i| Ipv4Addr::new(127, 0, 0, 2 + i as u8)).collect()
+    (0..n as u32)
+        .map(|i| Ipv4Addr::new(127, 0, 0, 2 + i as u8))
+        .collect()
 }
 
 /// Warnings about limits this run would hit, each with the numbers and a
@@ -146,7 +152,10 @@ pub fn capacity_warnings(
 /// A TCP socket bound to `source` with `IP_BIND_ADDRESS_NO_PORT`, so the
 /// port is chosen at `connect` time per 4-tuple: each source address then
 /// gets its own ~28k ports per destination instead of sharing one pool.
-pub fn bound_socket(source: Option<Ipv4Addr>, dest: &SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
+pub fn bound_socket(
+    source: Option<Ipv4Addr>,
+    dest: &SocketAddr,
+) -> std::io::Result<tokio::net::TcpSocket> {
     let sock = match dest {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
@@ -224,7 +233,10 @@ mod tests {
 
     #[test]
     fn warnings_name_the_fix() {
-        let fd = FdLimit { soft: 20_000, hard: 20_000 };
+        let fd = FdLimit {
+            soft: 20_000,
+            hard: 20_000,
+        };
         assert!(capacity_warnings(1000, 1000, 1, fd, 1).is_empty());
         let w = capacity_warnings(50_000, 50_000, 1, fd, 1);
         assert_eq!(w.len(), 2, "{w:?}");
@@ -255,7 +267,10 @@ mod tests {
         for last in [2u8, 3] {
             let s = bound_socket(Some(Ipv4Addr::new(127, 0, 0, last)), &dest).unwrap();
             let stream = s.connect(dest).await.unwrap();
-            assert_eq!(stream.local_addr().unwrap().ip(), IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)));
+            assert_eq!(
+                stream.local_addr().unwrap().ip(),
+                IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
+            );
         }
     }
 }

@@ -89,7 +89,11 @@ impl Tally {
         let failed = live.failed.load(std::sync::atomic::Ordering::Relaxed);
         let dropped = live.dropped.load(std::sync::atomic::Ordering::Relaxed);
         let mut matrix: BTreeMap<(u16, u16), Cell> = BTreeMap::new();
-        fn cell<'a>(m: &'a mut BTreeMap<(u16, u16), Cell>, stats: &Stats, k: (u16, u16)) -> &'a mut Cell {
+        fn cell<'a>(
+            m: &'a mut BTreeMap<(u16, u16), Cell>,
+            stats: &Stats,
+            k: (u16, u16),
+        ) -> &'a mut Cell {
             m.entry(k).or_insert_with(|| Cell {
                 sender: stats.apps.name(k.0),
                 receiver: stats.apps.name(k.1),
@@ -160,8 +164,10 @@ impl Tally {
         sum(&mut self.rss_bytes, o.rss_bytes);
         // Weighted by sockets, so the merged figure stays "per socket".
         let (a, b) = (self.opened - o.opened, o.opened);
-        if a + b > 0 {
-            self.mem_per_socket_bytes = (self.mem_per_socket_bytes * a + o.mem_per_socket_bytes * b) / (a + b);
+        if let Some(m) =
+            (self.mem_per_socket_bytes * a + o.mem_per_socket_bytes * b).checked_div(a + b)
+        {
+            self.mem_per_socket_bytes = m;
         }
         sum(&mut self.processes, o.processes);
         for (k, v) in &o.per_app_id {

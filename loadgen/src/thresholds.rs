@@ -56,8 +56,18 @@ impl Thresholds {
         };
         let d = &r.deliveries;
         max("--max-lost", self.max_lost, d.lost, "lost deliveries");
-        max("--max-duplicated", self.max_duplicated, d.duplicated, "duplicated deliveries");
-        max("--max-out-of-order", self.max_out_of_order, d.out_of_order, "out-of-order deliveries");
+        max(
+            "--max-duplicated",
+            self.max_duplicated,
+            d.duplicated,
+            "duplicated deliveries",
+        );
+        max(
+            "--max-out-of-order",
+            self.max_out_of_order,
+            d.out_of_order,
+            "out-of-order deliveries",
+        );
         max(
             "--max-failed-connections",
             self.max_failed_connections,

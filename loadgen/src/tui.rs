@@ -32,33 +32,54 @@ pub fn render(v: &View, f: &mut Frame<'_>) {
 
     f.render_widget(
         Paragraph::new(Line::from(vec![
-            Span::styled(" loadgen ", Style::default().add_modifier(Modifier::REVERSED)),
-            Span::raw(format!(" {}  ·  {}  ·  {:.1}s  ·  q to stop", v.config_line, s.phase, s.elapsed_ms as f64 / 1000.0)),
+            Span::styled(
+                " loadgen ",
+                Style::default().add_modifier(Modifier::REVERSED),
+            ),
+            Span::raw(format!(
+                " {}  ·  {}  ·  {:.1}s  ·  q to stop",
+                v.config_line,
+                s.phase,
+                s.elapsed_ms as f64 / 1000.0
+            )),
         ])),
         title,
     );
 
-    let [ramp_area, fd_area] = Layout::horizontal([Constraint::Percentage(60), Constraint::Percentage(40)]).areas(gauges);
+    let [ramp_area, fd_area] =
+        Layout::horizontal([Constraint::Percentage(60), Constraint::Percentage(40)]).areas(gauges);
     let ramp = ratio(s.connected + s.failed + s.dropped, s.clients);
     f.render_widget(
         Gauge::default()
             .block(Block::default().borders(Borders::ALL).title(" ramp "))
-            .gauge_style(Style::default().fg(if s.failed > 0 { Color::Yellow } else { Color::Green }))
+            .gauge_style(Style::default().fg(if s.failed > 0 {
+                Color::Yellow
+            } else {
+                Color::Green
+            }))
             .ratio(ramp)
-            .label(format!("{} connected / {} clients, {} failed", s.connected, s.clients, s.failed)),
+            .label(format!(
+                "{} connected / {} clients, {} failed",
+                s.connected, s.clients, s.failed
+            )),
         ramp_area,
     );
     let fd = ratio(s.open_fds, s.fd_limit);
     f.render_widget(
         Gauge::default()
-            .block(Block::default().borders(Borders::ALL).title(" open fds / limit "))
+            .block(
+                Block::default()
+                    .borders(Borders::ALL)
+                    .title(" open fds / limit "),
+            )
             .gauge_style(Style::default().fg(if fd > 0.9 { Color::Red } else { Color::Cyan }))
             .ratio(fd)
             .label(format!("{} / {}", s.open_fds, s.fd_limit)),
         fd_area,
     );
 
-    let [apps_area, stats_area] = Layout::horizontal([Constraint::Percentage(40), Constraint::Percentage(60)]).areas(mid);
+    let [apps_area, stats_area] =
+        Layout::horizontal([Constraint::Percentage(40), Constraint::Percentage(60)]).areas(mid);
     let rows = s.per_app.iter().map(|(a, n)| {
         Row::new(vec![
             a.clone(),
@@ -67,29 +88,72 @@ pub fn render(v: &View, f: &mut Frame<'_>) {
         ])
     });
     f.render_widget(
-        Table::new(rows, [Constraint::Length(14), Constraint::Length(9), Constraint::Length(7)])
-            .header(Row::new(vec!["APP_ID", "conns", "share"]).style(Style::default().add_modifier(Modifier::BOLD)))
-            .block(Block::default().borders(Borders::ALL).title(" connections per APP_ID ")),
+        Table::new(
+            rows,
+            [
+                Constraint::Length(14),
+                Constraint::Length(9),
+                Constraint::Length(7),
+            ],
+        )
+        .header(
+            Row::new(vec!["APP_ID", "conns", "share"])
+                .style(Style::default().add_modifier(Modifier::BOLD)),
+        )
+        .block(
+            Block::default()
+                .borders(Borders::ALL)
+                .title(" connections per APP_ID "),
+        ),
         apps_area,
     );
-    let lat = |x: u64| if s.interval_count > 0 { fmt_us(x) } else { "-".into() };
-    let in_flight = s.expected.saturating_sub(s.received.saturating_sub(s.duplicated));
+    let lat = |x: u64| {
+        if s.interval_count > 0 {
+            fmt_us(x)
+        } else {
+            "-".into()
+        }
+    };
+    let in_flight = s
+        .expected
+        .saturating_sub(s.received.saturating_sub(s.duplicated));
     let text = vec![
-        Line::from(format!("sends      {:>10.0}/s   total {}", v.send_rate, s.sent)),
-        Line::from(format!("deliveries {:>10.0}/s   total {}", v.recv_rate, s.received)),
-        Line::from(format!("rolling    p50 {:>9}   p99 {:>9}", lat(s.interval_p50), lat(s.interval_p99))),
-        Line::from(format!("in flight  {in_flight:>10}    dropped conns {}", s.dropped)),
+        Line::from(format!(
+            "sends      {:>10.0}/s   total {}",
+            v.send_rate, s.sent
+        )),
+        Line::from(format!(
+            "deliveries {:>10.0}/s   total {}",
+            v.recv_rate, s.received
+        )),
+        Line::from(format!(
+            "rolling    p50 {:>9}   p99 {:>9}",
+            lat(s.interval_p50),
+            lat(s.interval_p99)
+        )),
+        Line::from(format!(
+            "in flight  {in_flight:>10}    dropped conns {}",
+            s.dropped
+        )),
         Line::from(vec![
             Span::raw(format!("duplicated {:>10}    ", s.duplicated)),
             Span::styled(
                 format!("out of order {}", s.out_of_order),
-                if s.out_of_order + s.duplicated > 0 { Style::default().fg(Color::Red) } else { Style::default() },
+                if s.out_of_order + s.duplicated > 0 {
+                    Style::default().fg(Color::Red)
+                } else {
+                    Style::default()
+                },
             ),
         ]),
         Line::from(format!("errors     {:>10}", s.errors)),
     ];
     f.render_widget(
-        Paragraph::new(text).block(Block::default().borders(Borders::ALL).title(" rolling (1s) ")),
+        Paragraph::new(text).block(
+            Block::default()
+                .borders(Borders::ALL)
+                .title(" rolling (1s) "),
+        ),
         stats_area,
     );
 
@@ -103,21 +167,37 @@ pub fn render(v: &View, f: &mut Frame<'_>) {
     } else {
         let mut e: Vec<_> = s.error_kinds.iter().collect();
         e.sort_by(|a, b| b.1.cmp(a.1));
-        e.into_iter().map(|(k, n)| Line::from(format!("{n:>8}  {k}"))).collect()
+        e.into_iter()
+            .map(|(k, n)| Line::from(format!("{n:>8}  {k}")))
+            .collect()
     };
     f.render_widget(
-        Paragraph::new(errs).block(Block::default().borders(Borders::ALL).title(" errors and close codes ")),
+        Paragraph::new(errs).block(
+            Block::default()
+                .borders(Borders::ALL)
+                .title(" errors and close codes "),
+        ),
         bottom,
     );
 }
 
-fn spark(f: &mut Frame<'_>, area: Rect, title: &str, data: &std::collections::VecDeque<u64>, color: Color) {
+fn spark(
+    f: &mut Frame<'_>,
+    area: Rect,
+    title: &str,
+    data: &std::collections::VecDeque<u64>,
+    color: Color,
+) {
     let w = area.width.saturating_sub(2) as usize;
     let tail: Vec<u64> = data.iter().rev().take(w).rev().copied().collect();
     let last = tail.last().copied().unwrap_or(0);
     f.render_widget(
         Sparkline::default()
-            .block(Block::default().borders(Borders::ALL).title(format!("{title}{last} ")))
+            .block(
+                Block::default()
+                    .borders(Borders::ALL)
+                    .title(format!("{title}{last} ")),
+            )
             .style(Style::default().fg(color))
             .data(&tail),
         area,
@@ -203,7 +283,8 @@ mod tests {
         };
         s.per_app.insert("app1".into(), 2);
         s.per_app.insert("app2".into(), 1);
-        s.error_kinds.insert("close: 1012 service_restart".into(), 1);
+        s.error_kinds
+            .insert("close: 1012 service_restart".into(), 1);
         v.update(s);
         let mut t = Terminal::new(TestBackend::new(110, 32)).unwrap();
         t.draw(|f| render(&v, f)).unwrap();

@@ -64,8 +64,14 @@ pub fn child_args(cfg: &Config, index: usize) -> Vec<String> {
     );
     kv("app-id-regex", cfg.app_id_regex.clone());
     kv("grace", format!("{}us", cfg.grace.as_micros()));
-    kv("connect-timeout", format!("{}us", cfg.connect_timeout.as_micros()));
-    kv("connect-concurrency", cfg.connect_concurrency.div_ceil(cfg.workers).to_string());
+    kv(
+        "connect-timeout",
+        format!("{}us", cfg.connect_timeout.as_micros()),
+    );
+    kv(
+        "connect-concurrency",
+        cfg.connect_concurrency.div_ceil(cfg.workers).to_string(),
+    );
     kv("room-prefix", cfg.room_prefix.clone());
     kv("threads", (cfg.threads / cfg.workers).max(1).to_string());
     kv("workers", cfg.workers.to_string());
@@ -112,11 +118,15 @@ pub async fn parent_main(cfg: Arc<Config>, mode: Mode) -> Result<Tally> {
                         }
                     }
                     Err(e) => {
-                        let _ = tx.send((i, ToParent::Failed(format!("bad line from worker: {e}")))).await;
+                        let _ = tx
+                            .send((i, ToParent::Failed(format!("bad line from worker: {e}"))))
+                            .await;
                     }
                 }
             }
-            let _ = tx.send((i, ToParent::Failed("exited without a report".into()))).await;
+            let _ = tx
+                .send((i, ToParent::Failed("exited without a report".into())))
+                .await;
         });
         children.push(child);
     }
@@ -265,7 +275,12 @@ pub async fn child_main(cfg: Config, spec: &str, fd: FdLimit) -> Result<std::pro
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
-            emit(&ToParent::Progress(Snapshot::take(&stats, phase.name(), clients, fd.soft)));
+            emit(&ToParent::Progress(Snapshot::take(
+                &stats,
+                phase.name(),
+                clients,
+                fd.soft,
+            )));
         }
     });
     let control = Control {

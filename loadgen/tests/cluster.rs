@@ -24,7 +24,16 @@ fn smoke_preset_through_haproxy_has_no_loss_and_crosses_instances() {
     let json = dir.join("report.json");
     let hgrm = dir.join("latency.hgrm");
     let out = loadgen()
-        .args(["--preset", "smoke", "--url", &cluster.ws_url(), "--min-instances", "3", "--min-cross-instance", "1"])
+        .args([
+            "--preset",
+            "smoke",
+            "--url",
+            &cluster.ws_url(),
+            "--min-instances",
+            "3",
+            "--min-cross-instance",
+            "1",
+        ])
         .arg("--json")
         .arg(&json)
         .arg("--hgrm")
@@ -34,12 +43,21 @@ fn smoke_preset_through_haproxy_has_no_loss_and_crosses_instances() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "loadgen failed ({:?})\n{stdout}\n{stderr}", out.status);
-    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(
+        out.status.success(),
+        "loadgen failed ({:?})\n{stdout}\n{stderr}",
+        out.status
+    );
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let d = &r["deliveries"];
     assert_eq!(r["connections"]["opened"], 60, "{stdout}");
     assert_eq!(r["connections"]["failed"], 0);
-    assert_eq!(r["connections"]["per_app_id"].as_object().unwrap().len(), 3, "{stdout}");
+    assert_eq!(
+        r["connections"]["per_app_id"].as_object().unwrap().len(),
+        3,
+        "{stdout}"
+    );
     assert_eq!(d["lost"], 0, "{stdout}");
     assert_eq!(d["duplicated"], 0);
     assert_eq!(d["out_of_order"], 0);
@@ -51,7 +69,9 @@ fn smoke_preset_through_haproxy_has_no_loss_and_crosses_instances() {
     assert_eq!(r["thresholds"]["passed"], true);
     let cells = r["matrix"].as_array().unwrap();
     assert!(cells.len() >= 6, "sender × receiver instances: {stdout}");
-    assert!(cells.iter().all(|c| c["lost"] == 0 && c["count"].as_u64().unwrap() > 0));
+    assert!(cells
+        .iter()
+        .all(|c| c["lost"] == 0 && c["count"].as_u64().unwrap() > 0));
     let h = std::fs::read_to_string(&hgrm).unwrap();
     assert!(h.contains("Total count    =         6000]"), "{h}");
     let _ = std::fs::remove_dir_all(&dir);
@@ -72,8 +92,25 @@ fn direct_to_each_instance_with_two_workers() {
     }
     let out = cmd
         .args([
-            "--clients", "120", "--rooms", "4", "--senders", "8", "--rate", "80", "--duration", "2s", "--workers", "2",
-            "--json", "-", "--max-lost", "0", "--min-instances", "3", "--no-tui",
+            "--clients",
+            "120",
+            "--rooms",
+            "4",
+            "--senders",
+            "8",
+            "--rate",
+            "80",
+            "--duration",
+            "2s",
+            "--workers",
+            "2",
+            "--json",
+            "-",
+            "--max-lost",
+            "0",
+            "--min-instances",
+            "3",
+            "--no-tui",
         ])
         .output()
         .unwrap();
@@ -89,5 +126,8 @@ fn direct_to_each_instance_with_two_workers() {
     // 4 rooms of 30, 160 messages: 4800 deliveries, none lost.
     assert_eq!(r["deliveries"]["expected"], 4800, "{stderr}");
     assert_eq!(r["deliveries"]["lost"], 0, "{stderr}");
-    assert!(r["deliveries"]["cross_instance"].as_u64().unwrap() >= 3000, "{stderr}");
+    assert!(
+        r["deliveries"]["cross_instance"].as_u64().unwrap() >= 3000,
+        "{stderr}"
+    );
 }

@@ -25,7 +25,9 @@ async fn run(args: &[&str]) -> Report {
     let opts = Opts::try_parse_from(v).unwrap();
     let fd = loadgen::sys::raise_fd_limit();
     let cfg = Arc::new(opts.resolve(fd.socket_budget()).unwrap());
-    let tally = loadgen::run_local(cfg.clone(), Mode::Quiet, fd).await.unwrap();
+    let tally = loadgen::run_local(cfg.clone(), Mode::Quiet, fd)
+        .await
+        .unwrap();
     Report::new(&cfg, &tally)
 }
 
@@ -45,9 +47,32 @@ async fn clean_chat_relay_gives_a_clean_report() {
     .await;
     let url = r.ws_url();
     let rep = run(&[
-        "--url", &url, "--clients", "30", "--rooms", "3", "--senders", "6", "--rate", "120", "--duration", "1s",
-        "--grace", "2s", "--max-lost", "0", "--max-duplicated", "0", "--max-out-of-order", "0", "--min-instances", "4",
-        "--min-cross-instance", "1", "--max-p99", "1s",
+        "--url",
+        &url,
+        "--clients",
+        "30",
+        "--rooms",
+        "3",
+        "--senders",
+        "6",
+        "--rate",
+        "120",
+        "--duration",
+        "1s",
+        "--grace",
+        "2s",
+        "--max-lost",
+        "0",
+        "--max-duplicated",
+        "0",
+        "--max-out-of-order",
+        "0",
+        "--min-instances",
+        "4",
+        "--min-cross-instance",
+        "1",
+        "--max-p99",
+        "1s",
     ])
     .await;
     stop.cancel();
@@ -58,7 +83,16 @@ async fn clean_chat_relay_gives_a_clean_report() {
     assert_eq!(rep.sends.sent, 120);
     // Each room has 10 members, each message reaches all of them.
     assert_eq!(d.expected, 1200);
-    assert_eq!((d.received, d.delivered, d.lost, d.duplicated, d.out_of_order), (1200, 1200, 0, 0, 0));
+    assert_eq!(
+        (
+            d.received,
+            d.delivered,
+            d.lost,
+            d.duplicated,
+            d.out_of_order
+        ),
+        (1200, 1200, 0, 0, 0)
+    );
     assert_eq!(r.counters.deliveries.load(Relaxed), 1200);
     assert!(d.cross_instance > 0);
     assert_eq!(rep.matrix.iter().map(|c| c.count).sum::<u64>(), 1200);
@@ -82,26 +116,58 @@ async fn chat_faults_are_each_reported_and_fail_thresholds() {
     .await;
     let url = r.ws_url();
     let rep = run(&[
-        "--url", &url, "--clients", "30", "--rooms", "3", "--senders", "6", "--rate", "120", "--duration", "1s",
-        "--grace", "1s", "--max-lost", "0", "--max-duplicated", "0", "--max-out-of-order", "0",
+        "--url",
+        &url,
+        "--clients",
+        "30",
+        "--rooms",
+        "3",
+        "--senders",
+        "6",
+        "--rate",
+        "120",
+        "--duration",
+        "1s",
+        "--grace",
+        "1s",
+        "--max-lost",
+        "0",
+        "--max-duplicated",
+        "0",
+        "--max-out-of-order",
+        "0",
     ])
     .await;
     stop.cancel();
     let c = &r.counters;
-    let (dropped, dup, reordered) = (c.dropped.load(Relaxed), c.duplicated.load(Relaxed), c.reordered.load(Relaxed));
-    assert!(dropped >= 12 && dup >= 13 && reordered >= 14, "{dropped} {dup} {reordered}");
+    let (dropped, dup, reordered) = (
+        c.dropped.load(Relaxed),
+        c.duplicated.load(Relaxed),
+        c.reordered.load(Relaxed),
+    );
+    assert!(
+        dropped >= 12 && dup >= 13 && reordered >= 14,
+        "{dropped} {dup} {reordered}"
+    );
     let d = &rep.deliveries;
     assert_eq!(d.expected, 1200);
     assert_eq!(d.lost, dropped, "every dropped delivery is reported lost");
     assert_eq!(d.duplicated, dup, "every duplicate is reported");
     // A held frame that had no successor within 50 ms went out late but not
     // out of order; every real swap breaks the room's offset order.
-    assert!(d.out_of_order > 0 && d.out_of_order <= reordered, "{} vs {reordered}", d.out_of_order);
+    assert!(
+        d.out_of_order > 0 && d.out_of_order <= reordered,
+        "{} vs {reordered}",
+        d.out_of_order
+    );
     assert_eq!(d.received, 1200 - dropped + dup);
     assert!(d.receivers_with_loss > 0);
     assert_eq!(rep.matrix.iter().map(|c| c.lost).sum::<u64>(), dropped);
     let failed: Vec<&str> = rep.thresholds.failed.iter().map(|b| b.flag).collect();
-    assert_eq!(failed, vec!["--max-lost", "--max-duplicated", "--max-out-of-order"]);
+    assert_eq!(
+        failed,
+        vec!["--max-lost", "--max-duplicated", "--max-out-of-order"]
+    );
     assert!(!rep.thresholds.passed);
 }
 
@@ -119,8 +185,24 @@ async fn raw_mode_reads_the_greeting_and_catches_faults() {
     .await;
     let url = r.ws_url();
     let rep = run(&[
-        "--protocol", "raw", "--url", &url, "--clients", "10", "--senders", "1", "--rate", "100", "--duration", "1s",
-        "--size", "200", "--grace", "1s", "--max-lost", "0",
+        "--protocol",
+        "raw",
+        "--url",
+        &url,
+        "--clients",
+        "10",
+        "--senders",
+        "1",
+        "--rate",
+        "100",
+        "--duration",
+        "1s",
+        "--size",
+        "200",
+        "--grace",
+        "1s",
+        "--max-lost",
+        "0",
     ])
     .await;
     stop.cancel();
@@ -145,24 +227,58 @@ async fn raw_mode_reordering_is_caught() {
     .await;
     let url = r.ws_url();
     let rep = run(&[
-        "--protocol", "raw", "--url", &url, "--clients", "5", "--senders", "1", "--rate", "200", "--duration", "1s",
-        "--grace", "1s", "--max-out-of-order", "0",
+        "--protocol",
+        "raw",
+        "--url",
+        &url,
+        "--clients",
+        "5",
+        "--senders",
+        "1",
+        "--rate",
+        "200",
+        "--duration",
+        "1s",
+        "--grace",
+        "1s",
+        "--max-out-of-order",
+        "0",
     ])
     .await;
     stop.cancel();
     let reordered = r.counters.reordered.load(Relaxed);
     let d = &rep.deliveries;
     assert_eq!((d.lost, d.duplicated), (0, 0));
-    assert!(d.out_of_order > reordered / 2 && d.out_of_order <= reordered, "{} of {reordered}", d.out_of_order);
+    assert!(
+        d.out_of_order > reordered / 2 && d.out_of_order <= reordered,
+        "{} of {reordered}",
+        d.out_of_order
+    );
     assert_eq!(rep.thresholds.failed[0].flag, "--max-out-of-order");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_connections_are_counted_by_kind() {
     // Bind then drop a listener: nothing listens on that port any more.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let url = format!("ws://127.0.0.1:{port}/ws");
-    let rep = run(&["--url", &url, "--clients", "5", "--duration", "100ms", "--grace", "0s", "--max-failed-connections", "0"]).await;
+    let rep = run(&[
+        "--url",
+        &url,
+        "--clients",
+        "5",
+        "--duration",
+        "100ms",
+        "--grace",
+        "0s",
+        "--max-failed-connections",
+        "0",
+    ])
+    .await;
     assert_eq!(rep.connections.failed, 5);
     assert_eq!(rep.connections.opened, 0);
     assert_eq!(rep.errors.get("connect: connection refused"), Some(&5));

@@ -1,0 +1,217 @@
+//! The whole `loadgen` binary, as CI and scripts use it: flags, exit codes,
+//! `--json -`, `--hgrm`, thresholds, and Ctrl-C still printing the report.
+//! The far end is the in-repo relay on an ephemeral loopback port.
+
+use std::process::Output;
+use std::time::Duration;
+
+use loadgen::relay::{self, Relay, RelayConfig};
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+
+async fn start_relay(cfg: RelayConfig) -> (Relay, CancellationToken) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stop = CancellationToken::new();
+    (relay::spawn(l, cfg, stop.clone()).unwrap(), stop)
+}
+
+async fn loadgen(args: &[&str]) -> Output {
+    let fut = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(args)
+        .output();
+    tokio::time::timeout(Duration::from_secs(60), fut)
+        .await
+        .expect("loadgen finishes")
+        .unwrap()
+}
+
+fn chat() -> RelayConfig {
+    RelayConfig {
+        chat: true,
+        app_ids: vec!["app1".into(), "app2".into(), "app3".into()],
+        ..RelayConfig::default()
+    }
+}
+
+#[test]
+fn help_lists_every_flag_scripts_rely_on() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    for flag in [
+        "--url",
+        "--clients",
+        "--rooms",
+        "--members",
+        "--senders",
+        "--rate",
+        "--duration",
+        "--ramp",
+        "--size",
+        "--protocol",
+        "--app-id-regex",
+        "--json",
+        "--hgrm",
+        "--max-p99",
+        "--max-lost",
+        "--min-instances",
+        "--preset",
+        "--workers",
+        "--source-ips",
+        "--grace",
+        "--no-tui",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from --help:\n{help}");
+    }
+    for preset in ["smoke", "fanout", "connections"] {
+        assert!(help.contains(preset), "{preset}");
+    }
+}
+
+#[test]
+fn bad_flags_exit_2_with_a_reason() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["--clients", "2", "--rooms", "5"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("every room needs a member"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smoke_preset_writes_json_to_stdout_and_hgrm() {
+    let (r, stop) = start_relay(chat()).await;
+    let hgrm = std::env::temp_dir().join(format!("loadgen-cli-{}.hgrm", std::process::id()));
+    let url = r.ws_url();
+    let out = loadgen(&[
+        "--preset",
+        "smoke",
+        "--duration",
+        "1s",
+        "--url",
+        &url,
+        "--json",
+        "-",
+        "--hgrm",
+        hgrm.to_str().unwrap(),
+        "--min-instances",
+        "3",
+    ])
+    .await;
+    stop.cancel();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    // stdout holds the JSON document only; the summary went to stderr.
+    let j: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("stdout is one JSON document");
+    assert_eq!(j["schema"], "loadgen.report.v1");
+    assert_eq!(j["config"]["preset"], "smoke");
+    for key in [
+        "expected",
+        "received",
+        "lost",
+        "duplicated",
+        "out_of_order",
+        "cross_instance",
+        "per_second",
+    ] {
+        assert!(j["deliveries"][key].is_number(), "deliveries.{key}");
+    }
+    for key in ["p50", "p90", "p99", "p999", "max"] {
+        assert!(
+            j["latency_us"][key].as_u64().unwrap() > 0,
+            "latency_us.{key}"
+        );
+    }
+    assert_eq!(j["deliveries"]["expected"], 80 * 15);
+    assert_eq!(j["deliveries"]["lost"], 0);
+    assert!(j["sends"]["per_second"].as_f64().unwrap() > 40.0);
+    assert!(stderr.contains("Deliveries   expected 1200"), "{stderr}");
+    assert!(stderr.contains("p99.9"), "{stderr}");
+    let h = std::fs::read_to_string(&hgrm).unwrap();
+    assert!(
+        h.starts_with("       Value     Percentile TotalCount 1/(1-Percentile)\n\n"),
+        "{h}"
+    );
+    assert!(h.contains("Total count    =         1200]"), "{h}");
+    let _ = std::fs::remove_file(hgrm);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_fail_the_thresholds_with_exit_1() {
+    let (r, stop) = start_relay(RelayConfig {
+        drop_every: 50,
+        dup_every: 77,
+        ..chat()
+    })
+    .await;
+    let url = r.ws_url();
+    let out = loadgen(&[
+        "--preset",
+        "smoke",
+        "--duration",
+        "1s",
+        "--grace",
+        "1s",
+        "--url",
+        &url,
+        "--max-p99",
+        "10s",
+    ])
+    .await;
+    stop.cancel();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("THRESHOLDS FAILED"), "{stdout}");
+    assert!(
+        stdout.contains("--max-lost  lost deliveries: 24 > 0"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("--max-duplicated"), "{stdout}");
+    assert!(!stdout.contains("--max-p99 "), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_stops_the_run_and_still_reports() {
+    let (r, stop) = start_relay(chat()).await;
+    let url = r.ws_url();
+    let child = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args([
+            "--url",
+            &url,
+            "--clients",
+            "20",
+            "--rooms",
+            "2",
+            "--rate",
+            "20",
+            "--duration",
+            "10m",
+            "--json",
+            "-",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pid = child.id().unwrap().to_string();
+    let st = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("loadgen stops after Ctrl-C")
+        .unwrap();
+    stop.cancel();
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["interrupted"], true);
+    assert_eq!(j["connections"]["opened"], 20);
+    assert!(j["sends"]["sent"].as_u64().unwrap() > 0);
+    assert_eq!(j["deliveries"]["lost"], 0);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("INTERRUPTED"));
+}
