@@ -141,6 +141,10 @@ fn perform(
                 }
             }
             Action::Redraw => guard.terminal.clear()?,
+            Action::Save { path, text } => match std::fs::write(&path, &text) {
+                Ok(()) => app.info(&format!("saved {} lines to {path}", text.lines().count())),
+                Err(e) => app.error(&format!("cannot save to {path}: {e}")),
+            },
             Action::Quit => app.quit = true,
         }
     }

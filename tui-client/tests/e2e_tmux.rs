@@ -17,6 +17,9 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::runtime::Runtime;
 use tokio_tungstenite::tungstenite::Message;
 
+/// Lines the second peer sends across the kill (15 a second).
+const FLOOD: usize = 60;
+
 /// A tmux server of our own (`-L`), so the test never touches the user's
 /// sessions; killed on drop.
 struct Tmux {
@@ -240,7 +243,22 @@ fn tui_client_follows_the_cluster_through_a_killed_instance() {
         s.lines().any(|l| l.contains("tester │ typed in tmux"))
     });
 
-    // 3. Kill the instance under the client: it reconnects elsewhere.
+    // 3. Kill the instance under the client while a second peer on
+    //    another instance keeps talking: it reconnects elsewhere.
+    let mut flooder = rt.block_on(Peer::connect(
+        &cluster.server_ws_url(other),
+        "flooder",
+        "e2e",
+    ));
+    let flood = rt.spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(1000 / 15));
+        for i in 0..FLOOD {
+            tick.tick().await;
+            flooder.say(&format!("seq {i}")).await;
+        }
+        flooder.drain().await;
+    });
+    std::thread::sleep(Duration::from_millis(1200));
     cluster.kill_server(landed);
     let screen = tmux.wait_for(
         "the client to land on another instance",
@@ -270,6 +288,42 @@ fn tui_client_follows_the_cluster_through_a_killed_instance() {
         );
     }
     eprintln!("--- a message after the kill:\n{screen}");
+    // Every line of the flood arrived exactly once, in offset order,
+    // including those sent while the client was reconnecting.
+    rt.block_on(flood).expect("flood task");
+    tmux.wait_for("the end of the flood", Duration::from_secs(15), |s| {
+        s.contains(&format!("seq {}", FLOOD - 1))
+    });
+    let saved = logs.join("e2e-room.log");
+    tmux.type_line(&format!("/save {}", saved.display()));
+    tmux.wait_for("the scrollback to be saved", Duration::from_secs(10), |s| {
+        s.contains("saved ")
+    });
+    let text = std::fs::read_to_string(&saved).expect("reading the saved scrollback");
+    let mut offsets = Vec::new();
+    for i in 0..FLOOD {
+        let needle = format!("<flooder> seq {i}");
+        let hits: Vec<&str> = text.lines().filter(|l| l.ends_with(&needle)).collect();
+        assert_eq!(
+            hits.len(),
+            1,
+            "{needle:?} seen {} times:\n{text}",
+            hits.len()
+        );
+        let offset: u64 = hits[0]
+            .split_whitespace()
+            .nth(1)
+            .and_then(|o| o.strip_prefix('#'))
+            .and_then(|o| o.parse().ok())
+            .expect("an offset");
+        offsets.push(offset);
+    }
+    assert!(
+        offsets.windows(2).all(|w| w[0] < w[1]),
+        "offsets out of order: {offsets:?}"
+    );
+    assert!(!text.contains("missed here"), "a gap was reported:\n{text}");
+
     tmux.type_line("still here");
     let from = rt.block_on(peer.expect_message("still here", Duration::from_secs(10)));
     assert_eq!(from, "tester");

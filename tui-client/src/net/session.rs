@@ -205,9 +205,12 @@ impl Session {
                 if let Some(r) = self.room_mut(room) {
                     r.head = Some(*head);
                     if r.last.is_none() {
-                        // A fresh join: replay covers the last `history`
-                        // offsets, live messages follow the head.
-                        r.last = Some(head.saturating_sub(u64::from(history)));
+                        // A fresh join. Without replay, live messages
+                        // follow the head. With replay, everything that
+                        // comes is new to us: offsets are increasing but
+                        // need not be dense, so `head - history` would not
+                        // say where replay starts.
+                        r.last = Some(if history == 0 { *head } else { 0 });
                     }
                 }
             }

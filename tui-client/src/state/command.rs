@@ -25,6 +25,8 @@ pub enum Command {
     Reconnect,
     /// Empty the current room's scrollback.
     Clear,
+    /// Write the current room's scrollback to a file.
+    Save(Option<String>),
 }
 
 /// Every command with its arguments and what it does, for `/help`.
@@ -58,6 +60,11 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
         "reconnect now instead of waiting for the backoff",
     ),
     ("clear", "", "empty this room's scrollback on screen"),
+    (
+        "save",
+        "[file]",
+        "write this room's scrollback to a file (default ./ROOM.log)",
+    ),
     ("help", "[command]", "this help"),
     ("quit", "", "leave the chat; alias /exit"),
 ];
@@ -116,6 +123,9 @@ pub fn parse(line: &str) -> Result<Command, CommandError> {
         "appids" | "appid" => Ok(Command::AppIds),
         "reconnect" => Ok(Command::Reconnect),
         "clear" => Ok(Command::Clear),
+        // A path may start with `/`: no stripping here.
+        "save" if arg.is_empty() => Ok(Command::Save(None)),
+        "save" => Ok(Command::Save(Some(arg.to_string()))),
         "" => Err(CommandError(
             "a lone / is not a command; type //text to send text that starts with /, or /help"
                 .into(),
@@ -201,6 +211,10 @@ mod tests {
         assert_eq!(parse("/quit").unwrap(), Quit);
         assert_eq!(parse("/appids").unwrap(), AppIds);
         assert_eq!(parse("/reconnect").unwrap(), Reconnect);
+        assert_eq!(
+            parse("/save /tmp/x.log").unwrap(),
+            Save(Some("/tmp/x.log".into()))
+        );
     }
 
     #[test]

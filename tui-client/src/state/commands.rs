@@ -76,6 +76,12 @@ impl App {
                 self.info("reconnecting now");
                 vec![Action::Net(Request::Reconnect)]
             }
+            Command::Save(path) => {
+                let room = self.room();
+                let path = path.unwrap_or_else(|| format!("{}.log", room.name));
+                let text = scrollback_text(room);
+                vec![Action::Save { path, text }]
+            }
             Command::Clear => {
                 let r = self.room_mut();
                 r.lines.clear();
@@ -226,6 +232,27 @@ impl App {
         let text = format!("{total} in {}: {}{more}", r.name, by_app.join(", "));
         self.info(&text);
     }
+}
+
+/// A room's scrollback as plain text, one line each; messages carry their
+/// offset so a saved log shows exactly what arrived, and in which order.
+pub(crate) fn scrollback_text(room: &Room) -> String {
+    let mut out = String::new();
+    for l in &room.lines {
+        let line = match (&l.kind, l.offset) {
+            (LineKind::Message { action: true, .. }, Some(o)) => {
+                format!("{} #{o} * {} {}", l.time, l.nick, l.text)
+            }
+            (LineKind::Message { .. }, Some(o)) => {
+                format!("{} #{o} <{}> {}", l.time, l.nick, l.text)
+            }
+            _ => format!("{} -- {}", l.time, l.text),
+        };
+        // Multi-line messages stay one line each in the file.
+        out.push_str(&line.replace('\n', " ⏎ "));
+        out.push('\n');
+    }
+    out
 }
 
 /// Cut `text` into pieces of at most `max` bytes, at white space where

@@ -76,6 +76,11 @@ pub enum Action {
     Net(Request),
     /// Redraw the whole screen (Ctrl+L).
     Redraw,
+    /// Write `text` to the file at `path` (`/save`).
+    Save {
+        path: String,
+        text: String,
+    },
     Quit,
 }
 
@@ -110,6 +115,10 @@ pub struct App {
     /// The instance before the last reconnect, when it was another one.
     pub prev_app_id: Option<String>,
     pub conn_id: Option<String>,
+    /// Every connection id this client has had: when an instance dies, the
+    /// cluster later announces the old connection's leave, which is not
+    /// news to anyone here.
+    pub own_conn_ids: Vec<String>,
     pub rtt: Option<Duration>,
     pub input: Input,
     /// Show the APP_ID each message came through.
@@ -142,6 +151,7 @@ impl App {
             app_id: None,
             prev_app_id: None,
             conn_id: None,
+            own_conn_ids: Vec::new(),
             rtt: None,
             input: Input::default(),
             show_app_ids: false,

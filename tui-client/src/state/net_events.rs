@@ -79,6 +79,11 @@ impl App {
         };
         self.was_connected = true;
         self.app_id = Some(app_id);
+        // Bounded: one entry per reconnect, the oldest forgotten.
+        if self.own_conn_ids.len() >= 64 {
+            self.own_conn_ids.remove(0);
+        }
+        self.own_conn_ids.push(conn_id.clone());
         self.conn_id = Some(conn_id);
         self.nick = nick;
         self.limits = Some(limits);
@@ -106,10 +111,7 @@ impl App {
                     r.ever_joined = true;
                     // History replay of a fresh join is not "unread".
                     r.quiet_until = head;
-                    let line = self.local_line(
-                        LineKind::Join,
-                        &format!("you joined {room} ({head} message(s) so far)"),
-                    );
+                    let line = self.local_line(LineKind::Join, &format!("you joined {room}"));
                     self.push_line(i, line);
                 }
             }
@@ -127,11 +129,10 @@ impl App {
                 };
                 let r = &mut self.rooms[i];
                 r.last_offset = Some(r.last_offset.map_or(to, |l| l.max(to)));
-                let n = to.saturating_sub(from) + 1;
                 let line = self.local_line(
                     LineKind::Gap,
                     &format!(
-                        "{n} message(s) missed here (offsets {from}–{to}): the room's history no longer holds them"
+                        "messages missed here (offsets {from}–{to}): the room's history no longer holds them"
                     ),
                 );
                 self.push_line(i, line);
@@ -150,7 +151,7 @@ impl App {
                 };
                 // Our own join and leave are the echo of what we did (and
                 // of every reconnect): keep the member list, skip the line.
-                let own = self.conn_id.as_deref() == Some(conn_id.as_str());
+                let own = self.own_conn_ids.contains(&conn_id);
                 let (kind, text) = match event {
                     PresenceEvent::Join => {
                         self.rooms[i].members.add(chat_protocol::Member {

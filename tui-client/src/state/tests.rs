@@ -357,7 +357,11 @@ fn gaps_are_shown_never_silent() {
     }));
     let l = a.room().lines.back().unwrap();
     assert_eq!(l.kind, LineKind::Gap);
-    assert!(l.text.contains("99 message(s) missed"), "{}", l.text);
+    assert!(
+        l.text.contains("messages missed here (offsets 1–99)"),
+        "{}",
+        l.text
+    );
     a.update(msg("lobby", 50, "bob", "inside the gap"));
     assert_ne!(last_text(&a), "inside the gap");
 }
