@@ -76,6 +76,11 @@ pub struct Opts {
     /// toggles).
     #[arg(long, env = "CHAT_SHOW_APP_IDS")]
     pub show_app_ids: bool,
+
+    /// Panic once the UI is up: lets the end-to-end tests check that the
+    /// terminal is restored after a panic. Not for users.
+    #[arg(long, hide = true)]
+    pub panic_after_start: bool,
 }
 
 fn after_help() -> String {

@@ -68,6 +68,9 @@ pub async fn run(opts: Opts) -> anyhow::Result<()> {
             guard.terminal.draw(|f| view::render(&app, f))?;
             last_draw = Instant::now();
             dirty = false;
+            if opts.panic_after_start {
+                panic!("--panic-after-start: checking that the terminal is restored");
+            }
         }
         let next_frame = tokio::time::Instant::from_std(last_draw + FRAME);
         tokio::select! {

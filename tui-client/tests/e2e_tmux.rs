@@ -7,99 +7,20 @@
 //! client was on is killed with SIGKILL, a different APP_ID on screen
 //! ("now on appK, was appN") and messages still arriving, once each.
 
+mod common;
+
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use chat_cluster::{Cluster, ClusterOptions};
 use chat_protocol::{ClientFrame, ServerFrame};
+use common::Tmux;
 use futures_util::{SinkExt, StreamExt};
 use tokio::runtime::Runtime;
 use tokio_tungstenite::tungstenite::Message;
 
 /// Lines the second peer sends across the kill (15 a second).
 const FLOOD: usize = 60;
-
-/// A tmux server of our own (`-L`), so the test never touches the user's
-/// sessions; killed on drop.
-struct Tmux {
-    socket: String,
-}
-
-impl Tmux {
-    fn start(command: &str) -> Tmux {
-        match Command::new("tmux").arg("-V").output() {
-            Ok(o) if o.status.success() => {}
-            _ => panic!(
-                "tmux is required for this end-to-end test but was not found: \
-                 install it (Debian/Ubuntu: apt-get install tmux; .ci/run does)"
-            ),
-        }
-        let t = Tmux {
-            socket: format!("tui-e2e-{}", std::process::id()),
-        };
-        let ok = t
-            .cmd(&[
-                "new-session",
-                "-d",
-                "-x",
-                "120",
-                "-y",
-                "40",
-                "-s",
-                "main",
-                command,
-            ])
-            .status
-            .success();
-        assert!(ok, "tmux new-session failed");
-        t
-    }
-
-    fn cmd(&self, args: &[&str]) -> std::process::Output {
-        Command::new("tmux")
-            .args(["-L", &self.socket, "-f", "/dev/null"])
-            .args(args)
-            .output()
-            .expect("running tmux")
-    }
-
-    fn screen(&self) -> String {
-        String::from_utf8_lossy(&self.cmd(&["capture-pane", "-p", "-t", "main"]).stdout)
-            .into_owned()
-    }
-
-    /// Type a line and press Enter (`-l`: literally, no key names).
-    fn type_line(&self, text: &str) {
-        self.cmd(&["send-keys", "-t", "main", "-l", text]);
-        self.cmd(&["send-keys", "-t", "main", "Enter"]);
-    }
-
-    fn alive(&self) -> bool {
-        self.cmd(&["has-session", "-t", "main"]).status.success()
-    }
-
-    /// Wait until the screen satisfies `pred`; panics with the screen.
-    fn wait_for(&self, what: &str, limit: Duration, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + limit;
-        loop {
-            let s = self.screen();
-            if pred(&s) {
-                return s;
-            }
-            if Instant::now() > deadline {
-                panic!("timed out after {limit:?} waiting for {what}; the screen:\n{s}");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = self.cmd(&["kill-server"]);
-    }
-}
 
 /// The instance named in the status bar (`on appN`).
 fn status_app_id(screen: &str) -> Option<String> {
@@ -202,7 +123,7 @@ fn tui_client_follows_the_cluster_through_a_killed_instance() {
         cluster.ws_url(),
         client_log.display()
     );
-    let tmux = Tmux::start(&command);
+    let tmux = Tmux::start("e2e", &command);
     let fail_ctx = || {
         let log = std::fs::read_to_string(&client_log).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(30).collect();
@@ -328,15 +249,14 @@ fn tui_client_follows_the_cluster_through_a_killed_instance() {
     let from = rt.block_on(peer.expect_message("still here", Duration::from_secs(10)));
     assert_eq!(from, "tester");
 
-    // 5. /quit ends the program (and with it the tmux session).
+    // 5. /quit ends the program and gives the terminal back.
     tmux.type_line("/quit");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tmux.alive() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
     assert!(
-        !tmux.alive(),
-        "the client did not exit on /quit\n{}",
+        tmux.wait_dead(Duration::from_secs(10)),
+        "the client did not exit on /quit: dead={:?}\n{}\n{}",
+        tmux.display("#{pane_dead}"),
+        tmux.screen(),
         fail_ctx()
     );
+    assert_eq!(tmux.display("#{alternate_on}#{mouse_any_flag}"), "00");
 }

@@ -240,6 +240,13 @@ impl App {
         let own = echoed || m.nick == self.nick;
         let mention = !own && mentions(&m.text, &self.nick);
         if i != self.current && !own && m.offset > r.quiet_until {
+            if r.unread == 0 {
+                let mut marker = self.local_line(LineKind::Marker, "─── new messages ───");
+                marker.time.clear();
+                let geo = self.geometry();
+                self.rooms[i].set_marker(marker, geo);
+            }
+            let r = &mut self.rooms[i];
             r.unread += 1;
             r.mentions += usize::from(mention);
         }

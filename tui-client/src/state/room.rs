@@ -39,6 +39,9 @@ pub enum LineKind {
     Gap,
     /// A date separator.
     Day,
+    /// Where the reader left off: the lines after it arrived while the
+    /// room was not shown.
+    Marker,
 }
 
 /// One line of scrollback.
@@ -252,6 +255,18 @@ impl Room {
     pub fn scroll_to_bottom(&mut self) {
         self.scroll = 0;
         self.new_below = 0;
+    }
+
+    /// Put the "new messages" marker at the end, removing the old one: the
+    /// first unread line since the room was last shown is about to arrive.
+    pub fn set_marker(&mut self, line: Line, geo: Geometry) {
+        if self.lines.iter().any(|l| l.kind == LineKind::Marker) {
+            self.lines.retain(|l| l.kind != LineKind::Marker);
+        }
+        // A marker right at the top of the room says nothing.
+        if !self.lines.is_empty() {
+            self.push_raw(line, geo);
+        }
     }
 
     /// The room is being shown: nothing in it is unread any more.

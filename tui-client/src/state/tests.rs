@@ -532,3 +532,38 @@ fn scrollback_stays_bounded_in_a_busy_room() {
     assert_eq!(a.room().lines.len(), 1000);
     assert_eq!(a.room().last_offset, Some(5000));
 }
+
+#[test]
+fn a_marker_shows_where_unread_lines_start() {
+    let mut a = app();
+    type_line(&mut a, "/join rust");
+    a.update(frame(ServerFrame::Joined {
+        room: "rust".into(),
+        head: 0,
+    }));
+    a.update(msg("rust", 1, "bob", "seen"));
+    a.update(alt('1'));
+    a.update(msg("rust", 2, "bob", "unread 1"));
+    a.update(msg("rust", 3, "bob", "unread 2"));
+    let kinds = |a: &App| -> Vec<LineKind> {
+        a.rooms[1]
+            .lines
+            .iter()
+            .rev()
+            .take(3)
+            .map(|l| l.kind.clone())
+            .collect()
+    };
+    assert_eq!(kinds(&a)[2], LineKind::Marker);
+    // Read, leave again, more news: one marker, moved down.
+    a.update(alt('2'));
+    a.update(alt('1'));
+    a.update(msg("rust", 4, "bob", "unread 3"));
+    let markers = a.rooms[1]
+        .lines
+        .iter()
+        .filter(|l| l.kind == LineKind::Marker)
+        .count();
+    assert_eq!(markers, 1);
+    assert_eq!(kinds(&a)[1], LineKind::Marker);
+}

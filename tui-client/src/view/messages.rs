@@ -51,6 +51,7 @@ fn body_style(line: &Line) -> Style {
         LineKind::NickChange | LineKind::Info => Style::new().fg(Color::Cyan),
         LineKind::Error => Style::new().fg(Color::LightRed).bold(),
         LineKind::Gap => Style::new().fg(Color::Yellow).bold(),
+        LineKind::Marker => Style::new().fg(Color::LightRed),
         LineKind::Day => Style::new()
             .fg(Color::DarkGray)
             .add_modifier(Modifier::BOLD),
@@ -78,6 +79,7 @@ fn nick_cell(line: &Line) -> (String, Style) {
         LineKind::Join => ("-->".into(), Style::new().fg(Color::Green)),
         LineKind::Leave => ("<--".into(), Style::new().fg(Color::Red)),
         LineKind::NickChange | LineKind::Info | LineKind::Day => ("--".into(), dim),
+        LineKind::Marker => ("──".into(), Style::new().fg(Color::LightRed)),
         LineKind::Error | LineKind::Gap => ("!!".into(), Style::new().fg(Color::LightRed).bold()),
     }
 }

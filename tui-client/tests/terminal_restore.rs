@@ -1,0 +1,72 @@
+//! The terminal is given back on every way out: after a panic and after a
+//! normal quit, the real binary in tmux leaves no alternate screen, no
+//! mouse reporting and no raw mode behind.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::Tmux;
+
+/// Run the client in tmux under `sh`, which records the terminal settings
+/// (`stty -a`) once the client has ended.
+fn run(name: &str, extra: &str, dir: &Path) -> Tmux {
+    std::fs::create_dir_all(dir).unwrap();
+    // Nothing listens on port 9 (discard) here: the client keeps retrying,
+    // which is fine, the UI is up all the same.
+    let cmd = format!(
+        "sh -c '{} --url ws://127.0.0.1:9/ws --nick t --log-file {dir}/client.log {extra} 2>{dir}/stderr.txt; stty -a >{dir}/stty.txt'",
+        env!("CARGO_BIN_EXE_tui-client"),
+        dir = dir.display()
+    );
+    Tmux::start(name, &cmd)
+}
+
+fn assert_restored(tmux: &Tmux, dir: &Path) {
+    assert!(
+        tmux.wait_dead(Duration::from_secs(15)),
+        "the client did not end:\n{}",
+        tmux.screen()
+    );
+    assert_eq!(
+        tmux.display("#{alternate_on}"),
+        "0",
+        "left in the alternate screen"
+    );
+    assert_eq!(
+        tmux.display("#{mouse_any_flag}"),
+        "0",
+        "mouse reporting left on"
+    );
+    let stty = std::fs::read_to_string(dir.join("stty.txt")).expect("stty output");
+    let flags: Vec<&str> = stty.split_whitespace().collect();
+    for flag in ["icanon", "echo", "isig"] {
+        assert!(flags.contains(&flag), "{flag} not restored: {stty}");
+    }
+}
+
+#[test]
+fn restored_after_a_panic() {
+    let dir = std::env::temp_dir().join(format!("tui-panic-{}", std::process::id()));
+    let tmux = run("panic", "--panic-after-start", &dir);
+    assert_restored(&tmux, &dir);
+    let stderr = std::fs::read_to_string(dir.join("stderr.txt")).unwrap();
+    assert!(stderr.contains("--panic-after-start"), "{stderr}");
+}
+
+#[test]
+fn restored_after_ctrl_c() {
+    let dir = std::env::temp_dir().join(format!("tui-quit-{}", std::process::id()));
+    let tmux = run("quit", "", &dir);
+    tmux.wait_for("the UI", Duration::from_secs(15), |s| {
+        s.contains("reconnecting") || s.contains("connecting")
+    });
+    assert_eq!(
+        tmux.display("#{alternate_on}#{mouse_any_flag}"),
+        "11",
+        "the UI owns the screen"
+    );
+    tmux.cmd(&["send-keys", "-t", "main", "C-c"]);
+    assert_restored(&tmux, &dir);
+}
