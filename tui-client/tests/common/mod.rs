@@ -7,13 +7,13 @@ use std::time::{Duration, Instant};
 
 /// A tmux server of our own (`-L`), so the test never touches the user's
 /// sessions; killed on drop.
-pub struct Tmux {
+pub(crate) struct Tmux {
     socket: String,
 }
 
 impl Tmux {
     /// Start `command` in a 120x40 session; `name` tells test runs apart.
-    pub fn start(name: &str, command: &str) -> Tmux {
+    pub(crate) fn start(name: &str, command: &str) -> Tmux {
         match Command::new("tmux").arg("-V").output() {
             Ok(o) if o.status.success() => {}
             _ => panic!(
@@ -51,7 +51,7 @@ impl Tmux {
         t
     }
 
-    pub fn cmd(&self, args: &[&str]) -> std::process::Output {
+    pub(crate) fn cmd(&self, args: &[&str]) -> std::process::Output {
         Command::new("tmux")
             .args(["-L", &self.socket, "-f", "/dev/null"])
             .args(args)
@@ -59,23 +59,23 @@ impl Tmux {
             .expect("running tmux")
     }
 
-    pub fn screen(&self) -> String {
+    pub(crate) fn screen(&self) -> String {
         String::from_utf8_lossy(&self.cmd(&["capture-pane", "-p", "-t", "main"]).stdout)
             .into_owned()
     }
 
     /// Type a line and press Enter (`-l`: literally, no key names).
-    pub fn type_line(&self, text: &str) {
+    pub(crate) fn type_line(&self, text: &str) {
         self.cmd(&["send-keys", "-t", "main", "-l", text]);
         self.cmd(&["send-keys", "-t", "main", "Enter"]);
     }
 
-    pub fn alive(&self) -> bool {
+    pub(crate) fn alive(&self) -> bool {
         self.cmd(&["has-session", "-t", "main"]).status.success()
     }
 
     /// Wait until the screen satisfies `pred`; panics with the screen.
-    pub fn wait_for(&self, what: &str, limit: Duration, pred: impl Fn(&str) -> bool) -> String {
+    pub(crate) fn wait_for(&self, what: &str, limit: Duration, pred: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + limit;
         loop {
             let s = self.screen();
@@ -99,12 +99,12 @@ impl Drop for Tmux {
 impl Tmux {
     /// Whether the program in the pane has ended (with remain-on-exit the
     /// pane stays, marked dead).
-    pub fn pane_dead(&self) -> bool {
+    pub(crate) fn pane_dead(&self) -> bool {
         self.display("#{pane_dead}") == "1"
     }
 
     /// A tmux format for the pane, e.g. `#{alternate_on}`.
-    pub fn display(&self, format: &str) -> String {
+    pub(crate) fn display(&self, format: &str) -> String {
         String::from_utf8_lossy(
             &self
                 .cmd(&["display-message", "-p", "-t", "main", format])
@@ -115,7 +115,7 @@ impl Tmux {
     }
 
     /// Wait until the program in the pane ends.
-    pub fn wait_dead(&self, limit: Duration) -> bool {
+    pub(crate) fn wait_dead(&self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             if self.pane_dead() {
