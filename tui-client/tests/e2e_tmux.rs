@@ -10,7 +10,7 @@
 mod common;
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chat_cluster::{Cluster, ClusterOptions};
 use chat_protocol::{ClientFrame, ServerFrame};
