@@ -196,6 +196,7 @@ fn reconnecting_and_then_landing_elsewhere() {
         "{status}"
     );
     assert!(status.contains("rtt –"), "{status}");
+    assert!(status.starts_with(" was on app1 │"), "{status}");
     a.update(Event::Net(NetEvent::Connected {
         app_id: "app3".into(),
         conn_id: "app3-9".into(),

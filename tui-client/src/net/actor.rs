@@ -269,13 +269,13 @@ impl Actor {
         let mut pace: Option<Instant> = None;
         loop {
             // Write whatever may go now, inside the rate limit.
-            while pace.is_none() && self.session.has_sendable() {
+            while pace.is_none() && self.session.has_sendable(Instant::now()) {
                 let now = Instant::now();
                 if !bucket.try_take(now) {
                     pace = Some(bucket.next_token(now));
                     break;
                 }
-                if let Some(frame) = self.session.next_sendable() {
+                if let Some(frame) = self.session.next_sendable(now) {
                     if let Err(e) = send(&mut sink, &frame).await {
                         return Exit::Retry(lost(&e));
                     }

@@ -12,11 +12,17 @@
 //!   id) and it is not sent twice.
 
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use chat_protocol::{ClientFrame, ServerFrame};
 
 /// Most unconfirmed sends kept while disconnected.
 pub const OUTBOX_MAX: usize = 256;
+
+/// How long to wait for replay to reach the announced head before sending
+/// anyway: if the server lost its history, the head never arrives, and a
+/// possible duplicate is better than a line that never leaves.
+pub const CATCH_UP_LIMIT: Duration = Duration::from_secs(3);
 
 /// One joined room as the network sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,12 +34,25 @@ pub struct TrackedRoom {
     /// The room's head announced by `joined` on the current connection;
     /// `None` until then.
     pub head: Option<u64>,
+    /// When `joined` arrived on the current connection.
+    pub joined_at: Option<Instant>,
 }
 
 impl TrackedRoom {
-    /// Replay on this connection has reached the head announced at join.
-    pub fn caught_up(&self) -> bool {
+    fn new(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            last: None,
+            head: None,
+            joined_at: None,
+        }
+    }
+
+    /// Replay on this connection has reached the head announced at join
+    /// (or has had [`CATCH_UP_LIMIT`] to do so).
+    pub fn caught_up(&self, now: Instant) -> bool {
         matches!((self.head, self.last), (Some(h), Some(l)) if l >= h)
+            || self.joined_at.is_some_and(|t| now >= t + CATCH_UP_LIMIT)
     }
 }
 
@@ -63,11 +82,7 @@ impl Session {
     pub fn new(nick: &str, room: &str, history: u32) -> Self {
         Self {
             nick: nick.to_string(),
-            rooms: vec![TrackedRoom {
-                name: room.to_string(),
-                last: None,
-                head: None,
-            }],
+            rooms: vec![TrackedRoom::new(room)],
             outbox: VecDeque::new(),
             history,
         }
@@ -112,6 +127,7 @@ impl Session {
     pub fn on_connected(&mut self) -> Vec<ClientFrame> {
         for r in &mut self.rooms {
             r.head = None;
+            r.joined_at = None;
         }
         for o in &mut self.outbox {
             o.sent = false;
@@ -136,11 +152,7 @@ impl Session {
         if self.room(room).is_some() {
             return None;
         }
-        let tracked = TrackedRoom {
-            name: room.to_string(),
-            last: None,
-            head: None,
-        };
+        let tracked = TrackedRoom::new(room);
         let (since, history) = self.join_params(&tracked);
         self.rooms.push(tracked);
         Some(ClientFrame::Join {
@@ -173,12 +185,12 @@ impl Session {
     /// The next queued line that may be written now: not yet written on
     /// this connection, and its room has caught up (see the module doc).
     /// It is marked as written.
-    pub fn next_sendable(&mut self) -> Option<ClientFrame> {
+    pub fn next_sendable(&mut self, now: Instant) -> Option<ClientFrame> {
         let rooms = &self.rooms;
         let o = self
             .outbox
             .iter_mut()
-            .find(|o| !o.sent && rooms.iter().any(|r| r.name == o.room && r.caught_up()))?;
+            .find(|o| !o.sent && rooms.iter().any(|r| r.name == o.room && r.caught_up(now)))?;
         o.sent = true;
         Some(ClientFrame::Send {
             room: Some(o.room.clone()),
@@ -189,10 +201,10 @@ impl Session {
     }
 
     /// Whether something waits for [`Session::next_sendable`].
-    pub fn has_sendable(&self) -> bool {
+    pub fn has_sendable(&self, now: Instant) -> bool {
         self.outbox
             .iter()
-            .any(|o| !o.sent && self.room(&o.room).is_some_and(TrackedRoom::caught_up))
+            .any(|o| !o.sent && self.room(&o.room).is_some_and(|r| r.caught_up(now)))
     }
 
     /// Learn from a server frame. Returns false for a duplicate message,
@@ -204,6 +216,14 @@ impl Session {
                 let history = self.history;
                 if let Some(r) = self.room_mut(room) {
                     r.head = Some(*head);
+                    r.joined_at = Some(Instant::now());
+                    if r.last.is_some_and(|last| *head < last) {
+                        // The room's offsets went backwards: the server
+                        // lost its history (say, Redis restarted empty).
+                        // Keeping our old offset would drop every new
+                        // message as a duplicate.
+                        r.last = Some(*head);
+                    }
                     if r.last.is_none() {
                         // A fresh join. Without replay, live messages
                         // follow the head. With replay, everything that

@@ -107,6 +107,16 @@ impl App {
                 };
                 let r = &mut self.rooms[i];
                 r.joined = true;
+                if r.last_offset.is_some_and(|last| head < last) {
+                    r.last_offset = Some(head);
+                    let line = self.local_line(
+                        LineKind::Gap,
+                        "the server's history of this room was reset (offsets went backwards); \
+                         what was said meanwhile may be lost",
+                    );
+                    self.push_line(i, line);
+                }
+                let r = &mut self.rooms[i];
                 if !r.ever_joined {
                     r.ever_joined = true;
                     // History replay of a fresh join is not "unread".
@@ -149,8 +159,9 @@ impl App {
                 let Some(i) = self.room_index(&room) else {
                     return;
                 };
-                // Our own join and leave are the echo of what we did (and
-                // of every reconnect): keep the member list, skip the line.
+                // Our own joins, leaves and nick changes are the echo of
+                // what we did (and of every reconnect), already told in our
+                // own words: keep the member list, skip the line.
                 let own = self.own_conn_ids.contains(&conn_id);
                 let (kind, text) = match event {
                     PresenceEvent::Join => {
@@ -177,7 +188,7 @@ impl App {
                         )
                     }
                 };
-                if own && kind != LineKind::NickChange {
+                if own {
                     return;
                 }
                 let stamp = self.clock.stamp(ts);

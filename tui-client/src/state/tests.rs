@@ -567,3 +567,17 @@ fn a_marker_shows_where_unread_lines_start() {
     assert_eq!(markers, 1);
     assert_eq!(kinds(&a)[1], LineKind::Marker);
 }
+
+#[test]
+fn offsets_going_backwards_are_reported_and_do_not_hide_new_messages() {
+    let mut a = app();
+    a.update(msg("lobby", 900, "bob", "old world"));
+    a.update(Event::Net(welcome("app1")));
+    a.update(frame(ServerFrame::Joined {
+        room: "lobby".into(),
+        head: 0,
+    }));
+    assert!(last_text(&a).contains("history of this room was reset"));
+    a.update(msg("lobby", 1, "bob", "new world"));
+    assert_eq!(last_text(&a), "new world");
+}

@@ -42,18 +42,26 @@ pub fn render(app: &App, area: Rect, buf: &mut Buffer) {
     buf.set_style(area, bar);
     let sep = || Span::styled(" │ ", Style::new().fg(Color::Gray));
     let mut spans = vec![Span::raw(" ")];
+    let connected = app.conn == ConnStatus::Connected;
     match &app.app_id {
+        Some(id) if connected => {
+            spans.push(Span::styled(
+                format!("on {id}"),
+                Style::new().fg(Color::LightCyan).bold(),
+            ));
+            if let Some(prev) = &app.prev_app_id {
+                spans.push(Span::styled(
+                    format!(" (was {prev})"),
+                    Style::new().fg(Color::Gray),
+                ));
+            }
+        }
+        // Not connected: the last instance, clearly in the past.
         Some(id) => spans.push(Span::styled(
-            format!("on {id}"),
-            Style::new().fg(Color::LightCyan).bold(),
+            format!("was on {id}"),
+            Style::new().fg(Color::Gray),
         )),
         None => spans.push(Span::styled("on –", Style::new().fg(Color::Gray))),
-    }
-    if let Some(prev) = &app.prev_app_id {
-        spans.push(Span::styled(
-            format!(" (was {prev})"),
-            Style::new().fg(Color::Gray),
-        ));
     }
     spans.push(sep());
     let (conn, color) = conn_text(app);

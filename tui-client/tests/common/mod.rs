@@ -75,7 +75,12 @@ impl Tmux {
     }
 
     /// Wait until the screen satisfies `pred`; panics with the screen.
-    pub(crate) fn wait_for(&self, what: &str, limit: Duration, pred: impl Fn(&str) -> bool) -> String {
+    pub(crate) fn wait_for(
+        &self,
+        what: &str,
+        limit: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> String {
         let deadline = Instant::now() + limit;
         loop {
             let s = self.screen();

@@ -1,5 +1,7 @@
 //! Resume and deduplication rules of [`Session`].
 
+use std::time::Instant;
+
 use chat_protocol::{ChatMessage, ClientFrame, ErrorCode, ServerFrame};
 
 use super::*;
@@ -59,10 +61,10 @@ fn replay_works_with_sparse_offsets() {
     let mut s = Session::new("alice", "lobby", 50);
     s.on_connected();
     s.observe(&joined("lobby", 1_795_449_438_079_020));
-    assert!(!s.room("lobby").unwrap().caught_up());
+    assert!(!s.room("lobby").unwrap().caught_up(Instant::now()));
     assert!(s.observe(&msg("lobby", 1_795_449_438_000_000, None)));
     assert!(s.observe(&msg("lobby", 1_795_449_438_079_020, None)));
-    assert!(s.room("lobby").unwrap().caught_up());
+    assert!(s.room("lobby").unwrap().caught_up(Instant::now()));
     assert!(!s.observe(&msg("lobby", 1_795_449_438_079_020, None)));
 }
 
@@ -73,7 +75,7 @@ fn a_fresh_join_without_history_starts_at_the_head() {
     s.on_connected();
     s.observe(&joined("lobby", 7));
     assert_eq!(s.room("lobby").unwrap().last, Some(7));
-    assert!(s.room("lobby").unwrap().caught_up());
+    assert!(s.room("lobby").unwrap().caught_up(Instant::now()));
 }
 
 #[test]
@@ -149,28 +151,34 @@ fn a_gap_moves_the_resume_point_past_the_hole() {
 fn unconfirmed_sends_wait_for_catch_up_and_are_not_sent_twice() {
     let mut s = Session::new("alice", "a", 0);
     s.enqueue(out("c1", "a")).unwrap();
-    assert!(s.next_sendable().is_none(), "not connected yet");
+    assert!(
+        s.next_sendable(Instant::now()).is_none(),
+        "not connected yet"
+    );
     s.on_connected();
     s.observe(&joined("a", 10));
-    let f = s.next_sendable().expect("caught up: send");
+    let f = s.next_sendable(Instant::now()).expect("caught up: send");
     assert!(matches!(f, ClientFrame::Send { id: Some(ref i), .. } if i == "c1"));
-    assert!(s.next_sendable().is_none(), "written once per connection");
+    assert!(
+        s.next_sendable(Instant::now()).is_none(),
+        "written once per connection"
+    );
     s.enqueue(out("c2", "a")).unwrap();
-    assert!(s.next_sendable().is_some());
+    assert!(s.next_sendable(Instant::now()).is_some());
 
     // The socket drops before either is echoed. On the new connection the
     // room is behind its head: nothing is resent yet.
     s.on_connected();
     s.observe(&joined("a", 11));
-    assert!(!s.has_sendable());
+    assert!(!s.has_sendable(Instant::now()));
     // The replay shows the server did accept c1 before the drop...
     assert!(s.observe(&msg("a", 11, Some("c1"))));
     // ...so only c2 goes again.
-    match s.next_sendable() {
+    match s.next_sendable(Instant::now()) {
         Some(ClientFrame::Send { id: Some(id), .. }) => assert_eq!(id, "c2"),
         other => panic!("expected c2, got {other:?}"),
     }
-    assert!(s.next_sendable().is_none());
+    assert!(s.next_sendable(Instant::now()).is_none());
     assert!(s.observe(&msg("a", 12, Some("c2"))));
     assert!(s.outbox.is_empty());
 }
@@ -209,4 +217,31 @@ fn the_nick_follows_the_server() {
         old: "alice".into(),
     });
     assert_eq!(s.connect_params()[0], ("nick", "bob".to_string()));
+}
+
+#[test]
+fn sends_go_anyway_when_replay_never_reaches_the_head() {
+    let mut s = Session::new("alice", "a", 10);
+    s.on_connected();
+    // History was lost: the head is announced but never replayed.
+    s.observe(&joined("a", 40));
+    s.enqueue(out("c1", "a")).unwrap();
+    let now = Instant::now();
+    assert!(!s.has_sendable(now));
+    assert!(s.has_sendable(now + CATCH_UP_LIMIT + std::time::Duration::from_millis(10)));
+}
+
+#[test]
+fn offsets_that_go_backwards_reset_the_resume_point() {
+    let mut s = Session::new("alice", "a", 0);
+    s.on_connected();
+    s.observe(&joined("a", 500));
+    assert!(s.observe(&msg("a", 501, None)));
+    // Reconnect to a cluster whose Redis restarted empty.
+    s.on_connected();
+    s.observe(&joined("a", 2));
+    assert!(
+        s.observe(&msg("a", 3, None)),
+        "new messages are not duplicates"
+    );
 }
