@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use clap::builder::BoolishValueParser;
 use clap::Parser;
 
 /// The keys, for `--help` and `/help`.
@@ -36,8 +37,8 @@ pub struct Opts {
     #[arg(long, env = "CHAT_URL", default_value = "ws://127.0.0.1:8080/ws")]
     pub url: String,
 
-    /// Your nick: 1 to 32 characters, no spaces (the server picks one if
-    /// not given).
+    /// Your nick: 1 to 32 characters, no spaces. Default: your login name
+    /// ($USER) when it is a valid nick, else the server picks one.
     #[arg(long, env = "CHAT_NICK")]
     pub nick: Option<String>,
 
@@ -65,16 +66,16 @@ pub struct Opts {
 
     /// Do not capture the mouse (keeps the terminal's own text selection;
     /// no wheel scrolling).
-    #[arg(long, env = "CHAT_NO_MOUSE")]
+    #[arg(long, env = "CHAT_NO_MOUSE", value_parser = BoolishValueParser::new())]
     pub no_mouse: bool,
 
     /// Show times in UTC rather than the local time zone.
-    #[arg(long, env = "CHAT_UTC")]
+    #[arg(long, env = "CHAT_UTC", value_parser = BoolishValueParser::new())]
     pub utc: bool,
 
     /// Show the APP_ID each message came through from the start (F2
     /// toggles).
-    #[arg(long, env = "CHAT_SHOW_APP_IDS")]
+    #[arg(long, env = "CHAT_SHOW_APP_IDS", value_parser = BoolishValueParser::new())]
     pub show_app_ids: bool,
 
     /// Panic once the UI is up: lets the end-to-end tests check that the
@@ -96,18 +97,20 @@ fn after_help() -> String {
 impl Opts {
     /// Check what the server would refuse anyway, before connecting.
     pub fn validate(&self) -> Result<(), String> {
-        chat_protocol::names::validate_room(&self.room).map_err(|e| format!("--room: {e}"))?;
+        chat_protocol::names::validate_room(&self.room)
+            .map_err(|e| format!("--room/CHAT_ROOM: {e}"))?;
         if let Some(nick) = &self.nick {
-            chat_protocol::names::validate_nick(nick).map_err(|e| format!("--nick: {e}"))?;
+            chat_protocol::names::validate_nick(nick)
+                .map_err(|e| format!("--nick/CHAT_NICK: {e}"))?;
         }
         if !(self.url.starts_with("ws://") || self.url.starts_with("wss://")) {
             return Err(format!(
-                "--url must start with ws:// or wss://, got {}",
+                "--url/CHAT_URL must start with ws:// or wss://, got {}",
                 self.url
             ));
         }
         if self.scrollback == 0 {
-            return Err("--scrollback must be at least 1".into());
+            return Err("--scrollback/CHAT_SCROLLBACK must be at least 1".into());
         }
         Ok(())
     }
@@ -136,8 +139,11 @@ mod tests {
         assert_eq!(o.room, "lobby");
         assert!(o.validate().is_ok());
         let o = Opts::try_parse_from(["tui-client", "--nick", "ann", "--room", "ops"]).unwrap();
+        assert!(!o.no_mouse && !o.utc);
         assert_eq!(o.nick.as_deref(), Some("ann"));
         assert_eq!(o.room, "ops");
+        let o = Opts::try_parse_from(["tui-client", "--no-mouse", "--utc"]).unwrap();
+        assert!(o.no_mouse && o.utc);
     }
 
     #[test]
