@@ -41,7 +41,7 @@ impl Child {
             .stdout(file.try_clone()?)
             .stderr(file);
         die_with_parent(&mut cmd);
-        let child = cmd.spawn().with_context(|| {
+        let child = spawn_on_keeper(cmd).with_context(|| {
             format!("starting {name} ({})", Path::new(program).display())
         })?;
         Ok(Self {
@@ -91,6 +91,39 @@ impl Child {
             lines[from..].join("\n")
         )
     }
+}
+
+/// Spawn from one thread that lives as long as the process. The kernel's
+/// parent-death signal fires when the *thread* that spawned a child exits,
+/// and callers (e.g. `spawn_blocking` in async tests) use short-lived
+/// threads.
+fn spawn_on_keeper(cmd: Command) -> std::io::Result<std::process::Child> {
+    use std::sync::mpsc;
+    use std::sync::{Mutex, OnceLock};
+    type Reply = mpsc::Sender<std::io::Result<std::process::Child>>;
+    static KEEPER: OnceLock<Mutex<mpsc::Sender<(Command, Reply)>>> = OnceLock::new();
+    let keeper = KEEPER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<(Command, Reply)>();
+        std::thread::Builder::new()
+            .name("chat-cluster-spawner".into())
+            .spawn(move || {
+                // Ends when the process does: the sender lives in a static.
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .expect("spawn the process-keeper thread");
+        Mutex::new(tx)
+    });
+    let (reply, answer) = mpsc::channel();
+    keeper
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .send((cmd, reply))
+        .map_err(|_| std::io::Error::other("process keeper thread is gone"))?;
+    answer
+        .recv()
+        .map_err(|_| std::io::Error::other("process keeper thread is gone"))?
 }
 
 #[cfg(target_os = "linux")]

@@ -1,0 +1,227 @@
+//! The chat server: WebSockets on `/ws`, fan-out through Redis pub/sub, so
+//! every member of a room gets every message whichever instance it is on.
+//!
+//! [`run`] takes an already-bound listener and a shutdown future, so `main`
+//! and the tests run the same code.
+//!
+//! # Layout
+//! - [`config`]: clap flags with env fallbacks.
+//! - [`http`]: routes (`/ws`, `/healthz`, `/metrics`, `/cluster`).
+//! - [`session`]: one connection's task: read, batched writes, ping, close.
+//! - [`commands`]: what a session does with each request (join, send, ...).
+//! - [`hub`]: local rooms, the pub/sub connection, fan-out to sockets.
+//! - [`store`]: Redis commands: publish script, history, presence, registry.
+//! - [`registry`]: the instance heartbeat and dead-instance cleanup.
+//! - [`metrics`]: counters for `/metrics`.
+
+pub mod commands;
+pub mod config;
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod registry;
+pub mod session;
+pub mod store;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use chat_protocol::Member;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::Config;
+
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreResult};
+
+/// The room a connection starts in when it names none.
+pub const DEFAULT_ROOM: &str = "lobby";
+
+/// Files kept free for Redis connections, logs and the listener.
+const FD_RESERVE: u64 = 64;
+
+/// Shared state: a cheap-to-clone handle.
+#[derive(Debug, Clone)]
+pub struct AppState(Arc<Inner>);
+
+/// What every part of the server shares.
+#[derive(Debug)]
+pub struct Inner {
+    pub config: Config,
+    pub app_id: String,
+    /// Distinguishes this run of `app_id` from earlier ones, so presence
+    /// entries of a killed predecessor count as stale.
+    pub boot: String,
+    pub metrics: Arc<Metrics>,
+    pub store: Store,
+    pub hub: Hub,
+    /// One permit per connection.
+    pub conn_limit: Arc<Semaphore>,
+    pub max_connections: usize,
+    /// Cancelled on SIGTERM: sessions close with 1012.
+    pub shutdown: CancellationToken,
+    /// Every session, so shutdown can wait for them to close.
+    pub tracker: TaskTracker,
+    pub started_ms: u64,
+    next_session: AtomicU64,
+    /// Boot ids of live instances (from the registry); empty until known.
+    live: RwLock<Arc<HashSet<String>>>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// A fresh local session id.
+    pub fn next_session_id(&self) -> u64 {
+        self.next_session.fetch_add(1, Relaxed)
+    }
+
+    /// Replace the live set; returns the previous one.
+    pub fn set_live(&self, live: Arc<HashSet<String>>) -> Arc<HashSet<String>> {
+        let mut g = self.live.write().unwrap_or_else(|p| p.into_inner());
+        std::mem::replace(&mut *g, live)
+    }
+
+    /// The members of a room across the cluster, without entries of dead
+    /// instances, sorted by nick.
+    pub async fn members(&self, room: &str) -> StoreResult<Vec<Member>> {
+        let live = self.live.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut members: Vec<Member> = self
+            .store
+            .members(room)
+            .await?
+            .into_iter()
+            .filter(|(_, e)| live.is_empty() || e.boot == self.boot || live.contains(&e.boot))
+            .map(|(conn_id, e)| Member { conn_id, nick: e.nick, app_id: e.app_id })
+            .collect();
+        members.sort_by(|a, b| a.nick.cmp(&b.nick).then(a.conn_id.cmp(&b.conn_id)));
+        Ok(members)
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Nanoseconds of the current second: a cheap jitter source.
+pub fn now_nanos() -> u32 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+}
+
+/// Raise the soft file limit to the hard one; returns the soft limit now
+/// in force.
+pub fn raise_fd_limit() -> u64 {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => n,
+        Err(_) => rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft),
+    }
+}
+
+/// Serve on `listener` until `shutdown` resolves, then drain: sessions
+/// close with 1012 and the server waits up to `drain_timeout` for them.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let fd_limit = raise_fd_limit();
+    let max_connections = config
+        .max_connections
+        .min(fd_limit.saturating_sub(FD_RESERVE) as usize);
+    if max_connections < config.max_connections {
+        tracing::warn!(
+            configured = config.max_connections,
+            fd_limit,
+            max_connections,
+            "the file limit caps connections; raise `ulimit -n` (nofile) to allow more"
+        );
+    }
+    let metrics = Arc::new(Metrics::default());
+    let store = Store::new(&config.redis_url, metrics.clone(), config.history_len)
+        .with_context(|| format!("bad redis url {}", config.redis_url))?;
+    let hub = Hub::new(metrics.clone(), Duration::from_secs(3));
+    let boot = format!("{:06x}", (now_nanos() ^ std::process::id().rotate_left(16)) & 0xff_ffff);
+    let state = AppState(Arc::new(Inner {
+        app_id: config.app_id.clone(),
+        boot,
+        metrics,
+        store: store.clone(),
+        hub: hub.clone(),
+        conn_limit: Arc::new(Semaphore::new(max_connections)),
+        max_connections,
+        shutdown: CancellationToken::new(),
+        tracker: TaskTracker::new(),
+        started_ms: now_ms(),
+        next_session: AtomicU64::new(1),
+        live: RwLock::new(Arc::new(HashSet::new())),
+        config,
+    }));
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        app_id = %state.app_id,
+        boot = %state.boot,
+        max_connections,
+        "chat server listening"
+    );
+    let subscriber = tokio::spawn(hub.run_subscriber(store, state.shutdown.clone()));
+    let registry = tokio::spawn(registry::run(state.clone()));
+    let token = state.shutdown.clone();
+    let app = http::router(state.clone());
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: closing sockets with 1012 (service restart)");
+            token.cancel();
+        })
+        .await
+        .context("http server failed")?;
+    state.tracker.close();
+    let drain = state.config.drain_timeout;
+    if tokio::time::timeout(drain, state.tracker.wait()).await.is_err() {
+        tracing::warn!(left = state.tracker.len(), "drain timeout: dropping remaining sockets");
+    }
+    let _ = registry.await;
+    subscriber.abort();
+    tracing::info!("shut down");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

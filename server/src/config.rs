@@ -1,0 +1,133 @@
+//! Configuration: clap flags, each with an environment-variable fallback,
+//! so the same binary runs from a shell, the local launcher and compose.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chat_protocol::Limits;
+use clap::Parser;
+
+/// The chat server: WebSockets on `/ws`, fan-out through Redis.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "server", version, about, long_about = None)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:9001")]
+    pub listen: SocketAddr,
+
+    /// This instance's name, shown to every client in the welcome frame and
+    /// in every message it accepts. Unique per instance.
+    #[arg(long, env = "APP_ID")]
+    pub app_id: String,
+
+    /// Redis for pub/sub, history, presence and the instance registry.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
+    pub redis_url: String,
+
+    /// Most concurrent WebSocket connections; further upgrades get 503. It is
+    /// also capped by the process file limit (less a reserve).
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Largest WebSocket frame or message in bytes; larger closes with 1009.
+    #[arg(long, env = "MAX_FRAME_BYTES", default_value_t = 16 * 1024)]
+    pub max_frame_bytes: usize,
+
+    /// Largest chat text in bytes; larger gets a `message_too_large` error.
+    #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 4096)]
+    pub max_message_bytes: usize,
+
+    /// Sustained inbound frames per second per connection.
+    #[arg(long = "rate", env = "RATE_PER_SEC", default_value_t = 20)]
+    pub rate_per_sec: u32,
+
+    /// Inbound frames a connection may send in one burst.
+    #[arg(long, env = "BURST", default_value_t = 40)]
+    pub burst: u32,
+
+    /// Frames rejected in a row for rate before the connection is closed
+    /// with 1008 (flood).
+    #[arg(long, env = "FLOOD_STRIKES", default_value_t = 50)]
+    pub flood_strikes: u32,
+
+    /// Rooms one connection may be in at once.
+    #[arg(long, env = "MAX_ROOMS", default_value_t = 16)]
+    pub max_rooms: usize,
+
+    /// Outbound frames queued per connection; a client that lets its queue
+    /// fill is disconnected with 4000 (slow consumer).
+    #[arg(long = "queue", env = "OUTBOUND_QUEUE", default_value_t = 512)]
+    pub queue: usize,
+
+    /// Messages each room keeps in history for resume.
+    #[arg(long = "history", env = "HISTORY_LEN", default_value_t = 1000)]
+    pub history_len: u32,
+
+    /// How often the server pings each client.
+    #[arg(long, env = "PING_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub ping_interval: Duration,
+
+    /// Close a connection (4001) that sent nothing, not even a pong, for this long.
+    #[arg(long, env = "IDLE_TIMEOUT", default_value = "90s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// On SIGTERM, how long to wait for sockets to close before exiting.
+    #[arg(long, env = "DRAIN_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// How often this instance refreshes its entry in the instance registry.
+    #[arg(long, env = "HEARTBEAT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub heartbeat: Duration,
+
+    /// An instance whose heartbeat is older than this is gone; its members
+    /// are removed from presence.
+    #[arg(long, env = "INSTANCE_TTL", default_value = "6s", value_parser = humantime::parse_duration)]
+    pub instance_ttl: Duration,
+
+    /// Per-connection WebSocket read buffer in bytes. Small keeps idle
+    /// connections cheap; frames larger than it still arrive whole.
+    #[arg(long, env = "WS_READ_BUFFER", default_value_t = 1024)]
+    pub ws_read_buffer: usize,
+
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// How logs are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Config {
+    /// The limits announced to clients in the welcome frame.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_message_bytes: self.max_message_bytes as u32,
+            max_frame_bytes: self.max_frame_bytes as u32,
+            rate_per_sec: self.rate_per_sec,
+            burst: self.burst,
+            max_rooms: self.max_rooms as u32,
+            history_len: self.history_len,
+            idle_timeout_ms: self.idle_timeout.as_millis() as u64,
+            ping_interval_ms: self.ping_interval.as_millis() as u64,
+        }
+    }
+
+    /// A configuration for tests: defaults plus the three required settings.
+    pub fn for_test(app_id: &str, redis_url: &str) -> Self {
+        Self::parse_from([
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--app-id",
+            app_id,
+            "--redis-url",
+            redis_url,
+        ])
+    }
+}

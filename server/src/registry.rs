@@ -1,0 +1,91 @@
+//! The instance registry: a heartbeat in Redis that expires, so `/cluster`
+//! lists live instances and presence forgets members of dead ones.
+//!
+//! When an instance disappears (its heartbeat expired: killed, or cut off),
+//! the survivors remove its members from the rooms they share and announce
+//! the leaves. Removal is an `HDEL`, so exactly one survivor announces each.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use chat_protocol::{PresenceEvent, ServerFrame};
+
+use crate::store::InstanceInfo;
+use crate::AppState;
+
+/// Heartbeat until shutdown, then deregister.
+pub async fn run(state: AppState) {
+    let mut tick = tokio::time::interval(state.config.heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut beats: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        beats += 1;
+        if let Err(e) = beat(&state, beats).await {
+            tracing::warn!(error = %e, "instance heartbeat failed");
+        }
+    }
+    if let Err(e) = state.store.deregister(&state.app_id).await {
+        tracing::debug!(error = %e, "cannot deregister");
+    }
+}
+
+async fn beat(state: &AppState, beats: u64) -> Result<(), crate::store::StoreError> {
+    let info = InstanceInfo {
+        app_id: state.app_id.clone(),
+        boot: state.boot.clone(),
+        listen: state.config.listen.to_string(),
+        connections: state.metrics.connections.load(Relaxed),
+        rooms: state.metrics.rooms.load(Relaxed),
+        started_ms: state.started_ms,
+        heartbeat_ms: crate::now_ms(),
+    };
+    state.store.heartbeat(&info, state.config.instance_ttl).await?;
+    let live: HashSet<String> = state
+        .store
+        .instances()
+        .await?
+        .into_iter()
+        .map(|i| i.boot)
+        .collect();
+    let previous = state.set_live(Arc::new(live.clone()));
+    let lost_one = previous.iter().any(|b| !live.contains(b));
+    // Sweep when someone vanished, and now and then for stragglers (an
+    // instance that died before this one started).
+    if lost_one || beats % 15 == 1 {
+        sweep(state, &live).await;
+    }
+    Ok(())
+}
+
+/// Remove members of dead instances from the rooms with local members.
+async fn sweep(state: &AppState, live: &HashSet<String>) {
+    for room in state.hub.room_names() {
+        let Ok(members) = state.store.members(&room).await else {
+            continue;
+        };
+        for (conn_id, e) in members {
+            if live.contains(&e.boot) || e.boot == state.boot {
+                continue;
+            }
+            if let Ok(true) = state.store.remove_member(&room, &conn_id).await {
+                tracing::info!(room = %room, conn_id, app_id = e.app_id, "removing member of a dead instance");
+                let frame = ServerFrame::Presence {
+                    room: room.to_string(),
+                    event: PresenceEvent::Leave,
+                    conn_id,
+                    nick: e.nick,
+                    app_id: e.app_id,
+                    ts: crate::now_ms(),
+                    old_nick: None,
+                }
+                .to_json();
+                let _ = state.store.publish_raw(&room, &frame).await;
+            }
+        }
+    }
+}

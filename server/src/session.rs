@@ -1,0 +1,249 @@
+//! One WebSocket connection: a single task that reads client frames, writes
+//! queued deliveries in batches, pings, and closes with a reason.
+//!
+//! One task per connection (not a reader and a writer) keeps an idle
+//! connection small. Deliveries arrive on a bounded queue from the hub;
+//! everything queued is written with one flush, so under load many frames go
+//! out in one `write`. Replies to the client's own requests are written
+//! directly. Every write also watches the kick switch and shutdown, so a
+//! client that stopped reading cannot pin the task.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use chat_protocol::{close, classify, ErrorCode, Inbound, ServerFrame};
+use futures_util::SinkExt;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::time::Instant;
+
+use crate::commands::Session;
+use crate::hub::{Member, Out, SessionCtl};
+use crate::AppState;
+
+/// Query parameters of `GET /ws`.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct ConnectParams {
+    pub room: Option<String>,
+    pub nick: Option<String>,
+    pub since: Option<u64>,
+    pub history: Option<u32>,
+}
+
+/// How a connection ends.
+#[derive(Debug)]
+pub enum End {
+    /// The server closes with this code and reason.
+    Close(u16, String),
+    /// The client closed (with this code) or the socket dropped (1006).
+    Gone(u16),
+}
+
+/// Longest time one write may block before the client counts as gone.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most queued deliveries written per flush.
+const BATCH: usize = 128;
+
+/// The socket plus what every write must watch.
+pub struct Conn {
+    ws: WebSocket,
+    ctl: Arc<SessionCtl>,
+    state: AppState,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn").finish_non_exhaustive()
+    }
+}
+
+impl Conn {
+    async fn guarded<F: std::future::Future<Output = Result<(), axum::Error>>>(
+        ctl: &SessionCtl,
+        state: &AppState,
+        write: F,
+    ) -> Result<(), End> {
+        tokio::select! {
+            biased;
+            _ = ctl.kicked() => Err(slow_consumer()),
+            _ = state.shutdown.cancelled() => Err(restart()),
+            r = tokio::time::timeout(WRITE_TIMEOUT, write) => match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(End::Gone(1006)),
+                Err(_) => Err(End::Close(close::SLOW_CONSUMER, "slow consumer: write blocked".into())),
+            },
+        }
+    }
+
+    /// Send one frame now.
+    pub async fn send(&mut self, msg: Message) -> Result<(), End> {
+        Self::guarded(&self.ctl, &self.state, self.ws.send(msg)).await
+    }
+
+    /// Send a server frame now.
+    pub async fn frame(&mut self, frame: &ServerFrame) -> Result<(), End> {
+        self.send(Message::Text(frame.to_json().into())).await
+    }
+
+    /// Send an error frame now.
+    pub async fn error(&mut self, code: ErrorCode, message: impl Into<String>, id: Option<String>) -> Result<(), End> {
+        self.state.metrics.error(code);
+        self.frame(&ServerFrame::error(code, message, id)).await
+    }
+
+    /// Write several pre-encoded frames with a single flush.
+    async fn send_batch(&mut self, frames: impl Iterator<Item = Utf8Bytes>) -> Result<(), End> {
+        let ws = &mut self.ws;
+        let write = async move {
+            for f in frames {
+                ws.feed(Message::Text(f)).await?;
+            }
+            ws.flush().await
+        };
+        Self::guarded(&self.ctl, &self.state, write).await
+    }
+}
+
+fn slow_consumer() -> End {
+    End::Close(close::SLOW_CONSUMER, "slow consumer: outbound queue full".into())
+}
+
+fn restart() -> End {
+    End::Close(close::SERVICE_RESTART, "service restart: reconnect".into())
+}
+
+/// Serve one upgraded connection until it ends. `permit` holds its place
+/// under the connection limit.
+pub async fn run(state: AppState, ws: WebSocket, params: ConnectParams, permit: OwnedSemaphorePermit) {
+    let metrics = state.metrics.clone();
+    metrics.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    metrics.connections_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let (tx, mut rx) = mpsc::channel::<Out>(state.config.queue);
+    let ctl = Arc::new(SessionCtl::default());
+    let id = state.next_session_id();
+    let mut conn = Conn { ws, ctl: ctl.clone(), state: state.clone() };
+    let mut session = Session::new(state.clone(), Member { id, tx, ctl }, params.nick);
+    let end = session_loop(&mut session, &mut conn, &mut rx, params.room, params.since, params.history).await;
+    let code = match &end {
+        End::Close(code, reason) => {
+            tracing::debug!(conn_id = %session.conn_id, code, reason, "closing connection");
+            let frame = CloseFrame { code: *code, reason: reason.as_str().into() };
+            // Best effort: a client that stopped reading will not get it.
+            let _ = tokio::time::timeout(Duration::from_secs(1), conn.ws.send(Message::Close(Some(frame)))).await;
+            *code
+        }
+        End::Gone(code) => *code,
+    };
+    metrics.closed(code);
+    drop(conn);
+    session.leave_all().await;
+    metrics.connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    drop(permit);
+}
+
+async fn session_loop(
+    session: &mut Session,
+    conn: &mut Conn,
+    rx: &mut mpsc::Receiver<Out>,
+    room: Option<String>,
+    since: Option<u64>,
+    history: Option<u32>,
+) -> End {
+    let state = conn.state.clone();
+    if let Err(end) = session.welcome(conn, room.as_deref()).await {
+        return end;
+    }
+    let room = room.unwrap_or_else(|| crate::DEFAULT_ROOM.to_string());
+    if let Err(end) = session.join(conn, &room, since, history).await {
+        return end;
+    }
+    let ping_every = state.config.ping_interval;
+    let idle = state.config.idle_timeout;
+    let mut next_ping = Instant::now() + ping_every;
+    let mut last_seen = Instant::now();
+    let mut batch: Vec<Out> = Vec::new();
+    loop {
+        let step: Result<(), End> = tokio::select! {
+            biased;
+            _ = conn.ctl.kicked() => Err(slow_consumer()),
+            _ = state.shutdown.cancelled() => Err(restart()),
+            n = rx.recv_many(&mut batch, BATCH) => {
+                debug_assert!(n > 0, "the session holds a sender, so the queue never closes");
+                let frames = batch.iter().filter(|d| session.accept(d)).map(|d| d.frame.clone());
+                let r = conn.send_batch(frames).await;
+                batch.clear();
+                if batch.capacity() > BATCH {
+                    // A burst grew it; idle connections stay small.
+                    batch = Vec::new();
+                }
+                r
+            }
+            msg = conn.ws.recv() => {
+                last_seen = Instant::now();
+                match msg {
+                    None => Err(End::Gone(1006)),
+                    Some(Err(e)) => Err(read_error(e, state.config.max_frame_bytes)),
+                    Some(Ok(msg)) => inbound(session, conn, msg).await,
+                }
+            }
+            _ = tokio::time::sleep_until(next_ping) => {
+                if last_seen.elapsed() >= idle {
+                    Err(End::Close(close::IDLE_TIMEOUT, format!("idle timeout: nothing received for {}s", idle.as_secs())))
+                } else {
+                    next_ping = Instant::now() + ping_every;
+                    conn.send(Message::Ping(Default::default())).await
+                }
+            }
+        };
+        if let Err(end) = step {
+            return end;
+        }
+    }
+}
+
+/// Map a read error to how the connection ends.
+fn read_error(e: axum::Error, max_frame: usize) -> End {
+    use tungstenite::error::{CapacityError, Error as WsError};
+    match e.into_inner().downcast::<WsError>().map(|b| *b) {
+        Ok(WsError::Capacity(CapacityError::MessageTooLong { size, .. })) => End::Close(
+            close::TOO_BIG,
+            format!("frame of {size} bytes exceeds the limit of {max_frame}"),
+        ),
+        Ok(WsError::Capacity(e)) => End::Close(close::TOO_BIG, e.to_string()),
+        Ok(WsError::Utf8(_)) => End::Close(close::INVALID_PAYLOAD, "text frame is not valid UTF-8".into()),
+        Ok(WsError::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake)) => End::Gone(1006),
+        Ok(WsError::Protocol(p)) => End::Close(close::PROTOCOL_ERROR, format!("protocol error: {p}")),
+        _ => End::Gone(1006),
+    }
+}
+
+/// Handle one inbound WebSocket message.
+async fn inbound(session: &mut Session, conn: &mut Conn, msg: Message) -> Result<(), End> {
+    let text = match msg {
+        Message::Text(t) => t,
+        Message::Binary(_) => {
+            if !session.admit(conn, None).await? {
+                return Ok(());
+            }
+            return conn
+                .error(ErrorCode::BinaryUnsupported, "binary frames are not supported: send text (JSON frames or plain chat text)", None)
+                .await;
+        }
+        Message::Ping(_) | Message::Pong(_) => return Ok(()),
+        Message::Close(frame) => return Err(End::Gone(frame.map_or(close::NORMAL, |f| f.code))),
+    };
+    let parsed = classify(&text);
+    let id = match &parsed {
+        Ok(Inbound::Frame(chat_protocol::ClientFrame::Send { id, .. })) => id.clone(),
+        Err(e) => e.id.clone(),
+        _ => None,
+    };
+    if !session.admit(conn, id).await? {
+        return Ok(());
+    }
+    match parsed {
+        Ok(Inbound::Frame(frame)) => session.command(conn, frame).await,
+        Ok(Inbound::Text) => session.send_chat(conn, None, text.to_string(), None, false).await,
+        Err(e) => conn.error(e.code, e.message, e.id).await,
+    }
+}
