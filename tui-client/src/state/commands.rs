@@ -10,6 +10,9 @@ use crate::wrap;
 
 /// The server's limit on one message before the welcome says otherwise.
 const DEFAULT_MAX_MESSAGE_BYTES: usize = 4096;
+/// A paste longer than this many messages is refused rather than flooding
+/// the room (and the outbox).
+const MAX_PIECES: usize = 20;
 
 impl App {
     /// Enter: run the input line.
@@ -99,8 +102,17 @@ impl App {
             .as_ref()
             .map_or(DEFAULT_MAX_MESSAGE_BYTES, |l| l.max_message_bytes as usize);
         let room = self.room().name.clone();
+        let pieces = split_message(text, max);
+        if pieces.len() > MAX_PIECES {
+            self.error(&format!(
+                "that text would go out as {} messages (the server takes {max} bytes per message); \
+                 at most {MAX_PIECES} at once — shorten it or share it another way",
+                pieces.len()
+            ));
+            return Vec::new();
+        }
         let mut actions = Vec::new();
-        for piece in split_message(text, max) {
+        for piece in pieces {
             let id = self.new_id();
             let now = self.clock.stamp(self.clock.now_ms());
             let pending = Line {

@@ -334,3 +334,12 @@ fn app_id_toggle() {
 }
 
 mod network;
+
+#[test]
+fn huge_pastes_are_refused_not_flooded() {
+    let mut a = app();
+    let three = type_line(&mut a, &"x ".repeat(5000));
+    assert_eq!(three.len(), 3, "10000 bytes go out as three messages");
+    assert!(type_line(&mut a, &"y".repeat(200_000)).is_empty());
+    assert!(last_text(&a).contains("at most 20"), "{}", last_text(&a));
+}
