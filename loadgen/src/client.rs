@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::checker::{ReceiverLog, SenderLog, Verdict};
+use crate::checker::{ReceiverLog, SenderLog};
 use crate::opts::{Config, Protocol};
 use crate::probe::{self, Probe};
 use crate::sched::Tick;
@@ -295,11 +295,17 @@ impl Session<'_> {
         } else {
             None
         };
+        // Created once: a `cancelled()` future made per loop turn would
+        // register and unregister with the token's waiter list (a mutex) on
+        // every delivery.
+        let shutdown = ctx.shutdown.cancelled();
+        let stop_send = ctx.stop_send.cancelled();
+        tokio::pin!(shutdown, stop_send);
         loop {
             tokio::select! {
                 biased;
-                _ = ctx.shutdown.cancelled() => return false,
-                _ = ctx.stop_send.cancelled(), if ticks.is_some() => ticks = None,
+                _ = &mut shutdown => return false,
+                _ = &mut stop_send, if ticks.is_some() => ticks = None,
                 m = ws.next() => match m {
                     Some(Ok(Message::Text(t))) => self.on_text(t.as_bytes()),
                     Some(Ok(Message::Close(f))) => {
@@ -400,20 +406,9 @@ impl Session<'_> {
         let v = self
             .recv
             .on_delivery(probe.sender as usize / rooms, probe.seq, offset);
-        let live = &ctx.stats.live;
-        live.received.fetch_add(1, Relaxed);
-        match v {
-            Verdict::Duplicate => {
-                live.duplicated.fetch_add(1, Relaxed);
-                return;
-            }
-            Verdict::OutOfOrder => {
-                live.out_of_order.fetch_add(1, Relaxed);
-            }
-            Verdict::InOrder => {}
-        }
         ctx.stats.record_delivery(
             self.c,
+            v,
             sender_app,
             self.app,
             now.saturating_sub(probe.sched_us),

@@ -247,7 +247,8 @@ pub async fn run(cfg: Arc<Config>, part: Part, h: Handle, mut control: Control) 
     let mut all_arrived = false;
     let mut cut_short = false;
     loop {
-        let got = l.received.load(Relaxed) - l.duplicated.load(Relaxed);
+        let (received, duplicated, _) = stats.delivery_counts();
+        let got = received - duplicated;
         if got >= l.expected.load(Relaxed) {
             all_arrived = true;
             break;

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::Instant;
 
+use crate::checker::Verdict;
 use crate::hist::Hist;
 
 /// Most distinct APP_IDs tracked; more than this are folded into the last.
@@ -25,12 +26,9 @@ pub struct Live {
     /// Connections that ended before the run did (server close or error).
     pub dropped: AtomicU64,
     pub sent: AtomicU64,
-    pub received: AtomicU64,
     /// Deliveries the run should see by now: each send adds the members its
     /// room had when it went out. Used to end the grace period early.
     pub expected: AtomicU64,
-    pub duplicated: AtomicU64,
-    pub out_of_order: AtomicU64,
     pub errors: AtomicU64,
     /// Connected clients per APP_ID index.
     pub per_app: [AtomicU64; MAX_APPS],
@@ -44,10 +42,7 @@ impl Default for Live {
             failed: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             sent: AtomicU64::new(0),
-            received: AtomicU64::new(0),
             expected: AtomicU64::new(0),
-            duplicated: AtomicU64::new(0),
-            out_of_order: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             per_app: std::array::from_fn(|_| AtomicU64::new(0)),
         }
@@ -107,6 +102,12 @@ pub struct Shard {
     /// `sched`, reset every second for the rolling view.
     pub interval: Hist,
     pub matrix: HashMap<(u16, u16), CellRec>,
+    /// Probe deliveries (duplicates included), duplicates, out of order:
+    /// counted here under the lock the histograms need anyway, rather than
+    /// in shared atomics that both runtime threads would bounce.
+    pub received: u64,
+    pub duplicated: u64,
+    pub out_of_order: u64,
 }
 
 /// The shared state of one run in one process.
@@ -152,17 +153,28 @@ impl Stats {
             .expect("shard lock")
     }
 
-    /// Record one probe delivery.
+    /// Record one probe delivery: counted always, latency only for first
+    /// copies.
     #[inline]
     pub fn record_delivery(
         &self,
         client: usize,
+        verdict: Verdict,
         sender_app: u16,
         receiver_app: u16,
         sched_lat: u64,
         raw_lat: u64,
     ) {
         let mut s = self.shard(client);
+        s.received += 1;
+        match verdict {
+            Verdict::Duplicate => {
+                s.duplicated += 1;
+                return;
+            }
+            Verdict::OutOfOrder => s.out_of_order += 1,
+            Verdict::InOrder => {}
+        }
         s.sched.record(sched_lat);
         s.raw.record(raw_lat);
         s.interval.record(sched_lat);
@@ -184,6 +196,18 @@ impl Stats {
 
     pub fn errors(&self) -> BTreeMap<String, u64> {
         self.errors.lock().expect("errors lock").clone()
+    }
+
+    /// (received, duplicated, out of order) so far.
+    pub fn delivery_counts(&self) -> (u64, u64, u64) {
+        let mut t = (0, 0, 0);
+        for s in &self.shards {
+            let s = s.lock().expect("shard lock");
+            t.0 += s.received;
+            t.1 += s.duplicated;
+            t.2 += s.out_of_order;
+        }
+        t
     }
 
     /// Take the rolling histogram of the last interval from every shard.
@@ -257,6 +281,7 @@ impl Snapshot {
     pub fn take(stats: &Stats, phase: &str, clients: usize, fd_limit: u64) -> Self {
         let l = &stats.live;
         let iv = stats.take_interval();
+        let (received, duplicated, out_of_order) = stats.delivery_counts();
         Self {
             elapsed_ms: stats.epoch.elapsed().as_millis() as u64,
             phase: phase.to_string(),
@@ -266,10 +291,10 @@ impl Snapshot {
             failed: l.failed.load(Relaxed),
             dropped: l.dropped.load(Relaxed),
             sent: l.sent.load(Relaxed),
-            received: l.received.load(Relaxed),
+            received,
             expected: l.expected.load(Relaxed),
-            duplicated: l.duplicated.load(Relaxed),
-            out_of_order: l.out_of_order.load(Relaxed),
+            duplicated,
+            out_of_order,
             errors: l.errors.load(Relaxed),
             per_app: stats.per_app(),
             interval_p50: iv.q(0.5),

@@ -53,7 +53,7 @@ if off == 1 then
 end
 local id = string.format('%d', off)
 local frame = '{"type":"message","offset":' .. id .. ',' .. ARGV[1]
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], id .. '-0', 'f', frame)
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], id .. '-0', 'f', frame)
 redis.call('PUBLISH', ARGV[4], frame)
 return off
 "#;
