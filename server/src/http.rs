@@ -54,8 +54,10 @@ async fn upgrade(
     ws.read_buffer_size(cfg.ws_read_buffer)
         .write_buffer_size(64 * 1024)
         .max_write_buffer_size(4 * 1024 * 1024)
-        .max_frame_size(cfg.max_frame_bytes)
-        .max_message_size(cfg.max_frame_bytes)
+        // Frames up to 4x the limit are read whole and refused with 1009 and
+        // a reason; only larger ones are cut off at the protocol layer.
+        .max_frame_size(cfg.max_frame_bytes.saturating_mul(4))
+        .max_message_size(cfg.max_frame_bytes.saturating_mul(4))
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
         .on_upgrade(move |socket| tracker.track_future(session::run(state, socket, params, permit)))
 }

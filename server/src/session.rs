@@ -91,6 +91,20 @@ impl Conn {
         self.frame(&ServerFrame::error(code, message, id)).await
     }
 
+    /// After sending a close frame, read (and drop) until the client answers
+    /// it, for a bounded time. Closing with unread input would make the
+    /// kernel reset the connection, and the client would lose the close
+    /// frame and its reason.
+    async fn drain_until_closed(&mut self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        for _ in 0..10_000 {
+            match tokio::time::timeout_at(deadline, self.ws.recv()).await {
+                Ok(Some(Ok(Message::Close(_)))) | Ok(Some(Err(_))) | Ok(None) | Err(_) => return,
+                Ok(Some(Ok(_))) => {}
+            }
+        }
+    }
+
     /// Write several pre-encoded frames with a single flush.
     async fn send_batch(&mut self, frames: impl Iterator<Item = Utf8Bytes>) -> Result<(), End> {
         let ws = &mut self.ws;
@@ -130,6 +144,7 @@ pub async fn run(state: AppState, ws: WebSocket, params: ConnectParams, permit: 
             let frame = CloseFrame { code: *code, reason: reason.as_str().into() };
             // Best effort: a client that stopped reading will not get it.
             let _ = tokio::time::timeout(Duration::from_secs(1), conn.ws.send(Message::Close(Some(frame)))).await;
+            conn.drain_until_closed().await;
             *code
         }
         End::Gone(code) => *code,
@@ -201,14 +216,15 @@ async fn session_loop(
     }
 }
 
+fn too_big(size: usize, max_frame: usize) -> End {
+    End::Close(close::TOO_BIG, format!("frame of {size} bytes exceeds the limit of {max_frame}"))
+}
+
 /// Map a read error to how the connection ends.
 fn read_error(e: axum::Error, max_frame: usize) -> End {
     use tungstenite::error::{CapacityError, Error as WsError};
     match e.into_inner().downcast::<WsError>().map(|b| *b) {
-        Ok(WsError::Capacity(CapacityError::MessageTooLong { size, .. })) => End::Close(
-            close::TOO_BIG,
-            format!("frame of {size} bytes exceeds the limit of {max_frame}"),
-        ),
+        Ok(WsError::Capacity(CapacityError::MessageTooLong { size, .. })) => too_big(size, max_frame),
         Ok(WsError::Capacity(e)) => End::Close(close::TOO_BIG, e.to_string()),
         Ok(WsError::Utf8(_)) => End::Close(close::INVALID_PAYLOAD, "text frame is not valid UTF-8".into()),
         Ok(WsError::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake)) => End::Gone(1006),
@@ -219,7 +235,14 @@ fn read_error(e: axum::Error, max_frame: usize) -> End {
 
 /// Handle one inbound WebSocket message.
 async fn inbound(session: &mut Session, conn: &mut Conn, msg: Message) -> Result<(), End> {
+    let max_frame = conn.state.config.max_frame_bytes;
     let text = match msg {
+        Message::Text(t) if t.len() > max_frame => {
+            return Err(too_big(t.len(), max_frame));
+        }
+        Message::Binary(b) if b.len() > max_frame => {
+            return Err(too_big(b.len(), max_frame));
+        }
         Message::Text(t) => t,
         Message::Binary(_) => {
             if !session.admit(conn, None).await? {

@@ -5,7 +5,8 @@
 //! sent by another client through another instance appearing, a line typed
 //! in the client reaching the other client, and, after the instance the
 //! client was on is killed with SIGKILL, a different APP_ID on screen
-//! ("now on appK, was appN") and messages still arriving, once each.
+//! ("now on appK, was appN") and messages still arriving, once each; then
+//! a graceful stop (close 1012) of the next instance moves it again.
 
 mod common;
 
@@ -249,7 +250,33 @@ fn tui_client_follows_the_cluster_through_a_killed_instance() {
     let from = rt.block_on(peer.expect_message("still here", Duration::from_secs(10)));
     assert_eq!(from, "tester");
 
-    // 5. /quit ends the program and gives the terminal back.
+    // 5. A graceful stop (SIGTERM: close 1012) of the instance it is on
+    //    now moves it once more.
+    let second: usize = second_app
+        .trim_start_matches("app")
+        .parse::<usize>()
+        .unwrap()
+        - 1;
+    cluster
+        .stop_server(second)
+        .expect("stopping the second instance");
+    let screen = tmux.wait_for("a move after SIGTERM", Duration::from_secs(30), |s| {
+        s.contains(&format!("was {second_app})")) && s.contains("● connected")
+    });
+    assert!(
+        screen.contains("1012"),
+        "the restart close was not reported:\n{screen}"
+    );
+    let third_app = status_app_id(&screen).unwrap();
+    assert!(
+        third_app != second_app && third_app != first_app,
+        "{screen}"
+    );
+    tmux.type_line("after the restart");
+    let from = rt.block_on(peer.expect_message("after the restart", Duration::from_secs(10)));
+    assert_eq!(from, "tester");
+
+    // 6. /quit ends the program and gives the terminal back.
     tmux.type_line("/quit");
     assert!(
         tmux.wait_dead(Duration::from_secs(10)),

@@ -400,11 +400,14 @@ fn close_exit(cf: Option<CloseFrame>) -> Exit {
         return Exit::Retry("the server closed the connection".into());
     };
     let code = u16::from(cf.code);
+    let detail = if cf.reason.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", cf.reason)
+    };
     let reason = format!(
-        "closed by the server: {} {} {}",
-        code,
-        close::name(code),
-        cf.reason
+        "closed by the server ({code} {}{detail})",
+        close::name(code)
     );
     if close::should_reconnect(code) {
         Exit::Retry(reason)
