@@ -114,8 +114,9 @@ pub fn summary(r: &Report) -> String {
     let s = &r.loadgen;
     let _ = writeln!(
         o,
-        "\nloadgen itself: {:.3} µs CPU per delivery · RSS {:.1} MiB · ~{} B per socket",
+        "\nloadgen itself: {:.3} µs CPU per delivery ({:.3} µs user space) · RSS {:.1} MiB · ~{} B per socket",
         s.cpu_us_per_delivery,
+        s.user_cpu_us_per_delivery,
         s.rss_bytes as f64 / (1 << 20) as f64,
         s.mem_per_socket_bytes
     );

@@ -91,6 +91,9 @@ pub struct SelfCost {
     pub processes: u64,
     pub cpu_us: u64,
     pub cpu_us_per_delivery: f64,
+    /// User-space CPU only: what loadgen's own code costs, without the
+    /// kernel's TCP receive path (and loopback ACK processing).
+    pub user_cpu_us_per_delivery: f64,
     pub rss_bytes: u64,
     pub mem_per_socket_bytes: u64,
 }
@@ -165,11 +168,8 @@ impl Report {
             loadgen: SelfCost {
                 processes: t.processes,
                 cpu_us: t.cpu_us,
-                cpu_us_per_delivery: if t.received > 0 {
-                    (t.cpu_us as f64 / t.received as f64 * 1000.0).round() / 1000.0
-                } else {
-                    0.0
-                },
+                cpu_us_per_delivery: per(t.cpu_us, t.received),
+                user_cpu_us_per_delivery: per(t.cpu_user_us, t.received),
                 rss_bytes: t.rss_bytes,
                 mem_per_socket_bytes: t.mem_per_socket_bytes,
             },
@@ -181,6 +181,15 @@ impl Report {
             failed,
         };
         r
+    }
+}
+
+/// `a / b` to three decimals, 0 when `b` is 0.
+fn per(a: u64, b: u64) -> f64 {
+    if b == 0 {
+        0.0
+    } else {
+        (a as f64 / b as f64 * 1000.0).round() / 1000.0
     }
 }
 

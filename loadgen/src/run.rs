@@ -17,7 +17,7 @@ use crate::client::{self, Ctx};
 use crate::opts::{Config, Protocol};
 use crate::sched;
 use crate::stats::Stats;
-use crate::tally::{Tally, Timing};
+use crate::tally::{Cost, Tally, Timing};
 
 /// The phase a run is in, for the live view.
 #[derive(Debug, Default)]
@@ -205,7 +205,7 @@ pub async fn run(cfg: Arc<Config>, part: Part, h: Handle, mut control: Control) 
     }
 
     // Send.
-    let cpu_start = crate::sys::cpu_time_us().unwrap_or(0);
+    let cpu_start = crate::sys::cpu_time_us().unwrap_or((0, 0));
     let start = Instant::now();
     let end = start + cfg.duration;
     let mut send_end = start;
@@ -268,9 +268,7 @@ pub async fn run(cfg: Arc<Config>, part: Part, h: Handle, mut control: Control) 
         stats.now_us().saturating_sub(cfg.grace.as_micros() as u64)
     };
     let drain_time = drain_start.elapsed();
-    let cpu_us = crate::sys::cpu_time_us()
-        .unwrap_or(0)
-        .saturating_sub(cpu_start);
+    let cpu_end = crate::sys::cpu_time_us().unwrap_or((0, 0));
 
     // Close every socket and collect what each client saw.
     h.phase.set(Phase::CLOSE);
@@ -307,14 +305,11 @@ pub async fn run(cfg: Arc<Config>, part: Part, h: Handle, mut control: Control) 
         .saturating_sub(rss_before)
         .checked_div(connected_after_ramp)
         .unwrap_or(0);
-    Ok(Tally::build(
-        &stats,
-        spawned,
-        &senders,
-        &v,
-        timing,
-        cpu_us,
-        rss_ramped,
-        mem_per_socket,
-    ))
+    let cost = Cost {
+        cpu_user_us: cpu_end.0.saturating_sub(cpu_start.0),
+        cpu_us: (cpu_end.0 + cpu_end.1).saturating_sub(cpu_start.0 + cpu_start.1),
+        rss_bytes: rss_ramped,
+        mem_per_socket_bytes: mem_per_socket,
+    };
+    Ok(Tally::build(&stats, spawned, &senders, &v, timing, cost))
 }

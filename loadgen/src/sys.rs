@@ -206,15 +206,23 @@ pub fn rss_bytes() -> Option<u64> {
     Some(pages * 4096)
 }
 
-/// CPU time (user + system) this process has used, in microseconds.
-pub fn cpu_time_us() -> Option<u64> {
+/// CPU time this process has used, in microseconds: `(user, system)`.
+/// The split matters: on loopback, much of a client's system time is the
+/// kernel's TCP work (including the peer's ACK processing, which runs in
+/// the sender's softirq), which any client pays, whatever its language.
+pub fn cpu_time_us() -> Option<(u64, u64)> {
     let s = std::fs::read_to_string("/proc/self/stat").ok()?;
     // Fields after the command name, which is in parentheses and may hold
     // spaces: utime and stime are fields 14 and 15 of the whole line.
     let rest = &s[s.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    Some(ticks * 1_000_000 / 100)
+    let tick_us = 1_000_000 / clock_ticks();
+    Some((f.get(11)?.parse::<u64>().ok()? * tick_us, f.get(12)?.parse::<u64>().ok()? * tick_us))
+}
+
+/// `sysconf(_SC_CLK_TCK)`, which is 100 on every Linux in practice.
+fn clock_ticks() -> u64 {
+    100
 }
 
 #[cfg(test)]

@@ -24,6 +24,17 @@ pub struct Timing {
     pub all_arrived: bool,
 }
 
+/// What the run cost loadgen itself.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Cost {
+    /// CPU (user + system) from the start of sending to the end of the drain.
+    pub cpu_us: u64,
+    /// The user-space part of `cpu_us`.
+    pub cpu_user_us: u64,
+    pub rss_bytes: u64,
+    pub mem_per_socket_bytes: u64,
+}
+
 /// One (sender APP_ID, receiver APP_ID) cell.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Cell {
@@ -65,6 +76,8 @@ pub struct Tally {
     /// CPU time this process spent from the start of sending to the end of
     /// the drain.
     pub cpu_us: u64,
+    /// The user-space part of `cpu_us`.
+    pub cpu_user_us: u64,
     pub rss_bytes: u64,
     /// RSS growth during the ramp per connection opened.
     pub mem_per_socket_bytes: u64,
@@ -73,16 +86,13 @@ pub struct Tally {
 
 impl Tally {
     /// Build from a finished run's state and the checker's verdict.
-    #[allow(clippy::too_many_arguments)]
     pub fn build(
         stats: &Stats,
         attempted: u64,
         senders: &[SenderLog],
         v: &Verification,
         timing: Timing,
-        cpu_us: u64,
-        rss_bytes: u64,
-        mem_per_socket_bytes: u64,
+        cost: Cost,
     ) -> Tally {
         let merged = stats.merged();
         let live = &stats.live;
@@ -136,9 +146,10 @@ impl Tally {
             connect: merged.connect,
             matrix: matrix.into_values().collect(),
             timing,
-            cpu_us,
-            rss_bytes,
-            mem_per_socket_bytes,
+            cpu_us: cost.cpu_us,
+            cpu_user_us: cost.cpu_user_us,
+            rss_bytes: cost.rss_bytes,
+            mem_per_socket_bytes: cost.mem_per_socket_bytes,
             processes: 1,
         }
     }
@@ -161,6 +172,7 @@ impl Tally {
         sum(&mut self.unexpected, o.unexpected);
         sum(&mut self.receivers_with_loss, o.receivers_with_loss);
         sum(&mut self.cpu_us, o.cpu_us);
+        sum(&mut self.cpu_user_us, o.cpu_user_us);
         sum(&mut self.rss_bytes, o.rss_bytes);
         // Weighted by sockets, so the merged figure stays "per socket".
         let (a, b) = (self.opened - o.opened, o.opened);
