@@ -1,1 +1,194 @@
-fn main() {}
+//! `cluster`: run a local chat cluster on loopback (redis-server, N chat
+//! servers, HAProxy), the same topology as `docker-compose.yml`.
+//!
+//! - `cluster up`: start it, print the URLs, stop everything on Ctrl-C.
+//! - `cluster demo`: the same, plus three bots that land on different
+//!   instances and show a message crossing between them.
+//! - `cluster exec -- CMD ARGS...`: start it, run CMD with `{url}` replaced
+//!   by the WebSocket URL (and `CHAT_URL` set), stop, exit with CMD's code.
+//! - `cluster haproxy-cfg`: print the compose `haproxy.cfg`.
+
+mod demo;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use chat_cluster::{Cluster, ClusterOptions};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cluster", version, about = "Run a local chat cluster: redis-server + N chat servers + HAProxy on loopback")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    #[command(flatten)]
+    opts: Opts,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Start the cluster and keep it up until Ctrl-C (the default).
+    Up(Opts),
+    /// Start the cluster, show a message crossing instances, keep it up.
+    Demo(Opts),
+    /// Start the cluster, run a command against it, stop it.
+    Exec {
+        #[command(flatten)]
+        opts: Opts,
+        /// The command; `{url}` in it becomes the cluster's WebSocket URL.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Print the HAProxy configuration used by docker-compose.yml.
+    HaproxyCfg,
+}
+
+#[derive(Debug, Clone, Args)]
+struct Opts {
+    /// Number of chat servers (app1..appN).
+    #[arg(long, env = "CLUSTER_SERVERS", default_value_t = 3)]
+    servers: usize,
+    /// HAProxy's client port (0: any free port).
+    #[arg(long, env = "CLUSTER_PORT", default_value_t = 8080)]
+    port: u16,
+    /// HAProxy's stats page port (0: any free port).
+    #[arg(long, env = "CLUSTER_STATS_PORT", default_value_t = 8404)]
+    stats_port: u16,
+    /// Port of app1; app2.. follow (0: any free ports).
+    #[arg(long, env = "CLUSTER_SERVER_PORT", default_value_t = 9001)]
+    server_base_port: u16,
+    /// Redis port (0: any free port; the default avoids a system Redis on 6379).
+    #[arg(long, env = "CLUSTER_REDIS_PORT", default_value_t = 0)]
+    redis_port: u16,
+    /// The chat `server` binary (default: next to this one).
+    #[arg(long, env = "CHAT_SERVER_BIN")]
+    server_bin: Option<PathBuf>,
+    /// Where logs go (default: a fresh temporary directory).
+    #[arg(long)]
+    log_dir: Option<PathBuf>,
+    /// HAProxy maxconn (two files per connection; keep it under half the file limit).
+    #[arg(long, default_value_t = 9000)]
+    haproxy_maxconn: u32,
+    /// An extra argument for every server, e.g. `--server-arg=--max-rooms=4` (repeatable).
+    #[arg(long = "server-arg", allow_hyphen_values = true)]
+    server_args: Vec<String>,
+}
+
+impl Opts {
+    fn check_ports(&self) -> Result<()> {
+        let mut fixed = vec![("HAProxy (--port)", self.port), ("stats (--stats-port)", self.stats_port), ("redis (--redis-port)", self.redis_port)];
+        if self.server_base_port != 0 {
+            for i in 0..self.servers {
+                fixed.push(("a server (--server-base-port)", self.server_base_port + i as u16));
+            }
+        }
+        for (what, port) in fixed.into_iter().filter(|(_, p)| *p != 0) {
+            if TcpListener::bind(("127.0.0.1", port)).is_err() {
+                bail!("port {port} for {what} is in use: stop what holds it or choose another port (0 picks a free one)");
+            }
+        }
+        Ok(())
+    }
+
+    fn start(&self) -> Result<Cluster> {
+        self.check_ports()?;
+        let cluster = Cluster::start(ClusterOptions {
+            servers: self.servers,
+            port: self.port,
+            stats_port: self.stats_port,
+            redis_port: self.redis_port,
+            server_base_port: self.server_base_port,
+            server_args: self.server_args.clone(),
+            server_bin: self.server_bin.clone(),
+            haproxy_maxconn: self.haproxy_maxconn,
+            log_dir: self.log_dir.clone(),
+            server_log: std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        })?;
+        Ok(cluster)
+    }
+}
+
+fn print_cluster(c: &Cluster) {
+    println!("cluster up: redis-server, {} chat servers, HAProxy", c.len());
+    println!("  chat:     {}   (through HAProxy)", c.ws_url());
+    for i in 0..c.len() {
+        println!("  {}:     {}", c.app_id(i), c.server_ws_url(i));
+    }
+    println!("  redis:    {}", c.redis_url());
+    println!("  stats:    {}", c.stats_url());
+    println!("  health:   {}/healthz   cluster view: {}/cluster", c.http_url(), c.http_url());
+    println!("  logs:     {}", c.log_dir().display());
+}
+
+fn wait_for_signal() -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r?,
+            _ = term.recv() => {}
+        }
+        Ok::<_, anyhow::Error>(())
+    })
+}
+
+fn run() -> Result<u8> {
+    let cli = Cli::parse();
+    match cli.cmd.unwrap_or(Cmd::Up(cli.opts)) {
+        Cmd::HaproxyCfg => {
+            print!("{}", chat_cluster::haproxy::compose_config());
+            Ok(0)
+        }
+        Cmd::Up(opts) => {
+            let mut c = opts.start()?;
+            print_cluster(&c);
+            println!("\nChat with: target/release/tui-client --url {}\nPress Ctrl-C to stop.", c.ws_url());
+            wait_for_signal()?;
+            println!("stopping...");
+            c.shutdown();
+            Ok(0)
+        }
+        Cmd::Demo(opts) => {
+            let mut c = opts.start()?;
+            print_cluster(&c);
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+            let bots = rt.block_on(demo::run(&c.ws_url()))?;
+            println!("\nThe cluster stays up. Chat with it:");
+            println!("  target/release/tui-client --url {} --nick you", c.ws_url());
+            println!("  websocat '{}?room=lobby&nick=me'   (then type a line)", c.ws_url());
+            println!("  target/release/loadgen --preset smoke --url {}", c.ws_url());
+            println!("Press Ctrl-C to stop.");
+            wait_for_signal()?;
+            println!("stopping...");
+            drop(bots);
+            drop(rt);
+            c.shutdown();
+            Ok(0)
+        }
+        Cmd::Exec { opts, command } => {
+            let mut c = opts.start()?;
+            let url = c.ws_url();
+            let args: Vec<String> = command.iter().map(|a| a.replace("{url}", &url)).collect();
+            eprintln!("cluster up at {url}; running: {}", args.join(" "));
+            let status = std::process::Command::new(&args[0])
+                .args(&args[1..])
+                .env("CHAT_URL", &url)
+                .status()
+                .with_context(|| format!("running {}", args[0]))?;
+            c.shutdown();
+            Ok(status.code().map_or(1, |c| c as u8))
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("cluster: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
