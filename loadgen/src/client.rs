@@ -62,10 +62,12 @@ pub struct Outcome {
 type Ws = WebSocketStream<TcpStream>;
 
 /// Small WebSocket buffers: most sockets are idle, and a few KiB per socket
-/// is what lets one process hold 19k of them.
+/// is what lets one process hold 19k of them. (tungstenite also zero-fills
+/// up to this much on every read, so smaller is cheaper per delivery; a
+/// frame larger than it just takes more reads.)
 pub fn ws_config(size: usize) -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(4096)
+        .read_buffer_size(2048)
         .write_buffer_size(0)
         .max_message_size(Some((size * 2).max(1 << 20)))
         .max_frame_size(Some((size * 2).max(1 << 20)))
