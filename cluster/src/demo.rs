@@ -44,7 +44,8 @@ pub(crate) async fn run(url: &str) -> Result<Bots> {
     let mut bots = Vec::new();
     println!("\ndemo: three bots connect through HAProxy");
     for nick in nicks {
-        let (mut ws, _) = tokio_tungstenite::connect_async(format!("{url}?room=lobby&nick={nick}")).await?;
+        let (mut ws, _) =
+            tokio_tungstenite::connect_async(format!("{url}?room=lobby&nick={nick}")).await?;
         let ServerFrame::Welcome { app_id, .. } = next_frame(&mut ws).await? else {
             bail!("first frame was not a welcome");
         };
@@ -61,25 +62,38 @@ pub(crate) async fn run(url: &str) -> Result<Bots> {
         let frame = serde_json::json!({"type":"send","text":text,"id":format!("demo-{nick}")});
         ws.send(Message::Text(frame.to_string().into())).await?;
     }
-    println!("demo: each bot says hello; every bot receives every line, whichever instance sent it:");
+    println!(
+        "demo: each bot says hello; every bot receives every line, whichever instance sent it:"
+    );
     let mut crossed = 0;
     for (nick, app_id, ws) in bots.iter_mut() {
         let mut got = 0;
         while got < nicks.len() {
             if let ServerFrame::Message(m) = next_frame(ws).await? {
                 got += 1;
-                let cross = if &m.app_id != app_id { "  <- crossed instances" } else { "" };
+                let cross = if &m.app_id != app_id {
+                    "  <- crossed instances"
+                } else {
+                    ""
+                };
                 if !cross.is_empty() {
                     crossed += 1;
                 }
-                println!("  {nick:<6} ({app_id}) got #{} {:<28} accepted by {}{cross}", m.offset, format!("{:?}", m.text), m.app_id);
+                println!(
+                    "  {nick:<6} ({app_id}) got #{} {:<28} accepted by {}{cross}",
+                    m.offset,
+                    format!("{:?}", m.text),
+                    m.app_id
+                );
             }
         }
     }
     println!("demo: {crossed} deliveries crossed instances through Redis");
     let handles = bots
         .into_iter()
-        .map(|(_, _, mut ws)| tokio::spawn(async move { while let Some(Ok(_)) = ws.next().await {} }))
+        .map(|(_, _, mut ws)| {
+            tokio::spawn(async move { while let Some(Ok(_)) = ws.next().await {} })
+        })
         .collect();
     Ok(Bots(handles))
 }

@@ -19,7 +19,11 @@ use chat_cluster::{Cluster, ClusterOptions};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "cluster", version, about = "Run a local chat cluster: redis-server + N chat servers + HAProxy on loopback")]
+#[command(
+    name = "cluster",
+    version,
+    about = "Run a local chat cluster: redis-server + N chat servers + HAProxy on loopback"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
@@ -78,10 +82,17 @@ struct Opts {
 
 impl Opts {
     fn check_ports(&self) -> Result<()> {
-        let mut fixed = vec![("HAProxy (--port)", self.port), ("stats (--stats-port)", self.stats_port), ("redis (--redis-port)", self.redis_port)];
+        let mut fixed = vec![
+            ("HAProxy (--port)", self.port),
+            ("stats (--stats-port)", self.stats_port),
+            ("redis (--redis-port)", self.redis_port),
+        ];
         if self.server_base_port != 0 {
             for i in 0..self.servers {
-                fixed.push(("a server (--server-base-port)", self.server_base_port + i as u16));
+                fixed.push((
+                    "a server (--server-base-port)",
+                    self.server_base_port + i as u16,
+                ));
             }
         }
         for (what, port) in fixed.into_iter().filter(|(_, p)| *p != 0) {
@@ -111,19 +122,28 @@ impl Opts {
 }
 
 fn print_cluster(c: &Cluster) {
-    println!("cluster up: redis-server, {} chat servers, HAProxy", c.len());
+    println!(
+        "cluster up: redis-server, {} chat servers, HAProxy",
+        c.len()
+    );
     println!("  chat:     {}   (through HAProxy)", c.ws_url());
     for i in 0..c.len() {
         println!("  {}:     {}", c.app_id(i), c.server_ws_url(i));
     }
     println!("  redis:    {}", c.redis_url());
     println!("  stats:    {}", c.stats_url());
-    println!("  health:   {}/healthz   cluster view: {}/cluster", c.http_url(), c.http_url());
+    println!(
+        "  health:   {}/healthz   cluster view: {}/cluster",
+        c.http_url(),
+        c.http_url()
+    );
     println!("  logs:     {}", c.log_dir().display());
 }
 
 fn wait_for_signal() -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
@@ -144,7 +164,10 @@ fn run() -> Result<u8> {
         Cmd::Up(opts) => {
             let mut c = opts.start()?;
             print_cluster(&c);
-            println!("\nChat with: target/release/tui-client --url {}\nPress Ctrl-C to stop.", c.ws_url());
+            println!(
+                "\nChat with: target/release/tui-client --url {}\nPress Ctrl-C to stop.",
+                c.ws_url()
+            );
             wait_for_signal()?;
             println!("stopping...");
             c.shutdown();
@@ -153,12 +176,24 @@ fn run() -> Result<u8> {
         Cmd::Demo(opts) => {
             let mut c = opts.start()?;
             print_cluster(&c);
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()?;
             let bots = rt.block_on(demo::run(&c.ws_url()))?;
             println!("\nThe cluster stays up. Chat with it:");
-            println!("  target/release/tui-client --url {} --nick you", c.ws_url());
-            println!("  websocat '{}?room=lobby&nick=me'   (then type a line)", c.ws_url());
-            println!("  target/release/loadgen --preset smoke --url {}", c.ws_url());
+            println!(
+                "  target/release/tui-client --url {} --nick you",
+                c.ws_url()
+            );
+            println!(
+                "  websocat '{}?room=lobby&nick=me'   (then type a line)",
+                c.ws_url()
+            );
+            println!(
+                "  target/release/loadgen --preset smoke --url {}",
+                c.ws_url()
+            );
             println!("Press Ctrl-C to stop.");
             wait_for_signal()?;
             println!("stopping...");

@@ -41,9 +41,8 @@ impl Child {
             .stdout(file.try_clone()?)
             .stderr(file);
         die_with_parent(&mut cmd);
-        let child = spawn_on_keeper(cmd).with_context(|| {
-            format!("starting {name} ({})", Path::new(program).display())
-        })?;
+        let child = spawn_on_keeper(cmd)
+            .with_context(|| format!("starting {name} ({})", Path::new(program).display()))?;
         Ok(Self {
             name: name.to_string(),
             child,
@@ -158,7 +157,10 @@ pub fn temp_dir(prefix: &str) -> Result<PathBuf> {
             return Ok(d);
         }
     }
-    bail!("cannot create a temporary directory under {}", base.display())
+    bail!(
+        "cannot create a temporary directory under {}",
+        base.display()
+    )
 }
 
 /// HAProxy lives in /usr/sbin on Debian, which is not on every PATH.

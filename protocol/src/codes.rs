@@ -110,6 +110,9 @@ pub mod close {
 
     /// Whether a client should reconnect (with backoff) after this close.
     pub fn should_reconnect(code: u16) -> bool {
-        !matches!(code, NORMAL | POLICY | TOO_BIG | PROTOCOL_ERROR | INVALID_PAYLOAD)
+        !matches!(
+            code,
+            NORMAL | POLICY | TOO_BIG | PROTOCOL_ERROR | INVALID_PAYLOAD
+        )
     }
 }

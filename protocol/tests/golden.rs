@@ -33,26 +33,53 @@ fn check_client(frame: ClientFrame, golden: &str) {
 #[test]
 fn client_frames() {
     check_client(
-        ClientFrame::Join { room: "lobby".into(), since: Some(41), history: None },
+        ClientFrame::Join {
+            room: "lobby".into(),
+            since: Some(41),
+            history: None,
+        },
         r#"{"type":"join","room":"lobby","since":41}"#,
     );
     check_client(
-        ClientFrame::Join { room: "r".into(), since: None, history: Some(50) },
+        ClientFrame::Join {
+            room: "r".into(),
+            since: None,
+            history: Some(50),
+        },
         r#"{"type":"join","room":"r","history":50}"#,
     );
-    check_client(ClientFrame::Leave { room: "r".into() }, r#"{"type":"leave","room":"r"}"#);
     check_client(
-        ClientFrame::Send { room: Some("r".into()), text: "hi".into(), id: Some("c1".into()), action: false },
+        ClientFrame::Leave { room: "r".into() },
+        r#"{"type":"leave","room":"r"}"#,
+    );
+    check_client(
+        ClientFrame::Send {
+            room: Some("r".into()),
+            text: "hi".into(),
+            id: Some("c1".into()),
+            action: false,
+        },
         r#"{"type":"send","room":"r","text":"hi","id":"c1"}"#,
     );
     check_client(
-        ClientFrame::Send { room: None, text: "waves".into(), id: None, action: true },
+        ClientFrame::Send {
+            room: None,
+            text: "waves".into(),
+            id: None,
+            action: true,
+        },
         r#"{"type":"send","text":"waves","action":true}"#,
     );
-    check_client(ClientFrame::Nick { nick: "bob".into() }, r#"{"type":"nick","nick":"bob"}"#);
+    check_client(
+        ClientFrame::Nick { nick: "bob".into() },
+        r#"{"type":"nick","nick":"bob"}"#,
+    );
     check_client(ClientFrame::Who { room: None }, r#"{"type":"who"}"#);
     check_client(
-        ClientFrame::Ping { id: Some("p".into()), ts: Some(5) },
+        ClientFrame::Ping {
+            id: Some("p".into()),
+            ts: Some(5),
+        },
         r#"{"type":"ping","id":"p","ts":5}"#,
     );
 }
@@ -60,7 +87,15 @@ fn client_frames() {
 #[test]
 fn message_alias_is_send() {
     let f: ClientFrame = serde_json::from_str(r#"{"type":"message","text":"x"}"#).unwrap();
-    assert_eq!(f, ClientFrame::Send { room: None, text: "x".into(), id: None, action: false });
+    assert_eq!(
+        f,
+        ClientFrame::Send {
+            room: None,
+            text: "x".into(),
+            id: None,
+            action: false
+        }
+    );
 }
 
 #[test]
@@ -77,10 +112,18 @@ fn server_frames() {
         r#"{"type":"welcome","app_id":"app2","conn_id":"app2-1f-7","nick":"guest7","room":"lobby","protocol":1,"limits":{"max_message_bytes":4096,"max_frame_bytes":16384,"rate_per_sec":20,"burst":40,"max_rooms":16,"history_len":1000,"idle_timeout_ms":90000,"ping_interval_ms":30000}}"#,
     );
     check_server(
-        ServerFrame::Joined { room: "lobby".into(), head: 12 },
+        ServerFrame::Joined {
+            room: "lobby".into(),
+            head: 12,
+        },
         r#"{"type":"joined","room":"lobby","head":12}"#,
     );
-    check_server(ServerFrame::Left { room: "lobby".into() }, r#"{"type":"left","room":"lobby"}"#);
+    check_server(
+        ServerFrame::Left {
+            room: "lobby".into(),
+        },
+        r#"{"type":"left","room":"lobby"}"#,
+    );
     check_server(
         ServerFrame::Message(ChatMessage {
             room: "lobby".into(),
@@ -95,7 +138,11 @@ fn server_frames() {
         r#"{"type":"message","room":"lobby","offset":7,"nick":"ann","text":"hello \"you\"","app_id":"app1","ts":1700000000000,"id":"m1"}"#,
     );
     check_server(
-        ServerFrame::Gap { room: "r".into(), from: 1, to: 99 },
+        ServerFrame::Gap {
+            room: "r".into(),
+            from: 1,
+            to: 99,
+        },
         r#"{"type":"gap","room":"r","from":1,"to":99}"#,
     );
     check_server(
@@ -113,16 +160,27 @@ fn server_frames() {
     check_server(
         ServerFrame::Members {
             room: "r".into(),
-            members: vec![Member { conn_id: "c".into(), nick: "n".into(), app_id: "app1".into() }],
+            members: vec![Member {
+                conn_id: "c".into(),
+                nick: "n".into(),
+                app_id: "app1".into(),
+            }],
         },
         r#"{"type":"members","room":"r","members":[{"conn_id":"c","nick":"n","app_id":"app1"}]}"#,
     );
     check_server(
-        ServerFrame::Nick { nick: "b".into(), old: "a".into() },
+        ServerFrame::Nick {
+            nick: "b".into(),
+            old: "a".into(),
+        },
         r#"{"type":"nick","nick":"b","old":"a"}"#,
     );
     check_server(
-        ServerFrame::Pong { id: None, ts: Some(3), server_ts: 4 },
+        ServerFrame::Pong {
+            id: None,
+            ts: Some(3),
+            server_ts: 4,
+        },
         r#"{"type":"pong","ts":3,"server_ts":4}"#,
     );
     check_server(
@@ -135,7 +193,13 @@ fn server_frames() {
 fn unknown_error_codes_parse() {
     let f: ServerFrame =
         serde_json::from_str(r#"{"type":"error","code":"brand_new","message":"x"}"#).unwrap();
-    assert!(matches!(f, ServerFrame::Error { code: ErrorCode::Unknown, .. }));
+    assert!(matches!(
+        f,
+        ServerFrame::Error {
+            code: ErrorCode::Unknown,
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -149,7 +213,10 @@ fn spliced_message_is_a_message_frame() {
         id: Some("m1"),
         action: true,
     });
-    assert_eq!(tail, r#""room":"lobby","nick":"ann","text":"hi ✓ \"q\"","app_id":"app1","ts":9,"id":"m1","action":true}"#);
+    assert_eq!(
+        tail,
+        r#""room":"lobby","nick":"ann","text":"hi ✓ \"q\"","app_id":"app1","ts":9,"id":"m1","action":true}"#
+    );
     let frame = splice(42, &tail);
     assert_eq!(peek_offset(frame.as_bytes()), Some(42));
     let parsed: ServerFrame = serde_json::from_str(&frame).unwrap();
@@ -197,7 +264,14 @@ fn close_codes() {
     assert_eq!(close::name(close::SLOW_CONSUMER), "slow_consumer");
     assert!(close::should_reconnect(close::SERVICE_RESTART));
     assert!(!close::should_reconnect(close::POLICY));
-    for code in [ErrorCode::BadJson, ErrorCode::RateLimited, ErrorCode::Unavailable] {
-        assert_eq!(serde_json::to_string(&code).unwrap(), format!("\"{}\"", code.as_str()));
+    for code in [
+        ErrorCode::BadJson,
+        ErrorCode::RateLimited,
+        ErrorCode::Unavailable,
+    ] {
+        assert_eq!(
+            serde_json::to_string(&code).unwrap(),
+            format!("\"{}\"", code.as_str())
+        );
     }
 }

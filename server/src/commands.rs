@@ -57,7 +57,10 @@ impl Session {
             conn_id,
             nick,
             rooms: Vec::new(),
-            bucket: Bucket { tokens: burst, at: Instant::now() },
+            bucket: Bucket {
+                tokens: burst,
+                at: Instant::now(),
+            },
             strikes: 0,
         }
     }
@@ -92,7 +95,10 @@ impl Session {
         if self.strikes >= cfg.flood_strikes {
             return Err(End::Close(
                 chat_protocol::close::POLICY,
-                format!("flood: {} frames in a row over the limit of {}/s", self.strikes, cfg.rate_per_sec),
+                format!(
+                    "flood: {} frames in a row over the limit of {}/s",
+                    self.strikes, cfg.rate_per_sec
+                ),
             ));
         }
         let msg = format!(
@@ -122,13 +128,27 @@ impl Session {
     /// Carry out one protocol frame.
     pub async fn command(&mut self, conn: &mut Conn, frame: ClientFrame) -> Result<(), End> {
         match frame {
-            ClientFrame::Join { room, since, history } => self.join(conn, &room, since, history).await,
+            ClientFrame::Join {
+                room,
+                since,
+                history,
+            } => self.join(conn, &room, since, history).await,
             ClientFrame::Leave { room } => self.leave(conn, &room).await,
-            ClientFrame::Send { room, text, id, action } => self.send_chat(conn, room, text, id, action).await,
+            ClientFrame::Send {
+                room,
+                text,
+                id,
+                action,
+            } => self.send_chat(conn, room, text, id, action).await,
             ClientFrame::Nick { nick } => self.rename(conn, nick).await,
             ClientFrame::Who { room } => self.who(conn, room).await,
             ClientFrame::Ping { id, ts } => {
-                conn.frame(&ServerFrame::Pong { id, ts, server_ts: crate::now_ms() }).await
+                conn.frame(&ServerFrame::Pong {
+                    id,
+                    ts,
+                    server_ts: crate::now_ms(),
+                })
+                .await
             }
         }
     }
@@ -143,7 +163,13 @@ impl Session {
 
     /// Join (or re-join) a room and make it current; replay history if
     /// asked.
-    pub async fn join(&mut self, conn: &mut Conn, room: &str, since: Option<u64>, history: Option<u32>) -> Result<(), End> {
+    pub async fn join(
+        &mut self,
+        conn: &mut Conn,
+        room: &str,
+        since: Option<u64>,
+        history: Option<u32>,
+    ) -> Result<(), End> {
         if let Err(e) = validate_room(room) {
             return conn.error(ErrorCode::InvalidRoom, e, None).await;
         }
@@ -157,38 +183,68 @@ impl Session {
             self.rooms.push(j);
         } else {
             if self.rooms.len() >= self.state.config.max_rooms {
-                let msg = format!("at most {} rooms per connection; leave one first", self.state.config.max_rooms);
+                let msg = format!(
+                    "at most {} rooms per connection; leave one first",
+                    self.state.config.max_rooms
+                );
                 return conn.error(ErrorCode::TooManyRooms, msg, None).await;
             }
             let key = match self.state.hub.join(room, self.member.clone()).await {
                 Ok(k) => k,
-                Err(e) => return conn.error(ErrorCode::Unavailable, e.to_string(), None).await,
+                Err(e) => {
+                    return conn
+                        .error(ErrorCode::Unavailable, e.to_string(), None)
+                        .await
+                }
             };
-            self.rooms.push(Joined { name: room.to_string(), key, last: 0 });
+            self.rooms.push(Joined {
+                name: room.to_string(),
+                key,
+                last: 0,
+            });
             self.announce(room, PresenceEvent::Join, None).await;
         }
         let store = &self.state.store;
         let hist = match (since, history) {
             (Some(since), _) => store.history_since(room, since).await,
             (None, Some(n)) if n > 0 => store.history_last(room, n).await,
-            (None, _) => store.head(room).await.map(|head| History { head, ..Default::default() }),
+            (None, _) => store.head(room).await.map(|head| History {
+                head,
+                ..Default::default()
+            }),
         };
         let hist = match hist {
             Ok(h) => h,
             Err(e) => {
                 tracing::warn!(room, error = %e, "history unavailable on join");
-                conn.frame(&ServerFrame::Joined { room: room.to_string(), head: 0 }).await?;
-                let msg = format!("joined, but history is unavailable ({e}); missed messages were not replayed");
+                conn.frame(&ServerFrame::Joined {
+                    room: room.to_string(),
+                    head: 0,
+                })
+                .await?;
+                let msg = format!(
+                    "joined, but history is unavailable ({e}); missed messages were not replayed"
+                );
                 return conn.error(ErrorCode::Unavailable, msg, None).await;
             }
         };
-        conn.frame(&ServerFrame::Joined { room: room.to_string(), head: hist.head }).await?;
+        conn.frame(&ServerFrame::Joined {
+            room: room.to_string(),
+            head: hist.head,
+        })
+        .await?;
         self.send_members(conn, room).await?;
         self.replay(conn, room, since, hist).await
     }
 
     /// Send history entries (and a gap notice for what history lost).
-    async fn replay(&mut self, conn: &mut Conn, room: &str, since: Option<u64>, hist: History) -> Result<(), End> {
+    async fn replay(
+        &mut self,
+        conn: &mut Conn,
+        room: &str,
+        since: Option<u64>,
+        hist: History,
+    ) -> Result<(), End> {
         // `since: 0` asks for everything history holds: nothing is missing.
         if let Some(since) = since.filter(|s| *s > 0) {
             let wanted_from = since + 1;
@@ -196,10 +252,17 @@ impl Session {
             if hist.head >= wanted_from && have_from > wanted_from {
                 self.state.metrics.gaps.fetch_add(1, Relaxed);
                 let to = (have_from - 1).min(hist.head);
-                conn.frame(&ServerFrame::Gap { room: room.to_string(), from: wanted_from, to }).await?;
+                conn.frame(&ServerFrame::Gap {
+                    room: room.to_string(),
+                    from: wanted_from,
+                    to,
+                })
+                .await?;
             }
         }
-        let Some(i) = self.position(room) else { return Ok(()) };
+        let Some(i) = self.position(room) else {
+            return Ok(());
+        };
         let mut last = self.rooms[i].last;
         let mut frames = Vec::with_capacity(hist.entries.len());
         for (off, f) in hist.entries {
@@ -221,12 +284,17 @@ impl Session {
 
     async fn leave(&mut self, conn: &mut Conn, room: &str) -> Result<(), End> {
         let Some(i) = self.position(room) else {
-            return conn.error(ErrorCode::NotInRoom, format!("not in room {room:?}"), None).await;
+            return conn
+                .error(ErrorCode::NotInRoom, format!("not in room {room:?}"), None)
+                .await;
         };
         self.rooms.remove(i);
         self.state.hub.leave(room, self.member.id);
         self.depart(room).await;
-        conn.frame(&ServerFrame::Left { room: room.to_string() }).await
+        conn.frame(&ServerFrame::Left {
+            room: room.to_string(),
+        })
+        .await
     }
 
     /// Leave every room (the connection ended).
@@ -273,7 +341,11 @@ impl Session {
         };
         let store = &self.state.store;
         let res = match store.add_member(room, &self.conn_id, &entry).await {
-            Ok(()) => store.publish_raw(room, &self.presence(room, event, old_nick)).await,
+            Ok(()) => {
+                store
+                    .publish_raw(room, &self.presence(room, event, old_nick))
+                    .await
+            }
             Err(e) => Err(e),
         };
         if let Err(e) = res {
@@ -282,20 +354,41 @@ impl Session {
     }
 
     /// Publish chat text to `room` (default: the current room).
-    pub async fn send_chat(&mut self, conn: &mut Conn, room: Option<String>, text: String, id: Option<String>, action: bool) -> Result<(), End> {
+    pub async fn send_chat(
+        &mut self,
+        conn: &mut Conn,
+        room: Option<String>,
+        text: String,
+        id: Option<String>,
+        action: bool,
+    ) -> Result<(), End> {
         if let Some(Err(e)) = id.as_deref().map(validate_id) {
             return conn.error(ErrorCode::BadFrame, e, None).await;
         }
         let room = match room {
             Some(r) if self.position(&r).is_some() => r,
-            Some(r) => return conn.error(ErrorCode::NotInRoom, format!("join {r:?} before sending to it"), id).await,
+            Some(r) => {
+                return conn
+                    .error(
+                        ErrorCode::NotInRoom,
+                        format!("join {r:?} before sending to it"),
+                        id,
+                    )
+                    .await
+            }
             None => match self.current() {
                 Some(j) => j.name.clone(),
-                None => return conn.error(ErrorCode::NotInRoom, "join a room first", id).await,
+                None => {
+                    return conn
+                        .error(ErrorCode::NotInRoom, "join a room first", id)
+                        .await
+                }
             },
         };
         if text.is_empty() {
-            return conn.error(ErrorCode::EmptyMessage, "empty message", id).await;
+            return conn
+                .error(ErrorCode::EmptyMessage, "empty message", id)
+                .await;
         }
         let max = self.state.config.max_message_bytes;
         if text.len() > max {
@@ -331,7 +424,8 @@ impl Session {
         let old = std::mem::replace(&mut self.nick, nick.clone());
         let rooms: Vec<String> = self.rooms.iter().map(|j| j.name.clone()).collect();
         for room in rooms {
-            self.announce(&room, PresenceEvent::Nick, Some(old.clone())).await;
+            self.announce(&room, PresenceEvent::Nick, Some(old.clone()))
+                .await;
         }
         conn.frame(&ServerFrame::Nick { nick, old }).await
     }
@@ -339,16 +433,41 @@ impl Session {
     async fn who(&mut self, conn: &mut Conn, room: Option<String>) -> Result<(), End> {
         let room = match room.or_else(|| self.current().map(|j| j.name.clone())) {
             Some(r) if self.position(&r).is_some() => r,
-            Some(r) => return conn.error(ErrorCode::NotInRoom, format!("join {r:?} to see its members"), None).await,
-            None => return conn.error(ErrorCode::NotInRoom, "join a room first", None).await,
+            Some(r) => {
+                return conn
+                    .error(
+                        ErrorCode::NotInRoom,
+                        format!("join {r:?} to see its members"),
+                        None,
+                    )
+                    .await
+            }
+            None => {
+                return conn
+                    .error(ErrorCode::NotInRoom, "join a room first", None)
+                    .await
+            }
         };
         self.send_members(conn, &room).await
     }
 
     async fn send_members(&self, conn: &mut Conn, room: &str) -> Result<(), End> {
         match self.state.members(room).await {
-            Ok(members) => conn.frame(&ServerFrame::Members { room: room.to_string(), members }).await,
-            Err(e) => conn.error(ErrorCode::Unavailable, format!("member list unavailable: {e}"), None).await,
+            Ok(members) => {
+                conn.frame(&ServerFrame::Members {
+                    room: room.to_string(),
+                    members,
+                })
+                .await
+            }
+            Err(e) => {
+                conn.error(
+                    ErrorCode::Unavailable,
+                    format!("member list unavailable: {e}"),
+                    None,
+                )
+                .await
+            }
         }
     }
 }

@@ -32,22 +32,46 @@ async fn upgrade(
 ) -> Response {
     use std::sync::atomic::Ordering::Relaxed;
     if state.shutdown.is_cancelled() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "instance is shutting down; reconnect\n").into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "instance is shutting down; reconnect\n",
+        )
+            .into_response();
     }
     let bad = params
         .room
         .as_deref()
         .map(validate_room)
         .and_then(Result::err)
-        .or_else(|| params.nick.as_deref().map(validate_nick).and_then(Result::err));
+        .or_else(|| {
+            params
+                .nick
+                .as_deref()
+                .map(validate_nick)
+                .and_then(Result::err)
+        });
     if let Some(why) = bad {
-        state.metrics.connections_rejected_bad_request.fetch_add(1, Relaxed);
+        state
+            .metrics
+            .connections_rejected_bad_request
+            .fetch_add(1, Relaxed);
         return (StatusCode::BAD_REQUEST, format!("{why}\n")).into_response();
     }
     let Ok(permit) = state.conn_limit.clone().try_acquire_owned() else {
-        state.metrics.connections_rejected_full.fetch_add(1, Relaxed);
-        let msg = format!("instance {} is full ({} connections); try again\n", state.app_id, state.max_connections);
-        return (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "1")], msg).into_response();
+        state
+            .metrics
+            .connections_rejected_full
+            .fetch_add(1, Relaxed);
+        let msg = format!(
+            "instance {} is full ({} connections); try again\n",
+            state.app_id, state.max_connections
+        );
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            msg,
+        )
+            .into_response();
     };
     let cfg = &state.config;
     let tracker = state.tracker.clone();
@@ -80,7 +104,11 @@ async fn healthz(State(state): State<AppState>) -> Response {
         "subscriber": if subscriber_up { "up" } else { "down" },
         "connections": state.metrics.connections.load(Relaxed),
     });
-    let code = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, Json(body)).into_response()
 }
 

@@ -284,7 +284,12 @@ impl Hub {
     }
 
     fn gap(&self, room: &str, from: u64, to: u64) {
-        tracing::warn!(room, from, to, "messages lost to every local member: sending a gap notice");
+        tracing::warn!(
+            room,
+            from,
+            to,
+            "messages lost to every local member: sending a gap notice"
+        );
         self.shared.metrics.gaps.fetch_add(1, Relaxed);
         let frame = ServerFrame::Gap {
             room: room.to_string(),
@@ -302,7 +307,8 @@ impl Hub {
         let metrics = self.shared.metrics.clone();
         let mut backoff = Duration::from_millis(100);
         loop {
-            let connect = tokio::time::timeout(Duration::from_secs(2), store.client().get_async_pubsub());
+            let connect =
+                tokio::time::timeout(Duration::from_secs(2), store.client().get_async_pubsub());
             let pubsub = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 r = connect => r,
@@ -321,7 +327,9 @@ impl Hub {
                         Some(e) => tracing::warn!(error = %e, "redis pub/sub lost; reconnecting"),
                     }
                 }
-                Ok(Err(e)) => tracing::warn!(error = %e, retry_in = ?backoff, "redis pub/sub connect failed"),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "redis pub/sub connect failed")
+                }
                 Err(_) => tracing::warn!(retry_in = ?backoff, "redis pub/sub connect timed out"),
             }
             let jitter = Duration::from_millis(u64::from(crate::now_nanos() % 100));
@@ -432,7 +440,9 @@ impl Hub {
             match store.head(&room).await {
                 Ok(head) if head > last => self.repair(store, &room, last, head).await,
                 Ok(_) => {}
-                Err(e) => tracing::warn!(room = %room, error = %e, "cannot check for missed messages"),
+                Err(e) => {
+                    tracing::warn!(room = %room, error = %e, "cannot check for missed messages")
+                }
             }
         }
     }

@@ -105,7 +105,11 @@ impl AppState {
             .await?
             .into_iter()
             .filter(|(_, e)| live.is_empty() || e.boot == self.boot || live.contains(&e.boot))
-            .map(|(conn_id, e)| Member { conn_id, nick: e.nick, app_id: e.app_id })
+            .map(|(conn_id, e)| Member {
+                conn_id,
+                nick: e.nick,
+                app_id: e.app_id,
+            })
             .collect();
         members.sort_by(|a, b| a.nick.cmp(&b.nick).then(a.conn_id.cmp(&b.conn_id)));
         Ok(members)
@@ -158,7 +162,10 @@ pub async fn run(
     let store = Store::new(&config.redis_url, metrics.clone(), config.history_len)
         .with_context(|| format!("bad redis url {}", config.redis_url))?;
     let hub = Hub::new(metrics.clone(), Duration::from_secs(3));
-    let boot = format!("{:06x}", (now_nanos() ^ std::process::id().rotate_left(16)) & 0xff_ffff);
+    let boot = format!(
+        "{:06x}",
+        (now_nanos() ^ std::process::id().rotate_left(16)) & 0xff_ffff
+    );
     let state = AppState(Arc::new(Inner {
         app_id: config.app_id.clone(),
         boot,
@@ -195,8 +202,14 @@ pub async fn run(
         .context("http server failed")?;
     state.tracker.close();
     let drain = state.config.drain_timeout;
-    if tokio::time::timeout(drain, state.tracker.wait()).await.is_err() {
-        tracing::warn!(left = state.tracker.len(), "drain timeout: dropping remaining sockets");
+    if tokio::time::timeout(drain, state.tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            left = state.tracker.len(),
+            "drain timeout: dropping remaining sockets"
+        );
     }
     let _ = registry.await;
     subscriber.abort();
@@ -209,14 +222,15 @@ pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

@@ -112,33 +112,137 @@ impl Metrics {
         let mut out = String::with_capacity(4096);
         let l = format!("app_id=\"{app_id}\"");
         let mut one = |name: &str, kind: &str, help: &str, v: &AtomicU64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{{l}}} {}", v.load(Relaxed));
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{{l}}} {}",
+                v.load(Relaxed)
+            );
         };
-        one("chat_connections", "gauge", "Open WebSocket connections.", &self.connections);
-        one("chat_connections_total", "counter", "WebSocket connections accepted.", &self.connections_total);
-        one("chat_connections_rejected_full_total", "counter", "Upgrades refused with 503: instance full.", &self.connections_rejected_full);
-        one("chat_connections_rejected_bad_request_total", "counter", "Upgrades refused with 400: bad room or nick.", &self.connections_rejected_bad_request);
-        one("chat_messages_in_total", "counter", "Chat messages accepted from local clients.", &self.messages_in);
-        one("chat_messages_from_redis_total", "counter", "Frames received from Redis pub/sub.", &self.messages_from_redis);
-        one("chat_messages_out_total", "counter", "Frames queued to local sockets by fan-out.", &self.deliveries);
-        one("chat_fanout_drops_total", "counter", "Deliveries dropped: outbound queue full.", &self.fanout_drops);
-        one("chat_slow_consumer_disconnects_total", "counter", "Connections closed as slow consumers.", &self.slow_consumers);
-        one("chat_history_replayed_total", "counter", "Messages replayed from history.", &self.history_replayed);
-        one("chat_gaps_total", "counter", "Gap notices sent to clients.", &self.gaps);
-        one("chat_repaired_total", "counter", "Messages recovered from history after the subscriber missed them.", &self.repaired);
-        one("chat_redis_roundtrips_total", "counter", "Redis commands sent.", &self.redis_roundtrips);
-        one("chat_redis_errors_total", "counter", "Redis commands that failed.", &self.redis_errors);
-        one("chat_redis_roundtrip_microseconds_total", "counter", "Sum of Redis round-trip times.", &self.redis_roundtrip_us);
-        one("chat_redis_subscriber_connects_total", "counter", "Pub/sub connections established.", &self.redis_subscriber_connects);
-        one("chat_redis_subscriber_up", "gauge", "1 while the pub/sub connection is up.", &self.redis_subscriber_up);
-        one("chat_rooms", "gauge", "Rooms with local members.", &self.rooms);
+        one(
+            "chat_connections",
+            "gauge",
+            "Open WebSocket connections.",
+            &self.connections,
+        );
+        one(
+            "chat_connections_total",
+            "counter",
+            "WebSocket connections accepted.",
+            &self.connections_total,
+        );
+        one(
+            "chat_connections_rejected_full_total",
+            "counter",
+            "Upgrades refused with 503: instance full.",
+            &self.connections_rejected_full,
+        );
+        one(
+            "chat_connections_rejected_bad_request_total",
+            "counter",
+            "Upgrades refused with 400: bad room or nick.",
+            &self.connections_rejected_bad_request,
+        );
+        one(
+            "chat_messages_in_total",
+            "counter",
+            "Chat messages accepted from local clients.",
+            &self.messages_in,
+        );
+        one(
+            "chat_messages_from_redis_total",
+            "counter",
+            "Frames received from Redis pub/sub.",
+            &self.messages_from_redis,
+        );
+        one(
+            "chat_messages_out_total",
+            "counter",
+            "Frames queued to local sockets by fan-out.",
+            &self.deliveries,
+        );
+        one(
+            "chat_fanout_drops_total",
+            "counter",
+            "Deliveries dropped: outbound queue full.",
+            &self.fanout_drops,
+        );
+        one(
+            "chat_slow_consumer_disconnects_total",
+            "counter",
+            "Connections closed as slow consumers.",
+            &self.slow_consumers,
+        );
+        one(
+            "chat_history_replayed_total",
+            "counter",
+            "Messages replayed from history.",
+            &self.history_replayed,
+        );
+        one(
+            "chat_gaps_total",
+            "counter",
+            "Gap notices sent to clients.",
+            &self.gaps,
+        );
+        one(
+            "chat_repaired_total",
+            "counter",
+            "Messages recovered from history after the subscriber missed them.",
+            &self.repaired,
+        );
+        one(
+            "chat_redis_roundtrips_total",
+            "counter",
+            "Redis commands sent.",
+            &self.redis_roundtrips,
+        );
+        one(
+            "chat_redis_errors_total",
+            "counter",
+            "Redis commands that failed.",
+            &self.redis_errors,
+        );
+        one(
+            "chat_redis_roundtrip_microseconds_total",
+            "counter",
+            "Sum of Redis round-trip times.",
+            &self.redis_roundtrip_us,
+        );
+        one(
+            "chat_redis_subscriber_connects_total",
+            "counter",
+            "Pub/sub connections established.",
+            &self.redis_subscriber_connects,
+        );
+        one(
+            "chat_redis_subscriber_up",
+            "gauge",
+            "1 while the pub/sub connection is up.",
+            &self.redis_subscriber_up,
+        );
+        one(
+            "chat_rooms",
+            "gauge",
+            "Rooms with local members.",
+            &self.rooms,
+        );
         let _ = writeln!(out, "# HELP chat_errors_total Error frames sent, by code.\n# TYPE chat_errors_total counter");
         for (code, v) in ERROR_CODES.iter().zip(&self.errors) {
-            let _ = writeln!(out, "chat_errors_total{{{l},code=\"{}\"}} {}", code.as_str(), v.load(Relaxed));
+            let _ = writeln!(
+                out,
+                "chat_errors_total{{{l},code=\"{}\"}} {}",
+                code.as_str(),
+                v.load(Relaxed)
+            );
         }
         let _ = writeln!(out, "# HELP chat_closes_total Connections ended, by close code.\n# TYPE chat_closes_total counter");
         for (code, v) in CLOSE_CODES.iter().zip(&self.closes) {
-            let _ = writeln!(out, "chat_closes_total{{{l},code=\"{code}\",reason=\"{}\"}} {}", close::name(*code), v.load(Relaxed));
+            let _ = writeln!(
+                out,
+                "chat_closes_total{{{l},code=\"{code}\",reason=\"{}\"}} {}",
+                close::name(*code),
+                v.load(Relaxed)
+            );
         }
         out
     }

@@ -44,7 +44,10 @@ async fn beat(state: &AppState, beats: u64) -> Result<(), crate::store::StoreErr
         started_ms: state.started_ms,
         heartbeat_ms: crate::now_ms(),
     };
-    state.store.heartbeat(&info, state.config.instance_ttl).await?;
+    state
+        .store
+        .heartbeat(&info, state.config.instance_ttl)
+        .await?;
     let live: HashSet<String> = state
         .store
         .instances()

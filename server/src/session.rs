@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use chat_protocol::{close, classify, ErrorCode, Inbound, ServerFrame};
+use chat_protocol::{classify, close, ErrorCode, Inbound, ServerFrame};
 use futures_util::SinkExt;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::time::Instant;
@@ -86,7 +86,12 @@ impl Conn {
     }
 
     /// Send an error frame now.
-    pub async fn error(&mut self, code: ErrorCode, message: impl Into<String>, id: Option<String>) -> Result<(), End> {
+    pub async fn error(
+        &mut self,
+        code: ErrorCode,
+        message: impl Into<String>,
+        id: Option<String>,
+    ) -> Result<(), End> {
         self.state.metrics.error(code);
         self.frame(&ServerFrame::error(code, message, id)).await
     }
@@ -119,7 +124,10 @@ impl Conn {
 }
 
 fn slow_consumer() -> End {
-    End::Close(close::SLOW_CONSUMER, "slow consumer: outbound queue full".into())
+    End::Close(
+        close::SLOW_CONSUMER,
+        "slow consumer: outbound queue full".into(),
+    )
 }
 
 fn restart() -> End {
@@ -128,22 +136,50 @@ fn restart() -> End {
 
 /// Serve one upgraded connection until it ends. `permit` holds its place
 /// under the connection limit.
-pub async fn run(state: AppState, ws: WebSocket, params: ConnectParams, permit: OwnedSemaphorePermit) {
+pub async fn run(
+    state: AppState,
+    ws: WebSocket,
+    params: ConnectParams,
+    permit: OwnedSemaphorePermit,
+) {
     let metrics = state.metrics.clone();
-    metrics.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    metrics.connections_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    metrics
+        .connections
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    metrics
+        .connections_total
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let (tx, mut rx) = mpsc::channel::<Out>(state.config.queue);
     let ctl = Arc::new(SessionCtl::default());
     let id = state.next_session_id();
-    let mut conn = Conn { ws, ctl: ctl.clone(), state: state.clone() };
+    let mut conn = Conn {
+        ws,
+        ctl: ctl.clone(),
+        state: state.clone(),
+    };
     let mut session = Session::new(state.clone(), Member { id, tx, ctl }, params.nick);
-    let end = session_loop(&mut session, &mut conn, &mut rx, params.room, params.since, params.history).await;
+    let end = session_loop(
+        &mut session,
+        &mut conn,
+        &mut rx,
+        params.room,
+        params.since,
+        params.history,
+    )
+    .await;
     let code = match &end {
         End::Close(code, reason) => {
             tracing::debug!(conn_id = %session.conn_id, code, reason, "closing connection");
-            let frame = CloseFrame { code: *code, reason: reason.as_str().into() };
+            let frame = CloseFrame {
+                code: *code,
+                reason: reason.as_str().into(),
+            };
             // Best effort: a client that stopped reading will not get it.
-            let _ = tokio::time::timeout(Duration::from_secs(1), conn.ws.send(Message::Close(Some(frame)))).await;
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                conn.ws.send(Message::Close(Some(frame))),
+            )
+            .await;
             conn.drain_until_closed().await;
             *code
         }
@@ -152,7 +188,9 @@ pub async fn run(state: AppState, ws: WebSocket, params: ConnectParams, permit: 
     metrics.closed(code);
     drop(conn);
     session.leave_all().await;
-    metrics.connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    metrics
+        .connections
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     drop(permit);
 }
 
@@ -217,18 +255,30 @@ async fn session_loop(
 }
 
 fn too_big(size: usize, max_frame: usize) -> End {
-    End::Close(close::TOO_BIG, format!("frame of {size} bytes exceeds the limit of {max_frame}"))
+    End::Close(
+        close::TOO_BIG,
+        format!("frame of {size} bytes exceeds the limit of {max_frame}"),
+    )
 }
 
 /// Map a read error to how the connection ends.
 fn read_error(e: axum::Error, max_frame: usize) -> End {
     use tungstenite::error::{CapacityError, Error as WsError};
     match e.into_inner().downcast::<WsError>().map(|b| *b) {
-        Ok(WsError::Capacity(CapacityError::MessageTooLong { size, .. })) => too_big(size, max_frame),
+        Ok(WsError::Capacity(CapacityError::MessageTooLong { size, .. })) => {
+            too_big(size, max_frame)
+        }
         Ok(WsError::Capacity(e)) => End::Close(close::TOO_BIG, e.to_string()),
-        Ok(WsError::Utf8(_)) => End::Close(close::INVALID_PAYLOAD, "text frame is not valid UTF-8".into()),
-        Ok(WsError::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake)) => End::Gone(1006),
-        Ok(WsError::Protocol(p)) => End::Close(close::PROTOCOL_ERROR, format!("protocol error: {p}")),
+        Ok(WsError::Utf8(_)) => End::Close(
+            close::INVALID_PAYLOAD,
+            "text frame is not valid UTF-8".into(),
+        ),
+        Ok(WsError::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake)) => {
+            End::Gone(1006)
+        }
+        Ok(WsError::Protocol(p)) => {
+            End::Close(close::PROTOCOL_ERROR, format!("protocol error: {p}"))
+        }
         _ => End::Gone(1006),
     }
 }
@@ -249,7 +299,11 @@ async fn inbound(session: &mut Session, conn: &mut Conn, msg: Message) -> Result
                 return Ok(());
             }
             return conn
-                .error(ErrorCode::BinaryUnsupported, "binary frames are not supported: send text (JSON frames or plain chat text)", None)
+                .error(
+                    ErrorCode::BinaryUnsupported,
+                    "binary frames are not supported: send text (JSON frames or plain chat text)",
+                    None,
+                )
                 .await;
         }
         Message::Ping(_) | Message::Pong(_) => return Ok(()),
@@ -266,7 +320,11 @@ async fn inbound(session: &mut Session, conn: &mut Conn, msg: Message) -> Result
     }
     match parsed {
         Ok(Inbound::Frame(frame)) => session.command(conn, frame).await,
-        Ok(Inbound::Text) => session.send_chat(conn, None, text.to_string(), None, false).await,
+        Ok(Inbound::Text) => {
+            session
+                .send_chat(conn, None, text.to_string(), None, false)
+                .await
+        }
         Err(e) => conn.error(e.code, e.message, e.id).await,
     }
 }

@@ -283,11 +283,21 @@ impl Store {
     }
 
     /// Record a member in a room's presence hash.
-    pub async fn add_member(&self, room: &str, conn_id: &str, entry: &MemberEntry) -> StoreResult<()> {
+    pub async fn add_member(
+        &self,
+        room: &str,
+        conn_id: &str,
+        entry: &MemberEntry,
+    ) -> StoreResult<()> {
         let json = serde_json::to_string(entry).map_err(|e| StoreError::Reply(e.to_string()))?;
-        self.query::<i64>(redis::cmd("HSET").arg(members_key(room)).arg(conn_id).arg(json))
-            .await
-            .map(drop)
+        self.query::<i64>(
+            redis::cmd("HSET")
+                .arg(members_key(room))
+                .arg(conn_id)
+                .arg(json),
+        )
+        .await
+        .map(drop)
     }
 
     /// Remove a member; true if this call removed it (so exactly one caller
@@ -337,7 +347,9 @@ impl Store {
 
     /// Every live instance (heartbeat not expired), sorted by app_id.
     pub async fn instances(&self) -> StoreResult<Vec<InstanceInfo>> {
-        let ids: Vec<String> = self.query(redis::cmd("SMEMBERS").arg(INSTANCES_KEY)).await?;
+        let ids: Vec<String> = self
+            .query(redis::cmd("SMEMBERS").arg(INSTANCES_KEY))
+            .await?;
         if ids.is_empty() {
             return Ok(Vec::new());
         }

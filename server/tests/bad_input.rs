@@ -19,7 +19,11 @@ async fn still_chatting(bystander: &mut Client, peer: &mut Client, tag: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_unknown_binary_and_oversized_input() {
-    let c = cluster_async(2, &["--max-message-bytes", "100", "--max-frame-bytes", "1000"]).await;
+    let c = cluster_async(
+        2,
+        &["--max-message-bytes", "100", "--max-frame-bytes", "1000"],
+    )
+    .await;
     let mut bystander = Client::joined(&format!("{}?room=b&nick=by", c.server_ws_url(1))).await;
     let mut peer = Client::joined(&format!("{}?room=b&nick=peer", c.server_ws_url(0))).await;
     let mut bad = Client::joined(&format!("{}?room=b&nick=bad", c.server_ws_url(0))).await;
@@ -28,12 +32,30 @@ async fn malformed_unknown_binary_and_oversized_input() {
         (r#"{"type":"send","text":}"#.to_string(), "bad_json"),
         (r#"{"type":"dance","id":"d1"}"#.to_string(), "unknown_type"),
         (r#"{"type":"send"}"#.to_string(), "bad_frame"),
-        (r#"{"type":"join","room":"no spaces"}"#.to_string(), "invalid_room"),
-        (r#"{"type":"nick","nick":"<b>"}"#.to_string(), "invalid_nick"),
-        (r#"{"type":"leave","room":"elsewhere"}"#.to_string(), "not_in_room"),
-        (r#"{"type":"send","room":"elsewhere","text":"x"}"#.to_string(), "not_in_room"),
-        (json!({"type":"send","text":"x".repeat(101),"id":"big"}).to_string(), "message_too_large"),
-        (json!({"type":"send","text":"","id":"e"}).to_string(), "empty_message"),
+        (
+            r#"{"type":"join","room":"no spaces"}"#.to_string(),
+            "invalid_room",
+        ),
+        (
+            r#"{"type":"nick","nick":"<b>"}"#.to_string(),
+            "invalid_nick",
+        ),
+        (
+            r#"{"type":"leave","room":"elsewhere"}"#.to_string(),
+            "not_in_room",
+        ),
+        (
+            r#"{"type":"send","room":"elsewhere","text":"x"}"#.to_string(),
+            "not_in_room",
+        ),
+        (
+            json!({"type":"send","text":"x".repeat(101),"id":"big"}).to_string(),
+            "message_too_large",
+        ),
+        (
+            json!({"type":"send","text":"","id":"e"}).to_string(),
+            "empty_message",
+        ),
     ];
     for (frame, code) in &cases {
         bad.send_text(frame).await;
@@ -42,11 +64,15 @@ async fn malformed_unknown_binary_and_oversized_input() {
         assert!(!e["message"].as_str().unwrap().is_empty());
     }
     let e = {
-        bad.send(json!({"type":"send","text":"y".repeat(200),"id":"m-7"})).await;
+        bad.send(json!({"type":"send","text":"y".repeat(200),"id":"m-7"}))
+            .await;
         bad.until("error").await
     };
     assert_eq!(e["id"], "m-7", "errors carry the send's id");
-    bad.ws.send(Message::Binary(vec![1, 2, 3].into())).await.unwrap();
+    bad.ws
+        .send(Message::Binary(vec![1, 2, 3].into()))
+        .await
+        .unwrap();
     assert_eq!(bad.until("error").await["code"], "binary_unsupported");
     still_chatting(&mut bystander, &mut peer, "after errors").await;
     // The bad client is still connected and can chat too.
@@ -61,13 +87,18 @@ async fn malformed_unknown_binary_and_oversized_input() {
     still_chatting(&mut bystander, &mut peer, "after oversize").await;
     // A huge frame is cut off at the protocol layer; the server survives.
     let mut huge = Client::joined(&format!("{}?room=b&nick=huge", c.server_ws_url(0))).await;
-    let _ = huge.ws.send(Message::Text("h".repeat(1_000_000).into())).await;
+    let _ = huge
+        .ws
+        .send(Message::Text("h".repeat(1_000_000).into()))
+        .await;
     let (code, _) = huge.closed(T).await;
     assert!(code == 1009 || code == 1006, "{code}");
     still_chatting(&mut bystander, &mut peer, "after huge").await;
 
     // Bad query parameters refuse the upgrade with 400 and a reason.
-    let err = tokio_tungstenite::connect_async(format!("{}?room=a%20b", c.server_ws_url(0))).await.unwrap_err();
+    let err = tokio_tungstenite::connect_async(format!("{}?room=a%20b", c.server_ws_url(0)))
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("400"), "{err}");
     let (code, body) = get(c.server_addr(0), "/ws?nick=%3Cx%3E").await;
     assert!(code == 400 || code == 426 || code == 405, "{code} {body}");
@@ -80,13 +111,21 @@ async fn flood_gets_rate_limited_then_closed_with_1008() {
     let mut peer = Client::joined(&format!("{}?room=f&nick=peer", c.server_ws_url(0))).await;
     let mut flooder = Client::joined(&format!("{}?room=f&nick=fl", c.server_ws_url(0))).await;
     for i in 0..200 {
-        if flooder.ws.send(Message::Text(format!("spam {i}").into())).await.is_err() {
+        if flooder
+            .ws
+            .send(Message::Text(format!("spam {i}").into()))
+            .await
+            .is_err()
+        {
             break;
         }
     }
     let mut rate_limited = 0;
     let code = loop {
-        match tokio::time::timeout(T, futures_util::StreamExt::next(&mut flooder.ws)).await.expect("in time") {
+        match tokio::time::timeout(T, futures_util::StreamExt::next(&mut flooder.ws))
+            .await
+            .expect("in time")
+        {
             Some(Ok(Message::Text(t))) if t.contains("rate_limited") => rate_limited += 1,
             Some(Ok(Message::Close(Some(f)))) => break u16::from(f.code),
             Some(Ok(_)) => {}
@@ -113,10 +152,14 @@ async fn full_instance_refuses_upgrades_with_503() {
     for _ in 0..3 {
         held.push(Client::joined(&c.server_ws_url(0)).await);
     }
-    let err = tokio_tungstenite::connect_async(c.server_ws_url(0)).await.unwrap_err();
+    let err = tokio_tungstenite::connect_async(c.server_ws_url(0))
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("503"), "{err}");
     // Through HAProxy the refusal is retried, then still refused: no crash.
-    let err = tokio_tungstenite::connect_async(c.ws_url()).await.unwrap_err();
+    let err = tokio_tungstenite::connect_async(c.ws_url())
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("503"), "{err}");
     // A freed slot is usable again.
     held.pop();

@@ -12,7 +12,11 @@ use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_consumer_is_disconnected_and_never_slows_the_room() {
-    let c = cluster_async(2, &["--queue", "64", "--rate", "100000", "--burst", "100000"]).await;
+    let c = cluster_async(
+        2,
+        &["--queue", "64", "--rate", "100000", "--burst", "100000"],
+    )
+    .await;
     let url = |i: usize, nick: &str| format!("{}?room=s&nick={nick}", c.server_ws_url(i));
     let mut slow = Client::joined(&url(0, "slow")).await;
     let mut fast = Client::joined(&url(0, "fast")).await;
@@ -25,7 +29,10 @@ async fn slow_consumer_is_disconnected_and_never_slows_the_room() {
         let mut got = 0;
         let mut last = 0;
         while got < n {
-            match tokio::time::timeout(T, fast.ws.next()).await.expect("fast reader fed in time") {
+            match tokio::time::timeout(T, fast.ws.next())
+                .await
+                .expect("fast reader fed in time")
+            {
                 Some(Ok(Message::Text(t))) if t.starts_with("{\"type\":\"message\"") => {
                     let off: u64 = t[27..t[27..].find(',').unwrap() + 27].parse().unwrap();
                     assert!(off > last, "in order");
@@ -54,7 +61,10 @@ async fn slow_consumer_is_disconnected_and_never_slows_the_room() {
     // The slow member (which never read) was cut off.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let code = loop {
-        match tokio::time::timeout_at(deadline, slow.ws.next()).await.expect("slow consumer closed in time") {
+        match tokio::time::timeout_at(deadline, slow.ws.next())
+            .await
+            .expect("slow consumer closed in time")
+        {
             Some(Ok(Message::Close(Some(f)))) => break u16::from(f.code),
             Some(Ok(_)) => {}
             _ => break 1006,
@@ -64,7 +74,11 @@ async fn slow_consumer_is_disconnected_and_never_slows_the_room() {
     assert!(
         metrics.contains("chat_slow_consumer_disconnects_total{app_id=\"app1\"} 1"),
         "{}",
-        metrics.lines().filter(|l| l.contains("slow") || l.contains("drops")).collect::<Vec<_>>().join("\n")
+        metrics
+            .lines()
+            .filter(|l| l.contains("slow") || l.contains("drops"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     // The close frame may be lost in the full socket buffer; when it
     // arrives it says why.
@@ -105,7 +119,11 @@ async fn delivery_recovers_after_a_redis_restart() {
             if code == 200 {
                 break;
             }
-            assert!(tokio::time::Instant::now() < deadline, "app{} healthy again in time", i + 1);
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "app{} healthy again in time",
+                i + 1
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -134,7 +152,10 @@ async fn delivery_recovers_after_a_redis_restart() {
             if j != k {
                 let m = other.messages(1).await;
                 assert_eq!(m[0]["text"], tag.as_str(), "client {j} got {tag}");
-                assert!(m[0]["offset"].as_u64().unwrap() > before[j], "offsets never go back");
+                assert!(
+                    m[0]["offset"].as_u64().unwrap() > before[j],
+                    "offsets never go back"
+                );
             }
         }
     }
@@ -193,7 +214,8 @@ async fn sigterm_closes_sockets_with_1012_and_clients_land_elsewhere() {
         let addr = c.addr();
         move || loop {
             // HAProxy notices the stopped server within a couple of checks.
-            if let Ok((200, _)) = chat_cluster::http::get(&addr, "/healthz", Duration::from_secs(1)) {
+            if let Ok((200, _)) = chat_cluster::http::get(&addr, "/healthz", Duration::from_secs(1))
+            {
                 break;
             }
             assert!(std::time::Instant::now() < deadline);
@@ -214,7 +236,12 @@ async fn presence_and_cluster_view_across_instances_and_kill_9() {
     let mut b = Client::connect(&format!("{}?room=p&nick=bob", c.server_ws_url(1))).await;
     b.until("joined").await;
     let members = b.until("members").await;
-    let nicks: Vec<&str> = members["members"].as_array().unwrap().iter().map(|m| m["nick"].as_str().unwrap()).collect();
+    let nicks: Vec<&str> = members["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["nick"].as_str().unwrap())
+        .collect();
     assert_eq!(nicks, ["ann", "bob"]);
     let join = loop {
         let p = a.until("presence").await;
@@ -222,12 +249,26 @@ async fn presence_and_cluster_view_across_instances_and_kill_9() {
             break p;
         }
     };
-    assert_eq!((join["event"].as_str(), join["nick"].as_str(), join["app_id"].as_str()), (Some("join"), Some("bob"), Some("app2")));
+    assert_eq!(
+        (
+            join["event"].as_str(),
+            join["nick"].as_str(),
+            join["app_id"].as_str()
+        ),
+        (Some("join"), Some("bob"), Some("app2"))
+    );
     // Nick change is seen across instances.
     b.send(json!({"type":"nick","nick":"bobby"})).await;
     assert_eq!(b.until("nick").await["old"], "bob");
     let p = a.until("presence").await;
-    assert_eq!((p["event"].as_str(), p["nick"].as_str(), p["old_nick"].as_str()), (Some("nick"), Some("bobby"), Some("bob")));
+    assert_eq!(
+        (
+            p["event"].as_str(),
+            p["nick"].as_str(),
+            p["old_nick"].as_str()
+        ),
+        (Some("nick"), Some("bobby"), Some("bob"))
+    );
     // /cluster lists every live instance with its connections.
     let _c3 = Client::joined(&format!("{}?room=q", c.server_ws_url(2))).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -238,9 +279,18 @@ async fn presence_and_cluster_view_across_instances_and_kill_9() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|i| (i["app_id"].as_str().unwrap().to_string(), i["connections"].as_u64().unwrap()))
+        .map(|i| {
+            (
+                i["app_id"].as_str().unwrap().to_string(),
+                i["connections"].as_u64().unwrap(),
+            )
+        })
         .collect();
-    assert_eq!(inst, [("app1".into(), 1), ("app2".into(), 1), ("app3".into(), 1)], "{body}");
+    assert_eq!(
+        inst,
+        [("app1".into(), 1), ("app2".into(), 1), ("app3".into(), 1)],
+        "{body}"
+    );
     // kill -9 app2: its member leaves, seen by ann on app1.
     c = tokio::task::spawn_blocking(move || {
         c.kill_server(1);

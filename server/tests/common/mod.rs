@@ -28,7 +28,9 @@ pub fn cluster(servers: usize, args: &[&str]) -> Cluster {
 
 /// Start a cluster from async code.
 pub async fn cluster_async(servers: usize, args: &'static [&'static str]) -> Cluster {
-    tokio::task::spawn_blocking(move || cluster(servers, args)).await.unwrap()
+    tokio::task::spawn_blocking(move || cluster(servers, args))
+        .await
+        .unwrap()
 }
 
 /// A test client.
@@ -44,7 +46,10 @@ impl Client {
             .await
             .expect("connect in time")
             .unwrap_or_else(|e| panic!("connect {url}: {e}"));
-        let mut c = Client { ws, welcome: Value::Null };
+        let mut c = Client {
+            ws,
+            welcome: Value::Null,
+        };
         c.welcome = c.next().await;
         assert_eq!(c.welcome["type"], "welcome", "first frame is the welcome");
         c
@@ -63,11 +68,17 @@ impl Client {
     }
 
     pub async fn send(&mut self, v: Value) {
-        self.ws.send(Message::Text(v.to_string().into())).await.unwrap();
+        self.ws
+            .send(Message::Text(v.to_string().into()))
+            .await
+            .unwrap();
     }
 
     pub async fn send_text(&mut self, s: &str) {
-        self.ws.send(Message::Text(s.to_string().into())).await.unwrap();
+        self.ws
+            .send(Message::Text(s.to_string().into()))
+            .await
+            .unwrap();
     }
 
     pub async fn say(&mut self, text: &str, id: &str) {
@@ -83,7 +94,9 @@ impl Client {
         loop {
             let msg = tokio::time::timeout(t, self.ws.next()).await.ok()?;
             match msg {
-                Some(Ok(Message::Text(t))) => return Some(serde_json::from_str(&t).expect("server frames are JSON")),
+                Some(Ok(Message::Text(t))) => {
+                    return Some(serde_json::from_str(&t).expect("server frames are JSON"))
+                }
                 Some(Ok(Message::Close(f))) => panic!("unexpected close: {f:?}"),
                 Some(Ok(_)) => continue,
                 other => panic!("connection ended: {other:?}"),
@@ -116,7 +129,9 @@ impl Client {
     pub async fn closed(&mut self, t: Duration) -> (u16, String) {
         let deadline = tokio::time::Instant::now() + t;
         loop {
-            let msg = tokio::time::timeout_at(deadline, self.ws.next()).await.expect("close in time");
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .expect("close in time");
             match msg {
                 Some(Ok(Message::Close(Some(f)))) => return (f.code.into(), f.reason.to_string()),
                 Some(Ok(Message::Close(None))) => return (1005, String::new()),
@@ -130,18 +145,25 @@ impl Client {
 /// Offsets of messages are strictly increasing.
 pub fn assert_increasing(msgs: &[Value]) {
     for w in msgs.windows(2) {
-        assert!(w[0]["offset"].as_u64().unwrap() < w[1]["offset"].as_u64().unwrap(), "out of order: {w:?}");
+        assert!(
+            w[0]["offset"].as_u64().unwrap() < w[1]["offset"].as_u64().unwrap(),
+            "out of order: {w:?}"
+        );
     }
 }
 
 /// The `text` field of each message.
 pub fn texts(msgs: &[Value]) -> Vec<String> {
-    msgs.iter().map(|m| m["text"].as_str().unwrap().to_string()).collect()
+    msgs.iter()
+        .map(|m| m["text"].as_str().unwrap().to_string())
+        .collect()
 }
 
 /// GET from a `host:port`.
 pub async fn get(addr: String, path: &'static str) -> (u16, String) {
-    tokio::task::spawn_blocking(move || chat_cluster::http::get(&addr, path, Duration::from_secs(5)).unwrap())
-        .await
-        .unwrap()
+    tokio::task::spawn_blocking(move || {
+        chat_cluster::http::get(&addr, path, Duration::from_secs(5)).unwrap()
+    })
+    .await
+    .unwrap()
 }
