@@ -99,15 +99,17 @@ pub fn usable_ports_per_source() -> usize {
 }
 
 /// Source addresses to use automatically when none were given: none (let
-/// the kernel pick) while one address has ports enough, else enough
-/// `127.0.0.2..` addresses for `sockets_per_dest` connections to one
-/// loopback destination.
+/// the kernel pick) while one address stays under a quarter of its ports,
+/// else enough `127.0.0.2..` addresses to keep each under a quarter. The
+/// kernel's search for a free port at `connect` slows down as the range
+/// fills (a 100k-socket ramp slowed to a few hundred connections per
+/// second at 60% occupancy), so this spreads long before ports run out.
 pub fn auto_source_ips(sockets_per_dest: usize, dest_is_loopback: bool) -> Vec<Ipv4Addr> {
-    let per = usable_ports_per_source();
+    let per = usable_ports_per_source() / 4;
     if !dest_is_loopback || sockets_per_dest <= per {
         return Vec::new();
     }
-    let n = sockets_per_dest.div_ceil(per) + 1;
+    let n = sockets_per_dest.div_ceil(per).min(250);
     (0..n as u32)
         .map(|i| Ipv4Addr::new(127, 0, 0, 2 + i as u8))
         .collect()
