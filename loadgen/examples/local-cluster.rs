@@ -41,7 +41,12 @@ fn main() -> anyhow::Result<()> {
     })?;
     println!("haproxy {}", cluster.ws_url());
     for i in 0..cluster.len() {
-        println!("server {} {} pid {:?}", cluster.app_id(i), cluster.server_ws_url(i), cluster.server_pid(i));
+        println!(
+            "server {} {} pid {:?}",
+            cluster.app_id(i),
+            cluster.server_ws_url(i),
+            cluster.server_pid(i)
+        );
     }
     println!("logs {}", cluster.log_dir().display());
     println!("ready");

@@ -78,6 +78,7 @@ pub fn ws_config(size: usize) -> WebSocketConfig {
 pub async fn run(ctx: Arc<Ctx>, c: usize, permit: OwnedSemaphorePermit) -> Outcome {
     let stats = &ctx.stats;
     stats.live.attempted.fetch_add(1, Relaxed);
+    let _socket = SocketSlot::new(&stats.live.sockets);
     let room = ctx.cfg.room_of(c);
     let started = Instant::now();
     let joined = tokio::select! {
@@ -146,6 +147,22 @@ pub async fn run(ctx: Arc<Ctx>, c: usize, permit: OwnedSemaphorePermit) -> Outco
     Outcome {
         receiver: Some(s.recv),
         sender: s.send,
+    }
+}
+
+/// Counts this task's socket for the open-fd estimate while it lives.
+struct SocketSlot<'a>(&'a AtomicU64);
+
+impl<'a> SocketSlot<'a> {
+    fn new(n: &'a AtomicU64) -> Self {
+        n.fetch_add(1, Relaxed);
+        Self(n)
+    }
+}
+
+impl Drop for SocketSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
     }
 }
 

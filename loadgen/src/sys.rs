@@ -219,7 +219,10 @@ pub fn cpu_time_us() -> Option<(u64, u64)> {
     let rest = &s[s.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
     let tick_us = 1_000_000 / clock_ticks();
-    Some((f.get(11)?.parse::<u64>().ok()? * tick_us, f.get(12)?.parse::<u64>().ok()? * tick_us))
+    Some((
+        f.get(11)?.parse::<u64>().ok()? * tick_us,
+        f.get(12)?.parse::<u64>().ok()? * tick_us,
+    ))
 }
 
 /// `sysconf(_SC_CLK_TCK)`, which is 100 on every Linux in practice.
