@@ -52,7 +52,11 @@ impl Peer {
         .await
         .expect("peer connect timed out")
         .expect("peer connect failed");
-        let first = ws.next().await.expect("welcome").expect("welcome frame");
+        let first = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("no welcome within 10s")
+            .expect("welcome")
+            .expect("welcome frame");
         let Message::Text(t) = first else {
             panic!("expected a welcome, got {first:?}")
         };
@@ -84,8 +88,10 @@ impl Peer {
             let next = tokio::time::timeout_at(deadline, self.ws.next())
                 .await
                 .unwrap_or_else(|_| panic!("peer: no message {text:?} within {limit:?}"));
-            let Some(Ok(Message::Text(t))) = next else {
-                continue;
+            let t = match next {
+                Some(Ok(Message::Text(t))) => t,
+                Some(Ok(_)) => continue,
+                other => panic!("peer on {}: connection ended: {other:?}", self.app_id),
             };
             if let Ok(ServerFrame::Message(m)) = serde_json::from_str(&t) {
                 if m.text == text {
@@ -97,7 +103,7 @@ impl Peer {
 
     /// Read whatever is waiting, so the server never sees a slow reader.
     async fn drain(&mut self) {
-        while let Ok(Some(_)) =
+        while let Ok(Some(Ok(_))) =
             tokio::time::timeout(Duration::from_millis(20), self.ws.next()).await
         {}
     }
@@ -257,6 +263,12 @@ fn tui_client_follows_the_cluster_through_a_killed_instance() {
         .parse::<usize>()
         .unwrap()
         - 1;
+    // The one instance left: a new peer talks through it, and the client
+    // must land on it.
+    let last = (0..cluster.len())
+        .find(|i| *i != landed && *i != second)
+        .unwrap();
+    let mut peer = rt.block_on(Peer::connect(&cluster.server_ws_url(last), "peer3", "e2e"));
     cluster
         .stop_server(second)
         .expect("stopping the second instance");
@@ -267,9 +279,9 @@ fn tui_client_follows_the_cluster_through_a_killed_instance() {
         screen.contains("1012"),
         "the restart close was not reported:\n{screen}"
     );
-    let third_app = status_app_id(&screen).unwrap();
-    assert!(
-        third_app != second_app && third_app != first_app,
+    assert_eq!(
+        status_app_id(&screen).unwrap(),
+        cluster.app_id(last),
         "{screen}"
     );
     tmux.type_line("after the restart");
