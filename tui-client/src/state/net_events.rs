@@ -5,6 +5,10 @@ use chat_protocol::{ChatMessage, PresenceEvent, ServerFrame};
 use super::room::{Line, LineKind};
 use super::{mentions, App, ConnStatus};
 use crate::net::NetEvent;
+
+/// Above this many members, joins and leaves are shown only for people who
+/// have spoken in the room.
+pub const SMART_FILTER_MEMBERS: usize = 100;
 use crate::wrap;
 
 impl App {
@@ -191,6 +195,17 @@ impl App {
                 if own {
                     return;
                 }
+                // WeeChat's "smart filter": in a big room, joins and leaves
+                // of people who have not spoken would drown the talk (a
+                // load test joins thousands). The member list still counts
+                // them.
+                let r = &self.rooms[i];
+                if kind != LineKind::NickChange
+                    && r.members.len() > SMART_FILTER_MEMBERS
+                    && !r.talkers.contains(&nick)
+                {
+                    return;
+                }
                 let stamp = self.clock.stamp(ts);
                 let line = Line {
                     time: stamp.time,
@@ -247,6 +262,7 @@ impl App {
             return;
         }
         r.last_offset = Some(m.offset);
+        r.note_talker(&m.nick);
         let echoed = m.id.as_deref().and_then(|id| r.take_pending(id)).is_some();
         let own = echoed || m.nick == self.nick;
         let mention = !own && mentions(&m.text, &self.nick);

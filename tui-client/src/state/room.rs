@@ -6,7 +6,7 @@
 //! the offset grows by the rows that line takes, so what the reader is
 //! looking at stays put.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use chat_protocol::Member;
 
@@ -118,6 +118,10 @@ impl Members {
     }
 }
 
+/// Most nicks remembered as having spoken in a room; past it the set
+/// starts over (the filter then shows a few joins it could have hidden).
+pub const TALKERS_MAX: usize = 10_000;
+
 /// The message pane geometry the room needs for scroll arithmetic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Geometry {
@@ -135,6 +139,9 @@ pub struct Room {
     /// Local echoes, drawn after `lines` until the server echoes them.
     pub pending: Vec<Line>,
     pub members: Members,
+    /// Nicks that have spoken here (for the smart filter of joins and
+    /// leaves in big rooms); bounded by [`TALKERS_MAX`].
+    pub talkers: HashSet<String>,
     /// Messages that arrived while another room was shown.
     pub unread: usize,
     /// Of those, how many mention this client's nick.
@@ -163,6 +170,7 @@ impl Room {
             lines: VecDeque::new(),
             pending: Vec::new(),
             members: Members::default(),
+            talkers: HashSet::new(),
             unread: 0,
             mentions: 0,
             scroll: 0,
@@ -266,6 +274,16 @@ impl Room {
         // A marker right at the top of the room says nothing.
         if !self.lines.is_empty() {
             self.push_raw(line, geo);
+        }
+    }
+
+    /// Remember that `nick` spoke here.
+    pub fn note_talker(&mut self, nick: &str) {
+        if self.talkers.len() >= TALKERS_MAX {
+            self.talkers.clear();
+        }
+        if !self.talkers.contains(nick) {
+            self.talkers.insert(nick.to_string());
         }
     }
 

@@ -20,16 +20,26 @@ pub fn conn_text(app: &App) -> (String, Color) {
         ConnStatus::Connected => ("● connected".into(), Color::LightGreen),
         ConnStatus::Connecting { attempt: 0 } => ("◌ connecting…".into(), Color::Yellow),
         ConnStatus::Connecting { attempt } => (
-            format!("◌ reconnecting (attempt {attempt}, trying now)"),
+            format!(
+                "◌ {} (attempt {attempt}, trying now)",
+                if app.app_id.is_some() {
+                    "reconnecting"
+                } else {
+                    "connecting"
+                }
+            ),
             Color::Yellow,
         ),
         ConnStatus::Reconnecting { attempt, at, .. } => {
             let left = at.saturating_duration_since(app.now);
+            // Never connected yet: "connecting", not "reconnecting".
+            let verb = if app.app_id.is_some() {
+                "reconnecting"
+            } else {
+                "connecting"
+            };
             (
-                format!(
-                    "◌ reconnecting (attempt {attempt}, next try in {})",
-                    secs(left)
-                ),
+                format!("◌ {verb} (attempt {attempt}, next try in {})", secs(left)),
                 Color::Yellow,
             )
         }

@@ -256,3 +256,38 @@ fn offsets_going_backwards_are_reported_and_do_not_hide_new_messages() {
     a.update(msg("lobby", 1, "bob", "new world"));
     assert_eq!(last_text(&a), "new world");
 }
+
+#[test]
+fn big_rooms_hide_joins_and_leaves_of_silent_people() {
+    let mut a = app();
+    let members: Vec<Member> = (0..150)
+        .map(|i| Member {
+            conn_id: format!("c{i}"),
+            nick: format!("bot{i}"),
+            app_id: "app2".into(),
+        })
+        .collect();
+    a.update(frame(ServerFrame::Members {
+        room: "lobby".into(),
+        members,
+    }));
+    let presence = |event, conn: &str, nick: &str| {
+        frame(ServerFrame::Presence {
+            room: "lobby".into(),
+            event,
+            conn_id: conn.into(),
+            nick: nick.into(),
+            app_id: "app2".into(),
+            ts: 1_700_000_000_000,
+            old_nick: None,
+        })
+    };
+    let n = a.room().lines.len();
+    a.update(presence(PresenceEvent::Join, "x1", "silent"));
+    a.update(presence(PresenceEvent::Leave, "c3", "bot3"));
+    assert_eq!(a.room().lines.len(), n, "silent people come and go quietly");
+    assert_eq!(a.room().members.len(), 150);
+    a.update(msg("lobby", 1, "bot7", "I speak"));
+    a.update(presence(PresenceEvent::Leave, "c7", "bot7"));
+    assert!(last_text(&a).contains("bot7 left lobby"));
+}
