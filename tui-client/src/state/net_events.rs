@@ -8,7 +8,7 @@ use crate::net::NetEvent;
 
 /// Above this many members, joins and leaves are shown only for people who
 /// have spoken in the room.
-pub const SMART_FILTER_MEMBERS: usize = 100;
+pub(super) const SMART_FILTER_MEMBERS: usize = 100;
 use crate::wrap;
 
 impl App {
