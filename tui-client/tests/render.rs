@@ -344,3 +344,26 @@ fn ten_thousand_lines_render_fast() {
     assert!(per_frame < Duration::from_millis(40), "{per_frame:?}");
     assert!(scrolled < Duration::from_millis(400), "{scrolled:?}");
 }
+
+#[test]
+fn a_flood_of_messages_is_absorbed_quickly() {
+    let mut a = app(120, 40);
+    // Real clock: the local time zone conversion is part of the cost.
+    a.clock = Clock::default();
+    let n = 20_000;
+    let start = Instant::now();
+    for o in 1..=n {
+        a.update(msg(
+            "lobby",
+            o,
+            &format!("user{}", o % 50),
+            "app2",
+            "a flood line of ordinary length, nothing special",
+        ));
+    }
+    let per_msg = start.elapsed() / n as u32;
+    eprintln!("update: {per_msg:?} per message");
+    // Debug build on a shared machine: a generous bound that still catches
+    // anything quadratic (20k messages must not take seconds each batch).
+    assert!(per_msg < Duration::from_micros(500), "{per_msg:?}");
+}
