@@ -1,12 +1,14 @@
 //! The run loop: one `select!` over the terminal's events, the network
 //! worker's events and a tick; the state changes in `App::update` and the
-//! screen is drawn from it at most ~60 times a second.
+//! screen is drawn from it at most ~60 times a second. SIGTERM and SIGHUP
+//! leave through the same door as `/quit`.
 
 use std::time::{Duration, Instant};
 
 use crossterm::event::{Event as TermEvent, EventStream};
 use futures_util::StreamExt;
 use ratatui::layout::Rect;
+use tokio::signal::unix::{signal, SignalKind};
 use tokio::time::MissedTickBehavior;
 
 use crate::net::{self, NetConfig, NetHandle};
@@ -58,6 +60,11 @@ pub async fn run(opts: Opts) -> anyhow::Result<()> {
     let mut app = App::new(settings, area, Instant::now());
     app.show_app_ids = opts.show_app_ids;
 
+    // SIGTERM (kill, systemd, tmux kill-session) and SIGHUP end the
+    // program the same way as /quit, so the terminal is given back and the
+    // server sees a clean close.
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
     let mut terminal_events = EventStream::new();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
@@ -110,6 +117,14 @@ pub async fn run(opts: Opts) -> anyhow::Result<()> {
                 }
             }
             _ = tokio::time::sleep_until(next_frame), if dirty => {}
+            _ = sigterm.recv() => {
+                tracing::info!("SIGTERM: quitting");
+                break Ok(());
+            }
+            _ = sighup.recv() => {
+                tracing::info!("SIGHUP: quitting");
+                break Ok(());
+            }
         }
         if app.quit {
             break Ok(());

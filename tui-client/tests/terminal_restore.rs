@@ -70,3 +70,32 @@ fn restored_after_ctrl_c() {
     tmux.cmd(&["send-keys", "-t", "main", "C-c"]);
     assert_restored(&tmux, &dir);
 }
+
+/// The client's pid: the only child of the `sh` in the pane.
+fn client_pid(tmux: &Tmux) -> u32 {
+    let sh: u32 = tmux.display("#{pane_pid}").parse().expect("pane pid");
+    let children = std::fs::read_to_string(format!("/proc/{sh}/task/{sh}/children"))
+        .expect("reading the shell's children");
+    children
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("the client runs under sh")
+}
+
+#[test]
+fn restored_after_sigterm() {
+    let dir = std::env::temp_dir().join(format!("tui-term-{}", std::process::id()));
+    let tmux = run("term", "", &dir);
+    tmux.wait_for("the UI", Duration::from_secs(15), |s| {
+        s.contains("connecting")
+    });
+    let pid = client_pid(&tmux);
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -TERM {pid} failed");
+    assert_restored(&tmux, &dir);
+}
