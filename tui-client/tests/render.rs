@@ -79,11 +79,17 @@ fn screen(t: &Terminal<TestBackend>) -> String {
     t.backend().to_string()
 }
 
+/// Row `y` as text; the cell after a wide character is part of it.
 fn row(t: &Terminal<TestBackend>, y: u16) -> String {
     let buf = t.backend().buffer();
-    (0..buf.area.width)
-        .map(|x| buf[(x, y)].symbol().to_string())
-        .collect()
+    let mut out = String::new();
+    let mut x = 0;
+    while x < buf.area.width {
+        let sym = buf[(x, y)].symbol();
+        out.push_str(sym);
+        x += tui_client::wrap::str_width(sym).max(1) as u16;
+    }
+    out
 }
 
 /// A lively room: members across instances, messages through every
@@ -366,4 +372,33 @@ fn a_flood_of_messages_is_absorbed_quickly() {
     // Debug build on a shared machine: a generous bound that still catches
     // anything quadratic (20k messages must not take seconds each batch).
     assert!(per_msg < Duration::from_micros(500), "{per_msg:?}");
+}
+
+#[test]
+fn long_input_scrolls_sideways_to_keep_the_cursor_visible() {
+    let mut a = app(40, 8);
+    let text: String = (0..30).map(|i| format!("w{i}日 ")).collect();
+    a.update(Event::Paste(text));
+    let mut t = draw(&a, 40, 8);
+    let input = row(&t, 7);
+    assert!(input.starts_with("[lobby] "), "{input}");
+    assert!(input.contains("w29日"), "the end is shown: {input}");
+    let (x, y) = {
+        let p = t.get_cursor_position().unwrap();
+        (p.x, p.y)
+    };
+    assert_eq!(y, 7);
+    assert!(x < 40, "cursor off screen at {x}");
+    // Home: the start is shown and the cursor follows it.
+    a.update(Event::Key(KeyEvent::new(KeyCode::Home, KeyModifiers::NONE)));
+    t = draw(&a, 40, 8);
+    assert!(
+        row(&t, 7).starts_with("[lobby] w0日 w1日"),
+        "{}",
+        row(&t, 7)
+    );
+    t.backend_mut().assert_cursor_position((8, 7));
+    // A newline typed with Alt+Enter shows as ↵.
+    a.update(Event::Key(KeyEvent::new(KeyCode::Enter, KeyModifiers::ALT)));
+    assert!(row(&draw(&a, 40, 8), 7).starts_with("[lobby] ↵w0日"));
 }
