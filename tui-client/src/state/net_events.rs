@@ -82,7 +82,7 @@ impl App {
             (_, false) => format!("connected to {app_id} as {nick}"),
         };
         self.was_connected = true;
-        self.app_id = Some(app_id);
+        self.app_id = Some(wrap::sanitize(&app_id));
         // Bounded: one entry per reconnect, the oldest forgotten.
         if self.own_conn_ids.len() >= 64 {
             self.own_conn_ids.remove(0);
@@ -213,7 +213,7 @@ impl App {
                     kind,
                     nick: String::new(),
                     text: wrap::sanitize(&text),
-                    app_id: Some(app_id),
+                    app_id: Some(wrap::sanitize(&app_id)),
                     offset: None,
                 };
                 self.push_line(i, line);
@@ -288,7 +288,7 @@ impl App {
             },
             nick: wrap::sanitize(&m.nick),
             text: wrap::sanitize(&m.text),
-            app_id: Some(m.app_id),
+            app_id: Some(wrap::sanitize(&m.app_id)),
             offset: Some(m.offset),
         };
         self.push_line(i, line);

@@ -82,8 +82,11 @@ impl Members {
         }
     }
 
-    /// Add or update one member.
-    pub fn add(&mut self, m: Member) {
+    /// Add or update one member. Names from the network are made
+    /// terminal-safe here, once, since the sidebar draws them every frame.
+    pub fn add(&mut self, mut m: Member) {
+        m.nick = crate::wrap::sanitize(&m.nick);
+        m.app_id = crate::wrap::sanitize(&m.app_id);
         self.remove(&m.conn_id);
         let key = (m.nick.to_lowercase(), m.conn_id.clone());
         self.by_conn.insert(m.conn_id.clone(), key.clone());
@@ -99,7 +102,7 @@ impl Members {
     /// A member changed nick.
     pub fn rename(&mut self, conn_id: &str, nick: &str) {
         if let Some(mut m) = self.remove(conn_id) {
-            m.nick = nick.to_string();
+            m.nick = crate::wrap::sanitize(nick);
             self.add(m);
         }
     }
