@@ -177,11 +177,10 @@ struct Joined {
 async fn connect(ctx: &Ctx, c: usize) -> Result<Joined, String> {
     let stats = &ctx.stats;
     let t0 = Instant::now();
-    let addr = ctx.addrs[c % ctx.addrs.len()];
-    // Not `c % sources`: with as many sources as URLs that would pin each
-    // source to one destination and fill that pair's ports.
-    let src = (!ctx.source_ips.is_empty())
-        .then(|| ctx.source_ips[(c / ctx.addrs.len()) % ctx.source_ips.len()]);
+    let addr = ctx.addrs[ctx.cfg.url_index(c)];
+    // Spread every URL's clients over every source address, so that no
+    // (source, destination) pair fills its ports before the others.
+    let src = (!ctx.source_ips.is_empty()).then(|| ctx.source_ips[c % ctx.source_ips.len()]);
     let sock =
         crate::sys::bound_socket(src, &addr).map_err(|e| format!("connect: {}", io_kind(&e)))?;
     let tcp = sock

@@ -479,9 +479,17 @@ impl Config {
         }
     }
 
+    /// Which `--url` client `c` uses: `(c / rooms) mod urls`, so that the
+    /// members of every room spread over every URL (with `c mod urls`, a
+    /// room count that is a multiple of the URL count would pin each room
+    /// to one endpoint, and nothing would cross instances).
+    pub fn url_index(&self, c: usize) -> usize {
+        (c / self.rooms) % self.urls.len()
+    }
+
     /// The URL client `c` connects to.
     pub fn url_for(&self, c: usize) -> String {
-        let u = &self.urls[c % self.urls.len()];
+        let u = &self.urls[self.url_index(c)];
         let room = self.room_name(self.room_of(c));
         if u.contains("{room}") {
             return u.replace("{room}", &room);
@@ -590,6 +598,32 @@ mod tests {
             raw.url_for(1),
             format!("ws://127.0.0.1:1/r/{}-1", raw.room_prefix)
         );
+    }
+
+    #[test]
+    fn rooms_spread_over_urls() {
+        let c = cfg(&[
+            "--clients",
+            "12",
+            "--rooms",
+            "3",
+            "--url",
+            "ws://127.0.0.1:1/ws",
+            "--url",
+            "ws://127.0.0.1:2/ws",
+            "--url",
+            "ws://127.0.0.1:3/ws",
+        ])
+        .unwrap();
+        for r in 0..3 {
+            let mut urls: Vec<usize> = (0..12)
+                .filter(|&x| c.room_of(x) == r)
+                .map(|x| c.url_index(x))
+                .collect();
+            urls.sort();
+            urls.dedup();
+            assert_eq!(urls.len(), 3, "room {r} is on every URL");
+        }
     }
 
     #[test]
