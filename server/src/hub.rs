@@ -10,15 +10,15 @@
 //!   losing Redis it reconnects with backoff and resubscribes by itself.
 //! - Each frame from Redis is turned into one [`Delivery`] (one allocation
 //!   per message per instance) and the same bytes go to every local member
-//!   through its bounded queue with `try_send`: a full queue never blocks the
-//!   room; the member is kicked as a slow consumer instead.
+//!   through its bounded [`Outbox`]: a full queue never blocks the room; the
+//!   member is kicked as a slow consumer instead.
 //! - The hub remembers each room's last offset. A jump (the subscriber
 //!   missed messages, e.g. while Redis restarted) is repaired from history
 //!   before the new message goes out; what history no longer holds is
 //!   announced with a `gap` frame. Never a silent hole.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,10 +27,11 @@ use bytes::Bytes;
 use chat_protocol::splice::peek_offset;
 use chat_protocol::ServerFrame;
 use futures_util::StreamExt;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
+use crate::outbox::{Outbox, Push};
 use crate::store::{self, Store};
 
 /// Identifies one incarnation of a room in this hub.
@@ -51,40 +52,13 @@ pub struct Delivery {
 /// word and a delivery costs one reference-count increment.
 pub type Out = Arc<Delivery>;
 
-/// Lets fan-out tell a session it has been kicked as a slow consumer.
-#[derive(Debug, Default)]
-pub struct SessionCtl {
-    kicked: AtomicBool,
-    notify: Notify,
-}
-
-impl SessionCtl {
-    /// Mark the session as a slow consumer; true the first time only.
-    pub fn kick(&self) -> bool {
-        let first = !self.kicked.swap(true, Relaxed);
-        if first {
-            self.notify.notify_one();
-        }
-        first
-    }
-
-    /// Resolves once the session has been kicked.
-    pub async fn kicked(&self) {
-        if !self.kicked.load(Relaxed) {
-            self.notify.notified().await;
-        }
-    }
-}
-
 /// A local socket as the hub sees it.
 #[derive(Debug, Clone)]
 pub struct Member {
     /// The session's local id.
     pub id: u64,
-    /// Its bounded outbound queue.
-    pub tx: mpsc::Sender<Out>,
-    /// Its kick switch.
-    pub ctl: Arc<SessionCtl>,
+    /// Its bounded outbound queue (and kick switch).
+    pub outbox: Arc<Outbox>,
 }
 
 #[derive(Debug)]
@@ -217,15 +191,13 @@ impl Hub {
         });
         let (mut sent, mut dropped, mut kicked) = (0u64, 0u64, 0u64);
         for m in &r.members {
-            match m.tx.try_send(d.clone()) {
-                Ok(()) => sent += 1,
-                Err(mpsc::error::TrySendError::Full(_)) => {
+            match m.outbox.push(d.clone()) {
+                Push::Queued => sent += 1,
+                Push::Full(first) => {
                     dropped += 1;
-                    if m.ctl.kick() {
-                        kicked += 1;
-                    }
+                    kicked += u64::from(first);
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+                Push::Closed => {}
             }
         }
         drop(rooms);

@@ -10,6 +10,7 @@
 //! - [`session`]: one connection's task: read, batched writes, ping, close.
 //! - [`commands`]: what a session does with each request (join, send, ...).
 //! - [`hub`]: local rooms, the pub/sub connection, fan-out to sockets.
+//! - [`outbox`]: a connection's bounded outbound queue and kick switch.
 //! - [`store`]: Redis commands: publish script, history, presence, registry.
 //! - [`registry`]: the instance heartbeat and dead-instance cleanup.
 //! - [`metrics`]: counters for `/metrics`.
@@ -19,6 +20,7 @@ pub mod config;
 pub mod http;
 pub mod hub;
 pub mod metrics;
+pub mod outbox;
 pub mod registry;
 pub mod session;
 pub mod store;

@@ -14,11 +14,15 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use chat_protocol::{classify, close, ErrorCode, Inbound, ServerFrame};
 use futures_util::SinkExt;
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use std::pin::Pin;
+
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::WaitForCancellationFutureOwned;
 use tokio::time::Instant;
 
 use crate::commands::Session;
-use crate::hub::{Member, Out, SessionCtl};
+use crate::hub::{Member, Out};
+use crate::outbox::{Outbox, Recv};
 use crate::AppState;
 
 /// Query parameters of `GET /ws`.
@@ -47,8 +51,11 @@ const BATCH: usize = 128;
 /// The socket plus what every write must watch.
 pub struct Conn {
     ws: WebSocket,
-    ctl: Arc<SessionCtl>,
+    outbox: Arc<Outbox>,
     state: AppState,
+    /// Created once per connection: polling it re-registers nothing, where
+    /// a fresh `cancelled()` per loop turn would lock the token each time.
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
 impl std::fmt::Debug for Conn {
@@ -57,27 +64,29 @@ impl std::fmt::Debug for Conn {
     }
 }
 
-impl Conn {
-    async fn guarded<F: std::future::Future<Output = Result<(), axum::Error>>>(
-        ctl: &SessionCtl,
-        state: &AppState,
-        write: F,
-    ) -> Result<(), End> {
-        tokio::select! {
-            biased;
-            _ = ctl.kicked() => Err(slow_consumer()),
-            _ = state.shutdown.cancelled() => Err(restart()),
-            r = tokio::time::timeout(WRITE_TIMEOUT, write) => match r {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(_)) => Err(End::Gone(1006)),
-                Err(_) => Err(End::Close(close::SLOW_CONSUMER, "slow consumer: write blocked".into())),
-            },
-        }
+/// Run a write, giving up if the connection is kicked, the server shuts
+/// down, or the write blocks for too long.
+async fn guarded<F: std::future::Future<Output = Result<(), axum::Error>>>(
+    outbox: &Outbox,
+    shutdown: Pin<&mut WaitForCancellationFutureOwned>,
+    write: F,
+) -> Result<(), End> {
+    tokio::select! {
+        biased;
+        _ = outbox.kicked() => Err(slow_consumer()),
+        _ = shutdown => Err(restart()),
+        r = tokio::time::timeout(WRITE_TIMEOUT, write) => match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::Gone(1006)),
+            Err(_) => Err(End::Close(close::SLOW_CONSUMER, "slow consumer: write blocked".into())),
+        },
     }
+}
 
+impl Conn {
     /// Send one frame now.
     pub async fn send(&mut self, msg: Message) -> Result<(), End> {
-        Self::guarded(&self.ctl, &self.state, self.ws.send(msg)).await
+        guarded(&self.outbox, self.shutdown.as_mut(), self.ws.send(msg)).await
     }
 
     /// Send a server frame now.
@@ -119,7 +128,7 @@ impl Conn {
             }
             ws.flush().await
         };
-        Self::guarded(&self.ctl, &self.state, write).await
+        guarded(&self.outbox, self.shutdown.as_mut(), write).await
     }
 }
 
@@ -149,24 +158,17 @@ pub async fn run(
     metrics
         .connections_total
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let (tx, mut rx) = mpsc::channel::<Out>(state.config.queue);
-    let ctl = Arc::new(SessionCtl::default());
+    let outbox = Outbox::new(state.config.queue);
     let id = state.next_session_id();
     let mut conn = Conn {
         ws,
-        ctl: ctl.clone(),
+        outbox: outbox.clone(),
         state: state.clone(),
+        shutdown: Box::pin(state.shutdown.clone().cancelled_owned()),
     };
-    let mut session = Session::new(state.clone(), Member { id, tx, ctl }, params.nick);
-    let end = session_loop(
-        &mut session,
-        &mut conn,
-        &mut rx,
-        params.room,
-        params.since,
-        params.history,
-    )
-    .await;
+    let mut session = Session::new(state.clone(), Member { id, outbox: outbox.clone() }, params.nick);
+    let end = session_loop(&mut session, &mut conn, params.room, params.since, params.history).await;
+    outbox.close();
     let code = match &end {
         End::Close(code, reason) => {
             tracing::debug!(conn_id = %session.conn_id, code, reason, "closing connection");
@@ -187,7 +189,7 @@ pub async fn run(
     };
     metrics.closed(code);
     drop(conn);
-    session.leave_all().await;
+    Box::pin(session.leave_all()).await;
     metrics
         .connections
         .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -197,53 +199,56 @@ pub async fn run(
 async fn session_loop(
     session: &mut Session,
     conn: &mut Conn,
-    rx: &mut mpsc::Receiver<Out>,
     room: Option<String>,
     since: Option<u64>,
     history: Option<u32>,
 ) -> End {
     let state = conn.state.clone();
-    if let Err(end) = session.welcome(conn, room.as_deref()).await {
+    // Requests are boxed: their futures (Redis round trips) are large and
+    // short-lived, and an idle connection should not carry their space.
+    if let Err(end) = Box::pin(session.welcome(conn, room.as_deref())).await {
         return end;
     }
     let room = room.unwrap_or_else(|| crate::DEFAULT_ROOM.to_string());
-    if let Err(end) = session.join(conn, &room, since, history).await {
+    if let Err(end) = Box::pin(session.join(conn, &room, since, history)).await {
         return end;
     }
     let ping_every = state.config.ping_interval;
     let idle = state.config.idle_timeout;
-    let mut next_ping = Instant::now() + ping_every;
+    let ping = tokio::time::sleep(ping_every);
+    tokio::pin!(ping);
     let mut last_seen = Instant::now();
     let mut batch: Vec<Out> = Vec::new();
     loop {
         let step: Result<(), End> = tokio::select! {
             biased;
-            _ = conn.ctl.kicked() => Err(slow_consumer()),
-            _ = state.shutdown.cancelled() => Err(restart()),
-            n = rx.recv_many(&mut batch, BATCH) => {
-                debug_assert!(n > 0, "the session holds a sender, so the queue never closes");
-                let frames = batch.iter().filter(|d| session.accept(d)).map(|d| d.frame.clone());
-                let r = conn.send_batch(frames).await;
-                batch.clear();
-                if batch.capacity() > BATCH {
-                    // A burst grew it; idle connections stay small.
-                    batch = Vec::new();
+            _ = conn.shutdown.as_mut() => Err(restart()),
+            r = conn.outbox.recv(&mut batch, BATCH) => match r {
+                Recv::Kicked => Err(slow_consumer()),
+                Recv::Frames => {
+                    let frames = batch.iter().filter(|d| session.accept(d)).map(|d| d.frame.clone());
+                    let r = conn.send_batch(frames).await;
+                    batch.clear();
+                    if batch.capacity() > BATCH {
+                        // A burst grew it; idle connections stay small.
+                        batch = Vec::new();
+                    }
+                    r
                 }
-                r
-            }
+            },
             msg = conn.ws.recv() => {
                 last_seen = Instant::now();
                 match msg {
                     None => Err(End::Gone(1006)),
                     Some(Err(e)) => Err(read_error(e, state.config.max_frame_bytes)),
-                    Some(Ok(msg)) => inbound(session, conn, msg).await,
+                    Some(Ok(msg)) => Box::pin(inbound(session, conn, msg)).await,
                 }
             }
-            _ = tokio::time::sleep_until(next_ping) => {
+            _ = ping.as_mut() => {
                 if last_seen.elapsed() >= idle {
                     Err(End::Close(close::IDLE_TIMEOUT, format!("idle timeout: nothing received for {}s", idle.as_secs())))
                 } else {
-                    next_ping = Instant::now() + ping_every;
+                    ping.as_mut().reset(Instant::now() + ping_every);
                     conn.send(Message::Ping(Default::default())).await
                 }
             }

@@ -200,6 +200,10 @@ fn tui_client_follows_the_cluster_through_a_killed_instance() {
         screen.contains(&format!("now on {second_app}, was {first_app}")),
         "{screen}"
     );
+    assert!(
+        screen.contains(&format!("disconnected from {first_app}")),
+        "the outage is not told in the scrollback:\n{screen}"
+    );
 
     // 4. Messages still arrive, once each, and sending still works.
     rt.block_on(peer.drain());
