@@ -83,8 +83,31 @@ pub struct Cluster {
 
 impl Cluster {
     /// Start Redis, the servers and HAProxy, and wait until HAProxy sees
-    /// every server healthy.
+    /// every server healthy. With ephemeral ports a start is tried up to
+    /// three times: another process can take a port between the moment it
+    /// was found free and the moment a child binds it.
     pub fn start(opts: ClusterOptions) -> Result<Self> {
+        let ephemeral = opts.port == 0
+            && opts.stats_port == 0
+            && opts.redis_port == 0
+            && opts.server_base_port == 0;
+        let tries = if ephemeral { 3 } else { 1 };
+        let mut last = None;
+        for attempt in 1..=tries {
+            match Self::start_once(opts.clone()) {
+                Ok(c) => return Ok(c),
+                Err(e) => {
+                    if attempt < tries {
+                        eprintln!("chat-cluster: start attempt {attempt} failed, retrying: {e:#}");
+                    }
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.expect("at least one attempt"))
+    }
+
+    fn start_once(opts: ClusterOptions) -> Result<Self> {
         procs::require_tools()?;
         let log_dir = match &opts.log_dir {
             Some(d) => d.clone(),
