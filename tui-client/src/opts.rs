@@ -86,7 +86,7 @@ pub struct Opts {
 
 fn after_help() -> String {
     format!(
-        "Keys:\n{}\nCommands: /join /leave /switch /nick /who /me /appids /reconnect /clear /help /quit\n",
+        "Keys:\n{}\nCommands: /join /leave /switch /nick /who /me /appids /reconnect /clear /lastlog /save /help /quit\n",
         KEYS.lines()
             .map(|l| format!("  {l}"))
             .collect::<Vec<_>>()

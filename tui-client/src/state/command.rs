@@ -27,6 +27,8 @@ pub enum Command {
     Clear,
     /// Write the current room's scrollback to a file.
     Save(Option<String>),
+    /// Show the lines of the current room that contain some text.
+    Lastlog(String),
 }
 
 /// Every command with its arguments and what it does, for `/help`.
@@ -123,6 +125,8 @@ pub fn parse(line: &str) -> Result<Command, CommandError> {
         "appids" | "appid" => Ok(Command::AppIds),
         "reconnect" => Ok(Command::Reconnect),
         "clear" => Ok(Command::Clear),
+        "lastlog" | "search" if !arg.is_empty() => Ok(Command::Lastlog(arg.to_string())),
+        "lastlog" | "search" => Err(usage("lastlog")),
         // A path may start with `/`: no stripping here.
         "save" if arg.is_empty() => Ok(Command::Save(None)),
         "save" => Ok(Command::Save(Some(arg.to_string()))),
@@ -211,6 +215,10 @@ mod tests {
         assert_eq!(parse("/quit").unwrap(), Quit);
         assert_eq!(parse("/appids").unwrap(), AppIds);
         assert_eq!(parse("/reconnect").unwrap(), Reconnect);
+        assert_eq!(
+            parse("/lastlog deploy x").unwrap(),
+            Lastlog("deploy x".into())
+        );
         assert_eq!(
             parse("/save /tmp/x.log").unwrap(),
             Save(Some("/tmp/x.log".into()))

@@ -85,6 +85,10 @@ impl App {
                 let text = scrollback_text(room);
                 vec![Action::Save { path, text }]
             }
+            Command::Lastlog(text) => {
+                self.lastlog(&text);
+                Vec::new()
+            }
             Command::Clear => {
                 let r = self.room_mut();
                 r.lines.clear();
@@ -208,6 +212,36 @@ impl App {
                     joined.join(", ")
                 ));
             }
+        }
+    }
+
+    /// `/lastlog`: the newest matching lines of the room shown, oldest
+    /// first, as notices (the scrollback itself is not filtered).
+    fn lastlog(&mut self, text: &str) {
+        const SHOWN: usize = 50;
+        let needle = text.to_lowercase();
+        let mut hits: Vec<String> = self
+            .room()
+            .lines
+            .iter()
+            .rev()
+            .filter(|l| matches!(l.kind, LineKind::Message { .. }))
+            .filter(|l| l.text.to_lowercase().contains(&needle))
+            .take(SHOWN)
+            .map(|l| format!("  {} <{}> {}", l.time, l.nick, l.text))
+            .collect();
+        hits.reverse();
+        self.info(&format!(
+            "lastlog {text:?}: {} line(s){}",
+            hits.len(),
+            if hits.len() == SHOWN {
+                " (the newest 50)"
+            } else {
+                ""
+            }
+        ));
+        for h in hits {
+            self.info(&h);
         }
     }
 

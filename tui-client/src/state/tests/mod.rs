@@ -343,3 +343,21 @@ fn huge_pastes_are_refused_not_flooded() {
     assert!(type_line(&mut a, &"y".repeat(200_000)).is_empty());
     assert!(last_text(&a).contains("at most 20"), "{}", last_text(&a));
 }
+
+#[test]
+fn lastlog_lists_matching_messages() {
+    let mut a = app();
+    a.update(msg("lobby", 1, "bob", "the Deploy starts"));
+    a.update(msg("lobby", 2, "bob", "unrelated"));
+    a.update(msg("lobby", 3, "carol", "deploy done"));
+    type_line(&mut a, "/lastlog deploy");
+    let t = texts(&a, 0);
+    let n = t.len();
+    assert_eq!(t[n - 3], "lastlog \"deploy\": 2 line(s)");
+    assert!(
+        t[n - 2].ends_with("<bob> the Deploy starts"),
+        "{}",
+        t[n - 2]
+    );
+    assert!(t[n - 1].ends_with("<carol> deploy done"), "{}", t[n - 1]);
+}
