@@ -20,6 +20,8 @@ pub struct TerminalGuard {
     pub terminal: DefaultTerminal,
 }
 
+/// Turn off what `ratatui::restore` does not. Errors are ignored: this runs
+/// while exiting or panicking, with nowhere left to report them.
 fn undo_extras() {
     let mut out = stdout();
     let _ = execute!(out, DisableMouseCapture, DisableBracketedPaste);

@@ -89,9 +89,10 @@ impl Actor {
                 }
                 Err(exit) => exit,
             };
-            let delay = match exit {
+            let (reason, retry_in) = match exit {
                 Exit::Shutdown(done) => {
                     if let Some(done) = done {
+                        // The UI may have stopped waiting: nothing to tell.
                         let _ = done.send(());
                     }
                     return;
@@ -112,7 +113,6 @@ impl Actor {
                     (reason, None)
                 }
             };
-            let (reason, retry_in) = delay;
             let ev = NetEvent::Disconnected {
                 reason,
                 retry_in,
@@ -123,6 +123,7 @@ impl Actor {
             }
             if let Some(Exit::Shutdown(done)) = self.wait(retry_in).await {
                 if let Some(done) = done {
+                    // As above: the UI may have stopped waiting.
                     let _ = done.send(());
                 }
                 return;
@@ -304,6 +305,8 @@ impl Actor {
                         None => return Exit::Shutdown(None),
                         Some(Command::Shutdown(done)) => {
                             let bye = CloseFrame { code: CloseCode::Normal, reason: "bye".into() };
+                            // Quitting either way; a dead socket must not
+                            // hold the quit up for more than half a second.
                             let _ = tokio::time::timeout(
                                 Duration::from_millis(500),
                                 sink.send(Message::Close(Some(bye))),
@@ -312,6 +315,8 @@ impl Actor {
                         }
                         Some(Command::Request(r)) => match r {
                             Request::Reconnect => {
+                                // Best effort: the socket is dropped next
+                                // whether or not the close got out.
                                 let _ = sink.send(Message::Close(None)).await;
                                 return Exit::Now;
                             }
