@@ -103,9 +103,18 @@ impl Opts {
             chat_protocol::names::validate_nick(nick)
                 .map_err(|e| format!("--nick/CHAT_NICK: {e}"))?;
         }
-        if !(self.url.starts_with("ws://") || self.url.starts_with("wss://")) {
+        if self.url.starts_with("wss://") {
+            // Built without a TLS stack (the cluster speaks plain ws behind
+            // HAProxy); better to say so than to retry forever.
+            return Err(
+                "--url/CHAT_URL: wss:// is not supported by this build; use ws:// \
+                        (terminate TLS in HAProxy or a tunnel)"
+                    .into(),
+            );
+        }
+        if !self.url.starts_with("ws://") {
             return Err(format!(
-                "--url/CHAT_URL must start with ws:// or wss://, got {}",
+                "--url/CHAT_URL must start with ws://, got {}",
                 self.url
             ));
         }
@@ -154,6 +163,8 @@ mod tests {
         assert!(o.validate().unwrap_err().contains("--room"));
         let o = Opts::try_parse_from(["tui-client", "--url", "http://x"]).unwrap();
         assert!(o.validate().unwrap_err().contains("ws://"));
+        let o = Opts::try_parse_from(["tui-client", "--url", "wss://x/ws"]).unwrap();
+        assert!(o.validate().unwrap_err().contains("not supported"));
     }
 
     #[test]
