@@ -167,9 +167,13 @@ impl App {
             was_connected: false,
         };
         let url = app.url.clone();
+        let who = if app.nick.is_empty() {
+            "a nick the server picks".to_string()
+        } else {
+            app.nick.clone()
+        };
         app.info(&format!(
-            "connecting to {url} as {} — /help for commands, F1 for keys",
-            app.nick
+            "connecting to {url} as {who} — /help for commands, F1 for keys"
         ));
         app
     }
