@@ -168,6 +168,9 @@ pub struct Verification {
     pub out_of_order: u64,
     /// Receivers that lost at least one delivery.
     pub receivers_with_loss: u64,
+    /// Messages whose sender disconnected within `grace` of sending them
+    /// without seeing its own echo: not expected anywhere.
+    pub unconfirmed: u64,
     /// Receivers that joined, in all and per APP_ID index.
     pub members: u64,
     pub members_per_app: HashMap<u16, u64>,
@@ -193,6 +196,30 @@ pub fn verify(
             .push((s.sender as usize / rooms.max(1), s));
     }
     let mut v = Verification::default();
+    // Messages nobody should be blamed for: refused by the server, or sent
+    // by a sender whose connection ended within `grace` of the send and that
+    // never saw its own echo (the server may never have accepted them).
+    let by_client: HashMap<usize, &ReceiverLog> = receivers.iter().map(|r| (r.client, r)).collect();
+    let mut excluded: HashMap<u32, Vec<u32>> = HashMap::new();
+    for s in senders {
+        let mut ex = s.rejected.clone();
+        let own = by_client.get(&(s.sender as usize));
+        if let Some(left) = own.and_then(|r| r.left_at) {
+            let local = s.sender as usize / rooms.max(1);
+            let from = s
+                .sent_at
+                .partition_point(|&t| t < left.saturating_sub(grace_us));
+            for q in from..s.sent_at.len() {
+                let seen = own.is_some_and(|r| r.has(local, q as u32));
+                if !seen && ex.binary_search(&(q as u32)).is_err() {
+                    v.unconfirmed += 1;
+                    ex.push(q as u32);
+                }
+            }
+            ex.sort_unstable();
+        }
+        excluded.insert(s.sender, ex);
+    }
     for r in receivers {
         v.received += r.received;
         v.members += 1;
@@ -218,8 +245,7 @@ pub fn verify(
             } else {
                 s.sent_at.partition_point(|&t| t <= end)
             };
-            let refused: Vec<u32> = s
-                .rejected
+            let refused: Vec<u32> = excluded[&s.sender]
                 .iter()
                 .copied()
                 .filter(|&q| (lo..hi).contains(&(q as usize)))
@@ -337,6 +363,24 @@ mod tests {
             30,
         );
         assert_eq!((v2.expected, v2.lost), (3, 3));
+    }
+
+    #[test]
+    fn a_sender_that_vanished_is_not_blamed_for_unconfirmed_sends() {
+        // Sender 0 left at t=100 (grace 10): seq 2 (t=95) went out just
+        // before, and its own echo never came back; seq 1 (t=92) did.
+        let s0 = sender(0, 0, &[10, 92, 95]);
+        let mut own = ReceiverLog::new(0, 0, 0, 0);
+        own.left_at = Some(100);
+        own.on_delivery(0, 0, None);
+        own.on_delivery(0, 1, None);
+        let mut other = ReceiverLog::new(1, 0, 1, 0);
+        other.on_delivery(0, 0, None);
+        let v = verify(&[s0], &[own, other], 1, 10, u64::MAX);
+        // `own` expects only seq 0 (its window ends at 90); `other` expects
+        // 0 and 1 (2 is unconfirmed) and lost 1.
+        assert_eq!(v.unconfirmed, 1);
+        assert_eq!((v.expected, v.lost), (3, 1));
     }
 
     #[test]

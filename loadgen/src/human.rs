@@ -52,8 +52,8 @@ pub fn summary(r: &Report) -> String {
     let d = &r.deliveries;
     let _ = writeln!(
         o,
-        "\nSends        {} sent ({}/s), {} refused by the server",
-        r.sends.sent, r.sends.per_second, r.sends.rejected
+        "\nSends        {} sent ({}/s), {} refused by the server, {} unconfirmed (sender gone)",
+        r.sends.sent, r.sends.per_second, r.sends.rejected, r.sends.unconfirmed
     );
     let _ = writeln!(
         o,

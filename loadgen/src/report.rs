@@ -57,6 +57,10 @@ pub struct Connections {
 pub struct Sends {
     pub sent: u64,
     pub rejected: u64,
+    /// Sent just before the sender's connection ended, never echoed back
+    /// to it: the server may not have accepted them, so they are not
+    /// expected anywhere.
+    pub unconfirmed: u64,
     pub per_second: f64,
 }
 
@@ -128,6 +132,7 @@ impl Report {
             sends: Sends {
                 sent: t.sent,
                 rejected: t.rejected,
+                unconfirmed: t.unconfirmed,
                 per_second: round1(t.sent as f64 / send_s),
             },
             deliveries: Deliveries {

@@ -59,6 +59,7 @@ pub struct Tally {
     pub per_app_id: BTreeMap<String, u64>,
     pub sent: u64,
     pub rejected: u64,
+    pub unconfirmed: u64,
     pub expected: u64,
     pub received: u64,
     pub delivered: u64,
@@ -132,6 +133,7 @@ impl Tally {
             per_app_id,
             sent: senders.iter().map(|s| s.sent_at.len() as u64).sum(),
             rejected: senders.iter().map(|s| s.rejected.len() as u64).sum(),
+            unconfirmed: v.unconfirmed,
             expected: v.expected,
             received: v.received,
             delivered: v.delivered,
@@ -163,6 +165,7 @@ impl Tally {
         sum(&mut self.dropped, o.dropped);
         sum(&mut self.sent, o.sent);
         sum(&mut self.rejected, o.rejected);
+        sum(&mut self.unconfirmed, o.unconfirmed);
         sum(&mut self.expected, o.expected);
         sum(&mut self.received, o.received);
         sum(&mut self.delivered, o.delivered);

@@ -131,3 +131,69 @@ fn direct_to_each_instance_with_two_workers() {
         "{stderr}"
     );
 }
+
+#[test]
+fn an_instance_stopping_mid_run_is_reported_without_false_loss() {
+    let mut cluster = Cluster::start(ClusterOptions {
+        servers: 3,
+        ..Default::default()
+    })
+    .expect("starting the local cluster (needs redis-server and haproxy: apt-get install redis-server haproxy)");
+    let json = std::env::temp_dir().join(format!("loadgen-stop-{}.json", std::process::id()));
+    // Direct URLs: exactly 20 of the 60 clients are on app2.
+    let mut cmd = loadgen();
+    for i in 0..3 {
+        cmd.args(["--url", &cluster.server_ws_url(i)]);
+    }
+    let child = cmd
+        .args([
+            "--clients",
+            "60",
+            "--rooms",
+            "4",
+            "--senders",
+            "8",
+            "--rate",
+            "80",
+            "--duration",
+            "6s",
+            "--grace",
+            "2s",
+            "--max-lost",
+            "0",
+            "--quiet",
+            "--json",
+        ])
+        .arg(&json)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    // SIGTERM: the instance drains and closes its sockets with 1012.
+    let _ = cluster.stop_server(1);
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&json);
+    assert_eq!(r["connections"]["opened"], 60, "{stdout}");
+    assert_eq!(r["connections"]["dropped"], 20, "{stdout}");
+    assert_eq!(r["close_codes"]["1012 service_restart"], 20, "{stdout}");
+    // Messages app2's members were owed before it went away were delivered,
+    // and nothing after it is counted against them.
+    assert_eq!(r["deliveries"]["lost"], 0, "{stdout}");
+    let to_app2: u64 = r["matrix"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["receiver"] == "app2")
+        .map(|c| c["expected"].as_u64().unwrap())
+        .sum();
+    assert!(to_app2 > 0, "{stdout}");
+}
