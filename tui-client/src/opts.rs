@@ -42,7 +42,8 @@ pub struct Opts {
     #[arg(long, env = "CHAT_NICK")]
     pub nick: Option<String>,
 
-    /// The room to join first.
+    /// The room(s) to join, comma-separated (`lobby,rust,ops`): all are
+    /// joined at start, the first is shown.
     #[arg(long, env = "CHAT_ROOM", default_value = "lobby")]
     pub room: String,
 
@@ -97,8 +98,10 @@ fn after_help() -> String {
 impl Opts {
     /// Check what the server would refuse anyway, before connecting.
     pub fn validate(&self) -> Result<(), String> {
-        chat_protocol::names::validate_room(&self.room)
-            .map_err(|e| format!("--room/CHAT_ROOM: {e}"))?;
+        for room in self.rooms() {
+            chat_protocol::names::validate_room(&room)
+                .map_err(|e| format!("--room/CHAT_ROOM: {room:?}: {e}"))?;
+        }
         if let Some(nick) = &self.nick {
             chat_protocol::names::validate_nick(nick)
                 .map_err(|e| format!("--nick/CHAT_NICK: {e}"))?;
@@ -122,6 +125,18 @@ impl Opts {
             return Err("--scrollback/CHAT_SCROLLBACK must be at least 1".into());
         }
         Ok(())
+    }
+
+    /// The rooms of `--room`, in order, without repeats (at least one: an
+    /// empty entry is kept so that validation reports it).
+    pub fn rooms(&self) -> Vec<String> {
+        let mut rooms: Vec<String> = Vec::new();
+        for r in self.room.split(',').map(str::trim) {
+            if !rooms.iter().any(|x| x == r) {
+                rooms.push(r.to_string());
+            }
+        }
+        rooms
     }
 
     /// Where the log goes.
@@ -151,6 +166,9 @@ mod tests {
         assert!(!o.no_mouse && !o.utc);
         assert_eq!(o.nick.as_deref(), Some("ann"));
         assert_eq!(o.room, "ops");
+        let o = Opts::try_parse_from(["tui-client", "--room", "lobby, rust,ops,rust"]).unwrap();
+        assert_eq!(o.rooms(), vec!["lobby", "rust", "ops"]);
+        assert!(o.validate().is_ok());
         let o = Opts::try_parse_from(["tui-client", "--no-mouse", "--utc"]).unwrap();
         assert!(o.no_mouse && o.utc);
     }
@@ -160,6 +178,8 @@ mod tests {
         let o = Opts::try_parse_from(["tui-client", "--nick", "a b"]).unwrap();
         assert!(o.validate().unwrap_err().contains("--nick"));
         let o = Opts::try_parse_from(["tui-client", "--room", "no spaces"]).unwrap();
+        assert!(o.validate().unwrap_err().contains("--room"));
+        let o = Opts::try_parse_from(["tui-client", "--room", "a,,b"]).unwrap();
         assert!(o.validate().unwrap_err().contains("--room"));
         let o = Opts::try_parse_from(["tui-client", "--url", "http://x"]).unwrap();
         assert!(o.validate().unwrap_err().contains("ws://"));

@@ -39,7 +39,9 @@ pub fn default_nick(opts: &Opts) -> String {
 /// Run the client until the user quits.
 pub async fn run(opts: Opts) -> anyhow::Result<()> {
     let nick = default_nick(&opts);
-    let mut cfg = NetConfig::new(&opts.url, &nick, &opts.room);
+    let rooms = opts.rooms();
+    let mut cfg = NetConfig::new(&opts.url, &nick, &rooms[0]);
+    cfg.more_rooms = rooms[1..].to_vec();
     cfg.history = opts.history;
     let (net, mut events) = net::spawn(cfg);
 
@@ -48,7 +50,8 @@ pub async fn run(opts: Opts) -> anyhow::Result<()> {
     let settings = Settings {
         url: opts.url.clone(),
         nick,
-        room: opts.room.clone(),
+        room: rooms[0].clone(),
+        more_rooms: rooms[1..].to_vec(),
         scrollback: opts.scrollback,
         clock: Clock {
             utc: opts.utc,

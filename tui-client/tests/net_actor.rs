@@ -424,3 +424,23 @@ async fn rtt_is_measured_with_application_pings() {
         _ => unreachable!(),
     }
 }
+
+#[tokio::test]
+async fn every_room_of_the_command_line_is_joined_on_every_connection() {
+    let (l, addr) = listen().await;
+    let mut cfg = config(&addr);
+    cfg.more_rooms = vec!["rust".into(), "ops".into()];
+    let (_handle, _rx) = net::spawn(cfg);
+    for app in ["app1", "app2"] {
+        let (mut ws, uri) = accept(&l).await;
+        assert!(uri.contains("room=lobby"), "{uri}");
+        send(&mut ws, welcome(app)).await;
+        for room in ["rust", "ops"] {
+            assert!(matches!(
+                client_frame(&mut ws).await,
+                ClientFrame::Join { room: r, .. } if r == room
+            ));
+        }
+        drop(ws);
+    }
+}

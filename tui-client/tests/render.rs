@@ -33,6 +33,7 @@ fn app(w: u16, h: u16) -> App {
         url: "ws://127.0.0.1:8080/ws".into(),
         nick: "alice".into(),
         room: "lobby".into(),
+        more_rooms: Vec::new(),
         scrollback: 10_000,
         clock: Clock::fixed(T0),
         id_prefix: "t".into(),

@@ -52,8 +52,12 @@ impl Actor {
         commands: mpsc::Receiver<Command>,
         events: mpsc::Sender<NetEvent>,
     ) -> Self {
+        let mut session = Session::new(&cfg.nick, &cfg.room, cfg.history);
+        for room in &cfg.more_rooms {
+            session.join(room);
+        }
         Self {
-            session: Session::new(&cfg.nick, &cfg.room, cfg.history),
+            session,
             cfg,
             commands,
             events,

@@ -84,6 +84,8 @@ pub struct NetConfig {
     pub url: String,
     pub nick: String,
     pub room: String,
+    /// More rooms to join after `room` on every connection.
+    pub more_rooms: Vec<String>,
     /// Messages to replay when a room is joined for the first time.
     pub history: u32,
     pub backoff: Backoff,
@@ -104,6 +106,7 @@ impl NetConfig {
             url: url.to_string(),
             nick: nick.to_string(),
             room: room.to_string(),
+            more_rooms: Vec::new(),
             history: 50,
             backoff: Backoff::default(),
             ping_interval: Duration::from_secs(5),

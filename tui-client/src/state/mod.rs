@@ -90,6 +90,8 @@ pub struct Settings {
     pub url: String,
     pub nick: String,
     pub room: String,
+    /// More rooms joined at start, after `room`.
+    pub more_rooms: Vec<String>,
     /// Lines kept per room.
     pub scrollback: usize,
     pub clock: Clock,
@@ -145,7 +147,10 @@ impl App {
         let mut app = Self {
             url: settings.url,
             nick: settings.nick,
-            rooms: vec![Room::new(&settings.room, settings.scrollback)],
+            rooms: std::iter::once(&settings.room)
+                .chain(&settings.more_rooms)
+                .map(|r| Room::new(r, settings.scrollback))
+                .collect(),
             current: 0,
             conn: ConnStatus::Connecting { attempt: 0 },
             app_id: None,

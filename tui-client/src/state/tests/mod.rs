@@ -31,6 +31,7 @@ fn app() -> App {
         url: "ws://127.0.0.1:1/ws".into(),
         nick: "alice".into(),
         room: "lobby".into(),
+        more_rooms: Vec::new(),
         scrollback: 1000,
         clock: Clock::fixed(1_700_000_000_000),
         id_prefix: "t".into(),
@@ -360,4 +361,21 @@ fn lastlog_lists_matching_messages() {
         t[n - 2]
     );
     assert!(t[n - 1].ends_with("<carol> deploy done"), "{}", t[n - 1]);
+}
+
+#[test]
+fn every_room_of_the_command_line_is_listed_and_the_first_shown() {
+    let settings = Settings {
+        url: "ws://127.0.0.1:1/ws".into(),
+        nick: "alice".into(),
+        room: "lobby".into(),
+        more_rooms: vec!["rust".into(), "ops".into()],
+        scrollback: 10,
+        clock: Clock::fixed(0),
+        id_prefix: "t".into(),
+    };
+    let a = App::new(settings, Rect::new(0, 0, 80, 24), Instant::now());
+    let names: Vec<_> = a.rooms.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, vec!["lobby", "rust", "ops"]);
+    assert_eq!(a.room().name, "lobby");
 }
