@@ -100,19 +100,26 @@ pub fn run_cli(opts: &Opts) -> Result<ExitCode> {
     let json_stdout = opts.json.as_deref() == Some("-");
     let mode = Mode::choose(opts.no_tui, opts.quiet, json_stdout);
     let cfg = Arc::new(cfg);
+    let timeline = Arc::new(std::sync::Mutex::new(Vec::new()));
     let tally = rt.block_on(async {
         if cfg.workers > 1 {
-            worker::parent_main(cfg.clone(), mode).await
+            worker::parent_main(cfg.clone(), mode, timeline.clone()).await
         } else {
-            run_local(cfg.clone(), mode, fd).await
+            run_local(cfg.clone(), mode, fd, timeline.clone()).await
         }
     })?;
     drop(rt);
-    finish(opts, &cfg, &tally)
+    let timeline = std::mem::take(&mut *timeline.lock().expect("timeline lock"));
+    finish(opts, &cfg, &tally, timeline)
 }
 
 /// One process, every room, with a live view.
-pub async fn run_local(cfg: Arc<Config>, mode: Mode, fd: sys::FdLimit) -> Result<Tally> {
+pub async fn run_local(
+    cfg: Arc<Config>,
+    mode: Mode,
+    fd: sys::FdLimit,
+    timeline: Arc<std::sync::Mutex<Vec<live::Point>>>,
+) -> Result<Tally> {
     let interrupt = CancellationToken::new();
     let hard_stop = CancellationToken::new();
     let sig = live::spawn_signal_handler(interrupt.clone(), hard_stop.clone());
@@ -131,7 +138,10 @@ pub async fn run_local(cfg: Arc<Config>, mode: Mode, fd: sys::FdLimit) -> Result
     let display = tokio::spawn(live::show(
         mode,
         view,
-        move || Snapshot::take(&stats, phase.name(), clients, fd.soft),
+        live::recording(
+            move || Snapshot::take(&stats, phase.name(), clients, fd.soft),
+            timeline,
+        ),
         done.clone(),
         interrupt.clone(),
         hard_stop.clone(),
@@ -162,8 +172,14 @@ pub fn config_line(cfg: &Config) -> String {
 }
 
 /// Print the summary, write `--json` and `--hgrm`, and pick the exit code.
-pub fn finish(opts: &Opts, cfg: &Config, tally: &Tally) -> Result<ExitCode> {
-    let report = Report::new(cfg, tally);
+pub fn finish(
+    opts: &Opts,
+    cfg: &Config,
+    tally: &Tally,
+    timeline: Vec<live::Point>,
+) -> Result<ExitCode> {
+    let mut report = Report::new(cfg, tally);
+    report.timeline = timeline;
     let text = human::summary(&report);
     let json = serde_json::to_string_pretty(&report)?;
     match opts.json.as_deref() {

@@ -108,7 +108,57 @@ impl Mode {
     }
 }
 
-/// Show progress until `done` is cancelled. `snap` is called once a second.
+/// One second of the run, for the report's `timeline`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Point {
+    /// Seconds since the run started.
+    pub t_s: f64,
+    pub phase: String,
+    pub connected: u64,
+    pub failed: u64,
+    pub sends_per_s: f64,
+    pub deliveries_per_s: f64,
+    /// Fan-out latency over this second only (0 without deliveries).
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub errors: u64,
+}
+
+/// Most points kept: a day at one per second. Longer runs keep the first
+/// day, so the timeline cannot grow without limit.
+const MAX_POINTS: usize = 86_400;
+
+/// Wrap a snapshot source so that every snapshot also lands in `timeline`.
+pub fn recording<F: FnMut() -> Snapshot>(
+    mut snap: F,
+    timeline: std::sync::Arc<std::sync::Mutex<Vec<Point>>>,
+) -> impl FnMut() -> Snapshot {
+    let mut last = Snapshot::default();
+    move || {
+        let s = snap();
+        let dt = (s.elapsed_ms.saturating_sub(last.elapsed_ms) as f64 / 1000.0).max(1e-3);
+        let p = Point {
+            t_s: s.elapsed_ms as f64 / 1000.0,
+            phase: s.phase.clone(),
+            connected: s.connected,
+            failed: s.failed,
+            sends_per_s: (s.sent.saturating_sub(last.sent) as f64 / dt).round(),
+            deliveries_per_s: (s.received.saturating_sub(last.received) as f64 / dt).round(),
+            p50_us: s.interval_p50,
+            p99_us: s.interval_p99,
+            errors: s.errors,
+        };
+        let mut t = timeline.lock().expect("timeline lock");
+        if t.len() < MAX_POINTS {
+            t.push(p);
+        }
+        last = s.clone();
+        s
+    }
+}
+
+/// Show progress until `done` is cancelled. `snap` is called once a second
+/// in every mode (quietly in `Quiet`), so the timeline is always recorded.
 /// In TUI mode, `q`/Esc/Ctrl-C cancel `interrupt` (a second time:
 /// `hard_stop`), since the terminal's raw mode turns Ctrl-C into a key.
 pub async fn show<F>(
@@ -122,29 +172,40 @@ pub async fn show<F>(
     F: FnMut() -> Snapshot + Send,
 {
     match mode {
-        Mode::Quiet => done.cancelled().await,
-        Mode::Lines => lines(&mut view, snap, done).await,
+        Mode::Quiet => ticks(&mut view, snap, done, false).await,
+        Mode::Lines => ticks(&mut view, snap, done, true).await,
         Mode::Tui => {
             if let Err(e) =
                 crate::tui::run(&mut view, &mut snap, done.clone(), interrupt, hard_stop).await
             {
                 eprintln!("loadgen: dashboard failed ({e}); falling back to progress lines");
-                lines(&mut view, snap, done).await;
+                ticks(&mut view, snap, done, true).await;
             }
         }
     }
 }
 
-async fn lines<F: FnMut() -> Snapshot>(view: &mut View, mut snap: F, done: CancellationToken) {
+async fn ticks<F: FnMut() -> Snapshot>(
+    view: &mut View,
+    mut snap: F,
+    done: CancellationToken,
+    print: bool,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
     loop {
         tokio::select! {
             _ = tick.tick() => {
                 view.update(snap());
-                eprintln!("{}", view.line());
+                if print {
+                    eprintln!("{}", view.line());
+                }
             }
-            _ = done.cancelled() => return,
+            _ = done.cancelled() => {
+                // A last point, so the timeline covers the end of the run.
+                view.update(snap());
+                return;
+            }
         }
     }
 }

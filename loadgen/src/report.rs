@@ -35,6 +35,9 @@ pub struct Report {
     pub close_codes: BTreeMap<String, u64>,
     pub loadgen: SelfCost,
     pub thresholds: ThresholdResult,
+    /// One point per second of the run (filled in by the caller that drove
+    /// the live view; empty in library use).
+    pub timeline: Vec<crate::live::Point>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -179,6 +182,7 @@ impl Report {
                 mem_per_socket_bytes: t.mem_per_socket_bytes,
             },
             thresholds: ThresholdResult::default(),
+            timeline: Vec::new(),
         };
         let failed = cfg.thresholds.check(&r);
         r.thresholds = ThresholdResult {

@@ -245,7 +245,10 @@ pub async fn run<F: FnMut() -> Snapshot>(
                     Some(Err(e)) => return Err(e),
                     None => {}
                 },
-                _ = done.cancelled() => return Ok(()),
+                _ = done.cancelled() => {
+                    view.update(snap());
+                    return Ok(());
+                }
             }
         }
     }

@@ -86,7 +86,11 @@ pub fn child_args(cfg: &Config, index: usize) -> Vec<String> {
 
 /// The parent: start the workers, drive their phases, show merged
 /// progress, and merge their tallies.
-pub async fn parent_main(cfg: Arc<Config>, mode: Mode) -> Result<Tally> {
+pub async fn parent_main(
+    cfg: Arc<Config>,
+    mode: Mode,
+    timeline: Arc<Mutex<Vec<live::Point>>>,
+) -> Result<Tally> {
     let exe = std::env::current_exe().context("finding my own executable to start workers")?;
     let interrupt = CancellationToken::new();
     let hard_stop = CancellationToken::new();
@@ -137,7 +141,10 @@ pub async fn parent_main(cfg: Arc<Config>, mode: Mode) -> Result<Tally> {
     let display = tokio::spawn(live::show(
         mode,
         View::new(crate::config_line(&cfg)),
-        move || Snapshot::merge(&snaps2.lock().expect("snaps lock")),
+        live::recording(
+            move || Snapshot::merge(&snaps2.lock().expect("snaps lock")),
+            timeline,
+        ),
         done.clone(),
         interrupt.clone(),
         hard_stop.clone(),

@@ -128,6 +128,11 @@ async fn smoke_preset_writes_json_to_stdout_and_hgrm() {
     assert_eq!(j["deliveries"]["expected"], 80 * 15);
     assert_eq!(j["deliveries"]["lost"], 0);
     assert!(j["sends"]["per_second"].as_f64().unwrap() > 40.0);
+    let timeline = j["timeline"].as_array().unwrap();
+    assert!(timeline.len() >= 2, "one point per second: {timeline:?}");
+    assert!(timeline
+        .iter()
+        .any(|p| p["phase"] == "send" && p["deliveries_per_s"].as_f64().unwrap() > 0.0));
     assert!(stderr.contains("Deliveries   expected 1200"), "{stderr}");
     assert!(stderr.contains("p99.9"), "{stderr}");
     let h = std::fs::read_to_string(&hgrm).unwrap();

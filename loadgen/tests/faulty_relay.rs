@@ -25,7 +25,8 @@ async fn run(args: &[&str]) -> Report {
     let opts = Opts::try_parse_from(v).unwrap();
     let fd = loadgen::sys::raise_fd_limit();
     let cfg = Arc::new(opts.resolve(fd.socket_budget()).unwrap());
-    let tally = loadgen::run_local(cfg.clone(), Mode::Quiet, fd)
+    let timeline = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let tally = loadgen::run_local(cfg.clone(), Mode::Quiet, fd, timeline)
         .await
         .unwrap();
     Report::new(&cfg, &tally)
