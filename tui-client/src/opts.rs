@@ -79,6 +79,11 @@ pub struct Opts {
     #[arg(long, env = "CHAT_SHOW_APP_IDS", value_parser = BoolishValueParser::new())]
     pub show_app_ids: bool,
 
+    /// Ring the terminal bell when a message mentions your nick (tmux
+    /// then flags the window).
+    #[arg(long, env = "CHAT_BELL", value_parser = BoolishValueParser::new())]
+    pub bell: bool,
+
     /// Panic once the UI is up: lets the end-to-end tests check that the
     /// terminal is restored after a panic. Not for users.
     #[arg(long, hide = true)]

@@ -72,9 +72,18 @@ pub async fn run(opts: Opts) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut dirty = true;
+    let mut title = String::new();
     let mut last_draw = Instant::now() - FRAME;
     let result = loop {
         if dirty && last_draw.elapsed() >= FRAME {
+            let new_title = view::title(&app);
+            if new_title != title {
+                guard.set_title(&new_title);
+                title = new_title;
+            }
+            if std::mem::take(&mut app.mentioned) && opts.bell {
+                guard.bell();
+            }
             guard.terminal.draw(|f| view::render(&app, f))?;
             last_draw = Instant::now();
             dirty = false;

@@ -12,7 +12,13 @@ use crossterm::event::{
     DisableBracketedPaste, DisableMouseCapture, EnableBracketedPaste, EnableMouseCapture,
 };
 use crossterm::execute;
+use crossterm::terminal::SetTitle;
 use ratatui::DefaultTerminal;
+
+/// Save the window title on xterm's title stack (XTWINOPS 22), to give it
+/// back on exit (23): the client sets its own while it runs.
+const PUSH_TITLE: &[u8] = b"\x1b[22;0t";
+const POP_TITLE: &[u8] = b"\x1b[23;0t";
 
 /// Owns the terminal while the UI runs.
 #[derive(Debug)]
@@ -39,6 +45,7 @@ impl TerminalGuard {
             ratatui_hook(info);
         }));
         let mut out = stdout();
+        out.write_all(PUSH_TITLE)?;
         execute!(out, EnableBracketedPaste)?;
         if mouse {
             execute!(out, EnableMouseCapture)?;
@@ -47,8 +54,26 @@ impl TerminalGuard {
     }
 }
 
+impl TerminalGuard {
+    /// Set the window title (tmux shows it with `set-titles`). Cosmetic:
+    /// a terminal that does not take it loses nothing.
+    pub fn set_title(&self, title: &str) {
+        let _ = execute!(stdout(), SetTitle(crate::wrap::sanitize(title)));
+    }
+
+    /// Ring the terminal bell (tmux marks the window).
+    pub fn bell(&self) {
+        let mut out = stdout();
+        let _ = out.write_all(b"\x07").and_then(|()| out.flush());
+    }
+}
+
 impl Drop for TerminalGuard {
     fn drop(&mut self) {
+        // Give the title back (xterm's title stack; others ignore it).
+        let _ = stdout()
+            .write_all(POP_TITLE)
+            .and_then(|()| stdout().flush());
         undo_extras();
         ratatui::restore();
     }

@@ -403,3 +403,37 @@ fn long_input_scrolls_sideways_to_keep_the_cursor_visible() {
     a.update(Event::Key(KeyEvent::new(KeyCode::Enter, KeyModifiers::ALT)));
     assert!(row(&draw(&a, 40, 8), 7).starts_with("[lobby] ↵w0日"));
 }
+
+#[test]
+fn the_window_title_tells_what_is_waiting() {
+    let mut a = busy();
+    assert_eq!(view::title(&a), "tui-client: lobby on app1");
+    a.update(Event::Paste("/join ops".into()));
+    a.update(Event::Key(KeyEvent::new(
+        KeyCode::Enter,
+        KeyModifiers::NONE,
+    )));
+    a.update(frame(ServerFrame::Joined {
+        room: "ops".into(),
+        head: 0,
+    }));
+    a.update(Event::Key(KeyEvent::new(
+        KeyCode::Char('1'),
+        KeyModifiers::ALT,
+    )));
+    a.mentioned = false;
+    a.update(msg("ops", 1, "bob", "app2", "anyone?"));
+    assert!(!a.mentioned);
+    a.update(msg("ops", 2, "bob", "app2", "alice: ping"));
+    assert_eq!(
+        view::title(&a),
+        "tui-client: lobby on app1 (2 unread, 1 for you)"
+    );
+    assert!(a.mentioned, "a mention rings the bell (with --bell)");
+    a.update(Event::Net(NetEvent::Disconnected {
+        reason: "x".into(),
+        retry_in: None,
+        attempt: 1,
+    }));
+    assert!(view::title(&a).ends_with("[disconnected]"));
+}

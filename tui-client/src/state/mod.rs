@@ -132,6 +132,9 @@ pub struct App {
     pub now: Instant,
     pub clock: Clock,
     pub quit: bool,
+    /// A message mentioned this client's nick since the run loop last
+    /// looked (it rings the terminal bell with `--bell`).
+    pub mentioned: bool,
     scrollback: usize,
     id_prefix: String,
     next_id: u64,
@@ -165,6 +168,7 @@ impl App {
             now,
             clock: settings.clock,
             quit: false,
+            mentioned: false,
             scrollback: settings.scrollback,
             id_prefix: settings.id_prefix,
             next_id: 0,

@@ -266,6 +266,8 @@ impl App {
         let echoed = m.id.as_deref().and_then(|id| r.take_pending(id)).is_some();
         let own = echoed || m.nick == self.nick;
         let mention = !own && mentions(&m.text, &self.nick);
+        // Replay of a fresh join is old news: no bell for it.
+        self.mentioned |= mention && m.offset > r.quiet_until;
         if i != self.current && !own && m.offset > r.quiet_until {
             if r.unread == 0 {
                 let mut marker = self.local_line(LineKind::Marker, "─── new messages ───");

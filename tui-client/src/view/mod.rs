@@ -17,6 +17,28 @@ use ratatui::Frame;
 use crate::layout;
 use crate::state::App;
 
+/// The terminal (or tmux pane) title: where you are and what is waiting,
+/// so it can be seen from other windows.
+pub fn title(app: &App) -> String {
+    let unread: usize = app.rooms.iter().map(|r| r.unread).sum();
+    let mentions: usize = app.rooms.iter().map(|r| r.mentions).sum();
+    let mut t = format!("tui-client: {}", app.room().name);
+    if let Some(id) = &app.app_id {
+        t.push_str(&format!(" on {id}"));
+    }
+    if unread > 0 {
+        t.push_str(&format!(" ({unread} unread"));
+        if mentions > 0 {
+            t.push_str(&format!(", {mentions} for you"));
+        }
+        t.push(')');
+    }
+    if app.conn != crate::state::ConnStatus::Connected {
+        t.push_str(" [disconnected]");
+    }
+    t
+}
+
 /// Draw the whole screen.
 pub fn render(app: &App, frame: &mut Frame) {
     let panes = layout::panes(frame.area());

@@ -291,3 +291,18 @@ fn big_rooms_hide_joins_and_leaves_of_silent_people() {
     a.update(presence(PresenceEvent::Leave, "c7", "bot7"));
     assert!(last_text(&a).contains("bot7 left lobby"));
 }
+
+#[test]
+fn replayed_mentions_do_not_ring() {
+    let mut a = app();
+    type_line(&mut a, "/join rust");
+    a.update(frame(ServerFrame::Joined {
+        room: "rust".into(),
+        head: 5,
+    }));
+    a.mentioned = false;
+    a.update(msg("rust", 4, "bob", "alice: old news"));
+    assert!(!a.mentioned);
+    a.update(msg("rust", 6, "bob", "alice: new"));
+    assert!(a.mentioned);
+}
