@@ -203,6 +203,16 @@ impl Cluster {
         self.servers[i].as_ref().map(Child::pid)
     }
 
+    /// The PIDs of HAProxy and Redis, if they run.
+    pub fn haproxy_pid(&self) -> Option<u32> {
+        self.haproxy.as_ref().map(Child::pid)
+    }
+
+    /// The PID of Redis, if it runs.
+    pub fn redis_pid(&self) -> Option<u32> {
+        self.redis.as_ref().map(Child::pid)
+    }
+
     /// `redis://127.0.0.1:PORT/`.
     pub fn redis_url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.redis_port)

@@ -5,7 +5,9 @@
 //! - `cluster demo`: the same, plus three bots that land on different
 //!   instances and show a message crossing between them.
 //! - `cluster exec -- CMD ARGS...`: start it, run CMD with `{url}` replaced
-//!   by the WebSocket URL (and `CHAT_URL` set), stop, exit with CMD's code.
+//!   by the WebSocket URL, stop, exit with CMD's code. CMD also gets
+//!   `CHAT_URL`, `CLUSTER_SERVER_PIDS`, `CLUSTER_SERVER_ADDRS`,
+//!   `CLUSTER_HAPROXY_PID`, `CLUSTER_REDIS_PID` and `CLUSTER_LOG_DIR`.
 //! - `cluster haproxy-cfg`: print the compose `haproxy.cfg`.
 
 mod demo;
@@ -210,12 +212,21 @@ fn run() -> Result<u8> {
             let status = std::process::Command::new(&args[0])
                 .args(&args[1..])
                 .env("CHAT_URL", &url)
+                .env("CLUSTER_SERVER_PIDS", join((0..c.len()).filter_map(|i| c.server_pid(i))))
+                .env("CLUSTER_SERVER_ADDRS", join((0..c.len()).map(|i| c.server_addr(i))))
+                .env("CLUSTER_HAPROXY_PID", join(c.haproxy_pid()))
+                .env("CLUSTER_REDIS_PID", join(c.redis_pid()))
+                .env("CLUSTER_LOG_DIR", c.log_dir())
                 .status()
                 .with_context(|| format!("running {}", args[0]))?;
             c.shutdown();
             Ok(status.code().map_or(1, |c| c as u8))
         }
     }
+}
+
+fn join<T: ToString>(items: impl IntoIterator<Item = T>) -> String {
+    items.into_iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" ")
 }
 
 fn main() -> ExitCode {

@@ -23,6 +23,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::checker::{ReceiverLog, SenderLog};
+use crate::kinds::{close_kind, error_code, frame_type, io_kind, ws_kind};
 use crate::opts::{Config, Protocol};
 use crate::probe::{self, Probe};
 use crate::sched::Tick;
@@ -474,73 +475,5 @@ impl Session<'_> {
                 .error("gap frame: history could not fill a hole"),
             _ => {}
         }
-    }
-}
-
-/// The `type` of a frame that starts `{"type":"…"` (as every server frame
-/// does), without parsing it.
-fn frame_type(t: &[u8]) -> Option<&[u8]> {
-    let rest = t.strip_prefix(b"{\"type\":\"")?;
-    let end = memchr::memchr(b'"', rest)?;
-    Some(&rest[..end])
-}
-
-fn error_code(f: &str) -> String {
-    match serde_json::from_str::<chat_protocol::ServerFrame>(f) {
-        Ok(chat_protocol::ServerFrame::Error { code, .. }) => {
-            format!("error frame {}", code.as_str())
-        }
-        _ => "error frame".into(),
-    }
-}
-
-/// A close frame as a report key, e.g. `1012 service_restart`.
-pub fn close_kind(f: Option<&CloseFrame>) -> String {
-    match f {
-        Some(f) => {
-            let code = u16::from(f.code);
-            format!("{code} {}", chat_protocol::close::name(code))
-        }
-        None => "1005 no_status".into(),
-    }
-}
-
-/// An I/O error as a short, bounded report key with the fix when known.
-pub fn io_kind(e: &std::io::Error) -> String {
-    use std::io::ErrorKind as K;
-    match e.raw_os_error() {
-        Some(libc::EMFILE) | Some(libc::ENFILE) => {
-            return "too many open files (raise the limit or use --workers)".into()
-        }
-        Some(libc::EADDRNOTAVAIL) => {
-            return "address not available (ephemeral ports exhausted: use --source-ips)".into()
-        }
-        Some(libc::EADDRINUSE) => {
-            return "address in use (ephemeral ports exhausted: use --source-ips)".into()
-        }
-        _ => {}
-    }
-    match e.kind() {
-        K::ConnectionRefused => "connection refused".into(),
-        K::ConnectionReset => "connection reset".into(),
-        K::ConnectionAborted => "connection aborted".into(),
-        K::TimedOut => "timed out".into(),
-        K::BrokenPipe => "broken pipe".into(),
-        K::UnexpectedEof => "unexpected eof".into(),
-        k => format!("{k:?}").to_lowercase(),
-    }
-}
-
-/// A WebSocket error as a short report key.
-pub fn ws_kind(e: &WsError) -> String {
-    match e {
-        WsError::Io(io) => io_kind(io),
-        WsError::Http(r) => format!("http {}", r.status().as_u16()),
-        WsError::Protocol(p) => format!("protocol: {p}"),
-        WsError::ConnectionClosed | WsError::AlreadyClosed => "closed".into(),
-        WsError::Capacity(c) => format!("capacity: {c}"),
-        WsError::Utf8(_) => "invalid utf-8".into(),
-        WsError::Url(u) => format!("url: {u}"),
-        other => other.to_string(),
     }
 }

@@ -9,10 +9,12 @@
 //! receiver-APP_ID matrix that proves messages cross instances.
 //!
 //! # Layout
-//! - [`opts`]: the clap CLI, presets, the validated [`opts::Config`].
+//! - [`opts`]: the clap CLI; [`presets`]: built-in scenarios;
+//!   [`config`]: the validated [`config::Config`] and client placement.
 //! - [`sys`]: file and port limits, warnings, loopback source binding.
 //! - [`probe`]: the probe id carried by every send; byte scans of deliveries.
-//! - [`client`]: one simulated client (connect, join, read, send).
+//! - [`client`]: one simulated client (connect, join, read, send);
+//!   [`kinds`]: failures as bounded report keys.
 //! - [`checker`]: per-receiver verification (lost, duplicated, out of order).
 //! - [`stats`]: live counters, sharded histograms, APP_ID table, snapshots.
 //! - [`hist`]: HdrHistogram helpers, serde, `.hgrm` output.
@@ -28,10 +30,13 @@
 
 pub mod checker;
 pub mod client;
+pub mod config;
 pub mod hist;
 pub mod human;
+pub mod kinds;
 pub mod live;
 pub mod opts;
+pub mod presets;
 pub mod probe;
 pub mod relay;
 pub mod report;

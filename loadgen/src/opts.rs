@@ -8,13 +8,15 @@
 //! `--json`, `--hgrm`, `--max-p99`, `--max-lost`, `--min-instances`,
 //! `--preset`, `--workers`, `--source-ips`): keep them.
 
-use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 
+pub use crate::config::{Config, Protocol};
+use crate::presets::preset_values;
+pub use crate::presets::Preset;
 use crate::sys::parse_source_ips;
 use crate::thresholds::Thresholds;
 
@@ -22,35 +24,6 @@ use crate::thresholds::Thresholds;
 pub const DEFAULT_URL: &str = "ws://127.0.0.1:8080/ws";
 /// Matches the greeting of the published Node.js design.
 pub const DEFAULT_APP_ID_REGEX: &str = r"Connected successfully to server\s+(?P<app_id>[^\s\x22]+)";
-
-/// Which wire protocol the clients speak.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Protocol {
-    /// This project's JSON protocol (welcome, joined, send with id, message
-    /// with offset and app_id).
-    Chat,
-    /// Any broadcast relay of text frames: the probe travels inside the text
-    /// and the APP_ID comes from the greeting (see --app-id-regex).
-    Raw,
-}
-
-/// Built-in scenarios. Explicit flags override what a preset sets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Preset {
-    /// Small and fast, for CI: 60 clients in 4 rooms, 8 senders at 80 msg/s
-    /// for 5s, and zero loss, duplication, reordering or failed connections.
-    /// (4 rooms, not 3, so that round-robin over 3 instances mixes every
-    /// room across instances.)
-    Smoke,
-    /// One big room: 1000 members, 10 senders at 50 msg/s for 20s (50k
-    /// deliveries/s).
-    Fanout,
-    /// Many mostly idle sockets: 20000 clients in 200 rooms, a trickle of
-    /// 20 msg/s for 30s; spreads over worker processes and source IPs.
-    Connections,
-}
 
 /// Load generator and cross-instance delivery checker for WebSocket group
 /// chat. Opens many sockets (through HAProxy by default), sends on an
@@ -199,94 +172,6 @@ pub struct Opts {
     /// Internal: run as worker `INDEX/COUNT` of a parent loadgen.
     #[arg(long, hide = true)]
     pub worker_of: Option<String>,
-}
-
-/// A validated run configuration.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Config {
-    pub urls: Vec<String>,
-    pub preset: Option<Preset>,
-    pub clients: usize,
-    pub rooms: usize,
-    pub senders: usize,
-    pub rate: f64,
-    pub size: usize,
-    #[serde(serialize_with = "ser_dur")]
-    pub duration: Duration,
-    pub ramp: f64,
-    pub protocol: Protocol,
-    pub app_id_regex: String,
-    #[serde(serialize_with = "ser_dur")]
-    pub grace: Duration,
-    #[serde(serialize_with = "ser_dur")]
-    pub connect_timeout: Duration,
-    pub connect_concurrency: usize,
-    pub room_prefix: String,
-    pub workers: usize,
-    pub source_ips: Vec<Ipv4Addr>,
-    pub threads: usize,
-    #[serde(skip)]
-    pub thresholds: Thresholds,
-}
-
-fn ser_dur<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&humantime::format_duration(*d).to_string())
-}
-
-/// The values a preset sets; `None` falls through to the default.
-#[derive(Default)]
-struct PresetValues {
-    clients: Option<usize>,
-    rooms: Option<usize>,
-    senders: Option<usize>,
-    rate: Option<f64>,
-    size: Option<usize>,
-    duration: Option<Duration>,
-    ramp: Option<f64>,
-    thresholds: Thresholds,
-}
-
-fn preset_values(p: Option<Preset>) -> PresetValues {
-    let secs = Duration::from_secs;
-    match p {
-        None => PresetValues::default(),
-        Some(Preset::Smoke) => PresetValues {
-            clients: Some(60),
-            rooms: Some(4),
-            senders: Some(8),
-            rate: Some(80.0),
-            size: Some(64),
-            duration: Some(secs(5)),
-            ramp: Some(500.0),
-            thresholds: Thresholds {
-                max_lost: Some(0),
-                max_duplicated: Some(0),
-                max_out_of_order: Some(0),
-                max_failed_connections: Some(0),
-                ..Thresholds::default()
-            },
-        },
-        Some(Preset::Fanout) => PresetValues {
-            clients: Some(1000),
-            rooms: Some(1),
-            senders: Some(10),
-            rate: Some(50.0),
-            size: Some(64),
-            duration: Some(secs(20)),
-            ramp: Some(1000.0),
-            thresholds: Thresholds::default(),
-        },
-        Some(Preset::Connections) => PresetValues {
-            clients: Some(20_000),
-            rooms: Some(200),
-            senders: Some(20),
-            rate: Some(20.0),
-            size: Some(32),
-            duration: Some(secs(30)),
-            ramp: Some(2000.0),
-            thresholds: Thresholds::default(),
-        },
-    }
 }
 
 impl Opts {
@@ -448,60 +333,6 @@ fn url_is_loopback(u: &str) -> bool {
         || host
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
-}
-
-impl Config {
-    /// The name of room `r`.
-    pub fn room_name(&self, r: usize) -> String {
-        format!("{}-{r}", self.room_prefix)
-    }
-
-    /// The room of client `c`.
-    pub fn room_of(&self, c: usize) -> usize {
-        c % self.rooms
-    }
-
-    /// Senders are clients `0..senders`, so sender `s` is in room
-    /// `s % rooms` and is the `s / rooms`-th sender of that room.
-    pub fn senders_in_room(&self, r: usize) -> usize {
-        if r >= self.rooms {
-            return 0;
-        }
-        (self.senders + self.rooms - 1 - r) / self.rooms
-    }
-
-    /// Messages per second of one sender.
-    pub fn per_sender_rate(&self) -> f64 {
-        if self.senders == 0 {
-            0.0
-        } else {
-            self.rate / self.senders as f64
-        }
-    }
-
-    /// Which `--url` client `c` uses: `(c / rooms) mod urls`, so that the
-    /// members of every room spread over every URL (with `c mod urls`, a
-    /// room count that is a multiple of the URL count would pin each room
-    /// to one endpoint, and nothing would cross instances).
-    pub fn url_index(&self, c: usize) -> usize {
-        (c / self.rooms) % self.urls.len()
-    }
-
-    /// The URL client `c` connects to.
-    pub fn url_for(&self, c: usize) -> String {
-        let u = &self.urls[self.url_index(c)];
-        let room = self.room_name(self.room_of(c));
-        if u.contains("{room}") {
-            return u.replace("{room}", &room);
-        }
-        match self.protocol {
-            Protocol::Raw => u.clone(),
-            Protocol::Chat => {
-                let sep = if u.contains('?') { '&' } else { '?' };
-                format!("{u}{sep}room={room}&nick=lg{c}")
-            }
-        }
-    }
 }
 
 #[cfg(test)]

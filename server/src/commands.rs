@@ -308,13 +308,14 @@ impl Session {
     /// Remove our presence entry and announce the leave.
     async fn depart(&self, room: &str) {
         match self.state.store.remove_member(room, &self.conn_id).await {
-            Ok(true) => {
+            // Big rooms do not broadcast presence (see --presence-max-members).
+            Ok((true, left)) if left < self.state.config.presence_max_members => {
                 let frame = self.presence(room, PresenceEvent::Leave, None);
                 if let Err(e) = self.state.store.publish_raw(room, &frame).await {
                     tracing::debug!(room, error = %e, "cannot announce leave");
                 }
             }
-            Ok(false) => {}
+            Ok(_) => {}
             Err(e) => tracing::debug!(room, error = %e, "cannot remove presence entry"),
         }
     }
@@ -341,7 +342,8 @@ impl Session {
         };
         let store = &self.state.store;
         let res = match store.add_member(room, &self.conn_id, &entry).await {
-            Ok(()) => {
+            Ok(n) if n > self.state.config.presence_max_members => Ok(()),
+            Ok(_) => {
                 store
                     .publish_raw(room, &self.presence(room, event, old_nick))
                     .await

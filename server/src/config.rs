@@ -59,6 +59,12 @@ pub struct Config {
     #[arg(long = "queue", env = "OUTBOUND_QUEUE", default_value_t = 512)]
     pub queue: usize,
 
+    /// Rooms with more members than this do not broadcast join and leave
+    /// events (each would go to every member: O(n²) on a ramp); the member
+    /// list stays available through `who`.
+    #[arg(long, env = "PRESENCE_MAX_MEMBERS", default_value_t = 200)]
+    pub presence_max_members: u64,
+
     /// Messages each room keeps in history for resume.
     #[arg(long = "history", env = "HISTORY_LEN", default_value_t = 1000)]
     pub history_len: u32,

@@ -25,6 +25,9 @@ pub struct Metrics {
     pub messages_from_redis: AtomicU64,
     /// Chat frames queued to local sockets (one per member per message).
     pub deliveries: AtomicU64,
+    /// Socket flushes of queued deliveries (deliveries / flushes = frames
+    /// per write under load).
+    pub ws_flushes: AtomicU64,
     /// Deliveries dropped because a socket's outbound queue was full.
     pub fanout_drops: AtomicU64,
     /// Connections closed as slow consumers.
@@ -159,6 +162,12 @@ impl Metrics {
             "counter",
             "Frames queued to local sockets by fan-out.",
             &self.deliveries,
+        );
+        one(
+            "chat_ws_flushes_total",
+            "counter",
+            "Batched socket writes of queued deliveries.",
+            &self.ws_flushes,
         );
         one(
             "chat_fanout_drops_total",

@@ -75,7 +75,10 @@ async fn sweep(state: &AppState, live: &HashSet<String>) {
             if live.contains(&e.boot) || e.boot == state.boot {
                 continue;
             }
-            if let Ok(true) = state.store.remove_member(&room, &conn_id).await {
+            if let Ok((true, left)) = state.store.remove_member(&room, &conn_id).await {
+                if left >= state.config.presence_max_members {
+                    continue;
+                }
                 tracing::info!(room = %room, conn_id, app_id = e.app_id, "removing member of a dead instance");
                 let frame = ServerFrame::Presence {
                     room: room.to_string(),

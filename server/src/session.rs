@@ -226,6 +226,7 @@ async fn session_loop(
             r = conn.outbox.recv(&mut batch, BATCH) => match r {
                 Recv::Kicked => Err(slow_consumer()),
                 Recv::Frames => {
+                    state.metrics.ws_flushes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let frames = batch.iter().filter(|d| session.accept(d)).map(|d| d.frame.clone());
                     let r = conn.send_batch(frames).await;
                     batch.clear();

@@ -282,31 +282,35 @@ impl Store {
         parse_entries(v)
     }
 
-    /// Record a member in a room's presence hash.
-    pub async fn add_member(
-        &self,
-        room: &str,
-        conn_id: &str,
-        entry: &MemberEntry,
-    ) -> StoreResult<()> {
+    /// Record a member in a room's presence hash; returns the number of
+    /// members now recorded.
+    pub async fn add_member(&self, room: &str, conn_id: &str, entry: &MemberEntry) -> StoreResult<u64> {
         let json = serde_json::to_string(entry).map_err(|e| StoreError::Reply(e.to_string()))?;
-        self.query::<i64>(
-            redis::cmd("HSET")
-                .arg(members_key(room))
-                .arg(conn_id)
-                .arg(json),
-        )
-        .await
-        .map(drop)
+        let mut pipe = redis::pipe();
+        pipe.cmd("HSET")
+            .arg(members_key(room))
+            .arg(conn_id)
+            .arg(json)
+            .ignore()
+            .cmd("HLEN")
+            .arg(members_key(room));
+        let mut conn = self.conn.clone();
+        let (n,): (u64,) = self.timed(pipe.query_async(&mut conn)).await?;
+        Ok(n)
     }
 
-    /// Remove a member; true if this call removed it (so exactly one caller
-    /// announces the leave).
-    pub async fn remove_member(&self, room: &str, conn_id: &str) -> StoreResult<bool> {
-        let n: i64 = self
-            .query(redis::cmd("HDEL").arg(members_key(room)).arg(conn_id))
-            .await?;
-        Ok(n > 0)
+    /// Remove a member. Returns whether this call removed it (so exactly
+    /// one caller announces the leave) and how many members remain.
+    pub async fn remove_member(&self, room: &str, conn_id: &str) -> StoreResult<(bool, u64)> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("HDEL")
+            .arg(members_key(room))
+            .arg(conn_id)
+            .cmd("HLEN")
+            .arg(members_key(room));
+        let mut conn = self.conn.clone();
+        let (removed, left): (u64, u64) = self.timed(pipe.query_async(&mut conn)).await?;
+        Ok((removed > 0, left))
     }
 
     /// Every entry of a room's presence hash, stale ones included.

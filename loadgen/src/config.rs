@@ -1,0 +1,109 @@
+//! The validated configuration a run uses ([`Config`], built by
+//! [`crate::opts::Opts::resolve`]) and how it maps clients to rooms, URLs
+//! and senders.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use clap::ValueEnum;
+
+use crate::presets::Preset;
+use crate::thresholds::Thresholds;
+
+/// Which wire protocol the clients speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// This project's JSON protocol (welcome, joined, send with id, message
+    /// with offset and app_id).
+    Chat,
+    /// Any broadcast relay of text frames: the probe travels inside the text
+    /// and the APP_ID comes from the greeting (see --app-id-regex).
+    Raw,
+}
+
+/// A validated run configuration.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Config {
+    pub urls: Vec<String>,
+    pub preset: Option<Preset>,
+    pub clients: usize,
+    pub rooms: usize,
+    pub senders: usize,
+    pub rate: f64,
+    pub size: usize,
+    #[serde(serialize_with = "ser_dur")]
+    pub duration: Duration,
+    pub ramp: f64,
+    pub protocol: Protocol,
+    pub app_id_regex: String,
+    #[serde(serialize_with = "ser_dur")]
+    pub grace: Duration,
+    #[serde(serialize_with = "ser_dur")]
+    pub connect_timeout: Duration,
+    pub connect_concurrency: usize,
+    pub room_prefix: String,
+    pub workers: usize,
+    pub source_ips: Vec<Ipv4Addr>,
+    pub threads: usize,
+    #[serde(skip)]
+    pub thresholds: Thresholds,
+}
+
+fn ser_dur<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_duration(*d).to_string())
+}
+
+impl Config {
+    /// The name of room `r`.
+    pub fn room_name(&self, r: usize) -> String {
+        format!("{}-{r}", self.room_prefix)
+    }
+
+    /// The room of client `c`.
+    pub fn room_of(&self, c: usize) -> usize {
+        c % self.rooms
+    }
+
+    /// Senders are clients `0..senders`, so sender `s` is in room
+    /// `s % rooms` and is the `s / rooms`-th sender of that room.
+    pub fn senders_in_room(&self, r: usize) -> usize {
+        if r >= self.rooms {
+            return 0;
+        }
+        (self.senders + self.rooms - 1 - r) / self.rooms
+    }
+
+    /// Messages per second of one sender.
+    pub fn per_sender_rate(&self) -> f64 {
+        if self.senders == 0 {
+            0.0
+        } else {
+            self.rate / self.senders as f64
+        }
+    }
+
+    /// Which `--url` client `c` uses: `(c / rooms) mod urls`, so that the
+    /// members of every room spread over every URL (with `c mod urls`, a
+    /// room count that is a multiple of the URL count would pin each room
+    /// to one endpoint, and nothing would cross instances).
+    pub fn url_index(&self, c: usize) -> usize {
+        (c / self.rooms) % self.urls.len()
+    }
+
+    /// The URL client `c` connects to.
+    pub fn url_for(&self, c: usize) -> String {
+        let u = &self.urls[self.url_index(c)];
+        let room = self.room_name(self.room_of(c));
+        if u.contains("{room}") {
+            return u.replace("{room}", &room);
+        }
+        match self.protocol {
+            Protocol::Raw => u.clone(),
+            Protocol::Chat => {
+                let sep = if u.contains('?') { '&' } else { '?' };
+                format!("{u}{sep}room={room}&nick=lg{c}")
+            }
+        }
+    }
+}
