@@ -129,13 +129,10 @@ impl App {
                     self.push_line(i, line);
                 }
             }
-            ServerFrame::Left { room } => {
-                if let Some(i) = self.room_index(&room) {
-                    if self.rooms.len() > 1 {
-                        self.remove_room(i);
-                    }
-                }
-            }
+            // A leave is always ours, and the room left the list when it
+            // was asked for; acting on the confirmation would remove a room
+            // joined again in the meantime.
+            ServerFrame::Left { .. } => {}
             ServerFrame::Message(m) => self.on_message(m),
             ServerFrame::Gap { room, from, to } => {
                 let Some(i) = self.room_index(&room) else {

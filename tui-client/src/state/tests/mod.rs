@@ -379,3 +379,15 @@ fn every_room_of_the_command_line_is_listed_and_the_first_shown() {
     assert_eq!(names, vec!["lobby", "rust", "ops"]);
     assert_eq!(a.room().name, "lobby");
 }
+
+#[test]
+fn a_late_leave_confirmation_does_not_remove_a_room_joined_again() {
+    let mut a = app();
+    type_line(&mut a, "/join rust");
+    type_line(&mut a, "/leave rust");
+    type_line(&mut a, "/join rust");
+    a.update(frame(ServerFrame::Left {
+        room: "rust".into(),
+    }));
+    assert!(a.room_index("rust").is_some());
+}
