@@ -204,6 +204,23 @@ fn reconnecting_and_then_landing_elsewhere() {
     );
     assert!(status.contains("rtt –"), "{status}");
     assert!(status.starts_with(" was on app1 │"), "{status}");
+    // Lines typed now wait, and the status bar says so.
+    a.update(Event::Paste("queued while away".into()));
+    a.update(Event::Key(KeyEvent::new(
+        KeyCode::Enter,
+        KeyModifiers::NONE,
+    )));
+    let t = draw(&a, 120, 30);
+    assert!(row(&t, 28).contains("1 waiting to send"), "{}", row(&t, 28));
+    assert!(
+        screen(&t)
+            .lines()
+            .any(|l| l.starts_with("\"                 │sending ")
+                && l.contains("alice │")
+                && l.contains("queued while away")),
+        "{}",
+        screen(&t)
+    );
     a.update(Event::Net(NetEvent::Connected {
         app_id: "app3".into(),
         conn_id: "app3-9".into(),

@@ -112,6 +112,14 @@ pub fn render(app: &App, area: Rect, buf: &mut Buffer) {
         spans.push(Span::raw("act:"));
         spans.extend(act);
     }
+    let waiting: usize = app.rooms.iter().map(|r| r.pending.len()).sum();
+    if waiting > 0 && app.conn != ConnStatus::Connected {
+        spans.push(sep());
+        spans.push(Span::styled(
+            format!("{waiting} waiting to send"),
+            Style::new().fg(Color::LightYellow),
+        ));
+    }
     let room = app.room();
     if room.scroll > 0 {
         spans.push(sep());
