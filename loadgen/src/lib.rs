@@ -85,11 +85,16 @@ pub fn main_entry() -> ExitCode {
 pub fn run_cli(opts: &Opts) -> Result<ExitCode> {
     let fd = sys::raise_fd_limit();
     let cfg = opts.resolve(fd.socket_budget())?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cfg.threads)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    // One thread: the current-thread scheduler, which skips work stealing
+    // and cross-thread wakeups (cheaper per delivery; workers use it).
+    let mut builder = if cfg.threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(cfg.threads);
+        b
+    };
+    let rt = builder.enable_all().build().context("starting the async runtime")?;
     if let Some(spec) = &opts.worker_of {
         return rt.block_on(worker::child_main(cfg, spec, fd));
     }
@@ -101,6 +106,12 @@ pub fn run_cli(opts: &Opts) -> Result<ExitCode> {
         cfg.workers,
     ) {
         eprintln!("loadgen: warning: {w}");
+    }
+    if opts.source_ips.is_some() && !cfg.urls.iter().all(|u| u.contains("127.") || u.contains("localhost")) {
+        eprintln!(
+            "loadgen: warning: --source-ips only applies to IPv4 loopback destinations; \
+             connections to other hosts use the kernel's choice of source"
+        );
     }
     let json_stdout = opts.json.as_deref() == Some("-");
     let mode = Mode::choose(opts.no_tui, opts.quiet, json_stdout);

@@ -82,7 +82,8 @@ pub struct Opts {
     pub protocol: Protocol,
 
     /// Raw mode: regex that finds the APP_ID in the greeting frame; uses the
-    /// group named `app_id`, else group 1, else the whole match.
+    /// group named `app_id`, else group 1, else the whole match. An empty
+    /// regex waits for no greeting (every client is then `unknown`).
     #[arg(long, default_value = DEFAULT_APP_ID_REGEX)]
     pub app_id_regex: String,
 

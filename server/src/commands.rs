@@ -268,7 +268,7 @@ impl Session {
         for (off, f) in hist.entries {
             if off > last {
                 last = off;
-                if let Ok(f) = axum::extract::ws::Utf8Bytes::try_from(f) {
+                if std::str::from_utf8(&f).is_ok() {
                     frames.push(f);
                 }
             }
@@ -276,9 +276,7 @@ impl Session {
         let sent = frames.len() as u64;
         self.rooms[i].last = last;
         self.state.metrics.history_replayed.fetch_add(sent, Relaxed);
-        for f in frames {
-            conn.send(axum::extract::ws::Message::Text(f)).await?;
-        }
+        conn.send_texts(&frames).await?;
         Ok(())
     }
 

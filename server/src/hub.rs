@@ -22,7 +22,6 @@ use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use chat_protocol::splice::peek_offset;
 use chat_protocol::ServerFrame;
@@ -45,7 +44,8 @@ pub struct Delivery {
     /// The chat offset, or 0 for frames without one (presence, gap).
     pub offset: u64,
     /// The exact bytes every member receives.
-    pub frame: Utf8Bytes,
+    /// (Valid UTF-8: checked once when it arrives from Redis.)
+    pub frame: Bytes,
 }
 
 /// What a socket's outbound queue holds: a pointer, so a queue slot is one
@@ -173,7 +173,7 @@ impl Hub {
     /// Hand `frame` to every local member of `room`. Chat frames (offset >
     /// 0) at or below the room's last offset were already delivered and are
     /// dropped, so a repair and a late live copy never duplicate.
-    fn deliver(&self, room: &str, offset: u64, frame: Utf8Bytes) {
+    fn deliver(&self, room: &str, offset: u64, frame: Bytes) {
         let mut rooms = self.rooms();
         let Some(r) = rooms.get_mut(room) else {
             return;
@@ -215,7 +215,7 @@ impl Hub {
 
     /// Deliver a chat frame from Redis, first repairing any offsets the
     /// subscriber missed since the room's last one.
-    async fn deliver_chat(&self, store: &Store, room: &str, offset: u64, frame: Utf8Bytes) {
+    async fn deliver_chat(&self, store: &Store, room: &str, offset: u64, frame: Bytes) {
         if let Some(last) = self.last_offset(room) {
             if last > 0 && offset > last + 1 {
                 self.repair(store, room, last, offset - 1).await;
@@ -240,7 +240,7 @@ impl Hub {
             if off > expect {
                 self.gap(room, expect, off - 1);
             }
-            if let Ok(frame) = Utf8Bytes::try_from(frame) {
+            if std::str::from_utf8(&frame).is_ok() {
                 self.shared.metrics.repaired.fetch_add(1, Relaxed);
                 self.deliver(room, off, frame);
             }
@@ -269,7 +269,7 @@ impl Hub {
             to,
         }
         .to_json();
-        self.deliver(room, 0, frame.into());
+        self.deliver(room, 0, Bytes::from(frame));
     }
 
     /// Own the pub/sub connection until `shutdown`: connect, subscribe to
@@ -345,10 +345,11 @@ impl Hub {
                     };
                     let payload = Bytes::copy_from_slice(msg.get_payload_bytes());
                     let offset = peek_offset(&payload).unwrap_or(0);
-                    let Ok(frame) = Utf8Bytes::try_from(payload) else {
+                    if std::str::from_utf8(&payload).is_err() {
                         tracing::warn!(room, "dropping a non-UTF-8 frame from redis");
                         continue;
-                    };
+                    }
+                    let frame = payload;
                     if offset > 0 {
                         self.deliver_chat(store, room, offset, frame).await;
                     } else {

@@ -8,6 +8,7 @@
 //! - [`config`]: clap flags with env fallbacks.
 //! - [`http`]: routes (`/ws`, `/healthz`, `/metrics`, `/cluster`).
 //! - [`session`]: one connection's task: read, batched writes, ping, close.
+//! - [`ws`]: RFC 6455 framing on the raw socket (no buffers while idle).
 //! - [`commands`]: what a session does with each request (join, send, ...).
 //! - [`hub`]: local rooms, the pub/sub connection, fan-out to sockets.
 //! - [`outbox`]: a connection's bounded outbound queue and kick switch.
@@ -24,6 +25,7 @@ pub mod outbox;
 pub mod registry;
 pub mod session;
 pub mod store;
+pub mod ws;
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -192,16 +194,25 @@ pub async fn run(
     );
     let subscriber = tokio::spawn(hub.run_subscriber(store, state.shutdown.clone()));
     let registry = tokio::spawn(registry::run(state.clone()));
-    let token = state.shutdown.clone();
     let app = http::router(state.clone());
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down: closing sockets with 1012 (service restart)");
-            token.cancel();
-        })
-        .await
-        .context("http server failed")?;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _peer)) => serve_http(tcp, app.clone()),
+                Err(e) => {
+                    // Usually EMFILE: out of file descriptors. Back off
+                    // instead of spinning; sessions ending free some.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    tracing::info!("shutting down: closing sockets with 1012 (service restart)");
+    state.shutdown.cancel();
+    drop(listener);
     state.tracker.close();
     let drain = state.config.drain_timeout;
     if tokio::time::timeout(drain, state.tracker.wait())
@@ -217,6 +228,24 @@ pub async fn run(
     subscriber.abort();
     tracing::info!("shut down");
     Ok(())
+}
+
+/// Serve HTTP/1.1 on one accepted socket. Plain hyper rather than
+/// `axum::serve`, so that an upgraded connection's IO is the bare
+/// `TcpStream` (see [`ws`]). Plain requests (health checks, metrics) are not
+/// tracked: they end with the process.
+fn serve_http(tcp: tokio::net::TcpStream, app: axum::Router) {
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+        .with_upgrades();
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "http connection ended with an error");
+        }
+    });
 }
 
 /// Resolves on SIGTERM or SIGINT.
