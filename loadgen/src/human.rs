@@ -120,6 +120,21 @@ pub fn summary(r: &Report) -> String {
         s.rss_bytes as f64 / (1 << 20) as f64,
         s.mem_per_socket_bytes
     );
+    let lag = &s.event_loop_lag_us;
+    if lag.count > 0 {
+        let _ = writeln!(
+            o,
+            "loadgen event-loop lag: p50 {} p99 {} max {}{}",
+            fmt_us(lag.p50),
+            fmt_us(lag.p99),
+            fmt_us(lag.max),
+            if lag.p99 > 5_000 && lag.p99 * 4 > r.latency_us.p99 {
+                "  <- loadgen itself adds latency here: use --workers or fewer clients"
+            } else {
+                ""
+            }
+        );
+    }
     if r.thresholds.failed.is_empty() {
         if !r.config.thresholds.is_empty() {
             let _ = writeln!(o, "\nThresholds: all passed");

@@ -94,7 +94,10 @@ pub fn run_cli(opts: &Opts) -> Result<ExitCode> {
         b.worker_threads(cfg.threads);
         b
     };
-    let rt = builder.enable_all().build().context("starting the async runtime")?;
+    let rt = builder
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     if let Some(spec) = &opts.worker_of {
         return rt.block_on(worker::child_main(cfg, spec, fd));
     }
@@ -107,7 +110,12 @@ pub fn run_cli(opts: &Opts) -> Result<ExitCode> {
     ) {
         eprintln!("loadgen: warning: {w}");
     }
-    if opts.source_ips.is_some() && !cfg.urls.iter().all(|u| u.contains("127.") || u.contains("localhost")) {
+    if opts.source_ips.is_some()
+        && !cfg
+            .urls
+            .iter()
+            .all(|u| u.contains("127.") || u.contains("localhost"))
+    {
         eprintln!(
             "loadgen: warning: --source-ips only applies to IPv4 loopback destinations; \
              connections to other hosts use the kernel's choice of source"

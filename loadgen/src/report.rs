@@ -103,6 +103,11 @@ pub struct SelfCost {
     pub user_cpu_us_per_delivery: f64,
     pub rss_bytes: u64,
     pub mem_per_socket_bytes: u64,
+    /// How late loadgen's 10 ms timer fired while messages flowed (beyond
+    /// the 1 ms timer granularity, this is time deliveries may have waited
+    /// inside loadgen: if its p99 is a sizeable part of the fan-out p99,
+    /// loadgen is a bottleneck; use --workers or fewer clients).
+    pub event_loop_lag_us: Percentiles,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -180,6 +185,7 @@ impl Report {
                 user_cpu_us_per_delivery: per(t.cpu_user_us, t.received),
                 rss_bytes: t.rss_bytes,
                 mem_per_socket_bytes: t.mem_per_socket_bytes,
+                event_loop_lag_us: t.lag.summary(),
             },
             thresholds: ThresholdResult::default(),
             timeline: Vec::new(),

@@ -204,6 +204,10 @@ pub async fn run(cfg: Arc<Config>, part: Part, h: Handle, mut control: Control) 
         }
     }
 
+    // Measure the runtime's own lag while messages flow.
+    let lag_stop = CancellationToken::new();
+    let lag_task = tokio::spawn(measure_lag(stats.clone(), lag_stop.clone()));
+
     // Send.
     let cpu_start = crate::sys::cpu_time_us().unwrap_or((0, 0));
     let start = Instant::now();
@@ -270,6 +274,9 @@ pub async fn run(cfg: Arc<Config>, part: Part, h: Handle, mut control: Control) 
     let drain_time = drain_start.elapsed();
     let cpu_end = crate::sys::cpu_time_us().unwrap_or((0, 0));
 
+    lag_stop.cancel();
+    let _ = lag_task.await;
+
     // Close every socket and collect what each client saw.
     h.phase.set(Phase::CLOSE);
     ctx.shutdown.cancel();
@@ -312,4 +319,20 @@ pub async fn run(cfg: Arc<Config>, part: Part, h: Handle, mut control: Control) 
         mem_per_socket_bytes: mem_per_socket,
     };
     Ok(Tally::build(&stats, spawned, &senders, &v, timing, cost))
+}
+
+/// Sleep 10 ms again and again and record how late each wakeup was: the
+/// time a delivery may have waited inside loadgen before being timed.
+async fn measure_lag(stats: Arc<Stats>, stop: CancellationToken) {
+    let period = Duration::from_millis(10);
+    loop {
+        let due = Instant::now() + period;
+        tokio::select! {
+            _ = tokio::time::sleep_until(due.into()) => {
+                let late = Instant::now().saturating_duration_since(due);
+                stats.lag.lock().expect("lag lock").record(late.as_micros() as u64);
+            }
+            _ = stop.cancelled() => return,
+        }
+    }
 }

@@ -125,6 +125,10 @@ pub struct Stats {
     /// descriptor (15 ms at 17k), so it is done every 10 s and estimated
     /// from the socket count in between.
     fd_base: Mutex<Option<(Instant, u64)>>,
+    /// How late a 10 ms timer fires on the runtime, in µs: when loadgen is
+    /// the bottleneck, deliveries queue behind each other inside it and
+    /// this shows it.
+    pub lag: Mutex<Hist>,
     /// The run's time origin: probe times are µs since this.
     pub epoch: Instant,
 }
@@ -139,6 +143,7 @@ impl Stats {
                 .collect(),
             errors: Mutex::new(BTreeMap::new()),
             fd_base: Mutex::new(None),
+            lag: Mutex::new(Hist::default()),
             epoch: Instant::now(),
         }
     }

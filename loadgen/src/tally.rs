@@ -72,6 +72,8 @@ pub struct Tally {
     pub latency: Hist,
     pub raw_latency: Hist,
     pub connect: Hist,
+    /// Event-loop lag of loadgen's runtime (see `Stats::lag`).
+    pub lag: Hist,
     pub matrix: Vec<Cell>,
     pub timing: Timing,
     /// CPU time this process spent from the start of sending to the end of
@@ -146,6 +148,7 @@ impl Tally {
             latency: merged.sched,
             raw_latency: merged.raw,
             connect: merged.connect,
+            lag: stats.lag.lock().expect("lag lock").clone(),
             matrix: matrix.into_values().collect(),
             timing,
             cpu_us: cost.cpu_us,
@@ -194,6 +197,7 @@ impl Tally {
         self.latency.add(&o.latency);
         self.raw_latency.add(&o.raw_latency);
         self.connect.add(&o.connect);
+        self.lag.add(&o.lag);
         for c in &o.matrix {
             match self
                 .matrix
