@@ -130,7 +130,8 @@ fn tui_client_follows_the_cluster_through_a_killed_instance() {
         cluster.ws_url(),
         client_log.display()
     );
-    let tmux = Tmux::start("e2e", &command);
+    let mut tmux = Tmux::start("e2e", &command);
+    tmux.log = Some(client_log.clone());
     let fail_ctx = || {
         let log = std::fs::read_to_string(&client_log).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(30).collect();
@@ -138,7 +139,7 @@ fn tui_client_follows_the_cluster_through_a_killed_instance() {
     };
 
     // 1. The APP_ID the client landed on is on screen.
-    let screen = tmux.wait_for("the client to connect", Duration::from_secs(20), |s| {
+    let screen = tmux.wait_for("the client to connect", Duration::from_secs(30), |s| {
         s.contains("● connected") && status_app_id(s).is_some_and(|id| id != "–")
     });
     eprintln!("--- connected:\n{screen}");

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 /// sessions; killed on drop.
 pub(crate) struct Tmux {
     socket: String,
+    /// The client's log, shown (its tail) when a wait times out.
+    pub(crate) log: Option<std::path::PathBuf>,
 }
 
 impl Tmux {
@@ -23,6 +25,7 @@ impl Tmux {
         }
         let t = Tmux {
             socket: format!("tui-{name}-{}", std::process::id()),
+            log: None,
         };
         // remain-on-exit keeps the pane (and its modes) after the program
         // ends, so a test can look at what the program left behind.
@@ -88,7 +91,17 @@ impl Tmux {
                 return s;
             }
             if Instant::now() > deadline {
-                panic!("timed out after {limit:?} waiting for {what}; the screen:\n{s}");
+                let log = self
+                    .log
+                    .as_ref()
+                    .and_then(|p| std::fs::read_to_string(p).ok())
+                    .unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                panic!(
+                    "timed out after {limit:?} waiting for {what}; the screen:\n{s}\n\
+                     client log (newest first):\n{}",
+                    tail.join("\n")
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
