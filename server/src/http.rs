@@ -60,7 +60,7 @@ async fn upgrade(
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let tracker = state.tracker.clone();
-    tracker.spawn(async move {
+    let session = async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {
@@ -77,7 +77,8 @@ async fn upgrade(
             }
             Err(_) => tracing::error!("upgraded connection is not a TCP stream; closing it"),
         }
-    });
+    };
+    tracker.spawn(session);
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::CONNECTION, "upgrade")

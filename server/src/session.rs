@@ -136,7 +136,7 @@ pub async fn run(state: AppState, ws: WsStream, params: ConnectParams, permit: O
                     conn.ws.finish_close().await;
                 }
             };
-            let _ = tokio::time::timeout(Duration::from_secs(2), close).await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), Box::pin(close)).await;
             *code
         }
         End::Gone(code) => {
@@ -152,7 +152,7 @@ pub async fn run(state: AppState, ws: WsStream, params: ConnectParams, permit: O
                         conn.ws.finish_close().await;
                     }
                 };
-                let _ = tokio::time::timeout(Duration::from_secs(1), close).await;
+                let _ = tokio::time::timeout(Duration::from_secs(1), Box::pin(close)).await;
             }
             *code
         }

@@ -224,7 +224,8 @@ impl WsStream {
             match self.tcp.try_read_buf(buf) {
                 Ok(0) => return Err(WsError::Eof),
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                // Readiness was stale: give the buffer back while we wait.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.release(),
                 Err(e) => return Err(e.into()),
             }
         }
@@ -304,7 +305,9 @@ impl WsStream {
                 Err(WsError::Protocol(_) | WsError::Utf8) => {
                     // Cannot parse further: drop raw input instead.
                     self.reader = Reader::default();
-                    let mut sink = [0u8; 4096];
+                    // On the heap: a stack array would sit in every
+                    // connection's future, used or not.
+                    let mut sink = vec![0u8; 4096];
                     loop {
                         if self.tcp.readable().await.is_err() {
                             break;
