@@ -81,7 +81,6 @@ pub async fn run(ctx: Arc<Ctx>, c: usize, permit: OwnedSemaphorePermit) -> Outco
     stats.live.attempted.fetch_add(1, Relaxed);
     let _socket = SocketSlot::new(&stats.live.sockets);
     let room = ctx.cfg.room_of(c);
-    let started = Instant::now();
     let joined = tokio::select! {
         r = tokio::time::timeout(ctx.cfg.connect_timeout, connect(&ctx, c)) => match r {
             Ok(Ok(j)) => j,
@@ -104,7 +103,6 @@ pub async fn run(ctx: Arc<Ctx>, c: usize, permit: OwnedSemaphorePermit) -> Outco
         app,
         rate_limit,
     } = joined;
-    let _ = started;
     let joined_at = stats.now_us();
     stats.live.connected.fetch_add(1, Relaxed);
     stats.live.per_app[usize::from(app)].fetch_add(1, Relaxed);
