@@ -223,6 +223,27 @@ pub fn finish(
         std::fs::write(path, tally.latency.hgrm())
             .with_context(|| format!("writing --hgrm {}", path.display()))?;
     }
+    // A run that opened nothing measured nothing: say so, and do not let a
+    // CI job without thresholds pass on it.
+    if tally.attempted > 0 && tally.opened == 0 {
+        let top = tally
+            .errors
+            .iter()
+            .max_by_key(|(_, n)| **n)
+            .map(|(k, n)| format!(" ({n} × {k})"));
+        eprintln!(
+            "loadgen: error: no connection could be opened{}: is the server running at {}?",
+            top.unwrap_or_default(),
+            cfg.urls.join(" ")
+        );
+        return Ok(ExitCode::from(EXIT_ERROR));
+    }
+    if tally.sent > 0 && tally.received == 0 {
+        eprintln!(
+            "loadgen: warning: {} messages were sent but no delivery was received",
+            tally.sent
+        );
+    }
     Ok(if report.thresholds.passed {
         ExitCode::SUCCESS
     } else {

@@ -80,6 +80,34 @@ fn bad_flags_exit_2_with_a_reason() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("every room needs a member"));
 }
 
+#[test]
+fn nothing_to_connect_to_exits_2_and_says_why() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args([
+            "--url",
+            &format!("ws://127.0.0.1:{port}/ws"),
+            "--clients",
+            "3",
+            "--duration",
+            "100ms",
+            "--quiet",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no connection could be opened (3 × connect: connection refused)"),
+        "{err}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("failed 3"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smoke_preset_writes_json_to_stdout_and_hgrm() {
     let (r, stop) = start_relay(chat()).await;
