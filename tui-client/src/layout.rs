@@ -12,10 +12,14 @@ use ratatui::layout::Rect;
 use crate::state::room::{Line, LineKind};
 use crate::wrap;
 
-/// Width of the room list on the left.
-pub const ROOMS_WIDTH: u16 = 18;
-/// Width of the member list on the right.
-pub const MEMBERS_WIDTH: u16 = 20;
+/// Widths of the room list (left) and the member list (right) on a wide
+/// terminal...
+const WIDE_SIDEBARS: (u16, u16) = (18, 20);
+/// ...and below [`WIDE_MIN_WIDTH`] (an 80-column terminal keeps both lists
+/// and still gets a message pane over 50 columns wide).
+const NARROW_SIDEBARS: (u16, u16) = (14, 14);
+/// From this width on, the side lists get their full width.
+pub const WIDE_MIN_WIDTH: u16 = 110;
 /// Below this terminal width the side panes are hidden so the messages keep
 /// a usable width.
 pub const SIDEBARS_MIN_WIDTH: u16 = 70;
@@ -58,17 +62,22 @@ pub fn panes(area: Rect) -> Panes {
             input,
         };
     }
-    let rooms = Rect::new(body.x, body.y, ROOMS_WIDTH, body.height);
+    let (rooms_w, members_w) = if area.width >= WIDE_MIN_WIDTH {
+        WIDE_SIDEBARS
+    } else {
+        NARROW_SIDEBARS
+    };
+    let rooms = Rect::new(body.x, body.y, rooms_w, body.height);
     let members = Rect::new(
-        body.x + body.width - MEMBERS_WIDTH,
+        body.x + body.width - members_w,
         body.y,
-        MEMBERS_WIDTH,
+        members_w,
         body.height,
     );
     let messages = Rect::new(
-        body.x + ROOMS_WIDTH,
+        body.x + rooms_w,
         body.y,
-        body.width - ROOMS_WIDTH - MEMBERS_WIDTH,
+        body.width - rooms_w - members_w,
         body.height,
     );
     Panes {
@@ -128,6 +137,13 @@ mod tests {
             p.rooms.unwrap().width + p.messages.width + p.members.unwrap().width,
             120
         );
+    }
+
+    #[test]
+    fn an_80_column_terminal_keeps_both_lists_and_room_to_talk() {
+        let p = panes(Rect::new(0, 0, 80, 24));
+        assert!(p.rooms.is_some() && p.members.is_some());
+        assert_eq!(p.messages.width, 52);
     }
 
     #[test]

@@ -99,6 +99,16 @@ fn wrap_paragraph(
     let mut since_break = 0;
     for (i, c) in para.char_indices() {
         let w = char_width(c);
+        if c.is_whitespace() && row_width + w > cap(rows) {
+            // White space where the row is full: it ends the row (drawn
+            // past the edge, so invisible) rather than indenting the next.
+            rows.push(base + row_start..base + i + c.len_utf8());
+            row_start = i + c.len_utf8();
+            row_width = 0;
+            last_break = None;
+            since_break = 0;
+            continue;
+        }
         while row_width + w > cap(rows) && row_width > 0 {
             match last_break {
                 Some(b) if b > row_start => {
@@ -157,6 +167,12 @@ mod tests {
             rows("aaa bbb ccc ddd", 4, 8),
             vec!["aaa ", "bbb ccc ", "ddd"]
         );
+    }
+
+    #[test]
+    fn a_space_at_the_edge_does_not_start_the_next_row() {
+        assert_eq!(rows("abcd efgh", 4, 4), vec!["abcd ", "efgh"]);
+        assert_eq!(rows("日本 語", 4, 4), vec!["日本 ", "語"]);
     }
 
     #[test]

@@ -454,3 +454,13 @@ fn the_window_title_tells_what_is_waiting() {
     }));
     assert!(view::title(&a).ends_with("[disconnected]"));
 }
+
+#[test]
+fn an_80_by_24_terminal() {
+    let mut a = busy();
+    a.update(Event::Resize(80, 24));
+    let t = draw(&a, 80, 24);
+    insta::assert_snapshot!("eighty_by_24", screen(&t));
+    assert!(screen(&t).contains("Members (4)"));
+    assert!(row(&t, 22).contains("on app1 │ ● connected"));
+}
