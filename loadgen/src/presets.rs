@@ -20,7 +20,8 @@ pub enum Preset {
     /// deliveries/s).
     Fanout,
     /// Many mostly idle sockets: 20000 clients in 200 rooms, a trickle of
-    /// 20 msg/s for 30s; spreads over worker processes and source IPs.
+    /// 20 msg/s for 30s; spreads over worker processes and source IPs. The
+    /// far end must accept that many (HAProxy `maxconn`, server limits).
     Connections,
 }
 

@@ -248,3 +248,39 @@ async fn sigint_stops_the_run_and_still_reports() {
     assert_eq!(j["deliveries"]["lost"], 0);
     assert!(String::from_utf8_lossy(&out.stderr).contains("INTERRUPTED"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_runs_on_a_terminal_and_restores_it() {
+    // `script` (util-linux) gives loadgen a pseudo-terminal, so it draws the
+    // ratatui dashboard; afterwards the alternate screen must be left and
+    // the report printed.
+    let (r, stop) = start_relay(chat()).await;
+    let cmd = format!(
+        "stty cols 120 rows 40; {} --url {} --clients 10 --senders 2 --rate 20 --duration 2s",
+        env!("CARGO_BIN_EXE_loadgen"),
+        r.ws_url()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("TERM", "xterm-256color")
+        .stdin(std::process::Stdio::null())
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), out)
+        .await
+        .expect("finishes")
+        .expect("`script` (util-linux, Debian package bsdutils) is needed for this test");
+    stop.cancel();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("\x1b[?1049h"), "entered the alternate screen");
+    assert!(text.contains("\x1b[?1049l"), "left the alternate screen");
+    // ratatui moves the cursor over blank cells, so look for single words.
+    assert!(
+        text.contains("APP_ID") && text.contains("deliveries/s"),
+        "drew the dashboard: {text:?}"
+    );
+    assert!(
+        text.contains("Deliveries   expected 400"),
+        "printed the report: {text}"
+    );
+}
