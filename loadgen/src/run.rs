@@ -102,10 +102,17 @@ async fn resolve(cfg: &Config) -> Result<Vec<SocketAddr>> {
             .context("URL without host")?
             .trim_matches(|c| c == '[' || c == ']');
         let port = uri.port_u16().unwrap_or(80);
-        let addr = tokio::net::lookup_host((host, port))
+        let all: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
             .await
             .with_context(|| format!("resolving {host}:{port}"))?
-            .next()
+            .collect();
+        // Prefer IPv4: `localhost` often resolves to ::1 first, while
+        // HAProxy and the servers listen on 127.0.0.1.
+        let addr = all
+            .iter()
+            .find(|a| a.is_ipv4())
+            .or_else(|| all.first())
+            .copied()
             .with_context(|| format!("{host} has no address"))?;
         out.push(addr);
     }
