@@ -5,7 +5,7 @@
 //! ```text
 //! cargo run -p tui-client --example local_cluster -- 3 15
 //!   (3 servers, stops by itself after 15 minutes)
-//! commands:  kill I | stop I | start I | flood ROOM MESSAGES SENDERS | say ROOM TEXT | quit
+//! commands:  kill I | stop I | start I | redis-kill | redis-start | flood ROOM MESSAGES SENDERS | say ROOM TEXT | quit
 //! ```
 
 use std::io::BufRead;
@@ -60,7 +60,7 @@ fn main() -> anyhow::Result<()> {
         "try:      cargo run -p tui-client -- --url {} --nick you",
         cluster.ws_url()
     );
-    println!("commands: kill I | stop I | start I | flood ROOM MESSAGES SENDERS | say ROOM TEXT | quit (I is 0-based)");
+    println!("commands: kill I | stop I | start I | redis-kill | redis-start | flood ROOM MESSAGES SENDERS | say ROOM TEXT | quit (I is 0-based)");
     let rt = tokio::runtime::Runtime::new()?;
     let deadline = Instant::now() + Duration::from_secs(minutes * 60);
     let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
@@ -86,6 +86,14 @@ fn main() -> anyhow::Result<()> {
                 let i: usize = i.parse()?;
                 let status = cluster.stop_server(i)?;
                 println!("stopped {} (SIGTERM): {status}", cluster.app_id(i));
+            }
+            ["redis-kill"] => {
+                cluster.kill_redis();
+                println!("killed redis");
+            }
+            ["redis-start"] => {
+                cluster.start_redis()?;
+                println!("started redis (empty)");
             }
             ["start", i] => {
                 let i: usize = i.parse()?;

@@ -444,3 +444,59 @@ async fn every_room_of_the_command_line_is_joined_on_every_connection() {
         drop(ws);
     }
 }
+
+#[tokio::test]
+async fn unavailable_sends_are_retried_without_bothering_the_user() {
+    let (l, addr) = listen().await;
+    let (handle, mut rx) = start(&addr).await;
+    let (mut a, _) = accept(&l).await;
+    send(&mut a, welcome("app1")).await;
+    send(
+        &mut a,
+        ServerFrame::Joined {
+            room: "lobby".into(),
+            head: 0,
+        },
+    )
+    .await;
+    events_until(&mut rx, |e| {
+        matches!(e, NetEvent::Frame(ServerFrame::Joined { .. }))
+    })
+    .await;
+    handle
+        .request(Request::Send {
+            room: "lobby".into(),
+            text: "x".into(),
+            id: "c1".into(),
+            action: false,
+        })
+        .unwrap();
+    assert!(
+        matches!(client_frame(&mut a).await, ClientFrame::Send { id: Some(i), .. } if i == "c1")
+    );
+    send(
+        &mut a,
+        ServerFrame::Error {
+            code: chat_protocol::ErrorCode::Unavailable,
+            message: "redis down".into(),
+            id: Some("c1".into()),
+        },
+    )
+    .await;
+    // The same line again, after the retry delay.
+    let started = tokio::time::Instant::now();
+    assert!(
+        matches!(client_frame(&mut a).await, ClientFrame::Send { id: Some(i), .. } if i == "c1")
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "retried too soon"
+    );
+    send(&mut a, msg(1, Some("c1"))).await;
+    let evs = events_until(&mut rx, is_msg(1)).await;
+    assert!(
+        !evs.iter()
+            .any(|e| matches!(e, NetEvent::Frame(ServerFrame::Error { .. }))),
+        "the retried refusal reached the UI: {evs:?}"
+    );
+}

@@ -181,13 +181,7 @@ impl Actor {
     }
 
     async fn enqueue(&mut self, room: String, text: String, id: String, action: bool) -> bool {
-        let out = Outgoing {
-            id: id.clone(),
-            room: room.clone(),
-            text,
-            action,
-            sent: false,
-        };
+        let out = Outgoing::new(&id, &room, &text, action);
         match self.session.enqueue(out) {
             Ok(()) => true,
             Err(reason) => self.emit(NetEvent::SendFailed { id, room, reason }).await,
@@ -286,7 +280,13 @@ impl Actor {
                     }
                 }
             }
-            let pace_at = pace.unwrap_or_else(Instant::now);
+            // Wake for the rate limit, or for a send held back after
+            // `unavailable`, whichever comes first.
+            let wake = match (pace, self.session.next_retry(Instant::now())) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let wake_at = wake.unwrap_or_else(Instant::now);
             tokio::select! {
                 msg = stream.next() => {
                     last_heard = Instant::now();
@@ -360,8 +360,10 @@ impl Actor {
                         return Exit::Retry(lost(&e));
                     }
                 }
-                _ = tokio::time::sleep_until(pace_at.into()), if pace.is_some() => {
-                    pace = None;
+                _ = tokio::time::sleep_until(wake_at.into()), if wake.is_some() => {
+                    if pace.is_some_and(|p| p <= Instant::now()) {
+                        pace = None;
+                    }
                 }
             }
         }

@@ -14,7 +14,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use chat_protocol::{ClientFrame, ServerFrame};
+use chat_protocol::{ClientFrame, ErrorCode, ServerFrame};
 
 /// Most unconfirmed sends kept while disconnected.
 pub const OUTBOX_MAX: usize = 256;
@@ -56,6 +56,12 @@ impl TrackedRoom {
     }
 }
 
+/// How often a send refused with `unavailable` (the server's backend is
+/// down, "may be retried") is tried again before the user is told.
+pub const UNAVAILABLE_RETRIES: u32 = 10;
+/// The wait between those tries.
+pub const UNAVAILABLE_DELAY: Duration = Duration::from_secs(2);
+
 /// A chat line waiting for the server's echo.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outgoing {
@@ -65,6 +71,28 @@ pub struct Outgoing {
     pub action: bool,
     /// Written to the current connection.
     pub sent: bool,
+    /// Tries refused with `unavailable` so far.
+    pub retries: u32,
+    /// Not to be written before this (after an `unavailable`).
+    pub not_before: Option<Instant>,
+}
+
+impl Outgoing {
+    pub fn new(id: &str, room: &str, text: &str, action: bool) -> Self {
+        Self {
+            id: id.to_string(),
+            room: room.to_string(),
+            text: text.to_string(),
+            action,
+            sent: false,
+            retries: 0,
+            not_before: None,
+        }
+    }
+
+    fn ready(&self, now: Instant) -> bool {
+        !self.sent && self.not_before.is_none_or(|t| t <= now)
+    }
 }
 
 /// The resumable state of the connection.
@@ -204,11 +232,24 @@ impl Session {
     pub fn has_sendable(&self, now: Instant) -> bool {
         self.outbox
             .iter()
-            .any(|o| !o.sent && self.room(&o.room).is_some_and(|r| r.caught_up(now)))
+            .any(|o| o.ready(now) && self.room(&o.room).is_some_and(|r| r.caught_up(now)))
     }
 
-    /// Learn from a server frame. Returns false for a duplicate message,
-    /// which must not be shown.
+    /// The next moment after `now` when a send held back after
+    /// `unavailable` may go (only future moments: a timer for a past one
+    /// would fire again at once).
+    pub fn next_retry(&self, now: Instant) -> Option<Instant> {
+        self.outbox
+            .iter()
+            .filter(|o| !o.sent)
+            .filter_map(|o| o.not_before)
+            .filter(|t| *t > now)
+            .min()
+    }
+
+    /// Learn from a server frame. Returns false for a frame that must not
+    /// be shown: a duplicate message, or an `unavailable` error for a send
+    /// that will be retried.
     pub fn observe(&mut self, frame: &ServerFrame) -> bool {
         match frame {
             ServerFrame::Welcome { nick, .. } => self.nick.clone_from(nick),
@@ -248,6 +289,23 @@ impl Session {
             ServerFrame::Gap { room, to, .. } => {
                 if let Some(r) = self.room_mut(room) {
                     r.last = Some(r.last.map_or(*to, |l| l.max(*to)));
+                }
+            }
+            ServerFrame::Error {
+                code: ErrorCode::Unavailable,
+                id: Some(id),
+                ..
+            } => {
+                if let Some(o) = self.outbox.iter_mut().find(|o| &o.id == id) {
+                    if o.retries < UNAVAILABLE_RETRIES {
+                        // Keep it and try again shortly; the user sees the
+                        // line as still sending, not as an error.
+                        o.retries += 1;
+                        o.sent = false;
+                        o.not_before = Some(Instant::now() + UNAVAILABLE_DELAY);
+                        return false;
+                    }
+                    self.outbox.retain(|o| &o.id != id);
                 }
             }
             ServerFrame::Error { id: Some(id), .. } => {

@@ -140,12 +140,18 @@ impl App {
                 };
                 let r = &mut self.rooms[i];
                 r.last_offset = Some(r.last_offset.map_or(to, |l| l.max(to)));
-                let line = self.local_line(
-                    LineKind::Gap,
-                    &format!(
-                        "messages missed here (offsets {from}–{to}): the room's history no longer holds them"
-                    ),
-                );
+                // Offsets are dense while the server's store lives, so a
+                // small range is a count; a huge one is a jump to a new
+                // base (the store lost the room), which no count describes.
+                let span = to.saturating_sub(from).saturating_add(1);
+                let text = if span <= 1_000_000 {
+                    format!(
+                        "{span} message(s) missed here (offsets {from}–{to}): the room's history no longer holds them"
+                    )
+                } else {
+                    "messages may have been missed here: the server lost this room's history".into()
+                };
+                let line = self.local_line(LineKind::Gap, &text);
                 self.push_line(i, line);
             }
             ServerFrame::Presence {

@@ -27,13 +27,7 @@ fn joined(room: &str, head: u64) -> ServerFrame {
 }
 
 fn out(id: &str, room: &str) -> Outgoing {
-    Outgoing {
-        id: id.into(),
-        room: room.into(),
-        text: "hi".into(),
-        action: false,
-        sent: false,
-    }
+    Outgoing::new(id, room, "hi", false)
 }
 
 #[test]
@@ -244,4 +238,32 @@ fn offsets_that_go_backwards_reset_the_resume_point() {
         s.observe(&msg("a", 3, None)),
         "new messages are not duplicates"
     );
+}
+
+#[test]
+fn unavailable_sends_are_retried_quietly_then_reported() {
+    let mut s = Session::new("alice", "a", 0);
+    s.on_connected();
+    s.observe(&joined("a", 0));
+    s.enqueue(out("c1", "a")).unwrap();
+    let unavailable = ServerFrame::Error {
+        code: ErrorCode::Unavailable,
+        message: "redis down".into(),
+        id: Some("c1".into()),
+    };
+    let later =
+        |n: u32| Instant::now() + UNAVAILABLE_DELAY * n + std::time::Duration::from_millis(10);
+    for n in 1..=UNAVAILABLE_RETRIES {
+        assert!(s.next_sendable(later(n)).is_some(), "try {n}");
+        assert!(!s.observe(&unavailable), "try {n} is retried, not shown");
+        assert!(!s.has_sendable(Instant::now()), "not at once");
+        assert!(s.next_retry(Instant::now()).is_some());
+        assert!(
+            s.next_retry(later(n + 1)).is_none(),
+            "past moments are not timers"
+        );
+    }
+    assert!(s.next_sendable(later(UNAVAILABLE_RETRIES + 1)).is_some());
+    assert!(s.observe(&unavailable), "the last refusal reaches the user");
+    assert!(s.outbox.is_empty());
 }

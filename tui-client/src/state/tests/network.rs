@@ -122,12 +122,22 @@ fn gaps_are_shown_never_silent() {
     let l = a.room().lines.back().unwrap();
     assert_eq!(l.kind, LineKind::Gap);
     assert!(
-        l.text.contains("messages missed here (offsets 1–99)"),
+        l.text.contains("99 message(s) missed here (offsets 1–99)"),
         "{}",
         l.text
     );
     a.update(msg("lobby", 50, "bob", "inside the gap"));
     assert_ne!(last_text(&a), "inside the gap");
+    // A jump to a new offset base is not a count of messages.
+    a.update(frame(ServerFrame::Gap {
+        room: "lobby".into(),
+        from: 100,
+        to: 1_795_452_045_573_999,
+    }));
+    assert_eq!(
+        last_text(&a),
+        "messages may have been missed here: the server lost this room's history"
+    );
 }
 
 #[test]
