@@ -14,10 +14,11 @@ Alt+Enter        new line in the message
 Ctrl+A/Ctrl+E    start/end of the line
 Backspace/Del    delete a character; Ctrl+W a word; Ctrl+U/Ctrl+K to start/end
 ↑/↓              input history
-Tab              complete a nick (or a /command); again to cycle
+Tab              complete a nick, a /command or a room; again to cycle
 PgUp/PgDn        scroll the messages; mouse wheel too
 Ctrl+Home        top of the scrollback; Esc or Ctrl+End back to the bottom
 Alt+1..9, Alt+0  show room 1..10; Ctrl+N/Ctrl+P or Alt+←/→ next/previous
+Alt+A            next room that mentions you, else next with unread lines
                  (a click on a room in the list shows it)
 F1               help;  F2 show/hide the APP_ID each message came through
 Ctrl+L           redraw;  Ctrl+C (or Ctrl+D on an empty line) quit

@@ -44,6 +44,7 @@ impl App {
                     self.switch_to(i);
                 }
             }
+            KeyCode::Char('a') if alt => self.next_active_room(),
             KeyCode::Char('b') if alt => self.input.word_left(),
             KeyCode::Char('f') if alt => self.input.word_right(),
             KeyCode::Char(_) if ctrl || alt => {}
@@ -80,18 +81,38 @@ impl App {
         Vec::new()
     }
 
-    /// Tab: a command name after a leading `/`, otherwise a member's nick.
+    /// Tab: a command name after a leading `/`, a joined room after the
+    /// commands that take one, otherwise a member's nick.
     fn complete(&mut self) {
         let text = self.input.text();
+        let room_arg = ["/switch ", "/leave ", "/part ", "/who ", "/s "]
+            .iter()
+            .any(|c| text.starts_with(c) && text[c.len()..].find(' ').is_none());
         let names: Vec<String> = if text.starts_with('/') && !text.contains(' ') {
             super::command::COMMANDS
                 .iter()
                 .map(|(n, _, _)| format!("/{n}"))
                 .collect()
+        } else if room_arg {
+            self.rooms.iter().map(|r| r.name.clone()).collect()
         } else {
             self.completion_names()
         };
         self.input.complete(names.iter().map(String::as_str));
+    }
+
+    /// Alt+A (as in irssi): the next room that mentions you, else the next
+    /// with unread messages, searching onwards from the room shown.
+    fn next_active_room(&mut self) {
+        let n = self.rooms.len();
+        let order = (1..n).map(|k| (self.current + k) % n);
+        let pick = order
+            .clone()
+            .find(|&i| self.rooms[i].mentions > 0)
+            .or_else(|| order.clone().find(|&i| self.rooms[i].unread > 0));
+        if let Some(i) = pick {
+            self.switch_to(i);
+        }
     }
 
     /// Ctrl+N / Ctrl+P: the next or previous room, wrapping around.

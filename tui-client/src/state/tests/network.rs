@@ -316,3 +316,32 @@ fn replayed_mentions_do_not_ring() {
     a.update(msg("rust", 6, "bob", "alice: new"));
     assert!(a.mentioned);
 }
+
+#[test]
+fn alt_a_goes_to_mentions_first_then_unread() {
+    let mut a = app();
+    for r in ["b", "c", "d"] {
+        type_line(&mut a, &format!("/join {r}"));
+    }
+    a.update(alt('1'));
+    a.update(msg("b", 1, "bob", "news"));
+    a.update(msg("d", 1, "bob", "alice: you there?"));
+    a.update(alt('a'));
+    assert_eq!(a.room().name, "d", "the mention first");
+    a.update(alt('a'));
+    assert_eq!(a.room().name, "b", "then unread");
+    a.update(alt('a'));
+    assert_eq!(a.room().name, "b", "nothing left: stay");
+}
+
+#[test]
+fn tab_completes_rooms_after_switch() {
+    let mut a = app();
+    type_line(&mut a, "/join rust");
+    a.update(Event::Paste("/switch lo".into()));
+    a.update(Event::Key(crossterm::event::KeyEvent::new(
+        crossterm::event::KeyCode::Tab,
+        crossterm::event::KeyModifiers::NONE,
+    )));
+    assert_eq!(a.input.text(), "/switch lobby ");
+}
