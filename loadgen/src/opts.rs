@@ -249,9 +249,17 @@ impl Opts {
             None => clients.div_ceil(fd_budget.max(1)).max(1),
         };
         if workers > rooms {
+            let why = if self.workers.is_some() {
+                format!("--workers {workers}")
+            } else {
+                format!(
+                    "{clients} clients need {workers} worker processes (about {fd_budget} sockets \
+                     fit in one process's file limit)"
+                )
+            };
             bail!(
-                "--workers {workers} but only {rooms} rooms: each worker holds whole rooms (so \
-                 that it can check every delivery on its own); raise --rooms"
+                "{why} but there are only {rooms} rooms: each worker holds whole rooms (so that \
+                 it can check every delivery on its own); raise --rooms to at least {workers}"
             );
         }
         let room_prefix = match &self.room_prefix {
@@ -393,6 +401,9 @@ mod tests {
         assert!(cfg(&["--protocol", "raw", "--rooms", "2", "--clients", "4"]).is_err());
         assert!(cfg(&["--app-id-regex", "("]).is_err());
         assert!(cfg(&["--workers", "4", "--rooms", "2"]).is_err());
+        let e = cfg(&["--clients", "50000"]).unwrap_err().to_string();
+        assert!(e.contains("50000 clients need 3 worker processes"), "{e}");
+        assert!(e.contains("raise --rooms to at least 3"), "{e}");
     }
 
     #[test]
