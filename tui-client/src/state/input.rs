@@ -63,19 +63,22 @@ impl Input {
     /// control characters are dropped; newlines stay (a multi-line paste is
     /// sent as one multi-line message).
     pub fn insert_str(&mut self, s: &str) {
+        let mut add = Vec::with_capacity(s.len());
         for c in s.chars() {
             match c {
                 '\r' => {}
-                '\t' => {
-                    for _ in 0..4 {
-                        self.insert(' ');
-                    }
-                }
-                '\n' => self.insert('\n'),
+                '\t' => add.extend([' '; 4]),
+                '\n' => add.push('\n'),
                 c if c.is_control() => {}
-                c => self.insert(c),
+                c => add.push(c),
             }
         }
+        // One splice, not one insert per character: a big paste into the
+        // middle of the line stays linear.
+        let n = add.len();
+        self.chars.splice(self.cursor..self.cursor, add);
+        self.cursor += n;
+        self.edited();
     }
 
     pub fn backspace(&mut self) {
@@ -341,6 +344,14 @@ mod tests {
             i.submit();
         }
         assert_eq!(i.history.len(), HISTORY_MAX);
+    }
+
+    #[test]
+    fn paste_goes_in_at_the_cursor() {
+        let mut i = typed("ad");
+        i.left();
+        i.insert_str("bc");
+        assert_eq!((i.text().as_str(), i.cursor()), ("abcd", 3));
     }
 
     #[test]
