@@ -28,6 +28,9 @@ pub struct SenderLog {
     pub sent_at: Vec<u64>,
     /// Seqs the server refused (error frame carrying the id), sorted.
     pub rejected: Vec<u32>,
+    /// Seqs expected nowhere: the refused ones plus the unconfirmed ones
+    /// (see [`confirm`]), sorted. Filled by [`confirm`], read by [`verify`].
+    pub excluded: Vec<u32>,
 }
 
 /// What one receiver saw.
@@ -168,16 +171,42 @@ pub struct Verification {
     pub out_of_order: u64,
     /// Receivers that lost at least one delivery.
     pub receivers_with_loss: u64,
-    /// Messages whose sender disconnected within `grace` of sending them
-    /// without seeing its own echo: not expected anywhere.
-    pub unconfirmed: u64,
     /// Receivers that joined, in all and per APP_ID index.
     pub members: u64,
     pub members_per_app: HashMap<u16, u64>,
     pub cells: HashMap<(u16, u16), CellCheck>,
 }
 
-/// Check every receiver against the senders of its room. `rooms` maps a
+/// Decide, where each sender lives (its own receiver log is needed), which
+/// of its messages nobody should be blamed for: those the server refused,
+/// and those sent within `grace` of the sender's own disconnect that never
+/// came back to it (the server may never have accepted them). Fills
+/// [`SenderLog::excluded`] and returns how many were unconfirmed.
+pub fn confirm(senders: &mut [SenderLog], receivers: &[ReceiverLog], rooms: usize, grace_us: u64) -> u64 {
+    let by_client: HashMap<usize, &ReceiverLog> = receivers.iter().map(|r| (r.client, r)).collect();
+    let mut unconfirmed = 0;
+    for s in senders {
+        let mut ex = s.rejected.clone();
+        let own = by_client.get(&(s.sender as usize));
+        if let Some(left) = own.and_then(|r| r.left_at) {
+            let local = s.sender as usize / rooms.max(1);
+            let from = s.sent_at.partition_point(|&t| t < left.saturating_sub(grace_us));
+            for q in from..s.sent_at.len() {
+                let seen = own.is_some_and(|r| r.has(local, q as u32));
+                if !seen && ex.binary_search(&(q as u32)).is_err() {
+                    unconfirmed += 1;
+                    ex.push(q as u32);
+                }
+            }
+            ex.sort_unstable();
+        }
+        s.excluded = ex;
+    }
+    unconfirmed
+}
+
+/// Check every receiver against the senders of its room (after
+/// [`confirm`]). `rooms` maps a
 /// global sender index to its room-local index (`sender / rooms`).
 /// `checked_until`: sends after this (µs) are not expected anywhere
 /// (`u64::MAX` when the run waited out its grace period).
@@ -196,30 +225,6 @@ pub fn verify(
             .push((s.sender as usize / rooms.max(1), s));
     }
     let mut v = Verification::default();
-    // Messages nobody should be blamed for: refused by the server, or sent
-    // by a sender whose connection ended within `grace` of the send and that
-    // never saw its own echo (the server may never have accepted them).
-    let by_client: HashMap<usize, &ReceiverLog> = receivers.iter().map(|r| (r.client, r)).collect();
-    let mut excluded: HashMap<u32, Vec<u32>> = HashMap::new();
-    for s in senders {
-        let mut ex = s.rejected.clone();
-        let own = by_client.get(&(s.sender as usize));
-        if let Some(left) = own.and_then(|r| r.left_at) {
-            let local = s.sender as usize / rooms.max(1);
-            let from = s
-                .sent_at
-                .partition_point(|&t| t < left.saturating_sub(grace_us));
-            for q in from..s.sent_at.len() {
-                let seen = own.is_some_and(|r| r.has(local, q as u32));
-                if !seen && ex.binary_search(&(q as u32)).is_err() {
-                    v.unconfirmed += 1;
-                    ex.push(q as u32);
-                }
-            }
-            ex.sort_unstable();
-        }
-        excluded.insert(s.sender, ex);
-    }
     for r in receivers {
         v.received += r.received;
         v.members += 1;
@@ -245,7 +250,8 @@ pub fn verify(
             } else {
                 s.sent_at.partition_point(|&t| t <= end)
             };
-            let refused: Vec<u32> = excluded[&s.sender]
+            let refused: Vec<u32> = s
+                .excluded
                 .iter()
                 .copied()
                 .filter(|&q| (lo..hi).contains(&(q as usize)))
@@ -281,8 +287,14 @@ mod tests {
             room,
             app: idx as u16,
             sent_at: times.to_vec(),
-            rejected: Vec::new(),
+            ..SenderLog::default()
         }
+    }
+
+    /// `confirm` then `verify`, as a run does.
+    fn check(mut senders: Vec<SenderLog>, receivers: &[ReceiverLog], rooms: usize, grace: u64, until: u64) -> (u64, Verification) {
+        let u = confirm(&mut senders, receivers, rooms, grace);
+        (u, verify(&senders, receivers, rooms, grace, until))
     }
 
     #[test]
@@ -323,7 +335,7 @@ mod tests {
         for seq in [0, 2] {
             r2.on_delivery(1, seq, None);
         }
-        let v = verify(&[s0, s2], &[r1, r2], 2, 5, u64::MAX);
+        let (_, v) = check(vec![s0, s2], &[r1, r2], 2, 5, u64::MAX);
         // r1: expected s0 1..=4 and s2 2 (s2#0 went out before the join,
         // s2#1 was refused) = 5, got 3 + 1: lost s0#3.
         // r2: expected s0 0..=2 (t ≤ 35) and s2 0,2 = 5, all there.
@@ -355,8 +367,8 @@ mod tests {
         );
         assert_eq!((v.members, v.members_per_app[&1]), (2, 1));
         // Stopping the check at t=30 shrinks what is expected.
-        let v2 = verify(
-            &[sender(0, 0, &[10, 20, 30, 40])],
+        let (_, v2) = check(
+            vec![sender(0, 0, &[10, 20, 30, 40])],
             &[ReceiverLog::new(1, 0, 0, 0)],
             1,
             0,
@@ -376,10 +388,10 @@ mod tests {
         own.on_delivery(0, 1, None);
         let mut other = ReceiverLog::new(1, 0, 1, 0);
         other.on_delivery(0, 0, None);
-        let v = verify(&[s0], &[own, other], 1, 10, u64::MAX);
+        let (unconfirmed, v) = check(vec![s0], &[own, other], 1, 10, u64::MAX);
         // `own` expects only seq 0 (its window ends at 90); `other` expects
         // 0 and 1 (2 is unconfirmed) and lost 1.
-        assert_eq!(v.unconfirmed, 1);
+        assert_eq!(unconfirmed, 1);
         assert_eq!((v.expected, v.lost), (3, 1));
     }
 

@@ -74,6 +74,8 @@ pub struct Inner {
     pub shutdown: CancellationToken,
     /// Every session, so shutdown can wait for them to close.
     pub tracker: TaskTracker,
+    /// Every session's outbox, so shutdown can tell each to close.
+    pub sessions: outbox::Sessions,
     pub started_ms: u64,
     next_session: AtomicU64,
     /// Boot ids of live instances (from the registry); empty until known.
@@ -180,6 +182,7 @@ pub async fn run(
         max_connections,
         shutdown: CancellationToken::new(),
         tracker: TaskTracker::new(),
+        sessions: outbox::Sessions::default(),
         started_ms: now_ms(),
         next_session: AtomicU64::new(1),
         live: RwLock::new(Arc::new(HashSet::new())),
@@ -212,6 +215,7 @@ pub async fn run(
     }
     tracing::info!("shutting down: closing sockets with 1012 (service restart)");
     state.shutdown.cancel();
+    state.sessions.stop_all(outbox::Stop::Restart);
     drop(listener);
     state.tracker.close();
     let drain = state.config.drain_timeout;

@@ -1,6 +1,7 @@
 //! A connection's outbound queue: bounded, many producers (fan-out of every
-//! room it is in), one consumer (its session task), and the slow-consumer
-//! kick in the same place.
+//! room it is in), one consumer (its session task), and the reason to stop
+//! (slow consumer, shutdown) in the same place: the session polls one lock,
+//! not a shared cancellation token that every socket would contend on.
 //!
 //! Not a tokio mpsc: that allocates about a kilobyte per channel up front
 //! (cache-padded fields and a first block of slots), which would dominate
@@ -25,20 +26,29 @@ pub enum Push {
     Closed,
 }
 
+/// Why the connection must end, as told through its outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Its queue filled: a slow consumer.
+    SlowConsumer,
+    /// The server is shutting down.
+    Restart,
+}
+
 /// What the consumer gets.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Recv {
     /// Frames were moved into the batch.
     Frames,
-    /// The connection was kicked as a slow consumer.
-    Kicked,
+    /// The connection must end.
+    Stop(Stop),
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     buf: VecDeque<Out>,
     waker: Option<Waker>,
-    kicked: bool,
+    stop: Option<Stop>,
     closed: bool,
 }
 
@@ -69,11 +79,11 @@ impl Outbox {
         if q.closed {
             return Push::Closed;
         }
-        if q.kicked {
+        if q.stop.is_some() {
             return Push::Full(false);
         }
         if q.buf.len() >= self.cap {
-            q.kicked = true;
+            q.stop = Some(Stop::SlowConsumer);
             let w = q.waker.take();
             drop(q);
             if let Some(w) = w {
@@ -99,16 +109,25 @@ impl Outbox {
         q.buf = VecDeque::new();
     }
 
-    /// Whether the consumer has been kicked.
-    pub fn is_kicked(&self) -> bool {
-        self.lock().kicked
+    /// Tell the consumer to stop (shutdown); wakes it. A stop already
+    /// given stands.
+    pub fn stop(&self, why: Stop) {
+        let mut q = self.lock();
+        if q.stop.is_none() {
+            q.stop = Some(why);
+        }
+        let w = q.waker.take();
+        drop(q);
+        if let Some(w) = w {
+            w.wake();
+        }
     }
 
     /// Move up to `max` queued frames into `batch`; pending while empty.
     pub fn poll_recv(&self, cx: &mut Context<'_>, batch: &mut Vec<Out>, max: usize) -> Poll<Recv> {
         let mut q = self.lock();
-        if q.kicked {
-            return Poll::Ready(Recv::Kicked);
+        if let Some(why) = q.stop {
+            return Poll::Ready(Recv::Stop(why));
         }
         if q.buf.is_empty() {
             register(&mut q.waker, cx);
@@ -123,11 +142,11 @@ impl Outbox {
         Poll::Ready(Recv::Frames)
     }
 
-    /// Resolves when the consumer has been kicked.
-    pub fn poll_kicked(&self, cx: &mut Context<'_>) -> Poll<()> {
+    /// Resolves when the consumer must stop.
+    pub fn poll_stopped(&self, cx: &mut Context<'_>) -> Poll<Stop> {
         let mut q = self.lock();
-        if q.kicked {
-            return Poll::Ready(());
+        if let Some(why) = q.stop {
+            return Poll::Ready(why);
         }
         register(&mut q.waker, cx);
         Poll::Pending
@@ -138,9 +157,48 @@ impl Outbox {
         std::future::poll_fn(|cx| self.poll_recv(cx, batch, max)).await
     }
 
-    /// `poll_kicked` as a future.
-    pub async fn kicked(&self) {
-        std::future::poll_fn(|cx| self.poll_kicked(cx)).await
+    /// `poll_stopped` as a future.
+    pub async fn stopped(&self) -> Stop {
+        std::future::poll_fn(|cx| self.poll_stopped(cx)).await
+    }
+}
+
+/// Every live session's outbox, so shutdown can tell each one to close.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    map: Mutex<std::collections::HashMap<u64, Arc<Outbox>>>,
+}
+
+/// Removes a session from [`Sessions`] when dropped.
+#[derive(Debug)]
+pub struct Registration<'a> {
+    sessions: &'a Sessions,
+    id: u64,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        self.sessions.lock().remove(&self.id);
+    }
+}
+
+impl Sessions {
+    fn lock(&self) -> MutexGuard<'_, std::collections::HashMap<u64, Arc<Outbox>>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Add a session until the returned guard drops.
+    pub fn register(&self, id: u64, outbox: Arc<Outbox>) -> Registration<'_> {
+        self.lock().insert(id, outbox);
+        Registration { sessions: self, id }
+    }
+
+    /// Tell every session to stop.
+    pub fn stop_all(&self, why: Stop) {
+        let all: Vec<Arc<Outbox>> = self.lock().values().cloned().collect();
+        for o in all {
+            o.stop(why);
+        }
     }
 }
 
@@ -180,7 +238,9 @@ mod tests {
         }
         assert_eq!(q.push(frame(7)), Push::Full(true));
         assert_eq!(q.push(frame(8)), Push::Full(false));
-        assert_eq!(q.recv(&mut batch, 10).await, Recv::Kicked);
+        assert_eq!(q.recv(&mut batch, 10).await, Recv::Stop(Stop::SlowConsumer));
+        q.stop(Stop::Restart);
+        assert_eq!(q.stopped().await, Stop::SlowConsumer, "the first stop stands");
         q.close();
         assert_eq!(q.push(frame(9)), Push::Closed);
     }

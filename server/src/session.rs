@@ -5,10 +5,9 @@
 //! connection small. Deliveries arrive on a bounded [`Outbox`]; everything
 //! queued goes out in one `writev`, so under load many frames share a
 //! syscall. Replies to the client's own requests are written directly.
-//! Every write also watches the kick switch and shutdown, so a client that
+//! Every write also watches the outbox's stop reason, so a client that
 //! stopped reading cannot pin the task.
 
-use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,11 +16,10 @@ use bytes::Bytes;
 use chat_protocol::{classify, close, ErrorCode, Inbound, ServerFrame};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
-use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::commands::Session;
 use crate::hub::{Member, Out};
-use crate::outbox::{Outbox, Recv};
+use crate::outbox::{Outbox, Recv, Stop};
 use crate::ws::{Msg, WsError, WsStream, MAX_BATCH};
 use crate::AppState;
 
@@ -51,9 +49,6 @@ pub struct Conn {
     ws: WsStream,
     outbox: Arc<Outbox>,
     state: AppState,
-    /// Created once per connection: polling it re-registers nothing, where
-    /// a fresh `cancelled()` per loop turn would lock the token each time.
-    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
 impl std::fmt::Debug for Conn {
@@ -62,13 +57,9 @@ impl std::fmt::Debug for Conn {
     }
 }
 
-/// Run a write, giving up if the connection is kicked, the server shuts
-/// down, or the write blocks for too long.
-async fn guarded<F: std::future::Future<Output = std::io::Result<()>>>(
-    outbox: &Outbox,
-    shutdown: Pin<&mut WaitForCancellationFutureOwned>,
-    write: F,
-) -> Result<(), End> {
+/// Run a write, giving up if the connection must stop (slow consumer,
+/// shutdown) or the write blocks for too long.
+async fn guarded<F: std::future::Future<Output = std::io::Result<()>>>(outbox: &Outbox, write: F) -> Result<(), End> {
     tokio::select! {
         biased;
         r = tokio::time::timeout(WRITE_TIMEOUT, write) => match r {
@@ -76,8 +67,7 @@ async fn guarded<F: std::future::Future<Output = std::io::Result<()>>>(
             Ok(Err(_)) => Err(End::Gone(1006)),
             Err(_) => Err(End::Close(close::SLOW_CONSUMER, "slow consumer: write blocked".into())),
         },
-        _ = outbox.kicked() => Err(slow_consumer()),
-        _ = shutdown => Err(restart()),
+        why = outbox.stopped() => Err(stopped(why)),
     }
 }
 
@@ -87,7 +77,7 @@ impl Conn {
         if frames.is_empty() {
             return Ok(());
         }
-        guarded(&self.outbox, self.shutdown.as_mut(), self.ws.send_texts(frames)).await
+        guarded(&self.outbox, self.ws.send_texts(frames)).await
     }
 
     /// Send a server frame now.
@@ -102,12 +92,11 @@ impl Conn {
     }
 }
 
-fn slow_consumer() -> End {
-    End::Close(close::SLOW_CONSUMER, "slow consumer: outbound queue full".into())
-}
-
-fn restart() -> End {
-    End::Close(close::SERVICE_RESTART, "service restart: reconnect".into())
+fn stopped(why: Stop) -> End {
+    match why {
+        Stop::SlowConsumer => End::Close(close::SLOW_CONSUMER, "slow consumer: outbound queue full".into()),
+        Stop::Restart => End::Close(close::SERVICE_RESTART, "service restart: reconnect".into()),
+    }
 }
 
 /// Serve one upgraded connection until it ends. `permit` holds its place
@@ -118,12 +107,12 @@ pub async fn run(state: AppState, ws: WsStream, params: ConnectParams, permit: O
     metrics.connections_total.fetch_add(1, Relaxed);
     let outbox = Outbox::new(state.config.queue);
     let id = state.next_session_id();
-    let mut conn = Conn {
-        ws,
-        outbox: outbox.clone(),
-        state: state.clone(),
-        shutdown: Box::pin(state.shutdown.clone().cancelled_owned()),
-    };
+    let mut conn = Conn { ws, outbox: outbox.clone(), state: state.clone() };
+    let registration = state.sessions.register(id, outbox.clone());
+    if state.shutdown.is_cancelled() {
+        // Shutdown began between the upgrade and the registration.
+        outbox.stop(Stop::Restart);
+    }
     let mut session = Session::new(state.clone(), Member { id, outbox: outbox.clone() }, params.nick);
     let end = session_loop(&mut session, &mut conn, params.room, params.since, params.history).await;
     outbox.close();
@@ -161,6 +150,7 @@ pub async fn run(state: AppState, ws: WsStream, params: ConnectParams, permit: O
     drop(conn);
     Box::pin(session.leave_all()).await;
     metrics.connections.fetch_sub(1, Relaxed);
+    drop(registration);
     drop(permit);
 }
 
@@ -191,9 +181,8 @@ async fn session_loop(
     loop {
         let step: Result<(), End> = tokio::select! {
             biased;
-            _ = conn.shutdown.as_mut() => Err(restart()),
             r = conn.outbox.recv(&mut batch, MAX_BATCH) => match r {
-                Recv::Kicked => Err(slow_consumer()),
+                Recv::Stop(why) => Err(stopped(why)),
                 Recv::Frames => {
                     state.metrics.ws_flushes.fetch_add(1, Relaxed);
                     frames.extend(batch.drain(..).filter(|d| session.accept(d)).map(|d| d.frame.clone()));
@@ -219,7 +208,7 @@ async fn session_loop(
                     Err(End::Close(close::IDLE_TIMEOUT, format!("idle timeout: nothing received for {}s", idle.as_secs())))
                 } else {
                     ping.as_mut().reset(Instant::now() + ping_every);
-                    guarded(&conn.outbox, conn.shutdown.as_mut(), conn.ws.ping()).await
+                    guarded(&conn.outbox, conn.ws.ping()).await
                 }
             }
         };
@@ -251,7 +240,7 @@ async fn inbound(session: &mut Session, conn: &mut Conn, msg: Msg) -> Result<(),
             return conn.error(ErrorCode::BinaryUnsupported, msg, None).await;
         }
         Msg::Ping(payload) => {
-            return guarded(&conn.outbox, conn.shutdown.as_mut(), conn.ws.pong(&payload)).await;
+            return guarded(&conn.outbox, conn.ws.pong(&payload)).await;
         }
         Msg::Pong => return Ok(()),
         Msg::Close(code) => return Err(End::Gone(code)),

@@ -201,7 +201,7 @@ pub const MAX_BATCH: usize = 256;
 impl WsStream {
     /// Wrap an upgraded stream; `pre` holds bytes read past the request.
     pub fn new(tcp: TcpStream, pre: Bytes, max: usize) -> Self {
-        let _ = tcp.set_nodelay(true);
+        let _ = tcp.set_nodelay(std::env::var_os("WS_NAGLE").is_none());
         Self {
             tcp,
             reader: Reader { buf: pre.to_vec(), ..Default::default() },

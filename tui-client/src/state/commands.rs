@@ -125,6 +125,7 @@ impl App {
                 kind: LineKind::Pending {
                     id: id.clone(),
                     action,
+                    since: self.now,
                 },
                 nick: self.nick.clone(),
                 text: wrap::sanitize(&piece),

@@ -209,6 +209,7 @@ impl App {
             }
             Event::Tick(now) => {
                 self.now = now;
+                self.check_unconfirmed();
                 Vec::new()
             }
         }
@@ -287,6 +288,39 @@ impl App {
         for i in 0..self.rooms.len() {
             let line = self.local_line(LineKind::Info, text);
             self.push_line(i, line);
+        }
+    }
+
+    /// Lines sent on a live connection that the server has not echoed
+    /// within [`room::CONFIRM_LIMIT`] become warnings: the user should not
+    /// believe a line went out when nothing says so. (The network worker
+    /// still has it: should the echo come later, the line shows then.)
+    fn check_unconfirmed(&mut self) {
+        if self.conn != ConnStatus::Connected {
+            return;
+        }
+        let now = self.now;
+        for i in 0..self.rooms.len() {
+            let late: Vec<Line> = {
+                let r = &mut self.rooms[i];
+                let (late, keep) = r.pending.drain(..).partition(|l| {
+                    matches!(l.kind, LineKind::Pending { since, .. }
+                        if now.saturating_duration_since(since) >= room::CONFIRM_LIMIT)
+                });
+                r.pending = keep;
+                late
+            };
+            for l in late {
+                let line = self.local_line(
+                    LineKind::Error,
+                    &format!(
+                        "no confirmation from the server after {}s (it may still arrive): {}",
+                        room::CONFIRM_LIMIT.as_secs(),
+                        l.text
+                    ),
+                );
+                self.push_line(i, line);
+            }
         }
     }
 

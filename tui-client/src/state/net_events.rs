@@ -92,6 +92,14 @@ impl App {
         self.nick = nick;
         self.limits = Some(limits);
         self.conn = ConnStatus::Connected;
+        // Waiting for an echo starts again on the new connection.
+        for r in &mut self.rooms {
+            for l in &mut r.pending {
+                if let LineKind::Pending { since, .. } = &mut l.kind {
+                    *since = self.now;
+                }
+            }
+        }
         self.info_everywhere(&text);
     }
 

@@ -28,6 +28,9 @@ pub enum LineKind {
     Pending {
         id: String,
         action: bool,
+        /// When it was written on a live connection (reset by every
+        /// reconnect): past [`CONFIRM_LIMIT`] the user is told.
+        since: std::time::Instant,
     },
     Join,
     Leave,
@@ -124,6 +127,10 @@ impl Members {
 /// Most nicks remembered as having spoken in a room; past it the set
 /// starts over (the filter then shows a few joins it could have hidden).
 pub const TALKERS_MAX: usize = 10_000;
+
+/// How long a sent line may wait, on a live connection, for the server's
+/// echo before the user is told that it is unconfirmed.
+pub const CONFIRM_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The message pane geometry the room needs for scroll arithmetic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -345,3 +345,25 @@ fn tab_completes_rooms_after_switch() {
     )));
     assert_eq!(a.input.text(), "/switch lobby ");
 }
+
+#[test]
+fn lines_never_echoed_are_reported_after_a_while_connected() {
+    let mut a = app();
+    let t0 = a.now;
+    type_line(&mut a, "into the void");
+    // Disconnected time does not count.
+    a.update(Event::Net(NetEvent::Disconnected {
+        reason: "x".into(),
+        retry_in: Some(Duration::from_secs(1)),
+        attempt: 1,
+    }));
+    a.update(Event::Tick(t0 + Duration::from_secs(40)));
+    assert_eq!(a.room().pending.len(), 1);
+    a.update(Event::Net(welcome("app2")));
+    a.update(Event::Tick(t0 + Duration::from_secs(60)));
+    assert_eq!(a.room().pending.len(), 1, "20 s on the new connection");
+    a.update(Event::Tick(t0 + Duration::from_secs(71)));
+    assert!(a.room().pending.is_empty());
+    assert!(last_text(&a).starts_with("no confirmation from the server after 30s"));
+    assert!(last_text(&a).ends_with("into the void"));
+}
