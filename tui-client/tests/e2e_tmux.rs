@@ -109,6 +109,41 @@ impl Peer {
     }
 }
 
+/// `/save` the room shown and check that each of the flood's lines
+/// (`{prefix} 0` to `{prefix} FLOOD-1`) is there exactly once, in offset
+/// order, with no gap reported.
+fn check_saved(tmux: &Tmux, path: &std::path::Path, prefix: &str) {
+    let before = tmux.screen().matches("saved ").count();
+    tmux.type_line(&format!("/save {}", path.display()));
+    tmux.wait_for("the scrollback to be saved", Duration::from_secs(10), |s| {
+        s.matches("saved ").count() > before
+    });
+    let text = std::fs::read_to_string(path).expect("reading the saved scrollback");
+    let mut offsets = Vec::new();
+    for i in 0..FLOOD {
+        let needle = format!("{prefix} {i}");
+        let hits: Vec<&str> = text.lines().filter(|l| l.ends_with(&needle)).collect();
+        assert_eq!(
+            hits.len(),
+            1,
+            "{needle:?} seen {} times:\n{text}",
+            hits.len()
+        );
+        let offset: u64 = hits[0]
+            .split_whitespace()
+            .nth(1)
+            .and_then(|o| o.strip_prefix('#'))
+            .and_then(|o| o.parse().ok())
+            .expect("an offset");
+        offsets.push(offset);
+    }
+    assert!(
+        offsets.windows(2).all(|w| w[0] < w[1]),
+        "offsets out of order: {offsets:?}"
+    );
+    assert!(!text.contains("missed here"), "a gap was reported:\n{text}");
+}
+
 fn log_dir() -> PathBuf {
     let d = std::env::temp_dir().join(format!("tui-e2e-{}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
@@ -125,7 +160,7 @@ fn tui_client_follows_the_cluster_through_a_killed_instance() {
     let logs = log_dir();
     let client_log = logs.join("tui-client.log");
     let command = format!(
-        "{} --url {} --nick tester --room e2e --log-file {} --log debug --utc",
+        "{} --url {} --nick tester --room e2e,e2e-b --log-file {} --log debug --utc",
         env!("CARGO_BIN_EXE_tui-client"),
         cluster.ws_url(),
         client_log.display()
@@ -174,18 +209,27 @@ fn tui_client_follows_the_cluster_through_a_killed_instance() {
 
     // 3. Kill the instance under the client while a second peer on
     //    another instance keeps talking: it reconnects elsewhere.
+    // One flooder per room the client is in (each connection has its own
+    // rate limit): both rooms must resume, not only the one on screen.
     let mut flooder = rt.block_on(Peer::connect(
         &cluster.server_ws_url(other),
         "flooder",
         "e2e",
+    ));
+    let mut flooder_b = rt.block_on(Peer::connect(
+        &cluster.server_ws_url(other),
+        "flooder-b",
+        "e2e-b",
     ));
     let flood = rt.spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(1000 / 15));
         for i in 0..FLOOD {
             tick.tick().await;
             flooder.say(&format!("seq {i}")).await;
+            flooder_b.say(&format!("bseq {i}")).await;
         }
         flooder.drain().await;
+        flooder_b.drain().await;
     });
     std::thread::sleep(Duration::from_millis(1200));
     cluster.kill_server(landed);
@@ -227,35 +271,14 @@ fn tui_client_follows_the_cluster_through_a_killed_instance() {
     tmux.wait_for("the end of the flood", Duration::from_secs(15), |s| {
         s.contains(&format!("seq {}", FLOOD - 1))
     });
-    let saved = logs.join("e2e-room.log");
-    tmux.type_line(&format!("/save {}", saved.display()));
-    tmux.wait_for("the scrollback to be saved", Duration::from_secs(10), |s| {
-        s.contains("saved ")
+    check_saved(&tmux, &logs.join("e2e-room.log"), "<flooder> seq");
+    // The other room, shown with Alt+2.
+    tmux.cmd(&["send-keys", "-t", "main", "M-2"]);
+    tmux.wait_for("the second room's flood", Duration::from_secs(15), |s| {
+        s.contains(&format!("bseq {}", FLOOD - 1)) && s.contains("tester in e2e-b")
     });
-    let text = std::fs::read_to_string(&saved).expect("reading the saved scrollback");
-    let mut offsets = Vec::new();
-    for i in 0..FLOOD {
-        let needle = format!("<flooder> seq {i}");
-        let hits: Vec<&str> = text.lines().filter(|l| l.ends_with(&needle)).collect();
-        assert_eq!(
-            hits.len(),
-            1,
-            "{needle:?} seen {} times:\n{text}",
-            hits.len()
-        );
-        let offset: u64 = hits[0]
-            .split_whitespace()
-            .nth(1)
-            .and_then(|o| o.strip_prefix('#'))
-            .and_then(|o| o.parse().ok())
-            .expect("an offset");
-        offsets.push(offset);
-    }
-    assert!(
-        offsets.windows(2).all(|w| w[0] < w[1]),
-        "offsets out of order: {offsets:?}"
-    );
-    assert!(!text.contains("missed here"), "a gap was reported:\n{text}");
+    check_saved(&tmux, &logs.join("e2e-b-room.log"), "<flooder-b> bseq");
+    tmux.cmd(&["send-keys", "-t", "main", "M-1"]);
 
     tmux.type_line("still here");
     let from = rt.block_on(peer.expect_message("still here", Duration::from_secs(10)));
