@@ -11,5 +11,13 @@ RATE=${1:-20}; MEMBERS=${2:-1000}; DURATION=${3:-20s}; SENDERS=${4:-10}
 [ -x target/release/cluster ] && [ -x target/release/loadgen ] && [ -x target/release/server ] \
   || cargo build --release -p chat-server -p chat-cluster -p loadgen
 export RATE MEMBERS DURATION SENDERS
-exec target/release/cluster exec --port 0 --stats-port 0 --server-base-port 0 \
+target/release/cluster exec --port 0 --stats-port 0 --server-base-port 0 \
   --server-arg=--rate=100000 --server-arg=--burst=100000 -- bench/fanout-measure.sh
+
+# Calibration in the same run: a bare C loop writing pre-encoded frames to
+# loopback sockets (no server logic), one frame per write and four, in
+# bursts 50 ms apart like the fan-out above. Compare ratios, not absolutes.
+cc -O2 -o target/c-write-loop bench/c-write-loop.c
+per_instance=$(( (MEMBERS + 2) / 3 ))
+target/c-write-loop "$per_instance" 300 1 50
+target/c-write-loop "$per_instance" 300 4 50

@@ -182,7 +182,12 @@ pub struct Verification {
 /// and those sent within `grace` of the sender's own disconnect that never
 /// came back to it (the server may never have accepted them). Fills
 /// [`SenderLog::excluded`] and returns how many were unconfirmed.
-pub fn confirm(senders: &mut [SenderLog], receivers: &[ReceiverLog], rooms: usize, grace_us: u64) -> u64 {
+pub fn confirm(
+    senders: &mut [SenderLog],
+    receivers: &[ReceiverLog],
+    rooms: usize,
+    grace_us: u64,
+) -> u64 {
     let by_client: HashMap<usize, &ReceiverLog> = receivers.iter().map(|r| (r.client, r)).collect();
     let mut unconfirmed = 0;
     for s in senders {
@@ -190,7 +195,9 @@ pub fn confirm(senders: &mut [SenderLog], receivers: &[ReceiverLog], rooms: usiz
         let own = by_client.get(&(s.sender as usize));
         if let Some(left) = own.and_then(|r| r.left_at) {
             let local = s.sender as usize / rooms.max(1);
-            let from = s.sent_at.partition_point(|&t| t < left.saturating_sub(grace_us));
+            let from = s
+                .sent_at
+                .partition_point(|&t| t < left.saturating_sub(grace_us));
             for q in from..s.sent_at.len() {
                 let seen = own.is_some_and(|r| r.has(local, q as u32));
                 if !seen && ex.binary_search(&(q as u32)).is_err() {
@@ -292,7 +299,13 @@ mod tests {
     }
 
     /// `confirm` then `verify`, as a run does.
-    fn check(mut senders: Vec<SenderLog>, receivers: &[ReceiverLog], rooms: usize, grace: u64, until: u64) -> (u64, Verification) {
+    fn check(
+        mut senders: Vec<SenderLog>,
+        receivers: &[ReceiverLog],
+        rooms: usize,
+        grace: u64,
+        until: u64,
+    ) -> (u64, Verification) {
         let u = confirm(&mut senders, receivers, rooms, grace);
         (u, verify(&senders, receivers, rooms, grace, until))
     }

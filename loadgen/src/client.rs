@@ -124,6 +124,7 @@ pub async fn run(ctx: Arc<Ctx>, c: usize, permit: OwnedSemaphorePermit) -> Outco
         c,
         room,
         app,
+        app_name: stats.apps.name(app),
         recv: ReceiverLog::new(c, room, app, joined_at),
         send: is_sender.then(|| SenderLog {
             sender: c as u32,
@@ -299,6 +300,8 @@ struct Session<'a> {
     c: usize,
     room: usize,
     app: u16,
+    /// This client's APP_ID, carried in raw-mode probes.
+    app_name: String,
     recv: ReceiverLog,
     send: Option<SenderLog>,
     /// APP_ID bytes of delivered messages → index, to skip the shared table.
@@ -367,7 +370,7 @@ impl Session<'_> {
         };
         let text = match ctx.cfg.protocol {
             Protocol::Chat => probe::chat_send_frame(&p, &ctx.padding),
-            Protocol::Raw => probe::raw_text(&p, ctx.cfg.size),
+            Protocol::Raw => probe::raw_text(&p, ctx.cfg.size, &self.app_name),
         };
         ws.send(Message::text(text)).await?;
         if let Some(log) = &mut self.send {
@@ -395,7 +398,7 @@ impl Session<'_> {
                 None => return self.on_control(t),
             },
             Protocol::Raw => match probe::scan_raw(t) {
-                Some(p) => (p, None, None),
+                Some((p, app)) => (p, None, app),
                 None => return,
             },
         };
@@ -409,19 +412,19 @@ impl Session<'_> {
             return;
         }
         let now = ctx.stats.now_us();
-        let sender_app = ctx.sender_apps[probe.sender as usize]
-            .load(Relaxed)
-            .saturating_sub(1);
+        // 0: the sender lives in another worker process (or has not
+        // connected), so its welcome is not known here.
+        let local_app = ctx.sender_apps[probe.sender as usize].load(Relaxed);
         let sender_app = match msg_app {
             Some(a) => {
                 let idx = self.intern(a);
-                if idx != sender_app {
+                if ctx.cfg.protocol == Protocol::Chat && local_app != 0 && idx != local_app - 1 {
                     ctx.stats
                         .error("deliver: message app_id differs from the sender's welcome app_id");
                 }
                 idx
             }
-            None => sender_app,
+            None => local_app.saturating_sub(1),
         };
         let v = self
             .recv

@@ -147,7 +147,7 @@ pub async fn run_local(
     let interrupt = CancellationToken::new();
     let hard_stop = CancellationToken::new();
     let sig = live::spawn_signal_handler(interrupt.clone(), hard_stop.clone());
-    let h = run::prepare(&cfg, Part::ALL);
+    let h = run::prepare(&cfg, Part::ALL, None);
     let (ramped_tx, ramped_rx) = oneshot::channel();
     let (go_tx, go_rx) = oneshot::channel();
     // A standalone run starts sending as soon as it has ramped up.
@@ -175,6 +175,7 @@ pub async fn run_local(
         go: go_rx,
         interrupt,
         hard_stop,
+        exchange: None,
     };
     let result = run::run(cfg, Part::ALL, h, control).await;
     done.cancel();

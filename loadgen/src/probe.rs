@@ -96,11 +96,19 @@ pub fn chat_send_frame(probe: &Probe, padding: &str) -> String {
     s
 }
 
-/// The raw-mode text: marker, id, space, then padding up to `size` bytes.
-pub fn raw_text(probe: &Probe, size: usize) -> String {
-    let mut s = String::with_capacity(size.max(64));
+/// The raw-mode text: marker, id, the sender's APP_ID (so a receiver in
+/// another worker process knows it), then padding up to `size` bytes.
+pub fn raw_text(probe: &Probe, size: usize, app: &str) -> String {
+    let mut s = String::with_capacity(size.max(64 + app.len()));
     s.push_str("LG1 ");
     probe.write_id(&mut s);
+    s.push(' ');
+    // The APP_ID ends at the next space, so none may be inside it.
+    s.extend(
+        app.chars()
+            .take(64)
+            .map(|c| if c.is_whitespace() { '_' } else { c }),
+    );
     s.push(' ');
     while s.len() < size {
         s.push('x');
@@ -154,15 +162,27 @@ pub fn scan_chat(frame: &[u8]) -> Option<ChatDelivery<'_>> {
     })
 }
 
-/// Find a raw-mode probe anywhere in a text frame.
-pub fn scan_raw(frame: &[u8]) -> Option<Probe> {
+/// Find a raw-mode probe anywhere in a text frame, with the sender's
+/// APP_ID when the probe carries one.
+pub fn scan_raw(frame: &[u8]) -> Option<(Probe, Option<&[u8]>)> {
     let at = RAW_KEY.find(frame)?;
     let v = &frame[at + RAW_MARKER.len()..];
     let end = v
         .iter()
         .position(|&c| !(c.is_ascii_hexdigit() || c == b'.'))
         .unwrap_or(v.len());
-    Probe::parse_id(&v[..end])
+    let probe = Probe::parse_id(&v[..end])?;
+    let app = v
+        .get(end..)
+        .and_then(|r| r.strip_prefix(b" "))
+        .and_then(|r| {
+            let n = r
+                .iter()
+                .position(|&c| c == b' ' || c == b'"' || c == b'\\')
+                .unwrap_or(r.len());
+            (n > 0).then(|| &r[..n])
+        });
+    Some((probe, app))
 }
 
 #[cfg(test)]
@@ -247,14 +267,22 @@ mod tests {
 
     #[test]
     fn raw_probe_survives_wrapping() {
-        let t = raw_text(&P, 100);
+        let t = raw_text(&P, 100, "node 2");
         assert_eq!(t.len(), 100);
-        assert_eq!(scan_raw(t.as_bytes()), Some(P));
+        assert_eq!(scan_raw(t.as_bytes()), Some((P, Some(&b"node_2"[..]))));
         let wrapped = format!(
             "{{\"from\":\"x\",\"msg\":{}}}",
             serde_json::to_string(&t).unwrap()
         );
-        assert_eq!(scan_raw(wrapped.as_bytes()), Some(P));
+        assert_eq!(
+            scan_raw(wrapped.as_bytes()),
+            Some((P, Some(&b"node_2"[..])))
+        );
+        // A relay that cuts the text after the id still yields the probe.
+        assert_eq!(
+            scan_raw(format!("LG1 {}", P.id()).as_bytes()),
+            Some((P, None))
+        );
         assert_eq!(scan_raw(b"Connected successfully to server app1"), None);
     }
 }

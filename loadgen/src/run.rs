@@ -45,7 +45,9 @@ impl Phase {
     }
 }
 
-/// Which rooms this process holds: room `r` belongs to worker `r % count`.
+/// Which clients this process holds: client `c` belongs to worker
+/// `c % count`, so every room (even a single huge one) spreads over every
+/// worker.
 #[derive(Debug, Clone, Copy)]
 pub struct Part {
     pub index: usize,
@@ -55,12 +57,33 @@ pub struct Part {
 impl Part {
     pub const ALL: Part = Part { index: 0, count: 1 };
 
+    pub fn owns(&self, c: usize) -> bool {
+        c % self.count == self.index
+    }
+
     /// The clients of this part, in ramp order.
     pub fn clients(&self, cfg: &Config) -> Vec<usize> {
-        (0..cfg.clients)
-            .filter(|&c| cfg.room_of(c) % self.count == self.index)
-            .collect()
+        (0..cfg.clients).filter(|&c| self.owns(c)).collect()
     }
+}
+
+/// A sender's log as it travels between processes: every worker needs
+/// every sender's send times to judge its own receivers.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct WireSender {
+    pub sender: u32,
+    pub room: usize,
+    pub app: String,
+    pub sent_at: Vec<u64>,
+    pub excluded: Vec<u32>,
+}
+
+/// Hands this process's sender logs out and gets everyone's back (workers);
+/// `None` for a standalone run.
+#[derive(Debug)]
+pub struct Exchange {
+    pub out: oneshot::Sender<Vec<WireSender>>,
+    pub back: oneshot::Receiver<Vec<WireSender>>,
 }
 
 /// How the phases are driven.
@@ -73,6 +96,7 @@ pub struct Control {
     /// First cancel: stop sending and drain. Second (`hard_stop`): stop now.
     pub interrupt: CancellationToken,
     pub hard_stop: CancellationToken,
+    pub exchange: Option<Exchange>,
 }
 
 /// Everything a live view needs to read while the run goes.
@@ -83,10 +107,15 @@ pub struct Handle {
     pub clients: usize,
 }
 
-/// Create the shared state for a run of `part`.
-pub fn prepare(cfg: &Config, part: Part) -> Handle {
+/// Create the shared state for a run of `part`. `epoch` aligns probe times
+/// across processes (workers get their parent's).
+pub fn prepare(cfg: &Config, part: Part, epoch: Option<Instant>) -> Handle {
+    let mut stats = Stats::new(cfg.threads * 4);
+    if let Some(e) = epoch {
+        stats.epoch = e;
+    }
     Handle {
-        stats: Arc::new(Stats::new(cfg.threads * 4)),
+        stats: Arc::new(stats),
         phase: Arc::new(Phase::default()),
         clients: part.clients(cfg).len(),
     }
@@ -143,7 +172,7 @@ pub async fn run(cfg: Arc<Config>, part: Part, h: Handle, mut control: Control) 
     let mut queues: Vec<Option<mpsc::Sender<sched::Tick>>> = vec![None; cfg.senders];
     let mut ticks = Vec::with_capacity(cfg.senders);
     for (j, q) in queues.iter_mut().enumerate() {
-        if cfg.room_of(j) % part.count == part.index {
+        if part.owns(j) {
             let (tx, rx) = mpsc::channel(sched::QUEUE);
             *q = Some(tx);
             ticks.push(std::sync::Mutex::new(Some(rx)));
@@ -260,7 +289,9 @@ pub async fn run(cfg: Arc<Config>, part: Part, h: Handle, mut control: Control) 
     loop {
         let (received, duplicated, _) = stats.delivery_counts();
         let got = received - duplicated;
-        if got >= l.expected.load(Relaxed) {
+        // The live count only knows this process's members, so with
+        // several workers (rooms spread over them) the full grace is waited.
+        if part.count == 1 && got >= l.expected.load(Relaxed) {
             all_arrived = true;
             break;
         }
@@ -301,13 +332,38 @@ pub async fn run(cfg: Arc<Config>, part: Part, h: Handle, mut control: Control) 
             Err(_) => stats.error("internal: a client did not close within 10s"),
         }
     }
-    let v = checker::verify(
-        &senders,
-        &receivers,
-        cfg.rooms,
-        cfg.grace.as_micros() as u64,
-        checked_until,
-    );
+    let grace_us = cfg.grace.as_micros() as u64;
+    let unconfirmed = checker::confirm(&mut senders, &receivers, cfg.rooms, grace_us);
+    let everyone = match control.exchange.take() {
+        None => senders.clone(),
+        Some(x) => {
+            let wire = senders
+                .iter()
+                .map(|s| WireSender {
+                    sender: s.sender,
+                    room: s.room,
+                    app: stats.apps.name(s.app),
+                    sent_at: s.sent_at.clone(),
+                    excluded: s.excluded.clone(),
+                })
+                .collect();
+            let _ = x.out.send(wire);
+            x.back
+                .await
+                .context("the parent did not send back every worker's sender logs")?
+                .into_iter()
+                .map(|w| SenderLog {
+                    sender: w.sender,
+                    room: w.room,
+                    app: stats.apps.intern(&w.app),
+                    sent_at: w.sent_at,
+                    rejected: Vec::new(),
+                    excluded: w.excluded,
+                })
+                .collect()
+        }
+    };
+    let v = checker::verify(&everyone, &receivers, cfg.rooms, grace_us, checked_until);
     let timing = Timing {
         ramp_ms: ramp_time.as_millis() as u64,
         send_ms: send_end.saturating_duration_since(start).as_millis() as u64,
@@ -325,7 +381,15 @@ pub async fn run(cfg: Arc<Config>, part: Part, h: Handle, mut control: Control) 
         rss_bytes: rss_ramped,
         mem_per_socket_bytes: mem_per_socket,
     };
-    Ok(Tally::build(&stats, spawned, &senders, &v, timing, cost))
+    Ok(Tally::build(
+        &stats,
+        spawned,
+        &senders,
+        unconfirmed,
+        &v,
+        timing,
+        cost,
+    ))
 }
 
 /// Sleep 10 ms again and again and record how late each wakeup was: the

@@ -1,13 +1,18 @@
 //! Spreading one run over worker processes, each with its own
 //! file-descriptor limit: the parent re-executes itself once per worker
-//! with `--worker-of I/N`, and worker `I` holds the rooms `r` with
-//! `r % N == I` (whole rooms, so each worker verifies its deliveries on its
-//! own and only counts and histograms cross process boundaries).
+//! with `--worker-of I/N/EPOCH`, and worker `I` holds the clients `c` with
+//! `c % N == I`, so rooms (even one huge room, or raw mode's single
+//! broadcast domain) spread over every worker. `EPOCH` (the parent's start,
+//! µs since the Unix epoch) aligns every worker's clock, so probe times and
+//! membership windows compare across processes.
 //!
-//! The pipe protocol is one JSON object per line. Worker → parent on
-//! stdout: [`ToParent`]. Parent → worker on stdin: `go` (start sending:
+//! The pipe protocol is one line per message. Worker → parent on stdout:
+//! [`ToParent`] as JSON. Parent → worker on stdin: `go` (start sending:
 //! every worker has ramped), `stop` (Ctrl-C: stop sending and drain),
-//! `hard` (stop now). A closed stdin means the parent is gone: stop now.
+//! `hard` (stop now), and `senders <JSON>`: every worker's sender logs,
+//! sent once every worker has closed, since judging a receiver needs the
+//! send times of every sender in its room, wherever it lives. A closed
+//! stdin means the parent is gone: stop now.
 
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -21,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::live::{self, Mode, View};
 use crate::opts::{Config, Protocol};
-use crate::run::{self, Control, Part};
+use crate::run::{self, Control, Exchange, Part, WireSender};
 use crate::stats::Snapshot;
 use crate::sys::FdLimit;
 use crate::tally::Tally;
@@ -32,6 +37,8 @@ use crate::tally::Tally;
 pub enum ToParent {
     Progress(Snapshot),
     Ramped,
+    /// This worker's sender logs, after closing.
+    Senders(Vec<WireSender>),
     Done(Box<Tally>),
     Failed(String),
 }
@@ -39,7 +46,7 @@ pub enum ToParent {
 /// The arguments that make a child compute exactly this configuration
 /// (including the random room prefix and the source addresses) for its
 /// part.
-pub fn child_args(cfg: &Config, index: usize) -> Vec<String> {
+pub fn child_args(cfg: &Config, index: usize, epoch_unix_us: u64) -> Vec<String> {
     let mut a: Vec<String> = Vec::new();
     let mut kv = |k: &str, v: String| {
         a.push(format!("--{k}"));
@@ -79,7 +86,10 @@ pub fn child_args(cfg: &Config, index: usize) -> Vec<String> {
         let ips: Vec<String> = cfg.source_ips.iter().map(|i| i.to_string()).collect();
         kv("source-ips", ips.join(","));
     }
-    kv("worker-of", format!("{index}/{}", cfg.workers));
+    kv(
+        "worker-of",
+        format!("{index}/{}/{epoch_unix_us}", cfg.workers),
+    );
     a.push("--quiet".into());
     a
 }
@@ -92,6 +102,7 @@ pub async fn parent_main(
     timeline: Arc<Mutex<Vec<live::Point>>>,
 ) -> Result<Tally> {
     let exe = std::env::current_exe().context("finding my own executable to start workers")?;
+    let epoch_unix_us = unix_us();
     let interrupt = CancellationToken::new();
     let hard_stop = CancellationToken::new();
     let sig = live::spawn_signal_handler(interrupt.clone(), hard_stop.clone());
@@ -102,7 +113,7 @@ pub async fn parent_main(
     let mut children = Vec::new();
     for i in 0..n {
         let mut child = tokio::process::Command::new(&exe)
-            .args(child_args(&cfg, i))
+            .args(child_args(&cfg, i, epoch_unix_us))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -151,6 +162,9 @@ pub async fn parent_main(
     ));
 
     let mut ramped = vec![false; n];
+    let mut wire: Vec<Option<Vec<WireSender>>> = vec![None; n];
+    let mut failed = vec![false; n];
+    let mut sent_senders = false;
     let mut tallies: Vec<Option<Tally>> = vec![None; n];
     let mut failures = Vec::new();
     let mut sent_go = false;
@@ -174,18 +188,28 @@ pub async fn parent_main(
         match m {
             ToParent::Progress(s) => snaps.lock().expect("snaps lock")[i] = s,
             ToParent::Ramped => ramped[i] = true,
+            ToParent::Senders(w) => wire[i] = Some(w),
             ToParent::Done(t) => {
                 tallies[i] = Some(*t);
                 open -= 1;
             }
             ToParent::Failed(e) => {
                 if tallies[i].is_none() {
+                    failed[i] = true;
                     failures.push(format!("worker {i}: {e}"));
                     tallies[i] = Some(Tally::default());
                     ramped[i] = true;
                     open -= 1;
                 }
             }
+        }
+        // Judging needs every sender's log: hand the union to everyone once
+        // every worker has sent its own (or died).
+        if !sent_senders && (0..n).all(|i| wire[i].is_some() || failed[i]) {
+            sent_senders = true;
+            let all: Vec<&WireSender> = wire.iter().flatten().flatten().collect();
+            let line = format!("senders {}", serde_json::to_string(&all)?);
+            broadcast(&mut stdins, &line).await;
         }
         // Everyone sends at once: only when every worker has ramped.
         if !sent_go && ramped.iter().all(|&r| r) {
@@ -217,6 +241,13 @@ async fn broadcast(stdins: &mut [tokio::process::ChildStdin], cmd: &str) {
     }
 }
 
+/// Now, in µs since the Unix epoch.
+fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
 fn emit(m: &ToParent) {
     use std::io::Write as _;
     let line = serde_json::to_string(m).expect("worker messages serialise");
@@ -227,11 +258,20 @@ fn emit(m: &ToParent) {
 
 /// A worker: run part `I/N` and report to the parent over stdout.
 pub async fn child_main(cfg: Config, spec: &str, fd: FdLimit) -> Result<std::process::ExitCode> {
-    let (i, n) = spec
-        .split_once('/')
-        .and_then(|(i, n)| Some((i.parse::<usize>().ok()?, n.parse::<usize>().ok()?)))
-        .filter(|(i, n)| i < n)
-        .with_context(|| format!("--worker-of wants INDEX/COUNT, got {spec:?}"))?;
+    let parts: Vec<u64> = spec.split('/').filter_map(|x| x.parse().ok()).collect();
+    let [i, n, epoch_unix_us] = parts[..] else {
+        bail!("--worker-of wants INDEX/COUNT/EPOCH_US, got {spec:?}");
+    };
+    let (i, n) = (i as usize, n as usize);
+    if i >= n {
+        bail!("--worker-of {spec}: index out of range");
+    }
+    // The parent's epoch as an Instant of this process: the same wall-clock
+    // moment (both processes share the machine's clock).
+    let since = Duration::from_micros(unix_us().saturating_sub(epoch_unix_us));
+    let epoch = std::time::Instant::now()
+        .checked_sub(since)
+        .unwrap_or_else(std::time::Instant::now);
     // The terminal's Ctrl-C reaches the whole process group; the parent
     // decides what it means, so the worker must not die of it.
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
@@ -239,14 +279,22 @@ pub async fn child_main(cfg: Config, spec: &str, fd: FdLimit) -> Result<std::pro
 
     let cfg = Arc::new(cfg);
     let part = Part { index: i, count: n };
-    let h = run::prepare(&cfg, part);
+    let h = run::prepare(&cfg, part, Some(epoch));
     let interrupt = CancellationToken::new();
     let hard_stop = CancellationToken::new();
     let (ramped_tx, ramped_rx) = oneshot::channel();
     let (go_tx, go_rx) = oneshot::channel();
     let (int2, hard2) = (interrupt.clone(), hard_stop.clone());
+    let (out_tx, out_rx) = oneshot::channel::<Vec<WireSender>>();
+    let (back_tx, back_rx) = oneshot::channel::<Vec<WireSender>>();
+    tokio::spawn(async move {
+        if let Ok(w) = out_rx.await {
+            emit(&ToParent::Senders(w));
+        }
+    });
     tokio::spawn(async move {
         let mut go_tx = Some(go_tx);
+        let mut back_tx = Some(back_tx);
         let mut lines = BufReader::new(tokio::io::stdin()).lines();
         loop {
             match lines.next_line().await {
@@ -261,7 +309,15 @@ pub async fn child_main(cfg: Config, spec: &str, fd: FdLimit) -> Result<std::pro
                         int2.cancel();
                         hard2.cancel();
                     }
-                    _ => {}
+                    other => {
+                        if let Some(json) = other.strip_prefix("senders ") {
+                            if let (Some(tx), Ok(all)) =
+                                (back_tx.take(), serde_json::from_str(json))
+                            {
+                                let _ = tx.send(all);
+                            }
+                        }
+                    }
                 },
                 _ => {
                     // The parent is gone.
@@ -295,6 +351,10 @@ pub async fn child_main(cfg: Config, spec: &str, fd: FdLimit) -> Result<std::pro
         go: go_rx,
         interrupt,
         hard_stop,
+        exchange: Some(Exchange {
+            out: out_tx,
+            back: back_rx,
+        }),
     };
     let r = run::run(cfg, part, h, control).await;
     progress.abort();

@@ -284,3 +284,68 @@ async fn dashboard_runs_on_a_terminal_and_restores_it() {
         "printed the report: {text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_room_spread_over_two_workers_is_checked_as_a_whole() {
+    // Raw mode is one broadcast domain: a single room, split over two
+    // worker processes whose clocks and sender logs must line up.
+    let (r, stop) = start_relay(RelayConfig {
+        app_ids: vec!["node-a".into(), "node-b".into()],
+        drop_every: 101,
+        ..RelayConfig::default()
+    })
+    .await;
+    let url = r.ws_url();
+    let out = loadgen(&[
+        "--protocol",
+        "raw",
+        "--url",
+        &url,
+        "--clients",
+        "40",
+        "--senders",
+        "4",
+        "--rate",
+        "40",
+        "--duration",
+        "2s",
+        "--workers",
+        "2",
+        "--grace",
+        "1s",
+        "--json",
+        "-",
+        "--quiet",
+    ])
+    .await;
+    stop.cancel();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let j: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    assert_eq!(j["loadgen"]["processes"], 2);
+    assert_eq!(j["connections"]["opened"], 40);
+    assert_eq!(j["sends"]["sent"], 80);
+    let d = &j["deliveries"];
+    assert_eq!(d["expected"], 80 * 40, "{stderr}");
+    // Every 101st delivery dropped by the relay, every one reported.
+    assert_eq!(
+        d["lost"],
+        r.counters
+            .dropped
+            .load(std::sync::atomic::Ordering::Relaxed),
+        "{stderr}"
+    );
+    assert!(d["lost"].as_u64().unwrap() > 0);
+    assert_eq!(d["duplicated"], 0);
+    // Sender APP_IDs travel in the raw probe, so the matrix is complete even
+    // where sender and receiver live in different processes.
+    let cells = j["matrix"].as_array().unwrap();
+    assert_eq!(cells.len(), 4, "{cells:?}");
+    assert!(cells.iter().all(|c| c["sender"] != "?"));
+    assert!(d["cross_instance"].as_u64().unwrap() > 0);
+    assert!(
+        j["latency_us"]["p50"].as_u64().unwrap() < 1_000_000,
+        "aligned clocks: {}",
+        j["latency_us"]
+    );
+}

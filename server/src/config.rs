@@ -90,11 +90,6 @@ pub struct Config {
     #[arg(long, env = "INSTANCE_TTL", default_value = "6s", value_parser = humantime::parse_duration)]
     pub instance_ttl: Duration,
 
-    /// Per-connection WebSocket read buffer in bytes. Small keeps idle
-    /// connections cheap; frames larger than it still arrive whole.
-    #[arg(long, env = "WS_READ_BUFFER", default_value_t = 1024)]
-    pub ws_read_buffer: usize,
-
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
