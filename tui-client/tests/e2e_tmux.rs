@@ -5,7 +5,8 @@
 //! sent by another client through another instance appearing, a line typed
 //! in the client reaching the other client, and, after the instance the
 //! client was on is killed with SIGKILL, a different APP_ID on screen
-//! ("now on appK, was appN") and messages still arriving, once each; then
+//! ("now on appK, was appN") and messages still arriving, once each (two
+//! rooms flooded across the kill, every line found once and in order); then
 //! a graceful stop (close 1012) of the next instance moves it again.
 
 mod common;
