@@ -386,6 +386,9 @@ impl Actor {
             }
             ServerFrame::Pong { .. } => true,
             frame => {
+                if let ServerFrame::Error { code, message, id } = &frame {
+                    tracing::info!(code = code.as_str(), %message, ?id, "error from the server");
+                }
                 if self.session.observe(&frame) {
                     self.emit(NetEvent::Frame(frame)).await
                 } else {
