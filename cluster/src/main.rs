@@ -212,8 +212,14 @@ fn run() -> Result<u8> {
             let status = std::process::Command::new(&args[0])
                 .args(&args[1..])
                 .env("CHAT_URL", &url)
-                .env("CLUSTER_SERVER_PIDS", join((0..c.len()).filter_map(|i| c.server_pid(i))))
-                .env("CLUSTER_SERVER_ADDRS", join((0..c.len()).map(|i| c.server_addr(i))))
+                .env(
+                    "CLUSTER_SERVER_PIDS",
+                    join((0..c.len()).filter_map(|i| c.server_pid(i))),
+                )
+                .env(
+                    "CLUSTER_SERVER_ADDRS",
+                    join((0..c.len()).map(|i| c.server_addr(i))),
+                )
                 .env("CLUSTER_HAPROXY_PID", join(c.haproxy_pid()))
                 .env("CLUSTER_REDIS_PID", join(c.redis_pid()))
                 .env("CLUSTER_LOG_DIR", c.log_dir())
@@ -226,7 +232,11 @@ fn run() -> Result<u8> {
 }
 
 fn join<T: ToString>(items: impl IntoIterator<Item = T>) -> String {
-    items.into_iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" ")
+    items
+        .into_iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn main() -> ExitCode {

@@ -99,7 +99,11 @@ pub fn run_cli(opts: &Opts) -> Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     if let Some(spec) = &opts.worker_of {
-        return rt.block_on(worker::child_main(cfg, spec, fd));
+        let code = rt.block_on(worker::child_main(cfg, spec, fd));
+        // The stdin reader sits in a blocking read that only the parent can
+        // end; do not wait for it.
+        rt.shutdown_background();
+        return code;
     }
     for w in sys::capacity_warnings(
         cfg.clients.div_ceil(cfg.workers),

@@ -220,6 +220,8 @@ pub async fn parent_main(
     done.cancel();
     let _ = display.await;
     sig.abort();
+    // Closing their stdin tells any worker still running to stop now.
+    drop(stdins);
     for mut c in children {
         let _ = tokio::time::timeout(Duration::from_secs(5), c.wait()).await;
     }

@@ -41,22 +41,46 @@ async fn upgrade(
         Err(resp) => return resp,
     };
     if state.shutdown.is_cancelled() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "instance is shutting down; reconnect\n").into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "instance is shutting down; reconnect\n",
+        )
+            .into_response();
     }
     let bad = params
         .room
         .as_deref()
         .map(validate_room)
         .and_then(Result::err)
-        .or_else(|| params.nick.as_deref().map(validate_nick).and_then(Result::err));
+        .or_else(|| {
+            params
+                .nick
+                .as_deref()
+                .map(validate_nick)
+                .and_then(Result::err)
+        });
     if let Some(why) = bad {
-        state.metrics.connections_rejected_bad_request.fetch_add(1, Relaxed);
+        state
+            .metrics
+            .connections_rejected_bad_request
+            .fetch_add(1, Relaxed);
         return (StatusCode::BAD_REQUEST, format!("{why}\n")).into_response();
     }
     let Ok(permit) = state.conn_limit.clone().try_acquire_owned() else {
-        state.metrics.connections_rejected_full.fetch_add(1, Relaxed);
-        let msg = format!("instance {} is full ({} connections); try again\n", state.app_id, state.max_connections);
-        return (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "1")], msg).into_response();
+        state
+            .metrics
+            .connections_rejected_full
+            .fetch_add(1, Relaxed);
+        let msg = format!(
+            "instance {} is full ({} connections); try again\n",
+            state.app_id, state.max_connections
+        );
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            msg,
+        )
+            .into_response();
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let tracker = state.tracker.clone();
@@ -72,7 +96,11 @@ async fn upgrade(
         // back so frames can be written with writev and no extra buffers.
         match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => {
-                let ws = WsStream::new(parts.io.into_inner(), parts.read_buf, state.config.max_frame_bytes);
+                let ws = WsStream::new(
+                    parts.io.into_inner(),
+                    parts.read_buf,
+                    state.config.max_frame_bytes,
+                );
                 session::run(state, ws, params, permit).await;
             }
             Err(_) => tracing::error!("upgraded connection is not a TCP stream; closing it"),
@@ -90,6 +118,7 @@ async fn upgrade(
 
 /// Check that a request is a WebSocket upgrade (RFC 6455 section 4.2.1);
 /// returns its `Sec-WebSocket-Key`, or the response that refuses it.
+#[allow(clippy::result_large_err)] // built once per refused request
 fn check_upgrade(h: &HeaderMap) -> Result<String, Response> {
     let has_token = |name: header::HeaderName, token: &str| {
         h.get_all(name).iter().any(|v| {
@@ -100,13 +129,29 @@ fn check_upgrade(h: &HeaderMap) -> Result<String, Response> {
     };
     if !has_token(header::CONNECTION, "upgrade") || !has_token(header::UPGRADE, "websocket") {
         let msg = "this endpoint speaks WebSocket: send an upgrade request (Connection: upgrade, Upgrade: websocket)\n";
-        return Err((StatusCode::UPGRADE_REQUIRED, [(header::UPGRADE, "websocket")], msg).into_response());
+        return Err((
+            StatusCode::UPGRADE_REQUIRED,
+            [(header::UPGRADE, "websocket")],
+            msg,
+        )
+            .into_response());
     }
-    if h.get(header::SEC_WEBSOCKET_VERSION).and_then(|v| v.to_str().ok()) != Some("13") {
+    if h.get(header::SEC_WEBSOCKET_VERSION)
+        .and_then(|v| v.to_str().ok())
+        != Some("13")
+    {
         let msg = "unsupported WebSocket version: only 13 (RFC 6455)\n";
-        return Err((StatusCode::UPGRADE_REQUIRED, [(header::SEC_WEBSOCKET_VERSION, "13")], msg).into_response());
+        return Err((
+            StatusCode::UPGRADE_REQUIRED,
+            [(header::SEC_WEBSOCKET_VERSION, "13")],
+            msg,
+        )
+            .into_response());
     }
-    match h.get(header::SEC_WEBSOCKET_KEY).and_then(|v| v.to_str().ok()) {
+    match h
+        .get(header::SEC_WEBSOCKET_KEY)
+        .and_then(|v| v.to_str().ok())
+    {
         Some(k) if !k.trim().is_empty() => Ok(k.trim().to_string()),
         _ => Err((StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key\n").into_response()),
     }

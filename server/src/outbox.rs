@@ -232,7 +232,10 @@ mod tests {
         assert_eq!(q.recv(&mut batch, 2).await, Recv::Frames);
         assert_eq!(batch.len(), 2);
         assert_eq!(q.recv(&mut batch, 10).await, Recv::Frames);
-        assert_eq!(batch.iter().map(|d| d.offset).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(
+            batch.iter().map(|d| d.offset).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
         for i in 4..=6 {
             q.push(frame(i));
         }
@@ -240,7 +243,11 @@ mod tests {
         assert_eq!(q.push(frame(8)), Push::Full(false));
         assert_eq!(q.recv(&mut batch, 10).await, Recv::Stop(Stop::SlowConsumer));
         q.stop(Stop::Restart);
-        assert_eq!(q.stopped().await, Stop::SlowConsumer, "the first stop stands");
+        assert_eq!(
+            q.stopped().await,
+            Stop::SlowConsumer,
+            "the first stop stands"
+        );
         q.close();
         assert_eq!(q.push(frame(9)), Push::Closed);
     }

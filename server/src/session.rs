@@ -59,7 +59,10 @@ impl std::fmt::Debug for Conn {
 
 /// Run a write, giving up if the connection must stop (slow consumer,
 /// shutdown) or the write blocks for too long.
-async fn guarded<F: std::future::Future<Output = std::io::Result<()>>>(outbox: &Outbox, write: F) -> Result<(), End> {
+async fn guarded<F: std::future::Future<Output = std::io::Result<()>>>(
+    outbox: &Outbox,
+    write: F,
+) -> Result<(), End> {
     tokio::select! {
         biased;
         r = tokio::time::timeout(WRITE_TIMEOUT, write) => match r {
@@ -86,7 +89,12 @@ impl Conn {
     }
 
     /// Send an error frame now.
-    pub async fn error(&mut self, code: ErrorCode, message: impl Into<String>, id: Option<String>) -> Result<(), End> {
+    pub async fn error(
+        &mut self,
+        code: ErrorCode,
+        message: impl Into<String>,
+        id: Option<String>,
+    ) -> Result<(), End> {
         self.state.metrics.error(code);
         self.frame(&ServerFrame::error(code, message, id)).await
     }
@@ -94,27 +102,53 @@ impl Conn {
 
 fn stopped(why: Stop) -> End {
     match why {
-        Stop::SlowConsumer => End::Close(close::SLOW_CONSUMER, "slow consumer: outbound queue full".into()),
+        Stop::SlowConsumer => End::Close(
+            close::SLOW_CONSUMER,
+            "slow consumer: outbound queue full".into(),
+        ),
         Stop::Restart => End::Close(close::SERVICE_RESTART, "service restart: reconnect".into()),
     }
 }
 
 /// Serve one upgraded connection until it ends. `permit` holds its place
 /// under the connection limit.
-pub async fn run(state: AppState, ws: WsStream, params: ConnectParams, permit: OwnedSemaphorePermit) {
+pub async fn run(
+    state: AppState,
+    ws: WsStream,
+    params: ConnectParams,
+    permit: OwnedSemaphorePermit,
+) {
     let metrics = state.metrics.clone();
     metrics.connections.fetch_add(1, Relaxed);
     metrics.connections_total.fetch_add(1, Relaxed);
     let outbox = Outbox::new(state.config.queue);
     let id = state.next_session_id();
-    let mut conn = Conn { ws, outbox: outbox.clone(), state: state.clone() };
+    let mut conn = Conn {
+        ws,
+        outbox: outbox.clone(),
+        state: state.clone(),
+    };
     let registration = state.sessions.register(id, outbox.clone());
     if state.shutdown.is_cancelled() {
         // Shutdown began between the upgrade and the registration.
         outbox.stop(Stop::Restart);
     }
-    let mut session = Session::new(state.clone(), Member { id, outbox: outbox.clone() }, params.nick);
-    let end = session_loop(&mut session, &mut conn, params.room, params.since, params.history).await;
+    let mut session = Session::new(
+        state.clone(),
+        Member {
+            id,
+            outbox: outbox.clone(),
+        },
+        params.nick,
+    );
+    let end = session_loop(
+        &mut session,
+        &mut conn,
+        params.room,
+        params.since,
+        params.history,
+    )
+    .await;
     outbox.close();
     let code = match &end {
         End::Close(code, reason) => {

@@ -284,7 +284,12 @@ impl Store {
 
     /// Record a member in a room's presence hash; returns the number of
     /// members now recorded.
-    pub async fn add_member(&self, room: &str, conn_id: &str, entry: &MemberEntry) -> StoreResult<u64> {
+    pub async fn add_member(
+        &self,
+        room: &str,
+        conn_id: &str,
+        entry: &MemberEntry,
+    ) -> StoreResult<u64> {
         let json = serde_json::to_string(entry).map_err(|e| StoreError::Reply(e.to_string()))?;
         let mut pipe = redis::pipe();
         pipe.cmd("HSET")

@@ -86,14 +86,19 @@ impl Reader {
             }
             let (fin, rsv, op) = (b[0] & 0x80 != 0, b[0] & 0x70, b[0] & 0x0F);
             if rsv != 0 {
-                return Err(WsError::Protocol("reserved bits set (no extension was negotiated)"));
+                return Err(WsError::Protocol(
+                    "reserved bits set (no extension was negotiated)",
+                ));
             }
             if b[1] & 0x80 == 0 {
                 return Err(WsError::Protocol("client frames must be masked"));
             }
             let (len, at) = match b[1] & 0x7F {
                 126 if b.len() >= 4 => (u64::from(u16::from_be_bytes([b[2], b[3]])), 4),
-                127 if b.len() >= 10 => (u64::from_be_bytes(b[2..10].try_into().expect("8 bytes")), 10),
+                127 if b.len() >= 10 => (
+                    u64::from_be_bytes(b[2..10].try_into().expect("8 bytes")),
+                    10,
+                ),
                 126 | 127 => return Ok(None),
                 n => (u64::from(n), 2),
             };
@@ -102,7 +107,9 @@ impl Reader {
             }
             let control = op & 0x8 != 0;
             if control && (len > 125 || !fin) {
-                return Err(WsError::Protocol("control frames must be final and at most 125 bytes"));
+                return Err(WsError::Protocol(
+                    "control frames must be final and at most 125 bytes",
+                ));
             }
             let so_far = self.frag.as_ref().map_or(0, |(_, p)| p.len() as u64);
             if len + so_far > max as u64 {
@@ -136,7 +143,9 @@ impl Reader {
                     return match payload.len() {
                         0 => Ok(Some(Msg::Close(1005))),
                         1 => Err(WsError::Protocol("close frame with a one-byte payload")),
-                        _ => Ok(Some(Msg::Close(u16::from_be_bytes([payload[0], payload[1]])))),
+                        _ => Ok(Some(Msg::Close(u16::from_be_bytes([
+                            payload[0], payload[1],
+                        ])))),
                     };
                 }
                 OP_TEXT | OP_BINARY if self.frag.is_some() => {
@@ -146,7 +155,9 @@ impl Reader {
                 OP_TEXT | OP_BINARY => return finish(op, payload).map(Some),
                 OP_CONT => {
                     let Some((first, mut whole)) = self.frag.take() else {
-                        return Err(WsError::Protocol("continuation without a message to continue"));
+                        return Err(WsError::Protocol(
+                            "continuation without a message to continue",
+                        ));
                     };
                     whole.extend_from_slice(&payload);
                     if fin {
@@ -162,7 +173,9 @@ impl Reader {
 
 fn finish(op: u8, payload: Vec<u8>) -> Result<Msg, WsError> {
     if op == OP_TEXT {
-        String::from_utf8(payload).map(Msg::Text).map_err(|_| WsError::Utf8)
+        String::from_utf8(payload)
+            .map(Msg::Text)
+            .map_err(|_| WsError::Utf8)
     } else {
         Ok(Msg::Binary(payload.into()))
     }
@@ -204,7 +217,10 @@ impl WsStream {
         let _ = tcp.set_nodelay(std::env::var_os("WS_NAGLE").is_none());
         Self {
             tcp,
-            reader: Reader { buf: pre.to_vec(), ..Default::default() },
+            reader: Reader {
+                buf: pre.to_vec(),
+                ..Default::default()
+            },
             max,
         }
     }
@@ -242,7 +258,8 @@ impl WsStream {
     /// straight from the shared bytes.
     pub async fn send_texts(&mut self, frames: &[Bytes]) -> io::Result<()> {
         for chunk in frames.chunks(MAX_BATCH) {
-            let heads: Vec<([u8; 10], usize)> = chunk.iter().map(|f| header(OP_TEXT, f.len())).collect();
+            let heads: Vec<([u8; 10], usize)> =
+                chunk.iter().map(|f| header(OP_TEXT, f.len())).collect();
             let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(chunk.len() * 2);
             for ((h, n), f) in heads.iter().zip(chunk) {
                 slices.push(IoSlice::new(&h[..*n]));
@@ -350,12 +367,18 @@ mod tests {
     }
 
     fn reader(bytes: &[u8]) -> Reader {
-        Reader { buf: bytes.to_vec(), ..Default::default() }
+        Reader {
+            buf: bytes.to_vec(),
+            ..Default::default()
+        }
     }
 
     #[test]
     fn accept_key_matches_the_rfc_example() {
-        assert_eq!(accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 
     #[test]
@@ -386,14 +409,29 @@ mod tests {
     fn protocol_errors() {
         let mut unmasked = masked(OP_TEXT, true, b"x");
         unmasked[1] &= 0x7F;
-        assert!(matches!(reader(&unmasked).parse(100), Err(WsError::Protocol(_))));
+        assert!(matches!(
+            reader(&unmasked).parse(100),
+            Err(WsError::Protocol(_))
+        ));
         let mut rsv = masked(OP_TEXT, true, b"x");
         rsv[0] |= 0x40;
         assert!(matches!(reader(&rsv).parse(100), Err(WsError::Protocol(_))));
-        assert!(matches!(reader(&masked(OP_CONT, true, b"x")).parse(100), Err(WsError::Protocol(_))));
-        assert!(matches!(reader(&masked(OP_PING, false, b"x")).parse(100), Err(WsError::Protocol(_))));
-        assert!(matches!(reader(&masked(0x3, true, b"x")).parse(100), Err(WsError::Protocol(_))));
-        assert!(matches!(reader(&masked(OP_TEXT, true, &[0xff, 0xfe])).parse(100), Err(WsError::Utf8)));
+        assert!(matches!(
+            reader(&masked(OP_CONT, true, b"x")).parse(100),
+            Err(WsError::Protocol(_))
+        ));
+        assert!(matches!(
+            reader(&masked(OP_PING, false, b"x")).parse(100),
+            Err(WsError::Protocol(_))
+        ));
+        assert!(matches!(
+            reader(&masked(0x3, true, b"x")).parse(100),
+            Err(WsError::Protocol(_))
+        ));
+        assert!(matches!(
+            reader(&masked(OP_TEXT, true, &[0xff, 0xfe])).parse(100),
+            Err(WsError::Utf8)
+        ));
         let mut two = masked(OP_TEXT, false, b"a");
         two.extend(masked(OP_TEXT, true, b"b"));
         assert!(matches!(reader(&two).parse(100), Err(WsError::Protocol(_))));
