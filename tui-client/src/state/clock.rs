@@ -15,6 +15,13 @@ pub struct Clock {
     pub fixed_ms: Option<u64>,
 }
 
+/// `Monday, 23 November 2026` for a day counted like [`Stamp::day`].
+pub fn day_label(day: i64) -> String {
+    DateTime::<Utc>::from_timestamp(day.saturating_mul(86_400), 0)
+        .map(|d| d.format("%A, %-d %B %Y").to_string())
+        .unwrap_or_default()
+}
+
 /// A moment as it is shown on a line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stamp {
@@ -23,8 +30,6 @@ pub struct Stamp {
     /// Days since the epoch in the display time zone: a change means a new
     /// day separator.
     pub day: i64,
-    /// `Monday, 23 November 2026`, for the separator.
-    pub day_label: String,
 }
 
 impl Clock {
@@ -61,7 +66,6 @@ where
     Stamp {
         time: naive.format("%H:%M:%S").to_string(),
         day: naive.and_utc().timestamp().div_euclid(86_400),
-        day_label: naive.format("%A, %-d %B %Y").to_string(),
     }
 }
 
@@ -76,7 +80,7 @@ mod tests {
         let s = c.stamp(1_700_000_000_000);
         assert_eq!(s.time, "22:13:20");
         assert_eq!(s.day, 19_675);
-        assert_eq!(s.day_label, "Tuesday, 14 November 2023");
+        assert_eq!(day_label(s.day), "Tuesday, 14 November 2023");
         assert_eq!(c.stamp(1_700_000_000_000 + 7_000_000).day, 19_676);
     }
 }

@@ -263,12 +263,10 @@ impl App {
     /// Append a line to room `i`.
     fn push_line(&mut self, i: usize, line: Line) {
         let geo = self.geometry();
-        let label = self.clock.stamp(self.clock.now_ms()).day_label;
-        let room = &mut self.rooms[i];
         // Date separators only for server-stamped lines; client notices are
         // stamped "now" and would add one for every reconnect at midnight.
-        let label = matches!(line.kind, LineKind::Message { .. }).then_some(label);
-        room.push(line, geo, label.as_deref());
+        let separators = matches!(line.kind, LineKind::Message { .. });
+        self.rooms[i].push(line, geo, separators);
     }
 
     /// A notice in the room shown.

@@ -193,18 +193,21 @@ impl Room {
         }
     }
 
-    /// Append a line (with a date separator first when the day changed),
+    /// Append a line (with a date separator first when the day changed and
+    /// `separators` is on),
     /// drop the oldest beyond the capacity, and keep a scrolled-up view
     /// where it is.
-    pub fn push(&mut self, line: Line, geo: Geometry, day_label: Option<&str>) {
-        if let (Some(label), Some(last)) = (day_label, self.lines.back()) {
+    pub fn push(&mut self, line: Line, geo: Geometry, separators: bool) {
+        if let (true, Some(last)) = (separators, self.lines.back()) {
             if last.day != line.day {
                 let sep = Line {
                     time: line.time.clone(),
                     day: line.day,
                     kind: LineKind::Day,
                     nick: String::new(),
-                    text: label.to_string(),
+                    // The day of the line that follows, not today: replayed
+                    // history can be from any day.
+                    text: super::clock::day_label(line.day),
                     app_id: None,
                     offset: None,
                 };
@@ -330,7 +333,7 @@ mod tests {
     fn scrollback_is_bounded() {
         let mut r = Room::new("r", 100);
         for i in 0..250 {
-            r.push(line(&i.to_string(), 0), GEO, None);
+            r.push(line(&i.to_string(), 0), GEO, false);
         }
         assert_eq!(r.lines.len(), 100);
         assert_eq!(r.lines.front().unwrap().text, "150");
@@ -340,18 +343,18 @@ mod tests {
     fn scrolled_view_stays_put_when_lines_arrive() {
         let mut r = Room::new("r", 100);
         for i in 0..20 {
-            r.push(line(&i.to_string(), 0), GEO, None);
+            r.push(line(&i.to_string(), 0), GEO, false);
         }
         r.scroll_up(3, GEO);
         assert_eq!(r.scroll, 3);
         // A line that wraps to two rows (60 - 24 = 36 cells of text).
-        r.push(line(&"x".repeat(50), 0), GEO, None);
+        r.push(line(&"x".repeat(50), 0), GEO, false);
         assert_eq!(r.scroll, 5);
         assert_eq!(r.new_below, 1);
         r.scroll_down(100);
         assert_eq!((r.scroll, r.new_below), (0, 0));
         // At the bottom, new lines do not move the offset: the view follows.
-        r.push(line("y", 0), GEO, None);
+        r.push(line("y", 0), GEO, false);
         assert_eq!(r.scroll, 0);
     }
 
@@ -359,7 +362,7 @@ mod tests {
     fn scroll_up_stops_at_the_top() {
         let mut r = Room::new("r", 100);
         for i in 0..8 {
-            r.push(line(&i.to_string(), 0), GEO, None);
+            r.push(line(&i.to_string(), 0), GEO, false);
         }
         r.scroll_up(100, GEO);
         assert_eq!(r.scroll, 3, "8 rows in a 5-row pane scroll by 3 at most");
@@ -371,9 +374,9 @@ mod tests {
     #[test]
     fn day_separators() {
         let mut r = Room::new("r", 100);
-        r.push(line("a", 1), GEO, Some("Monday"));
-        r.push(line("b", 1), GEO, Some("Monday"));
-        r.push(line("c", 2), GEO, Some("Tuesday"));
+        r.push(line("a", 1), GEO, true);
+        r.push(line("b", 1), GEO, true);
+        r.push(line("c", 19_675), GEO, true);
         let kinds: Vec<_> = r.lines.iter().map(|l| l.kind.clone()).collect();
         assert_eq!(
             kinds,

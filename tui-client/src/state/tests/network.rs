@@ -367,3 +367,37 @@ fn lines_never_echoed_are_reported_after_a_while_connected() {
     assert!(last_text(&a).starts_with("no confirmation from the server after 30s"));
     assert!(last_text(&a).ends_with("into the void"));
 }
+
+#[test]
+fn date_separators_name_the_day_of_the_lines_that_follow() {
+    let mut a = app();
+    let day = 86_400_000;
+    let at = |offset: u64, ts: u64| {
+        frame(ServerFrame::Message(chat_protocol::ChatMessage {
+            room: "lobby".into(),
+            offset,
+            nick: "bob".into(),
+            text: format!("m{offset}"),
+            app_id: "app1".into(),
+            ts,
+            id: None,
+            action: false,
+        }))
+    };
+    // 1_700_000_000_000 is Tuesday 14 November 2023 (UTC); the app's clock
+    // is pinned there, so its own notices are from that day.
+    a.update(at(1, 1_700_000_000_000 - 3 * day));
+    a.update(at(2, 1_700_000_000_000 - 3 * day + 1));
+    a.update(at(3, 1_700_000_000_000));
+    let days: Vec<String> = a
+        .room()
+        .lines
+        .iter()
+        .filter(|l| l.kind == LineKind::Day)
+        .map(|l| l.text.clone())
+        .collect();
+    assert_eq!(
+        days,
+        vec!["Saturday, 11 November 2023", "Tuesday, 14 November 2023"]
+    );
+}
