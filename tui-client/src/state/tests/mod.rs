@@ -391,3 +391,35 @@ fn a_late_leave_confirmation_does_not_remove_a_room_joined_again() {
     }));
     assert!(a.room_index("rust").is_some());
 }
+
+#[test]
+fn clicking_a_room_shows_it_and_ctrl_home_end_jump() {
+    let mut a = app();
+    type_line(&mut a, "/join rust");
+    a.update(alt('1'));
+    // The room list's first row is its title; rooms follow.
+    let click = |row| {
+        Event::Mouse(MouseEvent {
+            kind: MouseEventKind::Down(crossterm::event::MouseButton::Left),
+            column: 3,
+            row,
+            modifiers: KeyModifiers::NONE,
+        })
+    };
+    a.update(click(2));
+    assert_eq!(a.room().name, "rust");
+    a.update(click(0));
+    a.update(click(9));
+    assert_eq!(a.room().name, "rust", "the title and empty rows do nothing");
+    for o in 1..=300 {
+        a.update(msg("rust", o, "bob", "x"));
+    }
+    let ctrl = |code| Event::Key(KeyEvent::new(code, KeyModifiers::CONTROL));
+    a.update(ctrl(KeyCode::Home));
+    let top = a.room().scroll;
+    assert!(top > 200, "{top}");
+    a.update(key(KeyCode::PageUp));
+    assert_eq!(a.room().scroll, top, "nothing above the top");
+    a.update(ctrl(KeyCode::End));
+    assert_eq!(a.room().scroll, 0);
+}
