@@ -127,7 +127,8 @@ pub struct Opts {
     #[arg(long)]
     pub min_cross_instance: Option<u64>,
 
-    /// Worker processes (loadgen re-executes itself); each holds whole rooms.
+    /// Worker processes (loadgen re-executes itself), each with its own file
+    /// limit; clients are dealt round-robin, one merged report.
     /// Default: as many as the file-descriptor limit requires.
     #[arg(long)]
     pub workers: Option<usize>,
