@@ -9,23 +9,22 @@ use std::time::Duration;
 
 use common::Tmux;
 
-/// Run the client in tmux under `sh`, which records the terminal settings
-/// (`stty -a`) once the client has ended.
+/// Run the client in tmux (see [`Tmux::start`] for what the shell around
+/// it records).
 fn run(name: &str, extra: &str, dir: &Path) -> Tmux {
-    std::fs::create_dir_all(dir).unwrap();
     // Nothing listens on port 9 (discard) here: the client keeps retrying,
     // which is fine, the UI is up all the same.
-    let cmd = format!(
-        "sh -c '{} --url ws://127.0.0.1:9/ws --nick t --log-file {dir}/client.log {extra} 2>{dir}/stderr.txt; stty -a >{dir}/stty.txt'",
+    let program = format!(
+        "{} --url ws://127.0.0.1:9/ws --nick t --log-file {dir}/client.log {extra} 2>{dir}/stderr.txt",
         env!("CARGO_BIN_EXE_tui-client"),
         dir = dir.display()
     );
-    Tmux::start(name, &cmd)
+    Tmux::start(name, &program, dir)
 }
 
-fn assert_restored(tmux: &Tmux, dir: &Path) {
+fn assert_restored(tmux: &Tmux) {
     assert!(
-        tmux.wait_dead(Duration::from_secs(15)),
+        tmux.wait_exit(Duration::from_secs(15)).is_some(),
         "the client did not end:\n{}",
         tmux.screen()
     );
@@ -39,7 +38,7 @@ fn assert_restored(tmux: &Tmux, dir: &Path) {
         "0",
         "mouse reporting left on"
     );
-    let stty = std::fs::read_to_string(dir.join("stty.txt")).expect("stty output");
+    let stty = tmux.stty_after();
     let flags: Vec<&str> = stty.split_whitespace().collect();
     for flag in ["icanon", "echo", "isig"] {
         assert!(flags.contains(&flag), "{flag} not restored: {stty}");
@@ -50,9 +49,11 @@ fn assert_restored(tmux: &Tmux, dir: &Path) {
 fn restored_after_a_panic() {
     let dir = std::env::temp_dir().join(format!("tui-panic-{}", std::process::id()));
     let tmux = run("panic", "--panic-after-start", &dir);
-    assert_restored(&tmux, &dir);
+    assert_restored(&tmux);
     let stderr = std::fs::read_to_string(dir.join("stderr.txt")).unwrap();
     assert!(stderr.contains("--panic-after-start"), "{stderr}");
+    drop(tmux);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -68,19 +69,28 @@ fn restored_after_ctrl_c() {
         "the UI owns the screen"
     );
     tmux.cmd(&["send-keys", "-t", "main", "C-c"]);
-    assert_restored(&tmux, &dir);
+    assert_restored(&tmux);
+    drop(tmux);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The client's pid: the only child of the `sh` in the pane.
+/// The client's pid: below the pane's `sh` (and the `timeout` around it).
 fn client_pid(tmux: &Tmux) -> u32 {
-    let sh: u32 = tmux.display("#{pane_pid}").parse().expect("pane pid");
-    let children = std::fs::read_to_string(format!("/proc/{sh}/task/{sh}/children"))
-        .expect("reading the shell's children");
-    children
-        .split_whitespace()
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("the client runs under sh")
+    let mut pid: u32 = tmux.display("#{pane_pid}").parse().expect("pane pid");
+    for _ in 0..3 {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim() == "tui-client" {
+            return pid;
+        }
+        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .expect("reading a process's children");
+        pid = children
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("the client runs under sh and timeout");
+    }
+    panic!("no tui-client process below the pane");
 }
 
 #[test]
@@ -97,5 +107,7 @@ fn restored_after_sigterm() {
         .unwrap()
         .success();
     assert!(ok, "kill -TERM {pid} failed");
-    assert_restored(&tmux, &dir);
+    assert_restored(&tmux);
+    drop(tmux);
+    let _ = std::fs::remove_dir_all(&dir);
 }

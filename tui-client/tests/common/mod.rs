@@ -2,6 +2,7 @@
 
 #![allow(dead_code)] // each test binary uses a different part
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -10,12 +11,22 @@ use std::time::{Duration, Instant};
 pub(crate) struct Tmux {
     socket: String,
     /// The client's log, shown (its tail) when a wait times out.
-    pub(crate) log: Option<std::path::PathBuf>,
+    pub(crate) log: Option<PathBuf>,
+    /// Where the shell leaves the exit status and the terminal settings.
+    dir: PathBuf,
 }
 
 impl Tmux {
-    /// Start `command` in a 120x40 session; `name` tells test runs apart.
-    pub(crate) fn start(name: &str, command: &str) -> Tmux {
+    /// Start `program` (a command line without single quotes) in a 120x40
+    /// session; `name` tells test runs apart. It runs under `sh`, which
+    /// afterwards writes its exit status to `dir/exit-status` and the
+    /// terminal settings (`stty -a`) to `dir/stty.txt`, then lingers 20 s
+    /// so the pane's modes can be checked. Nothing outlives a killed test
+    /// run for long: the program is limited to 5 minutes, and the tmux
+    /// server exits with its last session. (`--foreground` keeps the
+    /// program in the terminal's foreground process group: without it,
+    /// switching to raw mode would stop it with SIGTTOU.)
+    pub(crate) fn start(name: &str, program: &str, dir: &Path) -> Tmux {
         match Command::new("tmux").arg("-V").output() {
             Ok(o) if o.status.success() => {}
             _ => panic!(
@@ -23,12 +34,16 @@ impl Tmux {
                  install it (Debian/Ubuntu: apt-get install tmux; .ci/run does)"
             ),
         }
+        std::fs::create_dir_all(dir).expect("creating the test directory");
         let t = Tmux {
             socket: format!("tui-{name}-{}", std::process::id()),
             log: None,
+            dir: dir.to_path_buf(),
         };
-        // remain-on-exit keeps the pane (and its modes) after the program
-        // ends, so a test can look at what the program left behind.
+        let command = format!(
+            "sh -c 'timeout --foreground 300 {program}; echo $? >{d}/exit-status; stty -a >{d}/stty.txt; sleep 20'",
+            d = dir.display()
+        );
         let ok = t
             .cmd(&[
                 "new-session",
@@ -39,14 +54,7 @@ impl Tmux {
                 "40",
                 "-s",
                 "main",
-                command,
-                ";",
-                "set-option",
-                "-w",
-                "-t",
-                "main",
-                "remain-on-exit",
-                "on",
+                &command,
             ])
             .status
             .success();
@@ -110,17 +118,16 @@ impl Tmux {
 
 impl Drop for Tmux {
     fn drop(&mut self) {
+        // kill-server leaves the socket file behind; remove it too.
+        let socket = self.display("#{socket_path}");
         let _ = self.cmd(&["kill-server"]);
+        if !socket.is_empty() {
+            let _ = std::fs::remove_file(socket);
+        }
     }
 }
 
 impl Tmux {
-    /// Whether the program in the pane has ended (with remain-on-exit the
-    /// pane stays, marked dead).
-    pub(crate) fn pane_dead(&self) -> bool {
-        self.display("#{pane_dead}") == "1"
-    }
-
     /// A tmux format for the pane, e.g. `#{alternate_on}`.
     pub(crate) fn display(&self, format: &str) -> String {
         String::from_utf8_lossy(
@@ -132,15 +139,33 @@ impl Tmux {
         .to_string()
     }
 
-    /// Wait until the program in the pane ends.
-    pub(crate) fn wait_dead(&self, limit: Duration) -> bool {
+    /// Wait until the program ends; its exit status.
+    pub(crate) fn wait_exit(&self, limit: Duration) -> Option<String> {
         let deadline = Instant::now() + limit;
+        let path = self.dir.join("exit-status");
         while Instant::now() < deadline {
-            if self.pane_dead() {
-                return true;
+            if let Ok(status) = std::fs::read_to_string(&path) {
+                if status.ends_with('\n') {
+                    return Some(status.trim().to_string());
+                }
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        false
+        None
+    }
+
+    /// The terminal settings the shell saw once the program had ended.
+    pub(crate) fn stty_after(&self) -> String {
+        // The shell writes it right after the exit status.
+        let path = self.dir.join("stty.txt");
+        for _ in 0..50 {
+            if let Ok(s) = std::fs::read_to_string(&path) {
+                if !s.is_empty() {
+                    return s;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("no stty output in {}", path.display())
     }
 }
