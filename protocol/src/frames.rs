@@ -106,7 +106,9 @@ pub struct Member {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
     pub room: String,
-    /// Strictly increasing per room across all instances, starting at 1.
+    /// Strictly increasing per room across all instances, but not dense: a
+    /// room starts at milliseconds since the epoch × 1000 (again, higher,
+    /// if Redis ever loses it), and then counts up by one.
     pub offset: u64,
     pub nick: String,
     pub text: String,
