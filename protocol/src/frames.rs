@@ -171,8 +171,15 @@ pub enum ServerFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         old_nick: Option<String>,
     },
-    /// The members of a room across all instances (on join and on `who`).
-    Members { room: String, members: Vec<Member> },
+    /// The members of a room across all instances (on join and on `who`),
+    /// sorted by nick. A big room lists only the first ones: `total` says
+    /// how many there are in all.
+    Members {
+        room: String,
+        members: Vec<Member>,
+        #[serde(default)]
+        total: u64,
+    },
     /// This connection's nick changed.
     Nick { nick: String, old: String },
     /// The answer to a [`ClientFrame::Ping`].

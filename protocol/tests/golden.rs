@@ -165,8 +165,9 @@ fn server_frames() {
                 nick: "n".into(),
                 app_id: "app1".into(),
             }],
+            total: 1,
         },
-        r#"{"type":"members","room":"r","members":[{"conn_id":"c","nick":"n","app_id":"app1"}]}"#,
+        r#"{"type":"members","room":"r","members":[{"conn_id":"c","nick":"n","app_id":"app1"}],"total":1}"#,
     );
     check_server(
         ServerFrame::Nick {
@@ -186,6 +187,20 @@ fn server_frames() {
     check_server(
         ServerFrame::error(ErrorCode::RateLimited, "slow down", Some("m9".into())),
         r#"{"type":"error","code":"rate_limited","message":"slow down","id":"m9"}"#,
+    );
+}
+
+#[test]
+fn members_without_total_still_parse() {
+    let f: ServerFrame =
+        serde_json::from_str(r#"{"type":"members","room":"r","members":[]}"#).unwrap();
+    assert_eq!(
+        f,
+        ServerFrame::Members {
+            room: "r".into(),
+            members: vec![],
+            total: 0
+        }
     );
 }
 

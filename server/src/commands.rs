@@ -453,10 +453,15 @@ impl Session {
 
     async fn send_members(&self, conn: &mut Conn, room: &str) -> Result<(), End> {
         match self.state.members(room).await {
-            Ok(members) => {
+            Ok(mut members) => {
+                // A full list of a big room would be O(members) bytes to
+                // every joiner; the first ones and the count are enough.
+                let total = members.len() as u64;
+                members.truncate(self.state.config.members_list_max);
                 conn.frame(&ServerFrame::Members {
                     room: room.to_string(),
                     members,
+                    total,
                 })
                 .await
             }

@@ -65,6 +65,11 @@ pub struct Config {
     #[arg(long, env = "PRESENCE_MAX_MEMBERS", default_value_t = 200)]
     pub presence_max_members: u64,
 
+    /// Most members listed in one `members` frame (on join and `who`); the
+    /// frame's `total` gives the full count.
+    #[arg(long, env = "MEMBERS_LIST_MAX", default_value_t = 200)]
+    pub members_list_max: usize,
+
     /// Messages each room keeps in history for resume.
     #[arg(long = "history", env = "HISTORY_LEN", default_value_t = 1000)]
     pub history_len: u32,

@@ -162,3 +162,24 @@ async fn resume_past_history_gets_a_gap_notice() {
     let last3 = h.messages(3).await;
     assert_eq!(texts(&last3), ["m17", "m18", "m19"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_rooms_list_the_first_members_and_the_total() {
+    let c = cluster_async(2, &["--members-list-max", "2"]).await;
+    let mut held = Vec::new();
+    for (i, nick) in ["dan", "ann", "cat"].iter().enumerate() {
+        held.push(
+            Client::joined(&format!("{}?room=big&nick={nick}", c.server_ws_url(i % 2))).await,
+        );
+    }
+    let mut last = Client::connect(&format!("{}?room=big&nick=bob", c.server_ws_url(1))).await;
+    let m = last.until("members").await;
+    let nicks: Vec<&str> = m["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["nick"].as_str().unwrap())
+        .collect();
+    assert_eq!(nicks, ["ann", "bob"], "sorted by nick, capped: {m}");
+    assert_eq!(m["total"], 4);
+}

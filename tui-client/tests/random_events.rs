@@ -139,6 +139,7 @@ fn server(rng: &mut StdRng, offsets: &mut [u64; 4]) -> Event {
                     app_id: "app1".into(),
                 })
                 .collect(),
+            total: 0,
         },
         7 => ServerFrame::Gap {
             room,

@@ -110,6 +110,7 @@ fn busy() -> App {
             member("c3", "carol", "app3"),
             member("c4", "日本語ニック", "app2"),
         ],
+        total: 0,
     }));
     a.update(msg("lobby", 1, "bob", "app2", "hi all"));
     a.update(msg(

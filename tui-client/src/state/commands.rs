@@ -268,11 +268,11 @@ impl App {
             .iter()
             .map(|m| format!("{} ({})", m.nick, m.app_id))
             .collect();
-        let total = by_app.len();
+        let total = r.members.count();
         const SHOWN: usize = 200;
         by_app.truncate(SHOWN);
-        let more = if total > SHOWN {
-            format!(" and {} more", total - SHOWN)
+        let more = if total > by_app.len() {
+            format!(" and {} more", total - by_app.len())
         } else {
             String::new()
         };

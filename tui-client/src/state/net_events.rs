@@ -229,11 +229,15 @@ impl App {
                 };
                 self.push_line(i, line);
             }
-            ServerFrame::Members { room, members } => {
+            ServerFrame::Members {
+                room,
+                members,
+                total,
+            } => {
                 let Some(i) = self.room_index(&room) else {
                     return;
                 };
-                self.rooms[i].members.set(members);
+                self.rooms[i].members.set(members, total as usize);
                 if let Some(p) = self.who_pending.iter().position(|r| *r == room) {
                     self.who_pending.remove(p);
                     self.print_members(i);

@@ -73,16 +73,26 @@ pub struct Line {
 pub struct Members {
     sorted: BTreeMap<(String, String), Member>,
     by_conn: HashMap<String, (String, String)>,
+    /// Members the server counted but did not list (a big room's
+    /// `members` frame lists only the first ones).
+    unlisted: usize,
 }
 
 impl Members {
-    /// Replace the whole list (a `members` frame).
-    pub fn set(&mut self, members: Vec<Member>) {
+    /// Replace the whole list (a `members` frame); `total` is the server's
+    /// count, which can exceed the members listed.
+    pub fn set(&mut self, members: Vec<Member>, total: usize) {
         self.sorted.clear();
         self.by_conn.clear();
         for m in members {
             self.add(m);
         }
+        self.unlisted = total.saturating_sub(self.sorted.len());
+    }
+
+    /// How many members the room has, listed or not.
+    pub fn count(&self) -> usize {
+        self.sorted.len() + self.unlisted
     }
 
     /// Add or update one member. Names from the network are made
@@ -397,7 +407,7 @@ mod tests {
             app_id: "app1".into(),
         };
         let mut ms = Members::default();
-        ms.set(vec![m("1", "zed"), m("2", "Ann"), m("3", "bob")]);
+        ms.set(vec![m("1", "zed"), m("2", "Ann"), m("3", "bob")], 3);
         ms.add(m("4", "ann"));
         let nicks: Vec<_> = ms.iter().map(|m| m.nick.as_str()).collect();
         assert_eq!(nicks, vec!["Ann", "ann", "bob", "zed"]);
@@ -406,5 +416,8 @@ mod tests {
         assert!(ms.remove("2").is_some());
         assert!(ms.remove("2").is_none());
         assert_eq!(ms.len(), 3);
+        // A big room lists only some members; the count is the server's.
+        ms.set(vec![m("1", "zed"), m("2", "Ann")], 250);
+        assert_eq!((ms.len(), ms.count()), (2, 250));
     }
 }

@@ -77,19 +77,21 @@ pub(super) fn members(app: &App, area: Rect, buf: &mut Buffer) {
         inner.x,
         inner.y,
         &Line::styled(
-            format!(" Members ({})", room.members.len()),
+            format!(" Members ({})", room.members.count()),
             Style::new().bold(),
         ),
         inner.width,
     );
     let rows = inner.height.saturating_sub(1) as usize;
-    let total = room.members.len();
+    let total = room.members.count();
     // When they do not all fit, the last row says how many are left out.
     let shown = if total > rows {
         rows.saturating_sub(1)
     } else {
         total
     };
+    // A big room's list names only the first members the server sent.
+    let shown = shown.min(room.members.len());
     for (i, m) in room.members.iter().take(shown).enumerate() {
         let y = inner.y + 1 + i as u16;
         let mut spans = vec![Span::raw(" ")];

@@ -319,6 +319,7 @@ fn tab_completes_member_nicks() {
             nick: "bartholomew".into(),
             app_id: "app1".into(),
         }],
+        total: 0,
     }));
     a.update(Event::Paste("bar".into()));
     a.update(key(KeyCode::Tab));

@@ -151,6 +151,7 @@ fn presence_updates_members_and_shows_lines() {
     a.update(frame(ServerFrame::Members {
         room: "lobby".into(),
         members: vec![m("c1", "alice"), m("c2", "bob")],
+        total: 0,
     }));
     let presence = |event, conn: &str, nick: &str, old: Option<&str>| {
         frame(ServerFrame::Presence {
@@ -181,6 +182,7 @@ fn presence_updates_members_and_shows_lines() {
     a.update(frame(ServerFrame::Members {
         room: "lobby".into(),
         members: vec![m("c1", "alice"), m("c2", "robert")],
+        total: 0,
     }));
     assert_eq!(last_text(&a), "2 in lobby: alice (app3), robert (app3)");
 }
@@ -280,6 +282,7 @@ fn big_rooms_hide_joins_and_leaves_of_silent_people() {
     a.update(frame(ServerFrame::Members {
         room: "lobby".into(),
         members,
+        total: 0,
     }));
     let presence = |event, conn: &str, nick: &str| {
         frame(ServerFrame::Presence {
