@@ -196,3 +196,20 @@ async fn too_many_rooms_and_leave() {
     a.send_text("nowhere").await;
     assert_eq!(a.until("error").await["code"], "not_in_room");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_clients_are_closed_with_4001_and_answering_ones_stay() {
+    let c = cluster_async(1, &["--ping-interval", "200ms", "--idle-timeout", "700ms"]).await;
+    let mut silent = Client::joined(&c.server_ws_url(0)).await;
+    let mut alive = Client::joined(&c.server_ws_url(0)).await;
+    // `alive` reads (and so answers pings) for 1.5 s; `silent` does not.
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
+    while tokio::time::Instant::now() < deadline {
+        let _ = alive.try_next(Duration::from_millis(100)).await;
+    }
+    let (code, reason) = silent.closed(T).await;
+    assert_eq!(code, 4001, "{reason}");
+    assert!(reason.contains("idle"), "{reason}");
+    alive.say("still here", "a1").await;
+    assert_eq!(alive.messages(1).await[0]["text"], "still here");
+}
