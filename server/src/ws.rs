@@ -10,6 +10,7 @@
 //! No extensions are negotiated, so reserved bits are errors.
 
 use std::io::{self, IoSlice};
+use std::task::{ready, Context, Poll};
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -227,22 +228,30 @@ impl WsStream {
 
     /// The next message. Cancel-safe: all state lives in `self`.
     pub async fn recv(&mut self) -> Result<Msg, WsError> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// `recv` as a poll. Waits with `poll_read_ready`, which keeps one
+    /// waker in the socket's slot: a `readable()` future would join and
+    /// leave the socket's waiter list (a lock each way) on every turn of
+    /// the session loop, that is on every delivery.
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Msg, WsError>> {
         loop {
             if let Some(msg) = self.reader.parse(self.max)? {
                 self.release();
-                return Ok(msg);
+                return Poll::Ready(Ok(msg));
             }
-            self.tcp.readable().await?;
+            ready!(self.tcp.poll_read_ready(cx))?;
             let buf = &mut self.reader.buf;
             if buf.capacity() - buf.len() < 1024 {
                 buf.reserve(4096);
             }
             match self.tcp.try_read_buf(buf) {
-                Ok(0) => return Err(WsError::Eof),
+                Ok(0) => return Poll::Ready(Err(WsError::Eof)),
                 Ok(_) => {}
                 // Readiness was stale: give the buffer back while we wait.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.release(),
-                Err(e) => return Err(e.into()),
+                Err(e) => return Poll::Ready(Err(e.into())),
             }
         }
     }
