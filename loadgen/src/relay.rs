@@ -205,7 +205,7 @@ async fn session(
                     max_rooms: 1,
                     history_len: 0,
                     idle_timeout_ms: 600_000,
-                    ping_interval_ms: 30_000,
+                    ..chat_protocol::Limits::DEFAULT
                 },
             };
             let joined = chat_protocol::ServerFrame::Joined {

@@ -94,6 +94,27 @@ pub struct Limits {
     pub ping_interval_ms: u64,
 }
 
+impl Limits {
+    /// The server's defaults: its flags start from these, and tests and
+    /// stand-in servers use them as a baseline.
+    pub const DEFAULT: Limits = Limits {
+        max_message_bytes: 4096,
+        max_frame_bytes: 16 * 1024,
+        rate_per_sec: 20,
+        burst: 40,
+        max_rooms: 16,
+        history_len: 1000,
+        idle_timeout_ms: 90_000,
+        ping_interval_ms: 30_000,
+    };
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
 /// One member of a room, on whichever instance it is connected.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {

@@ -5,16 +5,7 @@ use chat_protocol::splice::{encode_tail, peek_offset, splice, MessageTail};
 use chat_protocol::*;
 
 fn limits() -> Limits {
-    Limits {
-        max_message_bytes: 4096,
-        max_frame_bytes: 16384,
-        rate_per_sec: 20,
-        burst: 40,
-        max_rooms: 16,
-        history_len: 1000,
-        idle_timeout_ms: 90000,
-        ping_interval_ms: 30000,
-    }
+    Limits::DEFAULT
 }
 
 fn check_server(frame: ServerFrame, golden: &str) {

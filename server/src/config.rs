@@ -30,19 +30,19 @@ pub struct Config {
     pub max_connections: usize,
 
     /// Largest WebSocket frame or message in bytes; larger closes with 1009.
-    #[arg(long, env = "MAX_FRAME_BYTES", default_value_t = 16 * 1024)]
+    #[arg(long, env = "MAX_FRAME_BYTES", default_value_t = Limits::DEFAULT.max_frame_bytes as usize)]
     pub max_frame_bytes: usize,
 
     /// Largest chat text in bytes; larger gets a `message_too_large` error.
-    #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 4096)]
+    #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = Limits::DEFAULT.max_message_bytes as usize)]
     pub max_message_bytes: usize,
 
     /// Sustained inbound frames per second per connection.
-    #[arg(long = "rate", env = "RATE_PER_SEC", default_value_t = 20)]
+    #[arg(long = "rate", env = "RATE_PER_SEC", default_value_t = Limits::DEFAULT.rate_per_sec)]
     pub rate_per_sec: u32,
 
     /// Inbound frames a connection may send in one burst.
-    #[arg(long, env = "BURST", default_value_t = 40)]
+    #[arg(long, env = "BURST", default_value_t = Limits::DEFAULT.burst)]
     pub burst: u32,
 
     /// Frames rejected in a row for rate before the connection is closed
@@ -51,7 +51,7 @@ pub struct Config {
     pub flood_strikes: u32,
 
     /// Rooms one connection may be in at once.
-    #[arg(long, env = "MAX_ROOMS", default_value_t = 16)]
+    #[arg(long, env = "MAX_ROOMS", default_value_t = Limits::DEFAULT.max_rooms as usize)]
     pub max_rooms: usize,
 
     /// Outbound frames queued per connection; a client that lets its queue
@@ -71,7 +71,7 @@ pub struct Config {
     pub members_list_max: usize,
 
     /// Messages each room keeps in history for resume.
-    #[arg(long = "history", env = "HISTORY_LEN", default_value_t = 1000)]
+    #[arg(long = "history", env = "HISTORY_LEN", default_value_t = Limits::DEFAULT.history_len)]
     pub history_len: u32,
 
     /// How often the server pings each client.
@@ -135,5 +135,20 @@ impl Config {
             "--redis-url",
             redis_url,
         ])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_flags_announce_the_protocol_default_limits() {
+        // The duration flags are written as text ("30s"); this keeps them
+        // and the protocol's defaults in step.
+        assert_eq!(
+            Config::for_test("t", "redis://x/").limits(),
+            Limits::DEFAULT
+        );
     }
 }

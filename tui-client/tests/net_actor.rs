@@ -23,16 +23,7 @@ type Ws = WebSocketStream<TcpStream>;
 const LIMIT: Duration = Duration::from_secs(5);
 
 fn limits() -> Limits {
-    Limits {
-        max_message_bytes: 4096,
-        max_frame_bytes: 16384,
-        rate_per_sec: 20,
-        burst: 40,
-        max_rooms: 16,
-        history_len: 1000,
-        idle_timeout_ms: 90_000,
-        ping_interval_ms: 30_000,
-    }
+    Limits::DEFAULT
 }
 
 fn config(addr: &str) -> NetConfig {

@@ -34,13 +34,8 @@ const WORDS: [&str; 10] = [
 fn limits() -> Limits {
     Limits {
         max_message_bytes: 64,
-        max_frame_bytes: 16384,
-        rate_per_sec: 20,
-        burst: 40,
         max_rooms: 3,
-        history_len: 1000,
-        idle_timeout_ms: 90_000,
-        ping_interval_ms: 30_000,
+        ..Limits::DEFAULT
     }
 }
 

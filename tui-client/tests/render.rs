@@ -16,16 +16,7 @@ use tui_client::view;
 const T0: u64 = 1_700_000_000_000;
 
 fn limits() -> Limits {
-    Limits {
-        max_message_bytes: 4096,
-        max_frame_bytes: 16384,
-        rate_per_sec: 20,
-        burst: 40,
-        max_rooms: 16,
-        history_len: 1000,
-        idle_timeout_ms: 90_000,
-        ping_interval_ms: 30_000,
-    }
+    Limits::DEFAULT
 }
 
 fn app(w: u16, h: u16) -> App {

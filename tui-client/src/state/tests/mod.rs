@@ -15,14 +15,8 @@ use crate::net::{NetEvent, Request};
 
 fn limits() -> Limits {
     Limits {
-        max_message_bytes: 4096,
-        max_frame_bytes: 16384,
-        rate_per_sec: 20,
-        burst: 40,
         max_rooms: 4,
-        history_len: 1000,
-        idle_timeout_ms: 90_000,
-        ping_interval_ms: 30_000,
+        ..Limits::DEFAULT
     }
 }
 
