@@ -49,8 +49,23 @@ pub struct Delivery {
 }
 
 /// What a socket's outbound queue holds: a pointer, so a queue slot is one
-/// word and a delivery costs one reference-count increment.
-pub type Out = Arc<Delivery>;
+/// word and a delivery costs one reference-count increment. It is written
+/// to the socket as it is (see [`crate::ws::WsStream::send_texts`]).
+#[derive(Debug, Clone)]
+pub struct Out(pub Arc<Delivery>);
+
+impl std::ops::Deref for Out {
+    type Target = Delivery;
+    fn deref(&self) -> &Delivery {
+        &self.0
+    }
+}
+
+impl AsRef<[u8]> for Out {
+    fn as_ref(&self) -> &[u8] {
+        &self.0.frame
+    }
+}
 
 /// A local socket as the hub sees it.
 #[derive(Debug, Clone)]
@@ -184,11 +199,11 @@ impl Hub {
             }
             r.last_offset = offset;
         }
-        let d = Arc::new(Delivery {
+        let d = Out(Arc::new(Delivery {
             room: r.key,
             offset,
             frame,
-        });
+        }));
         let (mut sent, mut dropped, mut kicked) = (0u64, 0u64, 0u64);
         for m in &r.members {
             match m.outbox.push(d.clone()) {

@@ -215,11 +215,11 @@ mod tests {
     use crate::hub::Delivery;
 
     fn frame(offset: u64) -> Out {
-        Arc::new(Delivery {
+        Out(Arc::new(Delivery {
             room: 1,
             offset,
             frame: "x".into(),
-        })
+        }))
     }
 
     #[tokio::test]

@@ -76,7 +76,7 @@ async fn guarded<F: std::future::Future<Output = std::io::Result<()>>>(
 
 impl Conn {
     /// Send pre-encoded text frames now, in as few writes as possible.
-    pub async fn send_texts(&mut self, frames: &[Bytes]) -> Result<(), End> {
+    pub async fn send_texts<F: AsRef<[u8]>>(&mut self, frames: &[F]) -> Result<(), End> {
         if frames.is_empty() {
             return Ok(());
         }
@@ -211,7 +211,6 @@ async fn session_loop(
     tokio::pin!(ping);
     let mut last_seen = Instant::now();
     let mut batch: Vec<Out> = Vec::new();
-    let mut frames: Vec<Bytes> = Vec::new();
     loop {
         let step: Result<(), End> = tokio::select! {
             biased;
@@ -219,12 +218,11 @@ async fn session_loop(
                 Recv::Stop(why) => Err(stopped(why)),
                 Recv::Frames => {
                     state.metrics.ws_flushes.fetch_add(1, Relaxed);
-                    frames.extend(batch.drain(..).filter(|d| session.accept(d)).map(|d| d.frame.clone()));
-                    let r = conn.send_texts(&frames).await;
-                    frames.clear();
-                    if frames.capacity() > 8 {
-                        // A burst grew them; idle connections stay small.
-                        frames = Vec::new();
+                    batch.retain(|d| session.accept(d));
+                    let r = conn.send_texts(&batch).await;
+                    batch.clear();
+                    if batch.capacity() > 8 {
+                        // A burst grew it; idle connections stay small.
                         batch = Vec::new();
                     }
                     r

@@ -265,14 +265,16 @@ impl WsStream {
 
     /// Write text frames with as few `writev` calls as the socket allows,
     /// straight from the shared bytes.
-    pub async fn send_texts(&mut self, frames: &[Bytes]) -> io::Result<()> {
+    pub async fn send_texts<F: AsRef<[u8]>>(&mut self, frames: &[F]) -> io::Result<()> {
         for chunk in frames.chunks(MAX_BATCH) {
-            let heads: Vec<([u8; 10], usize)> =
-                chunk.iter().map(|f| header(OP_TEXT, f.len())).collect();
+            let heads: Vec<([u8; 10], usize)> = chunk
+                .iter()
+                .map(|f| header(OP_TEXT, f.as_ref().len()))
+                .collect();
             let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(chunk.len() * 2);
             for ((h, n), f) in heads.iter().zip(chunk) {
                 slices.push(IoSlice::new(&h[..*n]));
-                slices.push(IoSlice::new(f));
+                slices.push(IoSlice::new(f.as_ref()));
             }
             self.write_all_vectored(&mut slices).await?;
         }
