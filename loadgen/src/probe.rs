@@ -241,7 +241,7 @@ mod tests {
             id: Some(&id),
             action: false,
         });
-        let frame = splice(99, &tail);
+        let frame = splice(99, "e1", &tail);
         let d = scan_chat(frame.as_bytes()).unwrap();
         assert_eq!(d.offset, 99);
         assert_eq!(d.app_id, Some(&b"app2"[..]));
@@ -256,7 +256,7 @@ mod tests {
             id: None,
             action: false,
         });
-        let frame = splice(5, &tail);
+        let frame = splice(5, "e1", &tail);
         let d = scan_chat(frame.as_bytes()).unwrap();
         assert_eq!((d.offset, d.probe), (5, None));
         assert_eq!(

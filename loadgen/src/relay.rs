@@ -211,6 +211,8 @@ async fn session(
             let joined = chat_protocol::ServerFrame::Joined {
                 room: room.clone(),
                 head: entry.0,
+                epoch: "relay".into(),
+                recovered: None,
             };
             vec![welcome.to_json(), joined.to_json()]
         } else {
@@ -250,7 +252,7 @@ async fn session(
                 id: cid.as_deref(),
                 action: false,
             });
-            chat_protocol::splice::splice(entry.0, &tail)
+            chat_protocol::splice::splice(entry.0, "relay", &tail)
         } else {
             text
         };

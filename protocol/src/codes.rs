@@ -32,9 +32,14 @@ pub enum ErrorCode {
     TooManyRooms,
     /// Binary frames are not part of the protocol.
     BinaryUnsupported,
-    /// A backend (Redis) is unreachable; the request was not carried out and
-    /// may be retried.
+    /// A backend (Redis) is unreachable; the request was definitely not
+    /// carried out and may be retried.
     Unavailable,
+    /// Redis did not answer in time: the send may or may not have been
+    /// applied. Retry with the same `id`: the retry is never published
+    /// twice (it gets `sent` with `duplicate: true` if the first went
+    /// through).
+    Timeout,
     /// An unexpected server fault; the request was not carried out.
     Internal,
     /// A code this version of the protocol crate does not know.
@@ -58,6 +63,7 @@ impl ErrorCode {
             Self::TooManyRooms => "too_many_rooms",
             Self::BinaryUnsupported => "binary_unsupported",
             Self::Unavailable => "unavailable",
+            Self::Timeout => "timeout",
             Self::Internal => "internal",
             Self::Unknown => "unknown",
         }

@@ -29,6 +29,12 @@ pub enum ClientFrame {
         /// for the part that history no longer holds.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         since: Option<u64>,
+        /// The epoch `since` belongs to (from [`ServerFrame::Joined`] or a
+        /// message). If the room's epoch has changed since, recovery is
+        /// impossible and `joined` says `recovered: false`. Without it,
+        /// `since` is taken to be of the current epoch.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<String>,
         /// Without `since`: how many recent messages to replay (0 if absent).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         history: Option<u32>,
@@ -42,7 +48,10 @@ pub enum ClientFrame {
         room: Option<String>,
         text: String,
         /// The client's own message id, echoed in the delivered message and
-        /// in any error about this send.
+        /// in any error about this send. It is also the send's idempotency
+        /// key: a retry with the same id (same nick, same room, within the
+        /// server's idempotency TTL) is never published twice. Make it
+        /// unique per sender, e.g. a random per-process prefix and a counter.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<String>,
         /// An action (`/me waves`) rather than a plain line.
@@ -131,6 +140,10 @@ pub struct ChatMessage {
     /// room starts at milliseconds since the epoch × 1000 (again, higher,
     /// if Redis ever loses it), and then counts up by one.
     pub offset: u64,
+    /// The epoch of the room's offset sequence (see [`ServerFrame::Reset`]).
+    /// Offsets are comparable only within one epoch.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub epoch: String,
     pub nick: String,
     pub text: String,
     /// The instance that accepted the message.
@@ -152,6 +165,11 @@ pub enum PresenceEvent {
     Leave,
     /// The member changed nick; `old_nick` holds the previous one.
     Nick,
+    /// A connection of a member who is still in the room through another
+    /// connection ended without a leave (its instance died and the member
+    /// had already reconnected elsewhere). Drop that `conn_id` from the
+    /// member list; the member did not leave, so do not announce it.
+    Gone,
 }
 
 /// A frame the server sends.
@@ -173,7 +191,20 @@ pub enum ServerFrame {
     /// A join succeeded. History replay (if asked for) follows, then live
     /// messages. `head` is the room's latest offset at join time (0 for a
     /// room without messages), so a client knows when it has caught up.
-    Joined { room: String, head: u64 },
+    Joined {
+        room: String,
+        head: u64,
+        /// The epoch of the room's offset sequence; resume with it.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        epoch: String,
+        /// Only on a join with `since`: `true` if everything after `since`
+        /// follows (or a `gap` names what history no longer holds); `false`
+        /// if the room's epoch changed since the client's, so messages
+        /// after `since` may have been lost for good. What history holds
+        /// after `since` is still replayed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
+    },
     /// A leave succeeded.
     Left { room: String },
     /// A chat message.
@@ -181,6 +212,29 @@ pub enum ServerFrame {
     /// Offsets `from..=to` of `room` cannot be delivered: history no longer
     /// holds them. Never a silent hole.
     Gap { room: String, from: u64, to: u64 },
+    /// The room's offset sequence started a new epoch: Redis restarted,
+    /// failed over or lost the room, so messages published after offset
+    /// `last` of epoch `previous` may have been lost, and what follows
+    /// belongs to `epoch`. Offsets keep increasing across epochs, but a
+    /// client must not assume that nothing is missing across one.
+    Reset {
+        room: String,
+        epoch: String,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        previous: String,
+        /// The last offset delivered in the previous epoch (0: none).
+        last: u64,
+    },
+    /// A send with an `id` that was already applied: the retry was not
+    /// published again; this is the offset the original got.
+    Sent {
+        room: String,
+        id: String,
+        offset: u64,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        epoch: String,
+        duplicate: bool,
+    },
     /// Someone joined, left or changed nick.
     Presence {
         room: String,

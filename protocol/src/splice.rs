@@ -35,9 +35,20 @@ pub fn encode_tail(tail: &MessageTail<'_>) -> String {
     json
 }
 
-/// Glue an offset to a tail: exactly what the server's Redis script does.
-pub fn splice(offset: u64, tail: &str) -> String {
-    format!("{MESSAGE_PREFIX}{offset},{tail}")
+/// Glue an offset and an epoch to a tail: exactly what the server's Redis
+/// script does.
+pub fn splice(offset: u64, epoch: &str, tail: &str) -> String {
+    format!("{MESSAGE_PREFIX}{offset},\"epoch\":\"{epoch}\",{tail}")
+}
+
+/// Read the epoch of a spliced message (the field right after the offset)
+/// without parsing the rest; `None` if there is none.
+pub fn peek_epoch(frame: &[u8]) -> Option<&str> {
+    let rest = frame.strip_prefix(MESSAGE_PREFIX.as_bytes())?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    let rest = rest.get(digits..)?.strip_prefix(b",\"epoch\":\"")?;
+    let end = rest.iter().position(|&b| b == b'"')?;
+    std::str::from_utf8(&rest[..end]).ok()
 }
 
 /// Read the offset of a spliced message without parsing the rest; `None` if

@@ -1,7 +1,7 @@
 //! Golden JSON: the exact bytes of every frame. A wire change shows up here
 //! as a diff, on purpose. Every variant also round-trips.
 
-use chat_protocol::splice::{encode_tail, peek_offset, splice, MessageTail};
+use chat_protocol::splice::{encode_tail, peek_epoch, peek_offset, splice, MessageTail};
 use chat_protocol::*;
 
 fn limits() -> Limits {
@@ -27,14 +27,16 @@ fn client_frames() {
         ClientFrame::Join {
             room: "lobby".into(),
             since: Some(41),
+            epoch: Some("a1".into()),
             history: None,
         },
-        r#"{"type":"join","room":"lobby","since":41}"#,
+        r#"{"type":"join","room":"lobby","since":41,"epoch":"a1"}"#,
     );
     check_client(
         ClientFrame::Join {
             room: "r".into(),
             since: None,
+            epoch: None,
             history: Some(50),
         },
         r#"{"type":"join","room":"r","history":50}"#,
@@ -106,8 +108,42 @@ fn server_frames() {
         ServerFrame::Joined {
             room: "lobby".into(),
             head: 12,
+            epoch: String::new(),
+            recovered: None,
         },
         r#"{"type":"joined","room":"lobby","head":12}"#,
+    );
+    check_server(
+        ServerFrame::Joined {
+            room: "lobby".into(),
+            head: 12,
+            epoch: "k3f9a1".into(),
+            recovered: Some(false),
+        },
+        r#"{"type":"joined","room":"lobby","head":12,"epoch":"k3f9a1","recovered":false}"#,
+    );
+    check_server(
+        ServerFrame::Reset {
+            room: "r".into(),
+            epoch: "b2".into(),
+            previous: "a1".into(),
+            last: 41,
+        },
+        r#"{"type":"reset","room":"r","epoch":"b2","previous":"a1","last":41}"#,
+    );
+    check_server(
+        ServerFrame::Sent {
+            room: "r".into(),
+            id: "m1".into(),
+            offset: 41,
+            epoch: "a1".into(),
+            duplicate: true,
+        },
+        r#"{"type":"sent","room":"r","id":"m1","offset":41,"epoch":"a1","duplicate":true}"#,
+    );
+    check_server(
+        ServerFrame::error(ErrorCode::Timeout, "maybe", Some("m2".into())),
+        r#"{"type":"error","code":"timeout","message":"maybe","id":"m2"}"#,
     );
     check_server(
         ServerFrame::Left {
@@ -119,6 +155,7 @@ fn server_frames() {
         ServerFrame::Message(ChatMessage {
             room: "lobby".into(),
             offset: 7,
+            epoch: String::new(),
             nick: "ann".into(),
             text: "hello \"you\"".into(),
             app_id: "app1".into(),
@@ -223,14 +260,17 @@ fn spliced_message_is_a_message_frame() {
         tail,
         r#""room":"lobby","nick":"ann","text":"hi ✓ \"q\"","app_id":"app1","ts":9,"id":"m1","action":true}"#
     );
-    let frame = splice(42, &tail);
+    let frame = splice(42, "e1", &tail);
     assert_eq!(peek_offset(frame.as_bytes()), Some(42));
+    assert_eq!(peek_epoch(frame.as_bytes()), Some("e1"));
+    assert_eq!(peek_epoch(br#"{"type":"message","offset":4,"room":"x"}"#), None);
     let parsed: ServerFrame = serde_json::from_str(&frame).unwrap();
     assert_eq!(
         parsed,
         ServerFrame::Message(ChatMessage {
             room: "lobby".into(),
             offset: 42,
+            epoch: "e1".into(),
             nick: "ann".into(),
             text: "hi ✓ \"q\"".into(),
             app_id: "app1".into(),
