@@ -2,16 +2,19 @@
 //! who, ping. The per-connection state lives here; the socket loop is in
 //! [`crate::session`].
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::Instant;
 
 use chat_protocol::names::{validate_id, validate_nick, validate_room};
-use chat_protocol::splice::{encode_tail, MessageTail};
+use chat_protocol::splice::{encode_tail, peek_epoch, MessageTail};
 use chat_protocol::{ClientFrame, ErrorCode, PresenceEvent, ServerFrame, PROTOCOL_VERSION};
 
 use crate::hub::{Delivery, Member, RoomKey};
 use crate::session::{Conn, End};
-use crate::store::{History, MemberEntry};
+use crate::store::{Head, History, MemberEntry};
 use crate::AppState;
 
 /// A room this connection is in.
@@ -19,10 +22,17 @@ use crate::AppState;
 struct Joined {
     name: String,
     key: RoomKey,
-    /// The highest chat offset sent to this client in this room; live
-    /// copies at or below it were already sent from history.
+    /// The epoch of `last`: offsets compare only within one epoch.
+    epoch: Arc<str>,
+    /// The highest chat offset of `epoch` sent to this client in this
+    /// room (or the point it resumed from, or the head it joined at); live
+    /// copies at or below it were already sent or predate the join.
     last: u64,
 }
+
+/// A send on its way through Redis: resolves to the frame to answer with
+/// (none when the delivery itself is the answer).
+pub type SendJob = Pin<Box<dyn Future<Output = Option<ServerFrame>> + Send>>;
 
 /// Token bucket for inbound frames.
 #[derive(Debug)]
@@ -32,7 +42,6 @@ struct Bucket {
 }
 
 /// The state of one connection.
-#[derive(Debug)]
 pub struct Session {
     state: AppState,
     member: Member,
@@ -43,6 +52,16 @@ pub struct Session {
     bucket: Bucket,
     /// Frames rejected for rate in a row.
     strikes: u32,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("conn_id", &self.conn_id)
+            .field("nick", &self.nick)
+            .field("rooms", &self.rooms)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Session {
@@ -110,7 +129,9 @@ impl Session {
     }
 
     /// Whether a queued delivery should go to this client: chat frames
-    /// already sent from history are skipped.
+    /// already sent from history, or older than the join, are skipped. A
+    /// frame of another epoch is never skipped: the hub announced the new
+    /// epoch with a `reset` before it.
     pub fn accept(&mut self, d: &Delivery) -> bool {
         let Some(room) = self.rooms.iter_mut().find(|r| r.key == d.room) else {
             return false; // left the room while the frame was queued
@@ -118,7 +139,9 @@ impl Session {
         if d.offset == 0 {
             return true;
         }
-        if d.offset <= room.last {
+        if !Arc::ptr_eq(&room.epoch, &d.epoch) && *room.epoch != *d.epoch {
+            room.epoch = d.epoch.clone();
+        } else if d.offset <= room.last {
             return false;
         }
         room.last = d.offset;
@@ -126,20 +149,32 @@ impl Session {
     }
 
     /// Carry out one protocol frame.
-    pub async fn command(&mut self, conn: &mut Conn, frame: ClientFrame) -> Result<(), End> {
+    /// Carry out one protocol frame. A send that passed its checks comes
+    /// back as a [`SendJob`] for the session loop to run alongside others
+    /// (sends are pipelined, not one Redis round trip at a time).
+    pub async fn command(
+        &mut self,
+        conn: &mut Conn,
+        frame: ClientFrame,
+    ) -> Result<Option<SendJob>, End> {
+        if let ClientFrame::Send {
+            room,
+            text,
+            id,
+            action,
+        } = frame
+        {
+            return self.send_chat(conn, room, text, id, action).await;
+        }
         match frame {
             ClientFrame::Join {
                 room,
                 since,
+                epoch,
                 history,
-            } => self.join(conn, &room, since, history).await,
+            } => self.join(conn, &room, since, epoch, history).await,
             ClientFrame::Leave { room } => self.leave(conn, &room).await,
-            ClientFrame::Send {
-                room,
-                text,
-                id,
-                action,
-            } => self.send_chat(conn, room, text, id, action).await,
+            ClientFrame::Send { .. } => Ok(()),
             ClientFrame::Nick { nick } => self.rename(conn, nick).await,
             ClientFrame::Who { room } => self.who(conn, room).await,
             ClientFrame::Ping { id, ts } => {
@@ -151,6 +186,7 @@ impl Session {
                 .await
             }
         }
+        .map(|()| None)
     }
 
     fn current(&self) -> Option<&Joined> {
@@ -162,24 +198,22 @@ impl Session {
     }
 
     /// Join (or re-join) a room and make it current; replay history if
-    /// asked.
+    /// asked. With `since` (and the `epoch` it belongs to), everything
+    /// after it that history holds is replayed, and live copies at or
+    /// below it are never sent again.
     pub async fn join(
         &mut self,
         conn: &mut Conn,
         room: &str,
         since: Option<u64>,
+        epoch: Option<String>,
         history: Option<u32>,
     ) -> Result<(), End> {
         if let Err(e) = validate_room(room) {
             return conn.error(ErrorCode::InvalidRoom, e, None).await;
         }
         if let Some(i) = self.position(room) {
-            let mut j = self.rooms.remove(i);
-            if let Some(since) = since {
-                // Asked again explicitly: replay from there (live copies
-                // up to the new head are then skipped as usual).
-                j.last = j.last.min(since);
-            }
+            let j = self.rooms.remove(i);
             self.rooms.push(j);
         } else {
             if self.rooms.len() >= self.state.config.max_rooms {
@@ -200,26 +234,42 @@ impl Session {
             self.rooms.push(Joined {
                 name: room.to_string(),
                 key,
+                epoch: Arc::from(""),
                 last: 0,
             });
             self.announce(room, PresenceEvent::Join, None).await;
         }
         let store = &self.state.store;
-        let hist = match (since, history) {
-            (Some(since), _) => store.history_since(room, since).await,
-            (None, Some(n)) if n > 0 => store.history_last(room, n).await,
-            (None, _) => store.head(room).await.map(|head| History {
-                head,
-                ..Default::default()
-            }),
+        let read = async {
+            let head = store.head(room).await?;
+            match (since, history) {
+                (Some(since), _) => {
+                    // In another epoch, offsets after the epoch's start may
+                    // sit below `since`: replay from there too.
+                    let same = epoch.as_deref().is_none_or(|e| e == head.epoch);
+                    let after = if same { since } else { since.min(head.start) };
+                    Ok((store.history_after(room, head, after).await?, Some(same)))
+                }
+                (None, Some(n)) if n > 0 => Ok((store.history_last(room, head, n).await?, None)),
+                (None, _) => Ok((
+                    History {
+                        head,
+                        ..Default::default()
+                    },
+                    None,
+                )),
+            }
         };
-        let hist = match hist {
-            Ok(h) => h,
+        let (hist, recovered) = match read.await {
+            Ok(r) => r,
             Err(e) => {
+                let e: crate::store::StoreError = e;
                 tracing::warn!(room, error = %e, "history unavailable on join");
                 conn.frame(&ServerFrame::Joined {
                     room: room.to_string(),
                     head: 0,
+                    epoch: String::new(),
+                    recovered: since.map(|_| false),
                 })
                 .await?;
                 let msg = format!(
@@ -230,28 +280,34 @@ impl Session {
         };
         conn.frame(&ServerFrame::Joined {
             room: room.to_string(),
-            head: hist.head,
+            head: hist.head.head,
+            epoch: hist.head.epoch.clone(),
+            recovered,
         })
         .await?;
         self.send_members(conn, room).await?;
-        self.replay(conn, room, since, hist).await
+        let from = since.map(|s| (epoch.unwrap_or_else(|| hist.head.epoch.clone()), s));
+        self.replay(conn, room, from, hist).await
     }
 
-    /// Send history entries (and a gap notice for what history lost).
+    /// Send history entries after `from` (the client's epoch and offset),
+    /// a gap notice for what history lost, and set where live delivery
+    /// takes over.
     async fn replay(
         &mut self,
         conn: &mut Conn,
         room: &str,
-        since: Option<u64>,
+        from: Option<(String, u64)>,
         hist: History,
     ) -> Result<(), End> {
+        let Head { epoch: head_epoch, head, .. } = hist.head;
         // `since: 0` asks for everything history holds: nothing is missing.
-        if let Some(since) = since.filter(|s| *s > 0) {
-            let wanted_from = since + 1;
-            let have_from = hist.first.unwrap_or(hist.head + 1);
-            if hist.head >= wanted_from && have_from > wanted_from {
+        if let Some((epoch, since)) = from.as_ref().filter(|(_, s)| *s > 0) {
+            let wanted_from = since.saturating_add(1);
+            let have_from = hist.first.unwrap_or(head.saturating_add(1));
+            if *epoch == head_epoch && head >= wanted_from && have_from > wanted_from {
                 self.state.metrics.gaps.fetch_add(1, Relaxed);
-                let to = (have_from - 1).min(hist.head);
+                let to = (have_from - 1).min(head);
                 conn.frame(&ServerFrame::Gap {
                     room: room.to_string(),
                     from: wanted_from,
@@ -263,17 +319,39 @@ impl Session {
         let Some(i) = self.position(room) else {
             return Ok(());
         };
-        let mut last = self.rooms[i].last;
+        // Where this client stands: what it said it has, else what this
+        // session already sent; a fresh join replays everything fetched.
+        let fresh = self.rooms[i].epoch.is_empty();
+        let (mut epoch, mut last): (Arc<str>, u64) = match &from {
+            Some((e, s)) => (Arc::from(e.as_str()), *s),
+            None if !fresh => (self.rooms[i].epoch.clone(), self.rooms[i].last),
+            None => (Arc::from(head_epoch.as_str()), 0),
+        };
         let mut frames = Vec::with_capacity(hist.entries.len());
         for (off, f) in hist.entries {
-            if off > last {
-                last = off;
-                if std::str::from_utf8(&f).is_ok() {
-                    frames.push(f);
-                }
+            let Some(e) = peek_epoch(&f) else { continue };
+            if *e == *epoch && off <= last {
+                continue;
+            }
+            if *e != *epoch {
+                epoch = Arc::from(e);
+            }
+            last = off;
+            if std::str::from_utf8(&f).is_ok() {
+                frames.push(f);
             }
         }
+        if from.is_none() && fresh && *epoch == *head_epoch {
+            // Live delivery takes over after the head this client joined at.
+            last = last.max(head);
+        } else if frames.is_empty() && *epoch != *head_epoch {
+            // A new epoch with nothing of it in history yet: live delivery
+            // takes over after its head.
+            epoch = Arc::from(head_epoch.as_str());
+            last = head;
+        }
         let sent = frames.len() as u64;
+        self.rooms[i].epoch = epoch;
         self.rooms[i].last = last;
         self.state.metrics.history_replayed.fetch_add(sent, Relaxed);
         conn.send_texts(&frames).await?;
@@ -295,40 +373,13 @@ impl Session {
         .await
     }
 
-    /// Leave every room (the connection ended).
-    pub async fn leave_all(&mut self) {
-        for j in std::mem::take(&mut self.rooms) {
-            self.state.hub.leave(&j.name, self.member.id);
-            self.depart(&j.name).await;
-        }
-    }
-
     /// Remove our presence entry and announce the leave.
     async fn depart(&self, room: &str) {
-        match self.state.store.remove_member(room, &self.conn_id).await {
-            // Big rooms do not broadcast presence (see --presence-max-members).
-            Ok((true, left)) if left < self.state.config.presence_max_members => {
-                let frame = self.presence(room, PresenceEvent::Leave, None);
-                if let Err(e) = self.state.store.publish_raw(room, &frame).await {
-                    tracing::debug!(room, error = %e, "cannot announce leave");
-                }
-            }
-            Ok(_) => {}
-            Err(e) => tracing::debug!(room, error = %e, "cannot remove presence entry"),
-        }
+        depart(&self.state, room, &self.conn_id, &self.nick).await;
     }
 
     fn presence(&self, room: &str, event: PresenceEvent, old_nick: Option<String>) -> String {
-        ServerFrame::Presence {
-            room: room.to_string(),
-            event,
-            conn_id: self.conn_id.clone(),
-            nick: self.nick.clone(),
-            app_id: self.state.app_id.clone(),
-            ts: crate::now_ms(),
-            old_nick,
-        }
-        .to_json()
+        presence_frame(&self.state, room, event, &self.conn_id, &self.nick, old_nick)
     }
 
     /// Record our presence entry and announce a join or nick change.
@@ -361,9 +412,9 @@ impl Session {
         text: String,
         id: Option<String>,
         action: bool,
-    ) -> Result<(), End> {
+    ) -> Result<Option<SendJob>, End> {
         if let Some(Err(e)) = id.as_deref().map(validate_id) {
-            return conn.error(ErrorCode::BadFrame, e, None).await;
+            return conn.error(ErrorCode::BadFrame, e, None).await.map(|()| None);
         }
         let room = match room {
             Some(r) if self.position(&r).is_some() => r,
@@ -374,26 +425,26 @@ impl Session {
                         format!("join {r:?} before sending to it"),
                         id,
                     )
-                    .await
+                    .await.map(|()| None)
             }
             None => match self.current() {
                 Some(j) => j.name.clone(),
                 None => {
                     return conn
                         .error(ErrorCode::NotInRoom, "join a room first", id)
-                        .await
+                        .await.map(|()| None)
                 }
             },
         };
         if text.is_empty() {
             return conn
                 .error(ErrorCode::EmptyMessage, "empty message", id)
-                .await;
+                .await.map(|()| None);
         }
         let max = self.state.config.max_message_bytes;
         if text.len() > max {
             let msg = format!("message is {} bytes; the limit is {max}", text.len());
-            return conn.error(ErrorCode::MessageTooLarge, msg, id).await;
+            return conn.error(ErrorCode::MessageTooLarge, msg, id).await.map(|()| None);
         }
         let tail = encode_tail(&MessageTail {
             room: &room,
@@ -404,17 +455,9 @@ impl Session {
             id: id.as_deref(),
             action,
         });
-        match self.state.store.publish_message(&room, &tail).await {
-            Ok(_) => {
-                self.state.metrics.messages_in.fetch_add(1, Relaxed);
-                Ok(())
-            }
-            Err(e) => {
-                tracing::warn!(room, error = %e, "publish failed");
-                let msg = format!("message not sent: {e}");
-                conn.error(ErrorCode::Unavailable, msg, id).await
-            }
-        }
+        let state = self.state.clone();
+        let nick = self.nick.clone();
+        Ok(Some(Box::pin(publish(state, room, tail, nick, id))))
     }
 
     async fn rename(&mut self, conn: &mut Conn, nick: String) -> Result<(), End> {
@@ -475,4 +518,109 @@ impl Session {
             }
         }
     }
+}
+
+/// Publish one send; the answer to the sender, if any. The delivery is the
+/// acknowledgement of a send that went through.
+async fn publish(
+    state: crate::AppState,
+    room: String,
+    tail: String,
+    nick: String,
+    id: Option<String>,
+) -> Option<ServerFrame> {
+    let idem = id.as_deref().map(|i| (nick.as_str(), i));
+    let res = state.store.publish_message(&room, &tail, idem).await;
+    let m = &state.metrics;
+    match res {
+        Ok(p) if p.duplicate => {
+            m.duplicate_sends.fetch_add(1, Relaxed);
+            Some(ServerFrame::Sent {
+                room,
+                id: id.unwrap_or_default(),
+                offset: p.offset,
+                epoch: p.epoch,
+                duplicate: true,
+            })
+        }
+        Ok(_) => {
+            m.messages_in.fetch_add(1, Relaxed);
+            None
+        }
+        Err(e) if e.maybe_applied() => {
+            tracing::warn!(room, error = %e, "publish may or may not have gone through");
+            m.error(ErrorCode::Timeout);
+            let msg = format!(
+                "message may or may not have been sent ({e}); retry with the same id, which is never published twice"
+            );
+            Some(ServerFrame::error(ErrorCode::Timeout, msg, id))
+        }
+        Err(e) => {
+            tracing::warn!(room, error = %e, "publish failed");
+            m.error(ErrorCode::Unavailable);
+            let msg = format!("message not sent: {e}");
+            Some(ServerFrame::error(ErrorCode::Unavailable, msg, id))
+        }
+    }
+}
+
+/// Cleanup that must happen however the connection ends, a panic
+/// included: the hub forgets the member at once, and the presence entries
+/// are removed (and the leaves announced) by a task of their own.
+impl Drop for Session {
+    fn drop(&mut self) {
+        let rooms = std::mem::take(&mut self.rooms);
+        if rooms.is_empty() {
+            return;
+        }
+        for j in &rooms {
+            self.state.hub.leave(&j.name, self.member.id);
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            return; // no runtime (a unit test): nothing to announce to
+        }
+        let state = self.state.clone();
+        let conn_id = std::mem::take(&mut self.conn_id);
+        let nick = std::mem::take(&mut self.nick);
+        self.state.tracker.spawn(async move {
+            for j in rooms {
+                depart(&state, &j.name, &conn_id, &nick).await;
+            }
+        });
+    }
+}
+
+/// Remove a connection's presence entry from `room` and announce its leave.
+async fn depart(state: &crate::AppState, room: &str, conn_id: &str, nick: &str) {
+    match state.store.remove_member(room, conn_id).await {
+        // Big rooms do not broadcast presence (see --presence-max-members).
+        Ok((true, left)) if left < state.config.presence_max_members => {
+            let frame = presence_frame(state, room, PresenceEvent::Leave, conn_id, nick, None);
+            if let Err(e) = state.store.publish_raw(room, &frame).await {
+                tracing::debug!(room, error = %e, "cannot announce leave");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::debug!(room, error = %e, "cannot remove presence entry"),
+    }
+}
+
+fn presence_frame(
+    state: &crate::AppState,
+    room: &str,
+    event: PresenceEvent,
+    conn_id: &str,
+    nick: &str,
+    old_nick: Option<String>,
+) -> String {
+    ServerFrame::Presence {
+        room: room.to_string(),
+        event,
+        conn_id: conn_id.to_string(),
+        nick: nick.to_string(),
+        app_id: state.app_id.clone(),
+        ts: crate::now_ms(),
+        old_nick,
+    }
+    .to_json()
 }

@@ -59,6 +59,18 @@ pub struct Config {
     #[arg(long = "queue", env = "OUTBOUND_QUEUE", default_value_t = 512)]
     pub queue: usize,
 
+    /// SO_SNDBUF of every WebSocket socket, in bytes ("64KiB" and "1MiB"
+    /// work too); 0 leaves the kernel default, which autotunes up to
+    /// `net.ipv4.tcp_wmem` max (4 MiB on stock Linux). Linux doubles the
+    /// value for its bookkeeping and stops autotuning that socket, which is
+    /// the point: the outbox counts a client that stopped reading only once
+    /// the kernel stops taking bytes. One such client pins at most 2 × this
+    /// in the kernel plus `--queue` frames (at most about 4.4 KB each with
+    /// the default limits): 128 KiB + 2.2 MB at the defaults, and it is
+    /// closed with 4000 once the queue fills.
+    #[arg(long, env = "SOCKET_SEND_BUFFER", default_value = "64KiB", value_parser = parse_bytes)]
+    pub socket_send_buffer: usize,
+
     /// Rooms with more members than this do not broadcast join and leave
     /// events (each would go to every member: O(n²) on a ramp); the member
     /// list stays available through `who`.
@@ -73,6 +85,23 @@ pub struct Config {
     /// Messages each room keeps in history for resume.
     #[arg(long = "history", env = "HISTORY_LEN", default_value_t = Limits::DEFAULT.history_len)]
     pub history_len: u32,
+
+    /// How long a send's `id` is remembered as its idempotency key (per
+    /// room and nick): a retry within this time is never published twice.
+    /// 0 turns idempotency off.
+    #[arg(long, env = "IDEMPOTENCY_TTL", default_value = "120s", value_parser = humantime::parse_duration)]
+    pub idempotency_ttl: Duration,
+
+    /// How often the instance publishes a liveness probe on its own
+    /// channel, which its pub/sub connection must hear back.
+    #[arg(long, env = "PROBE_INTERVAL", default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub probe_interval: Duration,
+
+    /// A pub/sub connection that has not heard its own probe for this long
+    /// counts as dead (half-open TCP, a hung Redis): it is replaced, every
+    /// room is repaired from history, and `/healthz` answers 503 meanwhile.
+    #[arg(long, env = "PROBE_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub probe_timeout: Duration,
 
     /// How often the server pings each client.
     #[arg(long, env = "PING_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
@@ -138,6 +167,24 @@ impl Config {
     }
 }
 
+/// Parse a byte count: `131072`, `128KiB` or `4MiB`.
+fn parse_bytes(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let scale: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        other => return Err(format!("unknown unit {other:?}: use bytes, KiB or MiB")),
+    };
+    digits
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .filter(|n| i32::try_from(*n).is_ok())
+        .ok_or_else(|| format!("{s:?} is not a byte count below 2 GiB"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,5 +197,16 @@ mod tests {
             Config::for_test("t", "redis://x/").limits(),
             Limits::DEFAULT
         );
+    }
+
+    #[test]
+    fn byte_counts_take_binary_units() {
+        assert_eq!(parse_bytes("131072"), Ok(131_072));
+        assert_eq!(parse_bytes("64KiB"), Ok(65_536));
+        assert_eq!(parse_bytes("4 MiB"), Ok(4 << 20));
+        assert_eq!(parse_bytes("0"), Ok(0));
+        assert!(parse_bytes("64KB").is_err(), "KB is ambiguous");
+        assert!(parse_bytes("KiB").is_err());
+        assert!(parse_bytes("4096MiB").is_err(), "SO_SNDBUF takes an int");
     }
 }

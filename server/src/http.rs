@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Query, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -16,6 +16,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::session::{self, ConnectParams};
+use crate::ws::handshake::check_request;
 use crate::ws::{accept_key, WsStream};
 use crate::AppState;
 
@@ -36,7 +37,7 @@ async fn upgrade(
     mut req: Request,
 ) -> Response {
     use std::sync::atomic::Ordering::Relaxed;
-    let key = match check_upgrade(req.headers()) {
+    let key = match check_upgrade(req.method(), req.headers()) {
         Ok(key) => key,
         Err(resp) => return resp,
     };
@@ -96,11 +97,9 @@ async fn upgrade(
         // back so frames can be written with writev and no extra buffers.
         match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => {
-                let ws = WsStream::new(
-                    parts.io.into_inner(),
-                    parts.read_buf,
-                    state.config.max_frame_bytes,
-                );
+                let tcp = parts.io.into_inner();
+                limit_send_buffer(&tcp, state.config.socket_send_buffer);
+                let ws = WsStream::new(tcp, parts.read_buf, state.config.max_frame_bytes);
                 session::run(state, ws, params, permit).await;
             }
             Err(_) => tracing::error!("upgraded connection is not a TCP stream; closing it"),
@@ -116,50 +115,40 @@ async fn upgrade(
         .expect("static response parts are valid")
 }
 
-/// Check that a request is a WebSocket upgrade (RFC 6455 section 4.2.1);
-/// returns its `Sec-WebSocket-Key`, or the response that refuses it.
+/// Fix the socket's kernel send buffer (`--socket-send-buffer`; 0 keeps
+/// autotuning). Autotuned, a client that stops reading lets the kernel
+/// queue up to `tcp_wmem` max (4 MiB) for it before a write blocks and the
+/// outbox starts counting toward the slow-consumer cut.
+fn limit_send_buffer(tcp: &TcpStream, bytes: usize) {
+    if bytes == 0 {
+        return;
+    }
+    if let Err(e) = socket2::SockRef::from(tcp).set_send_buffer_size(bytes) {
+        tracing::warn!(error = %e, bytes, "cannot set SO_SNDBUF; the kernel default applies");
+    }
+}
+
+/// Check that a request is a WebSocket upgrade (RFC 6455 section 4.2.1,
+/// GET only); returns its `Sec-WebSocket-Key`, or the response that
+/// refuses it. The checks live in [`crate::ws::handshake`] (and are fuzzed
+/// there); this only renders the refusal.
 #[allow(clippy::result_large_err)] // built once per refused request
-fn check_upgrade(h: &HeaderMap) -> Result<String, Response> {
-    let has_token = |name: header::HeaderName, token: &str| {
-        h.get_all(name).iter().any(|v| {
-            v.to_str()
-                .map(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-                .unwrap_or(false)
-        })
-    };
-    if !has_token(header::CONNECTION, "upgrade") || !has_token(header::UPGRADE, "websocket") {
-        let msg = "this endpoint speaks WebSocket: send an upgrade request (Connection: upgrade, Upgrade: websocket)\n";
-        return Err((
-            StatusCode::UPGRADE_REQUIRED,
-            [(header::UPGRADE, "websocket")],
-            msg,
-        )
-            .into_response());
-    }
-    if h.get(header::SEC_WEBSOCKET_VERSION)
-        .and_then(|v| v.to_str().ok())
-        != Some("13")
-    {
-        let msg = "unsupported WebSocket version: only 13 (RFC 6455)\n";
-        return Err((
-            StatusCode::UPGRADE_REQUIRED,
-            [(header::SEC_WEBSOCKET_VERSION, "13")],
-            msg,
-        )
-            .into_response());
-    }
-    match h
-        .get(header::SEC_WEBSOCKET_KEY)
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(k) if !k.trim().is_empty() => Ok(k.trim().to_string()),
-        _ => Err((StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key\n").into_response()),
-    }
+fn check_upgrade(method: &Method, h: &HeaderMap) -> Result<String, Response> {
+    check_request(method, h).map_err(|r| {
+        let mut resp = (r.status, r.reason).into_response();
+        if let Some((name, value)) = r.header {
+            resp.headers_mut()
+                .insert(name, header::HeaderValue::from_static(value));
+        }
+        resp
+    })
 }
 
 async fn healthz(State(state): State<AppState>) -> Response {
     use std::sync::atomic::Ordering::Relaxed;
-    let subscriber_up = state.metrics.redis_subscriber_up.load(Relaxed) == 1;
+    // Up means more than connected: the subscription heard this
+    // instance's own liveness probe within --probe-timeout.
+    let subscriber_up = state.hub.live();
     let redis = tokio::time::timeout(Duration::from_secs(1), state.store.ping()).await;
     let redis = match redis {
         Ok(Ok(())) => Ok(()),

@@ -165,9 +165,14 @@ pub async fn run(
         );
     }
     let metrics = Arc::new(Metrics::default());
-    let store = Store::new(&config.redis_url, metrics.clone(), config.history_len)
-        .with_context(|| format!("bad redis url {}", config.redis_url))?;
-    let hub = Hub::new(metrics.clone(), Duration::from_secs(3));
+    let store = Store::new(
+        &config.redis_url,
+        metrics.clone(),
+        config.history_len,
+        config.idempotency_ttl,
+    )
+    .with_context(|| format!("bad redis url {}", config.redis_url))?;
+    let hub = Hub::new(metrics.clone(), Duration::from_secs(3), config.probe_timeout);
     let boot = format!(
         "{:06x}",
         (now_nanos() ^ std::process::id().rotate_left(16)) & 0xff_ffff
@@ -195,7 +200,20 @@ pub async fn run(
         max_connections,
         "chat server listening"
     );
-    let subscriber = tokio::spawn(hub.run_subscriber(store, state.shutdown.clone()));
+    // The liveness probe's channel: this instance's own, so the
+    // subscription hears only its own heartbeat.
+    let probe = format!("chat:probe:{}:{}", state.app_id, state.boot);
+    let subscriber = tokio::spawn(hub.clone().run_subscriber(
+        store.clone(),
+        probe.clone(),
+        state.shutdown.clone(),
+    ));
+    let prober = tokio::spawn(hub.run_probe(
+        store,
+        probe,
+        state.config.probe_interval,
+        state.shutdown.clone(),
+    ));
     let registry = tokio::spawn(registry::run(state.clone()));
     let app = http::router(state.clone());
     tokio::pin!(shutdown);
@@ -230,6 +248,7 @@ pub async fn run(
     }
     let _ = registry.await;
     subscriber.abort();
+    prober.abort();
     tracing::info!("shut down");
     Ok(())
 }

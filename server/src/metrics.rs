@@ -50,11 +50,19 @@ pub struct Metrics {
     pub redis_subscriber_up: AtomicU64,
     /// Rooms with local members.
     pub rooms: AtomicU64,
+    /// Pub/sub connections replaced because the liveness probe went quiet.
+    pub liveness_failures: AtomicU64,
+    /// Epoch changes announced to local members (`reset` frames).
+    pub epoch_resets: AtomicU64,
+    /// Sends not published again because their id was seen before.
+    pub duplicate_sends: AtomicU64,
+    /// Room repairs that failed on a history read and were retried.
+    pub repair_retries: AtomicU64,
     errors: [AtomicU64; ERROR_CODES.len()],
     closes: [AtomicU64; CLOSE_CODES.len()],
 }
 
-const ERROR_CODES: [ErrorCode; 13] = [
+const ERROR_CODES: [ErrorCode; 14] = [
     ErrorCode::BadJson,
     ErrorCode::UnknownType,
     ErrorCode::BadFrame,
@@ -67,6 +75,7 @@ const ERROR_CODES: [ErrorCode; 13] = [
     ErrorCode::TooManyRooms,
     ErrorCode::BinaryUnsupported,
     ErrorCode::Unavailable,
+    ErrorCode::Timeout,
     ErrorCode::Internal,
 ];
 
@@ -234,6 +243,30 @@ impl Metrics {
             "gauge",
             "Rooms with local members.",
             &self.rooms,
+        );
+        one(
+            "chat_liveness_failures_total",
+            "counter",
+            "Pub/sub connections replaced because the instance stopped hearing its own probe.",
+            &self.liveness_failures,
+        );
+        one(
+            "chat_epoch_resets_total",
+            "counter",
+            "Room epoch changes announced to local members.",
+            &self.epoch_resets,
+        );
+        one(
+            "chat_duplicate_sends_total",
+            "counter",
+            "Sends whose id was seen before: not published again.",
+            &self.duplicate_sends,
+        );
+        one(
+            "chat_repair_retries_total",
+            "counter",
+            "Room repairs retried after a failed history read.",
+            &self.repair_retries,
         );
         let _ = writeln!(out, "# HELP chat_errors_total Error frames sent, by code.\n# TYPE chat_errors_total counter");
         for (code, v) in ERROR_CODES.iter().zip(&self.errors) {

@@ -218,6 +218,7 @@ mod tests {
         Out(Arc::new(Delivery {
             room: 1,
             offset,
+            epoch: Arc::from("e"),
             frame: "x".into(),
         }))
     }

@@ -71,21 +71,35 @@ async fn sweep(state: &AppState, live: &HashSet<String>) {
         let Ok(members) = state.store.members(&room).await else {
             continue;
         };
-        for (conn_id, e) in members {
-            if live.contains(&e.boot) || e.boot == state.boot {
+        let alive = |e: &crate::store::MemberEntry| live.contains(&e.boot) || e.boot == state.boot;
+        // Nicks still in the room through a live connection: a member who
+        // reconnected elsewhere before its old instance was declared dead
+        // did not leave.
+        let present: std::collections::HashSet<&str> = members
+            .iter()
+            .filter(|(_, e)| alive(e))
+            .map(|(_, e)| e.nick.as_str())
+            .collect();
+        for (conn_id, e) in &members {
+            if alive(e) {
                 continue;
             }
-            if let Ok((true, left)) = state.store.remove_member(&room, &conn_id).await {
+            if let Ok((true, left)) = state.store.remove_member(&room, conn_id).await {
                 if left >= state.config.presence_max_members {
                     continue;
                 }
-                tracing::info!(room = %room, conn_id, app_id = e.app_id, "removing member of a dead instance");
+                let event = if present.contains(e.nick.as_str()) {
+                    PresenceEvent::Gone
+                } else {
+                    PresenceEvent::Leave
+                };
+                tracing::info!(room = %room, conn_id, app_id = e.app_id, ?event, "removing member of a dead instance");
                 let frame = ServerFrame::Presence {
                     room: room.to_string(),
-                    event: PresenceEvent::Leave,
-                    conn_id,
-                    nick: e.nick,
-                    app_id: e.app_id,
+                    event,
+                    conn_id: conn_id.clone(),
+                    nick: e.nick.clone(),
+                    app_id: e.app_id.clone(),
                     ts: crate::now_ms(),
                     old_nick: None,
                 }

@@ -17,7 +17,7 @@ use chat_protocol::{classify, close, ErrorCode, Inbound, ServerFrame};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
-use crate::commands::Session;
+use crate::commands::{SendJob, Session};
 use crate::hub::{Member, Out};
 use crate::outbox::{Outbox, Recv, Stop};
 use crate::ws::{Msg, WsError, WsStream, MAX_BATCH};
@@ -29,6 +29,8 @@ pub struct ConnectParams {
     pub room: Option<String>,
     pub nick: Option<String>,
     pub since: Option<u64>,
+    /// The epoch `since` belongs to.
+    pub epoch: Option<String>,
     pub history: Option<u32>,
 }
 
@@ -43,6 +45,29 @@ pub enum End {
 
 /// Longest time one write may block before the client counts as gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sends of one connection in flight to Redis at once. Past this the
+/// session stops reading until one completes.
+const MAX_IN_FLIGHT: usize = 16;
+
+/// Sends in flight, answered in the order they were made. Allocated on
+/// the first send and dropped when empty, so an idle connection holds none.
+type InFlight = Option<futures_util::stream::FuturesOrdered<SendJob>>;
+
+/// Per-connection bookkeeping that must be undone however the session
+/// ends, a panic included: the outbox refuses further frames and the
+/// connection gauge goes back down.
+struct ConnGuard {
+    metrics: Arc<crate::metrics::Metrics>,
+    outbox: Arc<Outbox>,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.outbox.close();
+        self.metrics.connections.fetch_sub(1, Relaxed);
+    }
+}
 
 /// The socket plus what every write must watch.
 pub struct Conn {
@@ -122,6 +147,10 @@ pub async fn run(
     metrics.connections.fetch_add(1, Relaxed);
     metrics.connections_total.fetch_add(1, Relaxed);
     let outbox = Outbox::new(state.config.queue);
+    let _guard = ConnGuard {
+        metrics: metrics.clone(),
+        outbox: outbox.clone(),
+    };
     let id = state.next_session_id();
     let mut conn = Conn {
         ws,
@@ -146,6 +175,7 @@ pub async fn run(
         &mut conn,
         params.room,
         params.since,
+        params.epoch,
         params.history,
     )
     .await;
@@ -165,14 +195,15 @@ pub async fn run(
         End::Gone(code) => {
             if *code != 1006 {
                 // Answer the client's close (echoing its code where that is
-                // a code one may send), then let it hang up first.
+                // a code one may send), then close TCP first (RFC 6455
+                // 7.1.1): the client waits for that.
                 let echo = match *code {
                     1000..=1003 | 1007..=1014 | 3000..=4999 => *code,
                     _ => close::NORMAL,
                 };
                 let close = async {
                     if conn.ws.send_close(echo, "").await.is_ok() {
-                        conn.ws.finish_close().await;
+                        conn.ws.shutdown().await;
                     }
                 };
                 let _ = tokio::time::timeout(Duration::from_secs(1), Box::pin(close)).await;
@@ -182,8 +213,9 @@ pub async fn run(
     };
     metrics.closed(code);
     drop(conn);
-    Box::pin(session.leave_all()).await;
-    metrics.connections.fetch_sub(1, Relaxed);
+    // Leaves the hub now and removes presence in the background (also on
+    // a panic: see `impl Drop for Session`).
+    drop(session);
     drop(registration);
     drop(permit);
 }
@@ -193,6 +225,7 @@ async fn session_loop(
     conn: &mut Conn,
     room: Option<String>,
     since: Option<u64>,
+    epoch: Option<String>,
     history: Option<u32>,
 ) -> End {
     let state = conn.state.clone();
@@ -202,7 +235,7 @@ async fn session_loop(
         return end;
     }
     let room = room.unwrap_or_else(|| crate::DEFAULT_ROOM.to_string());
-    if let Err(end) = Box::pin(session.join(conn, &room, since, history)).await {
+    if let Err(end) = Box::pin(session.join(conn, &room, since, epoch, history)).await {
         return end;
     }
     let ping_every = state.config.ping_interval;
@@ -211,7 +244,9 @@ async fn session_loop(
     tokio::pin!(ping);
     let mut last_seen = Instant::now();
     let mut batch: Vec<Out> = Vec::new();
+    let mut in_flight: InFlight = None;
     loop {
+        let busy = in_flight.as_ref().map_or(0, |f| f.len());
         let step: Result<(), End> = tokio::select! {
             biased;
             r = conn.outbox.recv(&mut batch, MAX_BATCH) => match r {
@@ -228,10 +263,22 @@ async fn session_loop(
                     r
                 }
             },
-            msg = conn.ws.recv() => {
+            reply = next_reply(&mut in_flight), if busy > 0 => match reply {
+                // (Errors were counted where they were made.)
+                Some(frame) => conn.frame(&frame).await,
+                None => Ok(()),
+            },
+            msg = conn.ws.recv(), if busy < MAX_IN_FLIGHT => {
                 last_seen = Instant::now();
                 match msg {
-                    Ok(msg) => Box::pin(inbound(session, conn, msg)).await,
+                    Ok(msg) => match Box::pin(inbound(session, conn, msg)).await {
+                        Ok(Some(job)) => {
+                            in_flight.get_or_insert_with(Default::default).push_back(job);
+                            Ok(())
+                        }
+                        Ok(None) => Ok(()),
+                        Err(end) => Err(end),
+                    },
                     Err(e) => Err(read_error(e)),
                 }
             }
@@ -250,6 +297,17 @@ async fn session_loop(
     }
 }
 
+/// The next answer of a send in flight; frees the queue once empty.
+async fn next_reply(in_flight: &mut InFlight) -> Option<ServerFrame> {
+    use futures_util::StreamExt;
+    let queue = in_flight.as_mut()?;
+    let reply = queue.next().await.flatten();
+    if queue.is_empty() {
+        *in_flight = None;
+    }
+    reply
+}
+
 /// Map a read error to how the connection ends.
 fn read_error(e: WsError) -> End {
     match e {
@@ -261,20 +319,29 @@ fn read_error(e: WsError) -> End {
 }
 
 /// Handle one inbound WebSocket message.
-async fn inbound(session: &mut Session, conn: &mut Conn, msg: Msg) -> Result<(), End> {
+async fn inbound(
+    session: &mut Session,
+    conn: &mut Conn,
+    msg: Msg,
+) -> Result<Option<SendJob>, End> {
     let text = match msg {
         Msg::Text(t) => t,
         Msg::Binary(_) => {
             if !session.admit(conn, None).await? {
-                return Ok(());
+                return Ok(None);
             }
             let msg = "binary frames are not supported: send text (JSON frames or plain chat text)";
-            return conn.error(ErrorCode::BinaryUnsupported, msg, None).await;
+            return conn
+                .error(ErrorCode::BinaryUnsupported, msg, None)
+                .await
+                .map(|()| None);
         }
         Msg::Ping(payload) => {
-            return guarded(&conn.outbox, conn.ws.pong(&payload)).await;
+            return guarded(&conn.outbox, conn.ws.pong(&payload))
+                .await
+                .map(|()| None);
         }
-        Msg::Pong => return Ok(()),
+        Msg::Pong => return Ok(None),
         Msg::Close(code) => return Err(End::Gone(code)),
     };
     let parsed = classify(&text);
@@ -284,11 +351,11 @@ async fn inbound(session: &mut Session, conn: &mut Conn, msg: Msg) -> Result<(),
         _ => None,
     };
     if !session.admit(conn, id).await? {
-        return Ok(());
+        return Ok(None);
     }
     match parsed {
         Ok(Inbound::Frame(frame)) => session.command(conn, frame).await,
         Ok(Inbound::Text) => session.send_chat(conn, None, text, None, false).await,
-        Err(e) => conn.error(e.code, e.message, e.id).await,
+        Err(e) => conn.error(e.code, e.message, e.id).await.map(|()| None),
     }
 }

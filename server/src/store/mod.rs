@@ -8,25 +8,33 @@
 //! | key | type | what |
 //! |---|---|---|
 //! | `chat:{room}:seq` | string | the room's last offset |
+//! | `chat:{room}:epoch` | hash | the room's epoch, the `run_id` of the Redis that started it, its start offset (see [`lua`]) |
+//! | `chat:{room}:idem:<n>:<nick>:<id>` | string, TTL | `"<offset> <epoch>"` of a send with an id |
 //! | `chat:{room}:log` | stream | bounded history; entry id `<offset>-0`, field `f` = the frame |
 //! | `chat:{room}:members` | hash | conn_id → `{"nick","app_id","boot"}` |
 //! | `chat:{room}:msgs` | channel | every message and presence frame of the room |
 //! | `chat:instance:<app_id>` | string, TTL | the instance's heartbeat (JSON) |
 //! | `chat:instances` | set | every app_id ever seen, for `/cluster` |
 
+mod link;
+mod lua;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, Cmd, FromRedisValue, Script, Value};
+use redis::{Cmd, ErrorKind, FromRedisValue, Script, Value};
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::Metrics;
+use link::{Link, Linker};
 
 /// A Redis failure, already counted in metrics.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// Nothing was sent: there is no connection to Redis.
+    #[error("redis unavailable: {0}")]
+    Unavailable(String),
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
     #[error("redis did not answer within {0:?}")]
@@ -35,28 +43,42 @@ pub enum StoreError {
     Reply(String),
 }
 
+impl StoreError {
+    /// Whether a write that failed this way may still have been applied
+    /// (the command may have reached Redis): a timeout or a broken
+    /// connection. An error reply or no connection at all means it was not.
+    pub fn maybe_applied(&self) -> bool {
+        match self {
+            Self::Timeout(_) => true,
+            Self::Redis(e) => !matches!(e.kind(), ErrorKind::Server(_)),
+            Self::Unavailable(_) | Self::Reply(_) => false,
+        }
+    }
+}
+
 /// Result of a store call.
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// Appends a message to the room's history and publishes it, atomically,
-/// so that offset order is publish order across every instance.
-///
-/// KEYS: seq, log. ARGV: tail, history length, offset base, channel.
-/// A fresh `seq` (a new room, or a Redis that lost its data) starts at the
-/// base, milliseconds since the epoch × 1000, so offsets never go backwards
-/// even when Redis forgets a room.
-const PUBLISH_LUA: &str = r#"
-local off = redis.call('INCR', KEYS[1])
-if off == 1 then
-  redis.call('SET', KEYS[1], ARGV[3])
-  off = tonumber(ARGV[3])
-end
-local id = string.format('%d', off)
-local frame = '{"type":"message","offset":' .. id .. ',' .. ARGV[1]
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], id .. '-0', 'f', frame)
-redis.call('PUBLISH', ARGV[4], frame)
-return off
-"#;
+/// What publishing a message did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub offset: u64,
+    pub epoch: String,
+    /// The send's id was seen before: nothing was published; `offset` and
+    /// `epoch` are the original's.
+    pub duplicate: bool,
+}
+
+/// A room's sequence as Redis holds it now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Head {
+    pub epoch: String,
+    /// The latest offset (or, right after a new epoch began, the offset
+    /// the epoch starts after).
+    pub head: u64,
+    /// The current epoch's first offset is `start + 1`.
+    pub start: u64,
+}
 
 /// The channel of a room.
 pub fn channel(room: &str) -> String {
@@ -74,6 +96,22 @@ fn seq_key(room: &str) -> String {
 
 fn log_key(room: &str) -> String {
     format!("chat:{{{room}}}:log")
+}
+
+fn epoch_key(room: &str) -> String {
+    format!("chat:{{{room}}}:epoch")
+}
+
+/// The idempotency key of a send: scoped to the room, the sender's nick
+/// and its id (the nick's length first, so no two pairs collide).
+fn idem_key(room: &str, sender: &str, id: &str) -> String {
+    format!("chat:{{{room}}}:idem:{}:{sender}:{id}", sender.len())
+}
+
+/// A fresh epoch name: 12 hex digits, unique enough that two epochs of a
+/// room never share one.
+fn new_epoch() -> String {
+    format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)
 }
 
 fn members_key(room: &str) -> String {
@@ -111,8 +149,8 @@ pub struct InstanceInfo {
 /// What history holds for a resume.
 #[derive(Debug, Default)]
 pub struct History {
-    /// The room's latest offset (0: no message yet).
-    pub head: u64,
+    /// The room's sequence when the entries were read.
+    pub head: Head,
     /// The entries asked for, in offset order.
     pub entries: Vec<(u64, Bytes)>,
     /// The oldest offset history still holds, if any.
@@ -122,12 +160,14 @@ pub struct History {
 /// A cheap-to-clone handle on the command connection.
 #[derive(Clone)]
 pub struct Store {
-    conn: ConnectionManager,
-    client: Client,
+    linker: Arc<Linker>,
     publish: Arc<Script>,
+    head: Arc<Script>,
     metrics: Arc<Metrics>,
     history_len: u32,
     timeout: Duration,
+    /// How long a send's id is remembered (zero: not at all).
+    idem_ttl: Duration,
 }
 
 impl std::fmt::Debug for Store {
@@ -139,31 +179,54 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// A store that connects lazily and reconnects by itself, so the server
     /// starts (and stays up) while Redis is down.
-    pub fn new(redis_url: &str, metrics: Arc<Metrics>, history_len: u32) -> StoreResult<Self> {
-        let client = Client::open(redis_url)?;
+    pub fn new(
+        redis_url: &str,
+        metrics: Arc<Metrics>,
+        history_len: u32,
+        idem_ttl: Duration,
+    ) -> StoreResult<Self> {
         let timeout = Duration::from_secs(2);
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
+        let client = link::client(redis_url)?;
+        let (publish, head) = (lua::publish(), lua::head());
         Ok(Self {
-            conn,
-            client,
-            publish: Arc::new(Script::new(PUBLISH_LUA)),
+            publish: Arc::new(Script::new(&publish)),
+            head: Arc::new(Script::new(&head)),
+            linker: Arc::new(Linker::new(client, timeout, vec![publish, head])),
             metrics,
             history_len,
             timeout,
+            idem_ttl,
         })
     }
 
-    /// The client, for the pub/sub connection.
-    pub fn client(&self) -> &Client {
-        &self.client
+    /// The client (TCP keepalive and no Nagle set), for the pub/sub
+    /// connection.
+    pub fn client(&self) -> &redis::Client {
+        self.linker.client()
     }
 
-    async fn timed<T, F>(&self, fut: F) -> StoreResult<T>
+    /// Entries each room keeps in history.
+    pub fn history_len(&self) -> u32 {
+        self.history_len
+    }
+
+    /// How long one command may take.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    async fn link(&self) -> StoreResult<Arc<Link>> {
+        let r = self.linker.get().await;
+        if r.is_err() {
+            self.metrics.redis_rtt(0, false);
+        }
+        r
+    }
+
+    /// Run `fut` (a command on `link`) under the timeout; a link that timed
+    /// out or broke is dropped, so the next call reconnects rather than
+    /// queueing behind a hung connection.
+    async fn timed<T, F>(&self, link: &Arc<Link>, fut: F) -> StoreResult<T>
     where
         F: std::future::Future<Output = redis::RedisResult<T>>,
     {
@@ -172,14 +235,24 @@ impl Store {
             Ok(r) => r.map_err(StoreError::from),
             Err(_) => Err(StoreError::Timeout(self.timeout)),
         };
+        if res.as_ref().err().is_some_and(StoreError::maybe_applied) {
+            self.linker.failed(link);
+        }
         self.metrics
             .redis_rtt(start.elapsed().as_micros() as u64, res.is_ok());
         res
     }
 
     async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> StoreResult<T> {
-        let mut conn = self.conn.clone();
-        self.timed(cmd.query_async(&mut conn)).await
+        let link = self.link().await?;
+        let mut conn = link.conn.clone();
+        self.timed(&link, cmd.query_async(&mut conn)).await
+    }
+
+    async fn query_pipe<T: FromRedisValue>(&self, pipe: &redis::Pipeline) -> StoreResult<T> {
+        let link = self.link().await?;
+        let mut conn = link.conn.clone();
+        self.timed(&link, pipe.query_async(&mut conn)).await
     }
 
     /// PING, for `/healthz`.
@@ -192,18 +265,46 @@ impl Store {
         }
     }
 
-    /// Append and publish a chat message; returns its offset.
-    pub async fn publish_message(&self, room: &str, tail: &str) -> StoreResult<u64> {
+    /// Append and publish a chat message. With `idem` (the sender's nick
+    /// and the send's id) a retry of a send already applied publishes
+    /// nothing and returns the original offset.
+    pub async fn publish_message(
+        &self,
+        room: &str,
+        tail: &str,
+        idem: Option<(&str, &str)>,
+    ) -> StoreResult<Published> {
         let base = crate::now_ms().saturating_mul(1000);
-        let mut conn = self.conn.clone();
+        let (key, ttl) = match idem {
+            Some((nick, id)) if !self.idem_ttl.is_zero() => {
+                (idem_key(room, nick, id), self.idem_ttl.as_millis() as u64)
+            }
+            _ => (idem_key(room, "", ""), 0),
+        };
+        let link = self.link().await?;
         let mut inv = self.publish.prepare_invoke();
         inv.key(seq_key(room))
             .key(log_key(room))
+            .key(epoch_key(room))
+            .key(key)
+            .arg(&*link.run_id)
+            .arg(new_epoch())
+            .arg(base)
             .arg(tail)
             .arg(self.history_len)
-            .arg(base)
-            .arg(channel(room));
-        self.timed(inv.invoke_async(&mut conn)).await
+            .arg(channel(room))
+            .arg(ttl);
+        let mut conn = link.conn.clone();
+        let (res, dup): (String, i64) = self.timed(&link, inv.invoke_async(&mut conn)).await?;
+        let (offset, epoch) = res
+            .split_once(' ')
+            .and_then(|(o, e)| Some((o.parse().ok()?, e.to_string())))
+            .ok_or_else(|| StoreError::Reply(format!("publish: {res:?}")))?;
+        Ok(Published {
+            offset,
+            epoch,
+            duplicate: dup != 0,
+        })
     }
 
     /// Publish a frame that has no offset (presence) on a room's channel.
@@ -213,21 +314,38 @@ impl Store {
             .map(drop)
     }
 
-    /// The room's latest offset.
-    pub async fn head(&self, room: &str) -> StoreResult<u64> {
-        let v: Option<u64> = self.query(redis::cmd("GET").arg(seq_key(room))).await?;
-        Ok(v.unwrap_or(0))
+    /// Publish on an arbitrary channel (the liveness probe).
+    pub async fn publish_to(&self, channel: &str, payload: &str) -> StoreResult<()> {
+        self.query::<i64>(redis::cmd("PUBLISH").arg(channel).arg(payload))
+            .await
+            .map(drop)
     }
 
-    /// Everything after `since` (at most `history_len` entries), the head
-    /// and the oldest offset still held.
-    pub async fn history_since(&self, room: &str, since: u64) -> StoreResult<History> {
+    /// The room's epoch and head, starting a new epoch first if Redis is
+    /// not the process that started the current one (see [`lua`]).
+    pub async fn head(&self, room: &str) -> StoreResult<Head> {
+        let base = crate::now_ms().saturating_mul(1000);
+        let link = self.link().await?;
+        let mut inv = self.head.prepare_invoke();
+        inv.key(seq_key(room))
+            .key(log_key(room))
+            .key(epoch_key(room))
+            .arg(&*link.run_id)
+            .arg(new_epoch())
+            .arg(base);
+        let mut conn = link.conn.clone();
+        let (epoch, head, start): (String, u64, u64) =
+            self.timed(&link, inv.invoke_async(&mut conn)).await?;
+        Ok(Head { epoch, head, start })
+    }
+
+    /// Entries after offset `after` (at most `history_len`), the room's
+    /// head, and the oldest offset history still holds.
+    pub async fn history_after(&self, room: &str, head: Head, after: u64) -> StoreResult<History> {
         let mut pipe = redis::pipe();
-        pipe.cmd("GET")
-            .arg(seq_key(room))
-            .cmd("XRANGE")
+        pipe.cmd("XRANGE")
             .arg(log_key(room))
-            .arg(format!("{}-0", since.saturating_add(1)))
+            .arg(format!("{}-0", after.saturating_add(1)))
             .arg("+")
             .arg("COUNT")
             .arg(self.history_len)
@@ -237,33 +355,30 @@ impl Store {
             .arg("+")
             .arg("COUNT")
             .arg(1);
-        let mut conn = self.conn.clone();
-        let (head, entries, first): (Option<u64>, Value, Value) =
-            self.timed(pipe.query_async(&mut conn)).await?;
+        let (entries, first): (Value, Value) = self.query_pipe(&pipe).await?;
         Ok(History {
-            head: head.unwrap_or(0),
+            head,
             entries: parse_entries(entries)?,
             first: parse_entries(first)?.first().map(|(o, _)| *o),
         })
     }
 
     /// The last `n` messages, oldest first, and the head.
-    pub async fn history_last(&self, room: &str, n: u32) -> StoreResult<History> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("GET")
-            .arg(seq_key(room))
-            .cmd("XREVRANGE")
-            .arg(log_key(room))
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(n.min(self.history_len));
-        let mut conn = self.conn.clone();
-        let (head, entries): (Option<u64>, Value) = self.timed(pipe.query_async(&mut conn)).await?;
-        let mut entries = parse_entries(entries)?;
+    pub async fn history_last(&self, room: &str, head: Head, n: u32) -> StoreResult<History> {
+        let v: Value = self
+            .query(
+                redis::cmd("XREVRANGE")
+                    .arg(log_key(room))
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(n.min(self.history_len)),
+            )
+            .await?;
+        let mut entries = parse_entries(v)?;
         entries.reverse();
         Ok(History {
-            head: head.unwrap_or(0),
+            head,
             first: entries.first().map(|(o, _)| *o),
             entries,
         })
@@ -299,8 +414,7 @@ impl Store {
             .ignore()
             .cmd("HLEN")
             .arg(members_key(room));
-        let mut conn = self.conn.clone();
-        let (n,): (u64,) = self.timed(pipe.query_async(&mut conn)).await?;
+        let (n,): (u64,) = self.query_pipe(&pipe).await?;
         Ok(n)
     }
 
@@ -313,8 +427,7 @@ impl Store {
             .arg(conn_id)
             .cmd("HLEN")
             .arg(members_key(room));
-        let mut conn = self.conn.clone();
-        let (removed, left): (u64, u64) = self.timed(pipe.query_async(&mut conn)).await?;
+        let (removed, left): (u64, u64) = self.query_pipe(&pipe).await?;
         Ok((removed > 0, left))
     }
 
@@ -343,8 +456,7 @@ impl Store {
             .arg(INSTANCES_KEY)
             .arg(&info.app_id)
             .ignore();
-        let mut conn = self.conn.clone();
-        self.timed(pipe.query_async::<()>(&mut conn)).await
+        self.query_pipe::<()>(&pipe).await
     }
 
     /// Remove this instance's registry entry (graceful shutdown).

@@ -1,0 +1,341 @@
+//! The instance's one pub/sub connection: subscribe to every room with
+//! local members, fan frames out, repair from history, and prove by a
+//! liveness probe that the connection still delivers.
+//!
+//! - **Level-triggered reconcile.** A [`Notify`](tokio::sync::Notify) says
+//!   "the set of rooms changed"; the task makes the subscribed set equal
+//!   the wanted one, so no command queue can grow.
+//! - **Baseline at confirmation.** A newly subscribed room's epoch and head
+//!   are read *after* Redis confirms the subscription; anything published
+//!   later arrives live or is repaired.
+//! - **Full repair.** After every (re)subscription, every room is brought
+//!   up to Redis's head from history. A history read that fails is not a
+//!   gap: the connection is replaced and the repair runs again.
+//! - **Liveness probe.** Every `--probe-interval` the instance publishes on
+//!   its own channel; if the subscription hears nothing of it for
+//!   `--probe-timeout` (half-open TCP, a hung Redis, a subscription that
+//!   silently stopped), the connection is replaced and every room repaired,
+//!   and `/healthz` answers 503 meanwhile.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chat_protocol::splice::{peek_epoch, peek_offset};
+use futures_util::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use super::{Hub, Step};
+use crate::store::{self, Store, StoreResult};
+
+/// Longest wait for a (un)subscribe confirmation.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Rooms whose baseline or repair runs at once after a reconnect.
+const REPAIR_CONCURRENCY: usize = 16;
+
+impl Hub {
+    /// Own the pub/sub connection until `shutdown`: connect, subscribe to
+    /// every room with local members, fan frames out, and on any failure
+    /// reconnect with capped exponential backoff.
+    pub async fn run_subscriber(self, store: Store, probe: String, shutdown: CancellationToken) {
+        let metrics = self.shared.metrics.clone();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let connect = tokio::time::timeout(Duration::from_secs(2), async {
+                let mut p = store.client().get_async_pubsub().await?;
+                p.subscribe(&probe).await?;
+                Ok::<_, redis::RedisError>(p)
+            });
+            let pubsub = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = connect => r,
+            };
+            match pubsub {
+                Ok(Ok(pubsub)) => {
+                    metrics.redis_subscriber_connects.fetch_add(1, Relaxed);
+                    tracing::info!("redis pub/sub connected");
+                    backoff = Duration::from_millis(100);
+                    let reason = self.serve(pubsub, &store, &probe, &shutdown).await;
+                    metrics.redis_subscriber_up.store(0, Relaxed);
+                    self.shared.probe_heard_ms.store(0, Relaxed);
+                    self.unsubscribe_all();
+                    match reason {
+                        None => return,
+                        Some(e) => tracing::warn!(error = %e, "redis pub/sub lost; reconnecting"),
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "redis pub/sub connect failed")
+                }
+                Err(_) => tracing::warn!(retry_in = ?backoff, "redis pub/sub connect timed out"),
+            }
+            let jitter = Duration::from_millis(u64::from(crate::now_nanos() % 100));
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff + jitter) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// Publish the liveness probe on `channel` until `shutdown`.
+    pub async fn run_probe(
+        self,
+        store: Store,
+        channel: String,
+        every: Duration,
+        shutdown: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let at = crate::now_ms().to_string();
+            if let Err(e) = store.publish_to(&channel, &at).await {
+                tracing::debug!(error = %e, "liveness probe not published");
+            }
+        }
+    }
+
+    /// Serve one pub/sub connection; returns why it ended (`None`: shutdown).
+    async fn serve(
+        &self,
+        pubsub: redis::aio::PubSub,
+        store: &Store,
+        probe: &str,
+        shutdown: &CancellationToken,
+    ) -> Option<String> {
+        let (mut sink, mut stream) = pubsub.split();
+        let mut active: HashSet<Arc<str>> = HashSet::new();
+        // A new connection: subscribe everything, then repair every room
+        // (none is confirmed after a reconnect, so reconcile repairs all).
+        if let Err(e) = self.reconcile(&mut sink, &mut active, store).await {
+            return Some(e);
+        }
+        let timeout = self.shared.probe_timeout;
+        let mut watchdog = tokio::time::interval(timeout / 4);
+        let connected = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                msg = stream.next() => {
+                    let Some(msg) = msg else {
+                        return Some("connection closed".into());
+                    };
+                    let channel = msg.get_channel_name();
+                    if channel == probe {
+                        self.shared.probe_heard_ms.store(crate::now_ms(), Relaxed);
+                        self.shared.metrics.redis_subscriber_up.store(1, Relaxed);
+                        continue;
+                    }
+                    self.shared.metrics.messages_from_redis.fetch_add(1, Relaxed);
+                    let Some(room) = store::room_of_channel(channel) else {
+                        continue;
+                    };
+                    let payload = Bytes::copy_from_slice(msg.get_payload_bytes());
+                    if std::str::from_utf8(&payload).is_err() {
+                        tracing::warn!(room, "dropping a non-UTF-8 frame from redis");
+                        continue;
+                    }
+                    if let Err(e) = self.on_frame(store, room, payload).await {
+                        return Some(format!("repair of {room} failed: {e}"));
+                    }
+                }
+                _ = self.shared.dirty.notified() => {
+                    if let Err(e) = self.reconcile(&mut sink, &mut active, store).await {
+                        return Some(e);
+                    }
+                }
+                _ = watchdog.tick() => {
+                    let heard = self.shared.probe_heard_ms.load(Relaxed);
+                    let silent = if heard == 0 {
+                        connected.elapsed()
+                    } else {
+                        Duration::from_millis(crate::now_ms().saturating_sub(heard))
+                    };
+                    if silent > timeout {
+                        self.shared.metrics.liveness_failures.fetch_add(1, Relaxed);
+                        return Some(format!("liveness probe not heard for {silent:?}"));
+                    }
+                }
+            }
+        }
+    }
+
+    /// One frame from a room's channel.
+    async fn on_frame(&self, store: &Store, room: &str, frame: Bytes) -> StoreResult<()> {
+        let Some(offset) = peek_offset(&frame) else {
+            self.deliver_plain(room, frame);
+            return Ok(());
+        };
+        let bytes = frame.clone();
+        let epoch = peek_epoch(&bytes).unwrap_or("");
+        match self.step(room, offset, epoch) {
+            Step::Next => self.deliver_chat(room, offset, epoch, frame),
+            Step::Duplicate | Step::Gone => {}
+            Step::Repair => {
+                if let Err(e) = self.repair(store, room).await {
+                    self.shared.metrics.repair_retries.fetch_add(1, Relaxed);
+                    return Err(e);
+                }
+                // History holds the frame (the script appends before it
+                // publishes), so the repair delivered it. What is still not
+                // next is of an epoch Redis does not report: a stale copy
+                // from a replaced Redis, never delivered.
+                match self.step(room, offset, epoch) {
+                    Step::Next => self.deliver_chat(room, offset, epoch, frame),
+                    Step::Repair => {
+                        tracing::warn!(room, offset, epoch, "dropping a frame of an epoch redis does not report")
+                    }
+                    Step::Duplicate | Step::Gone => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Bring `room` up to Redis's head from history: every entry after the
+    /// last delivered one, in order, with `reset` at epoch changes and a
+    /// `gap` for what history no longer holds. The first time (no epoch
+    /// yet) it only takes the baseline.
+    async fn repair(&self, store: &Store, room: &str) -> StoreResult<()> {
+        let head = store.head(room).await?;
+        let Some((epoch, last)) = self
+            .rooms()
+            .get(room)
+            .map(|r| (r.epoch.clone(), r.last_offset))
+        else {
+            return Ok(());
+        };
+        if epoch.is_empty() {
+            if let Some(r) = self.rooms().get_mut(room) {
+                if r.epoch.is_empty() {
+                    r.epoch = Arc::from(head.epoch.as_str());
+                    r.last_offset = head.head;
+                }
+            }
+            return Ok(());
+        }
+        let same = *epoch == *head.epoch;
+        if same && head.head <= last {
+            return Ok(());
+        }
+        // In a new epoch, offsets may have been handed out again below our
+        // last one (Redis lost its tail): read from the epoch's start too.
+        let mut after = if same { last } else { last.min(head.start) };
+        loop {
+            let hist = store.history_after(room, head.clone(), after).await?;
+            let n = hist.entries.len();
+            for (off, frame) in hist.entries {
+                after = off;
+                if std::str::from_utf8(&frame).is_err() {
+                    continue;
+                }
+                let e = peek_epoch(&frame).unwrap_or("").to_string();
+                if !same && *e == *epoch && off <= last {
+                    continue; // ours, already delivered
+                }
+                if self.step(room, off, &e) == Step::Duplicate {
+                    continue;
+                }
+                self.shared.metrics.repaired.fetch_add(1, Relaxed);
+                self.deliver_chat(room, off, &e, frame);
+            }
+            if n == 0 || after >= head.head || n < store.history_len() as usize {
+                break;
+            }
+        }
+        // Whatever history did not hold up to the head is gone for good.
+        let mut rooms = self.rooms();
+        if let Some(r) = rooms.get_mut(room) {
+            if *r.epoch != *head.epoch {
+                self.switch_epoch(room, r, &head.epoch, head.head);
+            } else if r.last_offset < head.head {
+                let from = r.last_offset.saturating_add(1);
+                tracing::warn!(room, from, to = head.head, "messages lost to every local member: sending a gap notice");
+                self.shared.metrics.gaps.fetch_add(1, Relaxed);
+                r.last_offset = head.head;
+                super::push(
+                    &self.shared.metrics,
+                    r,
+                    0,
+                    super::gap_frame(room, from, head.head),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Make the subscribed set equal the set of rooms with local members,
+    /// then take the baseline of each new room and let its joins through.
+    async fn reconcile(
+        &self,
+        sink: &mut redis::aio::PubSubSink,
+        active: &mut HashSet<Arc<str>>,
+        store: &Store,
+    ) -> Result<(), String> {
+        let wanted: HashSet<Arc<str>> = self.rooms().keys().cloned().collect();
+        let add: Vec<Arc<str>> = wanted.difference(active).cloned().collect();
+        let remove: Vec<Arc<str>> = active.difference(&wanted).cloned().collect();
+        if !remove.is_empty() {
+            let chans: Vec<String> = remove.iter().map(|r| store::channel(r)).collect();
+            match tokio::time::timeout(SUBSCRIBE_TIMEOUT, sink.unsubscribe(&chans)).await {
+                Ok(r) => r.map_err(|e| e.to_string())?,
+                Err(_) => return Err("unsubscribe timed out".into()),
+            }
+            for r in &remove {
+                active.remove(r);
+            }
+        }
+        if !add.is_empty() {
+            let chans: Vec<String> = add.iter().map(|r| store::channel(r)).collect();
+            match tokio::time::timeout(SUBSCRIBE_TIMEOUT, sink.subscribe(&chans)).await {
+                Ok(r) => r.map_err(|e| e.to_string())?,
+                Err(_) => return Err("subscribe timed out".into()),
+            }
+            active.extend(add.iter().cloned());
+        }
+        // Rooms whose subscription is confirmed but that have no baseline
+        // yet (new ones; or re-created while still subscribed).
+        let fresh: Vec<Arc<str>> = self
+            .rooms()
+            .iter()
+            .filter(|(name, r)| active.contains(*name) && !r.subscribed)
+            .map(|(name, _)| name.clone())
+            .collect();
+        let results: Vec<StoreResult<()>> = futures_util::stream::iter(fresh)
+            .map(|room| async move { self.repair(store, &room).await })
+            .buffer_unordered(REPAIR_CONCURRENCY)
+            .collect()
+            .await;
+        if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
+            // Not a gap: the connection is replaced and the repair retried.
+            self.shared.metrics.repair_retries.fetch_add(1, Relaxed);
+            return Err(format!("repair from history failed: {e}"));
+        }
+        let mut rooms = self.rooms();
+        for (name, r) in rooms.iter_mut() {
+            if active.contains(name) && !r.subscribed && !r.epoch.is_empty() {
+                r.subscribed = true;
+                for w in r.waiters.drain(..) {
+                    let _ = w.send(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The subscription is gone with the connection: joins must wait for
+    /// the next one.
+    fn unsubscribe_all(&self) {
+        for r in self.rooms().values_mut() {
+            r.subscribed = false;
+        }
+    }
+}

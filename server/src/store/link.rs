@@ -1,0 +1,181 @@
+//! The command connection to Redis, and which Redis process it reaches.
+//!
+//! Not redis-rs's `ConnectionManager`: that reconnects behind our back, and
+//! the publish script must know *which* Redis process (its `run_id`) it runs
+//! on, so that a restarted, failed-over or restored Redis starts a new epoch
+//! (see [`super::lua`]). A [`Link`] is one multiplexed connection together
+//! with the `run_id` read on it; a link is replaced, never repaired, so the
+//! two always belong together.
+//!
+//! - A link that fails with an I/O error or a timeout is dropped; the next
+//!   call connects afresh (one at a time: the others wait and share it).
+//! - While connecting fails, calls fail fast for [`RETRY_AFTER`] instead of
+//!   each waiting out a connect timeout: a request is answered
+//!   `unavailable` (definitely not applied) at once.
+//! - TCP keepalive, `TCP_USER_TIMEOUT` and no Nagle on every connection.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use redis::aio::MultiplexedConnection;
+use redis::io::tcp::{socket2::TcpKeepalive, TcpSettings};
+use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo};
+
+use super::{StoreError, StoreResult};
+
+/// How long calls fail fast after a failed connect.
+const RETRY_AFTER: Duration = Duration::from_millis(250);
+
+/// One connection and the Redis process behind it.
+#[derive(Debug)]
+pub(crate) struct Link {
+    pub(crate) conn: MultiplexedConnection,
+    /// `INFO server` `run_id`: changes when Redis restarts or another
+    /// process (a promoted replica) takes over.
+    pub(crate) run_id: Arc<str>,
+}
+
+/// Connects and keeps the current [`Link`].
+#[derive(Debug)]
+pub(crate) struct Linker {
+    client: Client,
+    config: AsyncConnectionConfig,
+    connect_timeout: Duration,
+    /// Loaded on every new connection, so `EVALSHA` never meets
+    /// `NOSCRIPT` (whose retry could reorder a sender's pipelined sends).
+    scripts: Vec<String>,
+    current: Mutex<Option<Arc<Link>>>,
+    /// Held while connecting; holds the time of the last failed attempt.
+    connecting: tokio::sync::Mutex<Option<Instant>>,
+}
+
+/// TCP settings for every Redis connection: no Nagle (a publish is one
+/// small write that must go now), keepalive and a user timeout so that a
+/// peer that vanished (half-open TCP) is noticed by the kernel too.
+fn tcp_settings() -> TcpSettings {
+    TcpSettings::default()
+        .set_nodelay(true)
+        .set_keepalive(
+            TcpKeepalive::new()
+                .with_time(Duration::from_secs(5))
+                .with_interval(Duration::from_secs(1))
+                .with_retries(3),
+        )
+        .set_user_timeout(Duration::from_secs(10))
+}
+
+/// A client for `url` with [`tcp_settings`].
+pub(crate) fn client(url: &str) -> StoreResult<Client> {
+    let info = url.into_connection_info()?.set_tcp_settings(tcp_settings());
+    Ok(Client::open(info)?)
+}
+
+impl Linker {
+    pub(crate) fn new(client: Client, response_timeout: Duration, scripts: Vec<String>) -> Self {
+        let connect_timeout = Duration::from_secs(1);
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(connect_timeout))
+            .set_response_timeout(Some(response_timeout));
+        Self {
+            client,
+            config,
+            connect_timeout,
+            scripts,
+            current: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Arc<Link>>> {
+        self.current.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The current link, connecting if there is none. An error here means
+    /// nothing was sent.
+    pub(crate) async fn get(&self) -> StoreResult<Arc<Link>> {
+        if let Some(l) = self.slot().clone() {
+            return Ok(l);
+        }
+        let mut last_failure = self.connecting.lock().await;
+        if let Some(l) = self.slot().clone() {
+            return Ok(l);
+        }
+        if last_failure.is_some_and(|t| t.elapsed() < RETRY_AFTER) {
+            return Err(StoreError::Unavailable("redis is unreachable".into()));
+        }
+        match tokio::time::timeout(self.connect_timeout * 2, self.connect()).await {
+            Ok(Ok(link)) => {
+                *last_failure = None;
+                let link = Arc::new(link);
+                *self.slot() = Some(link.clone());
+                Ok(link)
+            }
+            Ok(Err(e)) => {
+                *last_failure = Some(Instant::now());
+                Err(StoreError::Unavailable(format!("cannot connect: {e}")))
+            }
+            Err(_) => {
+                *last_failure = Some(Instant::now());
+                Err(StoreError::Unavailable("connect timed out".into()))
+            }
+        }
+    }
+
+    async fn connect(&self) -> StoreResult<Link> {
+        let mut conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await?;
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut conn)
+            .await?;
+        let run_id = parse_run_id(&info)
+            .ok_or_else(|| StoreError::Reply("INFO server has no run_id".into()))?;
+        for src in &self.scripts {
+            redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(src)
+                .query_async::<String>(&mut conn)
+                .await?;
+        }
+        tracing::info!(run_id, "redis command connection up");
+        Ok(Link {
+            conn,
+            run_id: Arc::from(run_id),
+        })
+    }
+
+    /// Forget `link` after a failure that may have broken it, unless it was
+    /// replaced already.
+    pub(crate) fn failed(&self, link: &Arc<Link>) {
+        let mut slot = self.slot();
+        if slot.as_ref().is_some_and(|l| Arc::ptr_eq(l, link)) {
+            *slot = None;
+        }
+    }
+}
+
+/// The `run_id` line of `INFO server`.
+pub(crate) fn parse_run_id(info: &str) -> Option<&str> {
+    info.lines()
+        .find_map(|l| l.strip_prefix("run_id:"))
+        .map(str::trim)
+        .filter(|id| !id.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_id_is_read_from_info() {
+        let info = "# Server\r\nredis_version:7.0.15\r\nrun_id:4f2a\r\ntcp_port:6379\r\n";
+        assert_eq!(parse_run_id(info), Some("4f2a"));
+        assert_eq!(parse_run_id("# Server\r\n"), None);
+    }
+}

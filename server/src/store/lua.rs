@@ -1,0 +1,89 @@
+//! The Redis scripts behind offsets, epochs and idempotent sends.
+//!
+//! # Epochs
+//! A room's offsets come from `INCR` on `chat:{room}:seq`. Redis can lose
+//! the tail of that sequence (AOF `everysec` and a crash, a failover to a
+//! lagging replica, a restore), and then hand out the same offsets again
+//! for other messages. So each room has an *epoch*, kept in
+//! `chat:{room}:epoch` together with the `run_id` of the Redis process that
+//! started it. Every script first runs [`ENSURE`]: if the epoch is missing,
+//! or was started by another Redis process than the one running the script
+//! (the caller passes the `run_id` it read on the very connection the script
+//! runs on), the room starts a new epoch. A restarted, failed-over or
+//! restored Redis therefore always starts new epochs: a rollback is
+//! announced, never skipped (pessimistic: a clean restart that lost
+//! nothing is announced too).
+//!
+//! A new epoch's offsets continue above everything this Redis still holds
+//! (the seq, the stream's last id) and above the clock (ms × 1000), so in
+//! practice offsets keep increasing across epochs too; correctness does not
+//! rely on that (consumers compare offsets only within one epoch).
+//!
+//! # Idempotency
+//! A send with an id stores `"<offset> <epoch>"` under
+//! `chat:{room}:idem:<nick length>:<nick>:<id>` with a TTL, in the same
+//! script that publishes it. A retry finds the key and gets the original
+//! offset back instead of publishing again.
+
+/// KEYS: seq, log, epoch. ARGV: run_id, new epoch, clock base.
+/// Returns the room's epoch after making sure it belongs to this Redis.
+const ENSURE: &str = r#"
+local function ensure()
+  local m = redis.call('HMGET', KEYS[3], 'epoch', 'inc')
+  if m[1] and m[2] == ARGV[1] then return m[1] end
+  local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
+  local top = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+  if top[1] then
+    local t = tonumber(string.match(top[1][1], '^(%d+)'))
+    if t and t > seq then seq = t end
+  end
+  local base = tonumber(ARGV[3])
+  if base > seq then seq = base end
+  local s = string.format('%d', seq)
+  redis.call('SET', KEYS[1], s)
+  redis.call('HSET', KEYS[3], 'epoch', ARGV[2], 'inc', ARGV[1], 'start', s)
+  return ARGV[2]
+end
+"#;
+
+/// Append to history and publish, atomically, so that offset order is
+/// publish order across every instance.
+///
+/// KEYS: seq, log, epoch, idem. ARGV: run_id, new epoch, clock base, tail,
+/// history length, channel, idempotency TTL in ms (0: the send has no id).
+/// Returns `{"<offset> <epoch>", duplicate}`.
+const PUBLISH: &str = r#"
+local ttl = tonumber(ARGV[7])
+if ttl > 0 then
+  local prev = redis.call('GET', KEYS[4])
+  if prev then return {prev, 1} end
+end
+local epoch = ensure()
+local id = string.format('%d', redis.call('INCR', KEYS[1]))
+local frame = '{"type":"message","offset":' .. id .. ',"epoch":"' .. epoch .. '",' .. ARGV[4]
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[5], id .. '-0', 'f', frame)
+redis.call('PUBLISH', ARGV[6], frame)
+local res = id .. ' ' .. epoch
+if ttl > 0 then redis.call('SET', KEYS[4], res, 'PX', ttl) end
+return {res, 0}
+"#;
+
+/// The room's epoch, head and the offset its epoch started after.
+///
+/// KEYS: seq, log, epoch. ARGV: run_id, new epoch, clock base.
+/// Returns `{epoch, head, start}`.
+const HEAD: &str = r#"
+local epoch = ensure()
+local start = redis.call('HGET', KEYS[3], 'start') or '0'
+return {epoch, redis.call('GET', KEYS[1]) or '0', start}
+"#;
+
+/// The publish script's source.
+pub(crate) fn publish() -> String {
+    format!("{ENSURE}{PUBLISH}")
+}
+
+/// The head script's source.
+pub(crate) fn head() -> String {
+    format!("{ENSURE}{HEAD}")
+}
