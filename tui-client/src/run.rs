@@ -57,7 +57,7 @@ pub async fn run(opts: Opts) -> anyhow::Result<()> {
             utc: opts.utc,
             fixed_ms: None,
         },
-        id_prefix: format!("t{:x}", rand::random::<u32>()),
+        id_prefix: crate::state::new_id_prefix(),
     };
     let area = Rect::new(0, 0, size.width, size.height);
     let mut app = App::new(settings, area, Instant::now());

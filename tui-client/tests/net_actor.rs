@@ -1,7 +1,8 @@
 //! The network actor against a tiny in-test WebSocket server on loopback:
 //! resume with `since` after a drop, deduplication of the replay overlap,
-//! the outbox sent once after catch-up, offline on a policy close or a
-//! refused upgrade, and a silent server taken for dead.
+//! the outbox sent once after catch-up, refused sends retried with the same
+//! id, a `reset` to a new epoch, offline on a policy close or a refused
+//! upgrade, and a silent server taken for dead.
 
 use std::time::Duration;
 
@@ -79,6 +80,7 @@ fn msg(offset: u64, id: Option<&str>) -> ServerFrame {
     ServerFrame::Message(ChatMessage {
         room: "lobby".into(),
         offset,
+        epoch: "e1".into(),
         nick: "bob".into(),
         text: format!("m{offset}"),
         app_id: "appX".into(),
@@ -159,6 +161,8 @@ async fn resumes_from_the_last_offset_without_duplicates_and_resends_the_outbox_
         ServerFrame::Joined {
             room: "lobby".into(),
             head: 0,
+            epoch: "e1".into(),
+            recovered: None,
         },
     )
     .await;
@@ -176,6 +180,7 @@ async fn resumes_from_the_last_offset_without_duplicates_and_resends_the_outbox_
         ClientFrame::Join {
             room: "ops".into(),
             since: None,
+            epoch: None,
             history: None
         }
     );
@@ -184,6 +189,8 @@ async fn resumes_from_the_last_offset_without_duplicates_and_resends_the_outbox_
         ServerFrame::Joined {
             room: "ops".into(),
             head: 7,
+            epoch: "e1".into(),
+            recovered: None,
         },
     )
     .await;
@@ -225,13 +232,14 @@ async fn resumes_from_the_last_offset_without_duplicates_and_resends_the_outbox_
 
     // Second instance: the URL resumes lobby, a join resumes ops.
     let (mut b, uri) = accept(&l).await;
-    assert!(uri.contains("since=3"), "{uri}");
+    assert!(uri.contains("since=3&epoch=e1"), "{uri}");
     send(&mut b, welcome("app2")).await;
     assert_eq!(
         client_frame(&mut b).await,
         ClientFrame::Join {
             room: "ops".into(),
             since: Some(7),
+            epoch: Some("e1".into()),
             history: None
         }
     );
@@ -241,6 +249,8 @@ async fn resumes_from_the_last_offset_without_duplicates_and_resends_the_outbox_
         ServerFrame::Joined {
             room: "lobby".into(),
             head: 5,
+            epoch: "e1".into(),
+            recovered: None,
         },
     )
     .await;
@@ -437,7 +447,7 @@ async fn every_room_of_the_command_line_is_joined_on_every_connection() {
 }
 
 #[tokio::test]
-async fn unavailable_sends_are_retried_without_bothering_the_user() {
+async fn refused_sends_are_retried_with_the_same_id_until_the_server_has_them() {
     let (l, addr) = listen().await;
     let (handle, mut rx) = start(&addr).await;
     let (mut a, _) = accept(&l).await;
@@ -447,6 +457,8 @@ async fn unavailable_sends_are_retried_without_bothering_the_user() {
         ServerFrame::Joined {
             room: "lobby".into(),
             head: 0,
+            epoch: "e1".into(),
+            recovered: None,
         },
     )
     .await;
@@ -465,29 +477,97 @@ async fn unavailable_sends_are_retried_without_bothering_the_user() {
     assert!(
         matches!(client_frame(&mut a).await, ClientFrame::Send { id: Some(i), .. } if i == "c1")
     );
+    // Not applied (`unavailable`), then maybe applied (`timeout`): both
+    // are retried with the same id after a delay.
+    for code in [
+        chat_protocol::ErrorCode::Unavailable,
+        chat_protocol::ErrorCode::Timeout,
+    ] {
+        send(
+            &mut a,
+            ServerFrame::Error {
+                code,
+                message: "redis".into(),
+                id: Some("c1".into()),
+            },
+        )
+        .await;
+        let started = tokio::time::Instant::now();
+        assert!(
+            matches!(client_frame(&mut a).await, ClientFrame::Send { id: Some(i), .. } if i == "c1")
+        );
+        assert!(
+            started.elapsed() >= Duration::from_millis(800),
+            "retried too soon"
+        );
+    }
+    // The timed-out try had gone through: the retry is a duplicate.
     send(
         &mut a,
-        ServerFrame::Error {
-            code: chat_protocol::ErrorCode::Unavailable,
-            message: "redis down".into(),
-            id: Some("c1".into()),
+        ServerFrame::Sent {
+            room: "lobby".into(),
+            id: "c1".into(),
+            offset: 1,
+            epoch: "e1".into(),
+            duplicate: true,
         },
     )
     .await;
-    // The same line again, after the retry delay.
-    let started = tokio::time::Instant::now();
-    assert!(
-        matches!(client_frame(&mut a).await, ClientFrame::Send { id: Some(i), .. } if i == "c1")
-    );
-    assert!(
-        started.elapsed() >= Duration::from_millis(1500),
-        "retried too soon"
-    );
     send(&mut a, msg(1, Some("c1"))).await;
     let evs = events_until(&mut rx, is_msg(1)).await;
     assert!(
         !evs.iter()
             .any(|e| matches!(e, NetEvent::Frame(ServerFrame::Error { .. }))),
-        "the retried refusal reached the UI: {evs:?}"
+        "a retried refusal reached the UI: {evs:?}"
     );
+    assert!(evs
+        .iter()
+        .any(|e| matches!(e, NetEvent::Frame(ServerFrame::Sent { .. }))));
+    // Delivered: not sent again.
+    assert!(timeout(Duration::from_millis(300), client_frame(&mut a))
+        .await
+        .is_err());
+}
+
+#[tokio::test]
+async fn a_reset_passes_and_the_next_offsets_of_the_new_epoch_are_not_duplicates() {
+    let (l, addr) = listen().await;
+    let (_handle, mut rx) = start(&addr).await;
+    let (mut a, _) = accept(&l).await;
+    send(&mut a, welcome("app1")).await;
+    send(
+        &mut a,
+        ServerFrame::Joined {
+            room: "lobby".into(),
+            head: 500,
+            epoch: "e1".into(),
+            recovered: None,
+        },
+    )
+    .await;
+    send(&mut a, msg(501, None)).await;
+    send(
+        &mut a,
+        ServerFrame::Reset {
+            room: "lobby".into(),
+            epoch: "e2".into(),
+            previous: "e1".into(),
+            last: 501,
+        },
+    )
+    .await;
+    let mut low = msg(7, None);
+    if let ServerFrame::Message(m) = &mut low {
+        m.epoch = "e2".into();
+    }
+    send(&mut a, low).await;
+    let evs = events_until(&mut rx, is_msg(7)).await;
+    assert_eq!(offsets(&evs), vec![501, 7]);
+    assert!(evs
+        .iter()
+        .any(|e| matches!(e, NetEvent::Frame(ServerFrame::Reset { .. }))));
+    // Resumed after the last offset seen, now of the new epoch.
+    drop(a);
+    let (_b, uri) = accept(&l).await;
+    assert!(uri.contains("since=7&epoch=e2"), "{uri}");
 }

@@ -86,7 +86,7 @@ fn server(rng: &mut StdRng, offsets: &mut [u64; 4]) -> Event {
     let r = rng.random_range(0..ROOMS.len());
     let room = ROOMS[r].to_string();
     let nick = ["bob", "alice", "日本", "carol"][rng.random_range(0..4)].to_string();
-    let frame = match rng.random_range(0..9) {
+    let frame = match rng.random_range(0..10) {
         0..=3 => {
             // Mostly in order, sometimes a replayed (older) offset.
             offsets[r] += rng.random_range(0..3);
@@ -98,6 +98,7 @@ fn server(rng: &mut StdRng, offsets: &mut [u64; 4]) -> Event {
             ServerFrame::Message(ChatMessage {
                 room,
                 offset,
+                epoch: "e1".into(),
                 nick,
                 text: text(rng),
                 app_id: format!("app{}", rng.random_range(1..4)),
@@ -111,6 +112,8 @@ fn server(rng: &mut StdRng, offsets: &mut [u64; 4]) -> Event {
         4 => ServerFrame::Joined {
             room,
             head: offsets[r],
+            epoch: "e1".into(),
+            recovered: None,
         },
         5 => ServerFrame::Presence {
             room,
@@ -118,7 +121,8 @@ fn server(rng: &mut StdRng, offsets: &mut [u64; 4]) -> Event {
                 PresenceEvent::Join,
                 PresenceEvent::Leave,
                 PresenceEvent::Nick,
-            ][rng.random_range(0..3)],
+                PresenceEvent::Gone,
+            ][rng.random_range(0..4)],
             conn_id: format!("c{}", rng.random_range(0..6)),
             nick,
             app_id: "app2".into(),
@@ -141,8 +145,17 @@ fn server(rng: &mut StdRng, offsets: &mut [u64; 4]) -> Event {
             from: 1,
             to: offsets[r],
         },
+        // A retry the server had already applied, at an offset behind,
+        // at or ahead of what was seen.
+        8 => ServerFrame::Sent {
+            room,
+            id: format!("t-{}", rng.random_range(1..20)),
+            offset: (offsets[r] + rng.random_range(0..4)).saturating_sub(2),
+            epoch: "e1".into(),
+            duplicate: true,
+        },
         _ => ServerFrame::Error {
-            code: ErrorCode::RateLimited,
+            code: [ErrorCode::RateLimited, ErrorCode::Timeout][rng.random_range(0..2)],
             message: "slow down".into(),
             id: Some(format!("t-{}", rng.random_range(1..20))),
         },

@@ -39,6 +39,8 @@ fn app(w: u16, h: u16) -> App {
     a.update(frame(ServerFrame::Joined {
         room: "lobby".into(),
         head: 0,
+        epoch: "e1".into(),
+        recovered: None,
     }));
     a.update(Event::Net(NetEvent::Rtt(Duration::from_micros(2400))));
     a
@@ -52,6 +54,7 @@ fn msg(room: &str, offset: u64, nick: &str, app_id: &str, text: &str) -> Event {
     frame(ServerFrame::Message(ChatMessage {
         room: room.into(),
         offset,
+        epoch: "e1".into(),
         nick: nick.into(),
         text: text.into(),
         app_id: app_id.into(),
@@ -130,6 +133,7 @@ fn busy() -> App {
     a.update(frame(ServerFrame::Message(ChatMessage {
         room: "lobby".into(),
         offset: 6,
+        epoch: "e1".into(),
         nick: "carol".into(),
         text: "waves".into(),
         app_id: "app3".into(),
@@ -232,6 +236,84 @@ fn reconnecting_and_then_landing_elsewhere() {
 }
 
 #[test]
+fn a_failover_with_a_reset_and_a_retried_line() {
+    let mut a = busy();
+    let member = |c: &str, n: &str, app: &str| Member {
+        conn_id: c.into(),
+        nick: n.into(),
+        app_id: app.into(),
+    };
+    // app1 died; we and bob are back through app3 and app2, and the
+    // members frame still lists the dead connections beside the new ones.
+    a.update(Event::Net(NetEvent::Connected {
+        app_id: "app3".into(),
+        conn_id: "app3-9".into(),
+        nick: "alice".into(),
+        limits: limits(),
+    }));
+    a.update(frame(ServerFrame::Members {
+        room: "lobby".into(),
+        members: vec![
+            member("c1", "alice", "app1"),
+            member("app3-9", "alice", "app3"),
+            member("c2", "bob", "app2"),
+            member("app2-5", "bob", "app2"),
+            member("c3", "carol", "app3"),
+        ],
+        total: 5,
+    }));
+    // Redis failed over meanwhile.
+    a.update(frame(ServerFrame::Reset {
+        room: "lobby".into(),
+        epoch: "e2".into(),
+        previous: "e1".into(),
+        last: 5,
+    }));
+    // A line whose first try timed out; the retry found it applied.
+    a.update(Event::Key(KeyEvent::new(
+        KeyCode::Char('u'),
+        KeyModifiers::CONTROL,
+    )));
+    a.update(Event::Paste("did this go out?".into()));
+    a.update(Event::Key(KeyEvent::new(
+        KeyCode::Enter,
+        KeyModifiers::NONE,
+    )));
+    a.update(frame(ServerFrame::Sent {
+        room: "lobby".into(),
+        id: "t-1".into(),
+        offset: 7,
+        epoch: "e2".into(),
+        duplicate: true,
+    }));
+    let t = draw(&a, 120, 30);
+    insta::assert_snapshot!("failover_reset", screen(&t));
+    let s = screen(&t);
+    assert!(s.contains("Members (3)"), "{s}");
+    let pane: Vec<&str> = s
+        .lines()
+        .filter_map(|l| l.rsplit('│').next())
+        .map(|c| c.trim_matches(|c: char| c == ' ' || c == '"'))
+        .collect();
+    assert_eq!(
+        pane[1..4],
+        ["alice", "bob", "carol"],
+        "each person once: {s}"
+    );
+    // Wrapped over two rows, as a warning ("!!", yellow).
+    assert!(s.contains("!! │ server restarted its history: messages after #5 may be"));
+    assert!(
+        s.lines()
+            .any(|l| l.contains("│sent ") && l.contains("did this go out?")),
+        "{s}"
+    );
+    // F2: each person once, with every instance they are connected through.
+    a.update(Event::Key(KeyEvent::new(KeyCode::F(2), KeyModifiers::NONE)));
+    let s = screen(&draw(&a, 120, 30));
+    assert!(s.contains("alice app1,app3"), "{s}");
+}
+
+#[test]
 fn room_list_with_unread_counts_and_mentions() {
     let mut a = busy();
     for r in ["rust", "ops"] {
@@ -243,6 +325,8 @@ fn room_list_with_unread_counts_and_mentions() {
         a.update(frame(ServerFrame::Joined {
             room: r.into(),
             head: 0,
+            epoch: "e1".into(),
+            recovered: None,
         }));
     }
     a.update(Event::Key(KeyEvent::new(
@@ -425,6 +509,8 @@ fn the_window_title_tells_what_is_waiting() {
     a.update(frame(ServerFrame::Joined {
         room: "ops".into(),
         head: 0,
+        epoch: "e1".into(),
+        recovered: None,
     }));
     a.update(Event::Key(KeyEvent::new(
         KeyCode::Char('1'),

@@ -280,8 +280,8 @@ impl Actor {
                     }
                 }
             }
-            // Wake for the rate limit, or for a send held back after
-            // `unavailable`, whichever comes first.
+            // Wake for the rate limit, or for a send held back for a
+            // retry, whichever comes first.
             let wake = match (pace, self.session.next_retry(Instant::now())) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),

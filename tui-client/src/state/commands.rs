@@ -126,6 +126,7 @@ impl App {
                     id: id.clone(),
                     action,
                     since: self.now,
+                    confirmed: None,
                 },
                 nick: self.nick.clone(),
                 text: wrap::sanitize(&piece),
@@ -263,10 +264,12 @@ impl App {
     /// Print the members of room `i` into the room shown.
     pub(super) fn print_members(&mut self, i: usize) {
         let r = &self.rooms[i];
+        // One entry per person, with every instance they are connected
+        // through (two for a while after a failover).
         let mut by_app: Vec<String> = r
             .members
             .iter()
-            .map(|m| format!("{} ({})", m.nick, m.app_id))
+            .map(|p| format!("{} ({})", p.nick, p.app_ids.join(", ")))
             .collect();
         let total = r.members.count();
         const SHOWN: usize = 200;

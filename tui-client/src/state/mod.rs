@@ -5,7 +5,8 @@
 //! [`Action`]s for the run loop to carry out (requests to the network
 //! worker, quitting). The view reads the state and never changes it.
 //!
-//! - [`room`] — a room's scrollback, members, unread counts, scrolling.
+//! - [`room`] — a room's scrollback, unread counts, scrolling.
+//! - [`members`] — a room's members, by connection and by person.
 //! - [`input`] — the line editor and its history.
 //! - [`command`] — slash-command parsing and help.
 //! - [`clock`] — timestamps.
@@ -18,6 +19,7 @@ pub mod command;
 mod commands;
 pub mod input;
 mod keys;
+pub mod members;
 mod net_events;
 pub mod room;
 
@@ -95,8 +97,8 @@ pub struct Settings {
     /// Lines kept per room.
     pub scrollback: usize,
     pub clock: Clock,
-    /// Prefix of this client's message ids, unique per process so that
-    /// echoes are matched to this client only.
+    /// Prefix of this client's message ids, unique per process (see
+    /// [`new_id_prefix`]).
     pub id_prefix: String,
 }
 
@@ -302,7 +304,7 @@ impl App {
             let late: Vec<Line> = {
                 let r = &mut self.rooms[i];
                 let (late, keep) = r.pending.drain(..).partition(|l| {
-                    matches!(l.kind, LineKind::Pending { since, .. }
+                    matches!(l.kind, LineKind::Pending { since, confirmed: None, .. }
                         if now.saturating_duration_since(since) >= room::CONFIRM_LIMIT)
                 });
                 r.pending = keep;
@@ -329,8 +331,22 @@ impl App {
 
     /// Nicks to complete with Tab: the members of the room shown.
     fn completion_names(&self) -> Vec<String> {
-        self.room().members.iter().map(|m| m.nick.clone()).collect()
+        self.room()
+            .members
+            .iter()
+            .map(|p| p.nick.to_string())
+            .collect()
     }
+}
+
+/// A prefix for this process's message ids: 8 random hex digits, to which
+/// a counter is added (`1f3a9c04-17`, far inside
+/// [`chat_protocol::names::MAX_ID_LEN`]). The server keeps ids as
+/// idempotency keys per nick and room for minutes, so they must not repeat
+/// across runs: with a counter alone, a client restarted under the same
+/// nick would have its new first line swallowed as a retry of the old one.
+pub fn new_id_prefix() -> String {
+    format!("{:08x}", rand::random::<u32>())
 }
 
 /// Whether `text` mentions `nick` as a whole word (any case).

@@ -1,6 +1,6 @@
 //! What each network event does to the state.
 
-use chat_protocol::{ChatMessage, PresenceEvent, ServerFrame};
+use chat_protocol::{ChatMessage, ErrorCode, PresenceEvent, ServerFrame};
 
 use super::room::{Line, LineKind};
 use super::{mentions, App, ConnStatus};
@@ -106,7 +106,12 @@ impl App {
     fn on_frame(&mut self, frame: ServerFrame) {
         match frame {
             ServerFrame::Welcome { .. } | ServerFrame::Pong { .. } => {}
-            ServerFrame::Joined { room, head } => {
+            ServerFrame::Joined {
+                room,
+                head,
+                epoch,
+                recovered,
+            } => {
                 let i = match self.room_index(&room) {
                     Some(i) => i,
                     // The server put us in a room we did not ask for (the
@@ -119,7 +124,15 @@ impl App {
                 };
                 let r = &mut self.rooms[i];
                 r.joined = true;
-                if r.last_offset.is_some_and(|last| head < last) {
+                let resumed = r.ever_joined;
+                // Another epoch on a resume: said by the server, or only
+                // seen here (a server that does not read our epoch).
+                let new_epoch = !epoch.is_empty() && !r.epoch.is_empty() && epoch != r.epoch;
+                if resumed && (recovered == Some(false) || new_epoch) {
+                    let after = r.last_offset.unwrap_or_default();
+                    self.new_epoch(i, &epoch, after);
+                } else if epoch.is_empty() && r.last_offset.is_some_and(|last| head < last) {
+                    // A server without epochs whose offsets went backwards.
                     r.last_offset = Some(head);
                     let line = self.local_line(
                         LineKind::Gap,
@@ -127,6 +140,8 @@ impl App {
                          what was said meanwhile may be lost",
                     );
                     self.push_line(i, line);
+                } else if !epoch.is_empty() {
+                    r.epoch = epoch;
                 }
                 let r = &mut self.rooms[i];
                 if !r.ever_joined {
@@ -135,6 +150,50 @@ impl App {
                     r.quiet_until = head;
                     let line = self.local_line(LineKind::Join, &format!("you joined {room}"));
                     self.push_line(i, line);
+                }
+            }
+            ServerFrame::Reset {
+                room, epoch, last, ..
+            } => {
+                let Some(i) = self.room_index(&room) else {
+                    return;
+                };
+                let r = &self.rooms[i];
+                if epoch != r.epoch {
+                    // "0: none" delivered in the old epoch: what we saw is
+                    // the better bound then.
+                    let after = if last > 0 {
+                        last
+                    } else {
+                        r.last_offset.unwrap_or_default()
+                    };
+                    self.new_epoch(i, &epoch, after);
+                }
+            }
+            ServerFrame::Sent {
+                room, id, offset, ..
+            } => {
+                // A retry the server had already applied. Its delivery
+                // either came (the local echo is gone) or is on its way:
+                // until then the echo stays, marked as sent.
+                let Some(i) = self.room_index(&room) else {
+                    return;
+                };
+                let r = &mut self.rooms[i];
+                for l in &mut r.pending {
+                    if let LineKind::Pending {
+                        id: p, confirmed, ..
+                    } = &mut l.kind
+                    {
+                        if *p == id {
+                            *confirmed = Some(offset);
+                        }
+                    }
+                }
+                // Already past it (a gap, say): it will not come in order.
+                let upto = r.last_offset;
+                if upto.is_some_and(|l| offset <= l) {
+                    self.settle_confirmed(i, upto);
                 }
             }
             // A leave is always ours, and the room left the list when it
@@ -146,8 +205,8 @@ impl App {
                 let Some(i) = self.room_index(&room) else {
                     return;
                 };
-                let r = &mut self.rooms[i];
-                r.last_offset = Some(r.last_offset.map_or(to, |l| l.max(to)));
+                let r = &self.rooms[i];
+                let upto = r.last_offset.map_or(to, |l| l.max(to));
                 // Offsets are dense while the server's store lives, so a
                 // small range is a count; a huge one is a jump to a new
                 // base (the store lost the room), which no count describes.
@@ -161,6 +220,9 @@ impl App {
                 };
                 let line = self.local_line(LineKind::Gap, &text);
                 self.push_line(i, line);
+                // Our own lines the server confirmed inside the hole.
+                self.settle_confirmed(i, Some(upto));
+                self.rooms[i].last_offset = Some(upto);
             }
             ServerFrame::Presence {
                 room,
@@ -178,24 +240,45 @@ impl App {
                 // what we did (and of every reconnect), already told in our
                 // own words: keep the member list, skip the line.
                 let own = self.own_conn_ids.contains(&conn_id);
+                let members = &mut self.rooms[i].members;
                 let (kind, text) = match event {
                     PresenceEvent::Join => {
-                        self.rooms[i].members.add(chat_protocol::Member {
+                        let first = members.add(chat_protocol::Member {
                             conn_id,
                             nick: nick.clone(),
                             app_id: app_id.clone(),
                         });
+                        // Another connection of someone already here (a
+                        // reconnect to another instance) is no news.
+                        if !first {
+                            return;
+                        }
                         (
                             LineKind::Join,
                             format!("{nick} joined {room} (via {app_id})"),
                         )
                     }
                     PresenceEvent::Leave => {
-                        self.rooms[i].members.remove(&conn_id);
+                        // Only the last connection of a nick leaving is a
+                        // leave. (Unknown to the list: say it anyway,
+                        // unless the nick is still here.)
+                        let last = match members.remove(&conn_id) {
+                            Some((_, last)) => last,
+                            None => !members.has_nick(&nick),
+                        };
+                        if !last {
+                            return;
+                        }
                         (LineKind::Leave, format!("{nick} left {room}"))
                     }
+                    // A connection that ended without a leave while its
+                    // member stays through another: drop it, say nothing.
+                    PresenceEvent::Gone => {
+                        members.remove(&conn_id);
+                        return;
+                    }
                     PresenceEvent::Nick => {
-                        self.rooms[i].members.rename(&conn_id, &nick);
+                        members.rename(&conn_id, &nick);
                         let old = old_nick.unwrap_or_else(|| "someone".into());
                         (
                             LineKind::NickChange,
@@ -256,6 +339,15 @@ impl App {
                 });
                 let text = format!("{}: {message}", code.as_str());
                 match failed {
+                    // The network gave up retrying a send that may have
+                    // gone through: do not claim it did not.
+                    Some((i, sent)) if code == ErrorCode::Timeout => {
+                        let line = self.local_line(
+                            LineKind::Error,
+                            &format!("maybe not sent ({text}); it shows here if it was: {sent}"),
+                        );
+                        self.push_line(i, line);
+                    }
                     Some((i, sent)) => {
                         let line =
                             self.local_line(LineKind::Error, &format!("not sent ({text}): {sent}"));
@@ -273,9 +365,23 @@ impl App {
             return;
         };
         let r = &mut self.rooms[i];
+        if !m.epoch.is_empty() && m.epoch != r.epoch {
+            // Another epoch (replay across one, or a `reset` this client
+            // missed): its offsets do not compare with ours. The network
+            // session adopts it the same way.
+            self.settle_confirmed(i, None);
+            let r = &mut self.rooms[i];
+            r.epoch.clone_from(&m.epoch);
+            r.last_offset = None;
+        }
+        let r = &mut self.rooms[i];
         if r.last_offset.is_some_and(|last| m.offset <= last) {
             return;
         }
+        // Our own lines confirmed below this offset whose delivery did not
+        // come: they go in before it.
+        self.settle_confirmed(i, Some(m.offset.saturating_sub(1)));
+        let r = &mut self.rooms[i];
         r.last_offset = Some(m.offset);
         r.note_talker(&m.nick);
         let echoed = m.id.as_deref().and_then(|id| r.take_pending(id)).is_some();
@@ -309,5 +415,59 @@ impl App {
             offset: Some(m.offset),
         };
         self.push_line(i, line);
+    }
+
+    /// Room `i` moved to a new epoch: what was published after offset
+    /// `after` of the old one may be lost. Said once, as a warning line.
+    fn new_epoch(&mut self, i: usize, epoch: &str, after: u64) {
+        self.settle_confirmed(i, None);
+        let r = &mut self.rooms[i];
+        r.epoch = epoch.to_string();
+        r.last_offset = None;
+        // Everything of the new epoch is news, whatever its offsets.
+        r.quiet_until = 0;
+        let text = if after > 0 {
+            format!("server restarted its history: messages after #{after} may be lost")
+        } else {
+            "server restarted its history: messages may have been lost".to_string()
+        };
+        let line = self.local_line(LineKind::Gap, &text);
+        self.push_line(i, line);
+    }
+
+    /// Move our own lines that the server confirmed at an offset at or
+    /// below `upto` (all for `None`) into the scrollback: the room has
+    /// moved past them without their delivery. A line keeps its offset
+    /// only where that is still in order (and then counts as shown, so a
+    /// late delivery does not show it twice).
+    fn settle_confirmed(&mut self, i: usize, upto: Option<u64>) {
+        let mut lines = self.rooms[i].take_confirmed(upto);
+        lines.sort_by_key(|l| match l.kind {
+            LineKind::Pending { confirmed, .. } => confirmed,
+            _ => None,
+        });
+        for l in lines {
+            let LineKind::Pending {
+                action, confirmed, ..
+            } = l.kind
+            else {
+                continue;
+            };
+            let r = &mut self.rooms[i];
+            let offset = confirmed.filter(|o| r.last_offset.is_none_or(|last| *o > last));
+            if offset.is_some() {
+                r.last_offset = offset;
+            }
+            let line = Line {
+                kind: LineKind::Message {
+                    own: true,
+                    action,
+                    mention: false,
+                },
+                offset,
+                ..l
+            };
+            self.push_line(i, line);
+        }
     }
 }

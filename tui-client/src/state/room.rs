@@ -6,10 +6,9 @@
 //! the offset grows by the rows that line takes, so what the reader is
 //! looking at stays put.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 
-use chat_protocol::Member;
-
+use super::members::Members;
 use crate::layout;
 
 /// What a line is, which decides how it is drawn.
@@ -31,6 +30,12 @@ pub enum LineKind {
         /// When it was written on a live connection (reset by every
         /// reconnect): past [`CONFIRM_LIMIT`] the user is told.
         since: std::time::Instant,
+        /// The offset the server says it got (a `sent` for a retry it had
+        /// already applied) while its delivery has not arrived yet. The
+        /// line stays here until that delivery comes, so that it shows
+        /// once and in order; should the room move past the offset without
+        /// it, the line goes into the scrollback as it is.
+        confirmed: Option<u64>,
     },
     Join,
     Leave,
@@ -63,75 +68,6 @@ pub struct Line {
     pub app_id: Option<String>,
     /// The room offset of a message.
     pub offset: Option<u64>,
-}
-
-/// The members of a room, sorted by nick for display and keyed by
-/// connection so that one person with two connections shows twice and a
-/// leave removes the right one. Both maps keep updates O(log n), which
-/// matters in a room with thousands of members joining and leaving.
-#[derive(Debug, Default, Clone)]
-pub struct Members {
-    sorted: BTreeMap<(String, String), Member>,
-    by_conn: HashMap<String, (String, String)>,
-    /// Members the server counted but did not list (a big room's
-    /// `members` frame lists only the first ones).
-    unlisted: usize,
-}
-
-impl Members {
-    /// Replace the whole list (a `members` frame); `total` is the server's
-    /// count, which can exceed the members listed.
-    pub fn set(&mut self, members: Vec<Member>, total: usize) {
-        self.sorted.clear();
-        self.by_conn.clear();
-        for m in members {
-            self.add(m);
-        }
-        self.unlisted = total.saturating_sub(self.sorted.len());
-    }
-
-    /// How many members the room has, listed or not.
-    pub fn count(&self) -> usize {
-        self.sorted.len() + self.unlisted
-    }
-
-    /// Add or update one member. Names from the network are made
-    /// terminal-safe here, once, since the sidebar draws them every frame.
-    pub fn add(&mut self, mut m: Member) {
-        m.nick = crate::wrap::sanitize(&m.nick);
-        m.app_id = crate::wrap::sanitize(&m.app_id);
-        self.remove(&m.conn_id);
-        let key = (m.nick.to_lowercase(), m.conn_id.clone());
-        self.by_conn.insert(m.conn_id.clone(), key.clone());
-        self.sorted.insert(key, m);
-    }
-
-    /// Remove a member by connection; returns it if it was there.
-    pub fn remove(&mut self, conn_id: &str) -> Option<Member> {
-        let key = self.by_conn.remove(conn_id)?;
-        self.sorted.remove(&key)
-    }
-
-    /// A member changed nick.
-    pub fn rename(&mut self, conn_id: &str, nick: &str) {
-        if let Some(mut m) = self.remove(conn_id) {
-            m.nick = crate::wrap::sanitize(nick);
-            self.add(m);
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.sorted.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.sorted.is_empty()
-    }
-
-    /// Members in nick order.
-    pub fn iter(&self) -> impl Iterator<Item = &Member> {
-        self.sorted.values()
-    }
 }
 
 /// Most nicks remembered as having spoken in a room; past it the set
@@ -175,8 +111,11 @@ pub struct Room {
     /// The server confirmed a join at least once (later joins are resumes).
     pub ever_joined: bool,
     /// The last message offset shown: a safety net against duplicates (the
-    /// network session already drops them).
+    /// network session already drops them). `None` again when the room
+    /// moves to a new epoch: offsets compare only within one.
     pub last_offset: Option<u64>,
+    /// The epoch of `last_offset` (empty: a server without epochs).
+    pub epoch: String,
     /// Offsets up to this one are history replay of a fresh join, which is
     /// not "unread".
     pub quiet_until: u64,
@@ -198,6 +137,7 @@ impl Room {
             joined: false,
             ever_joined: false,
             last_offset: None,
+            epoch: String::new(),
             quiet_until: 0,
             capacity: capacity.max(1),
         }
@@ -246,6 +186,19 @@ impl Room {
             .iter()
             .position(|l| matches!(&l.kind, LineKind::Pending { id: p, .. } if p == id))?;
         Some(self.pending.remove(i))
+    }
+
+    /// Take the local echoes the server confirmed at an offset at or below
+    /// `upto` (all of them for `None`): their delivery will not come in
+    /// order any more.
+    pub fn take_confirmed(&mut self, upto: Option<u64>) -> Vec<Line> {
+        let passed = |l: &Line| {
+            matches!(l.kind, LineKind::Pending { confirmed: Some(o), .. }
+                if upto.is_none_or(|u| o <= u))
+        };
+        let (taken, keep) = self.pending.drain(..).partition(passed);
+        self.pending = keep;
+        taken
     }
 
     /// Every line from the newest (pending echoes first) to the oldest.
@@ -397,27 +350,5 @@ mod tests {
                 LineKind::Info
             ]
         );
-    }
-
-    #[test]
-    fn members_track_connections() {
-        let m = |c: &str, n: &str| Member {
-            conn_id: c.into(),
-            nick: n.into(),
-            app_id: "app1".into(),
-        };
-        let mut ms = Members::default();
-        ms.set(vec![m("1", "zed"), m("2", "Ann"), m("3", "bob")], 3);
-        ms.add(m("4", "ann"));
-        let nicks: Vec<_> = ms.iter().map(|m| m.nick.as_str()).collect();
-        assert_eq!(nicks, vec!["Ann", "ann", "bob", "zed"]);
-        ms.rename("1", "aaron");
-        assert_eq!(ms.iter().next().unwrap().nick, "aaron");
-        assert!(ms.remove("2").is_some());
-        assert!(ms.remove("2").is_none());
-        assert_eq!(ms.len(), 3);
-        // A big room lists only some members; the count is the server's.
-        ms.set(vec![m("1", "zed"), m("2", "Ann")], 250);
-        assert_eq!((ms.len(), ms.count()), (2, 250));
     }
 }

@@ -119,7 +119,16 @@ fn render_row(
         ]);
     }
     let dim = Style::new().fg(Color::DarkGray);
-    let time = if matches!(line.kind, LineKind::Pending { .. }) {
+    let time = if matches!(
+        line.kind,
+        LineKind::Pending {
+            confirmed: Some(_),
+            ..
+        }
+    ) {
+        // The server has it; its delivery is on the way.
+        pad_right("sent", TIME_COL)
+    } else if matches!(line.kind, LineKind::Pending { .. }) {
         pad_right("sending", TIME_COL)
     } else {
         pad_right(&line.time, TIME_COL)

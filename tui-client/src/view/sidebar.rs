@@ -64,8 +64,9 @@ pub(super) fn rooms(app: &App, area: Rect, buf: &mut Buffer) {
     }
 }
 
-/// The member list of the room shown, in nick order; only what fits is
-/// drawn, so thousands of members cost nothing.
+/// The member list of the room shown, in nick order, each nick once
+/// however many connections it has; only what fits is drawn, so
+/// thousands of members cost nothing.
 pub(super) fn members(app: &App, area: Rect, buf: &mut Buffer) {
     if area.width < 2 || area.height == 0 {
         return;
@@ -95,20 +96,21 @@ pub(super) fn members(app: &App, area: Rect, buf: &mut Buffer) {
     for (i, m) in room.members.iter().take(shown).enumerate() {
         let y = inner.y + 1 + i as u16;
         let mut spans = vec![Span::raw(" ")];
-        let mut nick_style = Style::new().fg(nick_color(&m.nick));
+        let mut nick_style = Style::new().fg(nick_color(m.nick));
         if m.nick == app.nick {
             nick_style = nick_style.bold();
         }
         if app.show_app_ids {
-            let w = (inner.width as usize).saturating_sub(2 + m.app_id.len() + 1);
-            spans.push(Span::styled(wrap::truncate(&m.nick, w), nick_style));
+            let apps = m.app_ids.join(",");
+            let w = (inner.width as usize).saturating_sub(2 + apps.len() + 1);
+            spans.push(Span::styled(wrap::truncate(m.nick, w), nick_style));
             spans.push(Span::styled(
-                format!(" {}", m.app_id),
+                format!(" {apps}"),
                 Style::new().fg(Color::DarkGray),
             ));
         } else {
             let w = (inner.width as usize).saturating_sub(1);
-            spans.push(Span::styled(wrap::truncate(&m.nick, w), nick_style));
+            spans.push(Span::styled(wrap::truncate(m.nick, w), nick_style));
         }
         buf.set_line(inner.x, y, &Line::from(spans), inner.width);
     }

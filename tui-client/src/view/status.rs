@@ -112,7 +112,21 @@ pub fn render(app: &App, area: Rect, buf: &mut Buffer) {
         spans.push(Span::raw("act:"));
         spans.extend(act);
     }
-    let waiting: usize = app.rooms.iter().map(|r| r.pending.len()).sum();
+    // Lines the server already confirmed are not waiting to be sent.
+    let waiting: usize = app
+        .rooms
+        .iter()
+        .flat_map(|r| &r.pending)
+        .filter(|l| {
+            matches!(
+                l.kind,
+                crate::state::room::LineKind::Pending {
+                    confirmed: None,
+                    ..
+                }
+            )
+        })
+        .count();
     if waiting > 0 && app.conn != ConnStatus::Connected {
         spans.push(sep());
         spans.push(Span::styled(

@@ -1,15 +1,23 @@
 //! Resume and deduplication rules of [`Session`].
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chat_protocol::{ChatMessage, ClientFrame, ErrorCode, ServerFrame};
 
 use super::*;
 
+/// The epoch of the helpers' frames.
+const E1: &str = "e1";
+
 fn msg(room: &str, offset: u64, id: Option<&str>) -> ServerFrame {
+    msg_in(room, E1, offset, id)
+}
+
+fn msg_in(room: &str, epoch: &str, offset: u64, id: Option<&str>) -> ServerFrame {
     ServerFrame::Message(ChatMessage {
         room: room.into(),
         offset,
+        epoch: epoch.into(),
         nick: "ann".into(),
         text: format!("m{offset}"),
         app_id: "app1".into(),
@@ -20,9 +28,15 @@ fn msg(room: &str, offset: u64, id: Option<&str>) -> ServerFrame {
 }
 
 fn joined(room: &str, head: u64) -> ServerFrame {
+    joined_in(room, E1, head, None)
+}
+
+fn joined_in(room: &str, epoch: &str, head: u64, recovered: Option<bool>) -> ServerFrame {
     ServerFrame::Joined {
         room: room.into(),
         head,
+        epoch: epoch.into(),
+        recovered,
     }
 }
 
@@ -47,6 +61,7 @@ fn first_connect_asks_for_history_then_resumes_from_the_last_offset() {
     assert!(s.observe(&msg("lobby", 51, None)));
     assert!(s.observe(&msg("lobby", 52, None)));
     assert_eq!(s.connect_params()[2], ("since", "52".to_string()));
+    assert_eq!(s.connect_params()[3], ("epoch", E1.to_string()));
 }
 
 #[test]
@@ -108,6 +123,7 @@ fn every_room_resumes_from_its_own_offset_after_a_reconnect() {
             ClientFrame::Join {
                 room: "b".into(),
                 since: Some(1),
+                epoch: Some(E1.into()),
                 history: None
             },
             // Joined with replay but nothing arrived yet: resume from the
@@ -115,6 +131,7 @@ fn every_room_resumes_from_its_own_offset_after_a_reconnect() {
             ClientFrame::Join {
                 room: "c".into(),
                 since: Some(0),
+                epoch: Some(E1.into()),
                 history: None
             },
         ]
@@ -226,44 +243,234 @@ fn sends_go_anyway_when_replay_never_reaches_the_head() {
 }
 
 #[test]
-fn offsets_that_go_backwards_reset_the_resume_point() {
+fn without_epochs_offsets_that_go_backwards_reset_the_resume_point() {
     let mut s = Session::new("alice", "a", 0);
     s.on_connected();
-    s.observe(&joined("a", 500));
-    assert!(s.observe(&msg("a", 501, None)));
+    s.observe(&joined_in("a", "", 500, None));
+    assert!(s.observe(&msg_in("a", "", 501, None)));
     // Reconnect to a cluster whose Redis restarted empty.
     s.on_connected();
-    s.observe(&joined("a", 2));
+    s.observe(&joined_in("a", "", 2, None));
     assert!(
-        s.observe(&msg("a", 3, None)),
+        s.observe(&msg_in("a", "", 3, None)),
         "new messages are not duplicates"
     );
+    assert!(!s.observe(&msg_in("a", "", 3, None)));
 }
 
 #[test]
-fn unavailable_sends_are_retried_quietly_then_reported() {
+fn refused_sends_are_retried_quietly_with_a_growing_delay_then_reported() {
+    for code in [ErrorCode::Unavailable, ErrorCode::Timeout] {
+        let mut s = Session::new("alice", "a", 0);
+        s.on_connected();
+        s.observe(&joined("a", 0));
+        s.enqueue(out("c1", "a")).unwrap();
+        let refusal = ServerFrame::Error {
+            code,
+            message: "redis".into(),
+            id: Some("c1".into()),
+        };
+        let mut at = Instant::now();
+        for n in 1..=SEND_RETRIES {
+            match s.next_sendable(at) {
+                Some(ClientFrame::Send { id: Some(id), .. }) => assert_eq!(id, "c1", "same id"),
+                other => panic!("{code:?} try {n}: {other:?}"),
+            }
+            assert!(
+                !s.observe(&refusal),
+                "{code:?} try {n} is retried, not shown"
+            );
+            let now = Instant::now();
+            assert!(!s.has_sendable(now), "not at once");
+            assert!(s.next_sendable(now).is_none(), "not at once");
+            let due = s.next_retry(now).expect("a retry timer");
+            assert!(due >= now + send_retry_delay(n) - Duration::from_millis(50));
+            assert!(s.next_retry(due).is_none(), "past moments are not timers");
+            at = due;
+        }
+        assert!(s.next_sendable(at).is_some());
+        assert!(s.observe(&refusal), "the last refusal reaches the user");
+        assert!(s.outbox.is_empty());
+    }
+    assert_eq!(send_retry_delay(1), SEND_RETRY_DELAY);
+    assert_eq!(send_retry_delay(2), SEND_RETRY_DELAY * 2);
+    assert_eq!(send_retry_delay(30), SEND_RETRY_CAP);
+}
+
+#[test]
+fn a_line_waiting_for_a_retry_does_not_hold_up_or_jump_with_others() {
     let mut s = Session::new("alice", "a", 0);
     s.on_connected();
     s.observe(&joined("a", 0));
     s.enqueue(out("c1", "a")).unwrap();
-    let unavailable = ServerFrame::Error {
-        code: ErrorCode::Unavailable,
-        message: "redis down".into(),
+    s.next_sendable(Instant::now()).unwrap();
+    s.observe(&ServerFrame::Error {
+        code: ErrorCode::Timeout,
+        message: "slow redis".into(),
         id: Some("c1".into()),
-    };
-    let later =
-        |n: u32| Instant::now() + UNAVAILABLE_DELAY * n + std::time::Duration::from_millis(10);
-    for n in 1..=UNAVAILABLE_RETRIES {
-        assert!(s.next_sendable(later(n)).is_some(), "try {n}");
-        assert!(!s.observe(&unavailable), "try {n} is retried, not shown");
-        assert!(!s.has_sendable(Instant::now()), "not at once");
-        assert!(s.next_retry(Instant::now()).is_some());
-        assert!(
-            s.next_retry(later(n + 1)).is_none(),
-            "past moments are not timers"
-        );
+    });
+    s.enqueue(out("c2", "a")).unwrap();
+    match s.next_sendable(Instant::now()) {
+        Some(ClientFrame::Send { id: Some(id), .. }) => assert_eq!(id, "c2"),
+        other => panic!("{other:?}"),
     }
-    assert!(s.next_sendable(later(UNAVAILABLE_RETRIES + 1)).is_some());
-    assert!(s.observe(&unavailable), "the last refusal reaches the user");
-    assert!(s.outbox.is_empty());
+    assert!(
+        s.next_sendable(Instant::now()).is_none(),
+        "c1 waits its turn"
+    );
+}
+
+#[test]
+fn a_timeout_retried_and_answered_as_duplicate_is_delivered_once() {
+    let mut s = Session::new("alice", "a", 0);
+    s.on_connected();
+    s.observe(&joined("a", 10));
+    s.enqueue(out("c1", "a")).unwrap();
+    s.next_sendable(Instant::now()).unwrap();
+    // Redis applied it but answered too late.
+    assert!(!s.observe(&ServerFrame::Error {
+        code: ErrorCode::Timeout,
+        message: "redis did not answer".into(),
+        id: Some("c1".into()),
+    }));
+    let due = s.next_retry(Instant::now()).unwrap();
+    assert!(matches!(
+        s.next_sendable(due),
+        Some(ClientFrame::Send { id: Some(ref i), .. }) if i == "c1"
+    ));
+    let sent = ServerFrame::Sent {
+        room: "a".into(),
+        id: "c1".into(),
+        offset: 11,
+        epoch: E1.into(),
+        duplicate: true,
+    };
+    assert!(s.observe(&sent), "the UI learns it went out");
+    assert!(s.outbox.is_empty(), "delivered: never sent again");
+    // The original delivery comes after all (live or by resume): shown once.
+    assert!(s.observe(&msg("a", 11, Some("c1"))));
+    assert!(!s.observe(&msg("a", 11, Some("c1"))));
+    s.on_connected();
+    s.observe(&joined("a", 11));
+    assert!(s.next_sendable(Instant::now()).is_none());
+}
+
+#[test]
+fn resume_carries_the_epoch_and_a_new_epoch_is_adopted_not_dropped() {
+    let mut s = Session::new("alice", "a", 0);
+    s.join("b");
+    s.on_connected();
+    s.observe(&joined("a", 100));
+    s.observe(&joined("b", 7));
+    assert!(s.observe(&msg("b", 8, None)));
+    let joins = s.on_connected();
+    assert_eq!(
+        joins,
+        vec![ClientFrame::Join {
+            room: "b".into(),
+            since: Some(8),
+            epoch: Some(E1.into()),
+            history: None
+        }]
+    );
+    s.observe(&joined("a", 100));
+    s.observe(&joined("b", 8));
+    // Redis failed over: the new epoch's offsets are lower (they need not
+    // be, but nothing may rely on it). Not duplicates.
+    assert!(s.observe(&msg_in("b", "e2", 3, None)));
+    assert_eq!(s.room("b").unwrap().epoch, "e2");
+    assert!(s.observe(&msg_in("b", "e2", 4, None)));
+    assert!(!s.observe(&msg_in("b", "e2", 4, None)), "dedup within e2");
+    assert_eq!(
+        s.on_connected()[0],
+        ClientFrame::Join {
+            room: "b".into(),
+            since: Some(4),
+            epoch: Some("e2".into()),
+            history: None
+        }
+    );
+}
+
+#[test]
+fn a_reset_adopts_the_new_epoch_and_its_offsets_are_new() {
+    let mut s = Session::new("alice", "a", 0);
+    s.on_connected();
+    s.observe(&joined("a", 500));
+    assert!(s.observe(&msg("a", 501, None)));
+    assert!(s.observe(&ServerFrame::Reset {
+        room: "a".into(),
+        epoch: "e2".into(),
+        previous: E1.into(),
+        last: 501,
+    }));
+    let r = s.room("a").unwrap();
+    assert_eq!((r.epoch.as_str(), r.last_in_epoch), ("e2", false));
+    // Dropped before anything of e2 arrived: resume after what was seen,
+    // in the epoch the user has been told about.
+    assert_eq!(
+        s.connect_params()[2..],
+        [("since", "501".to_string()), ("epoch", "e2".to_string())]
+    );
+    assert_eq!(
+        s.join_params(s.room("a").unwrap()),
+        JoinParams {
+            since: Some(501),
+            epoch: Some("e2".into()),
+            history: None
+        }
+    );
+    assert!(s.observe(&msg_in("a", "e2", 12, None)), "lower, yet new");
+    assert!(s.observe(&msg_in("a", "e2", 13, None)));
+    assert!(!s.observe(&msg_in("a", "e2", 12, None)));
+    // A second reset to the same epoch changes nothing.
+    s.observe(&ServerFrame::Reset {
+        room: "a".into(),
+        epoch: "e2".into(),
+        previous: E1.into(),
+        last: 501,
+    });
+    assert!(!s.observe(&msg_in("a", "e2", 13, None)));
+}
+
+#[test]
+fn a_resume_into_another_epoch_takes_the_replay_as_new() {
+    // Whether the server says `recovered: false` or only names another
+    // epoch (a server that does not read ours).
+    for recovered in [Some(false), None] {
+        let mut s = Session::new("alice", "a", 0);
+        s.on_connected();
+        s.observe(&joined("a", 500));
+        assert!(s.observe(&msg("a", 501, None)));
+        s.on_connected();
+        s.observe(&joined_in("a", "e2", 40, recovered));
+        let r = s.room("a").unwrap();
+        assert_eq!((r.epoch.as_str(), r.last_in_epoch), ("e2", false));
+        // Replay: what the old epoch still held after 501, then the new.
+        assert!(s.observe(&msg("a", 502, None)));
+        assert!(s.observe(&msg_in("a", "e2", 39, None)));
+        assert!(s.observe(&msg_in("a", "e2", 40, None)));
+        assert!(!s.observe(&msg_in("a", "e2", 40, None)));
+        assert!(s.room("a").unwrap().caught_up(Instant::now()));
+    }
+}
+
+#[test]
+fn a_gap_after_a_reset_is_the_new_resume_point() {
+    let mut s = Session::new("alice", "a", 0);
+    s.on_connected();
+    s.observe(&joined("a", 500));
+    s.observe(&ServerFrame::Reset {
+        room: "a".into(),
+        epoch: "e2".into(),
+        previous: E1.into(),
+        last: 500,
+    });
+    s.observe(&ServerFrame::Gap {
+        room: "a".into(),
+        from: 10,
+        to: 20,
+    });
+    assert!(!s.observe(&msg_in("a", "e2", 20, None)));
+    assert!(s.observe(&msg_in("a", "e2", 21, None)));
 }

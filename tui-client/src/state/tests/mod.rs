@@ -1,6 +1,7 @@
 //! App-state tests. This file: helpers, commands, keys, scrolling, input.
 //! `network.rs`: what network events do (unread counts, resume and dedup as
-//! the user sees them, reconnect notices, presence, errors).
+//! the user sees them, reconnect notices, presence, errors). `faults.rs`:
+//! epochs, retried sends, unique ids and presence across a failover.
 
 use std::time::Instant;
 
@@ -35,6 +36,8 @@ fn app() -> App {
     a.update(frame(ServerFrame::Joined {
         room: "lobby".into(),
         head: 0,
+        epoch: "e1".into(),
+        recovered: None,
     }));
     a
 }
@@ -56,6 +59,7 @@ fn msg(room: &str, offset: u64, nick: &str, text: &str) -> Event {
     frame(ServerFrame::Message(ChatMessage {
         room: room.into(),
         offset,
+        epoch: "e1".into(),
         nick: nick.into(),
         text: text.into(),
         app_id: "app2".into(),
@@ -108,6 +112,7 @@ fn typing_text_sends_it_with_a_pending_echo_until_the_server_echoes() {
     let mut echo = ChatMessage {
         room: "lobby".into(),
         offset: 1,
+        epoch: "e1".into(),
         nick: "alice".into(),
         text: "héllo 日本".into(),
         app_id: "app1".into(),
@@ -329,6 +334,7 @@ fn app_id_toggle() {
     assert!(!a.show_app_ids);
 }
 
+mod faults;
 mod network;
 
 #[test]

@@ -15,6 +15,8 @@ fn unread_counts_only_new_messages_in_other_rooms() {
     a.update(frame(ServerFrame::Joined {
         room: "rust".into(),
         head: 10,
+        epoch: "e1".into(),
+        recovered: None,
     }));
     a.update(alt('1'));
     for o in 8..=10 {
@@ -172,7 +174,7 @@ fn presence_updates_members_and_shows_lines() {
     assert!(last_text(&a).contains("bob is now known as robert"));
     a.update(presence(PresenceEvent::Leave, "c3", "carol", None));
     assert_eq!(a.room().lines.back().unwrap().kind, LineKind::Leave);
-    let nicks: Vec<_> = a.room().members.iter().map(|m| m.nick.clone()).collect();
+    let nicks: Vec<_> = a.room().members.iter().map(|p| p.nick).collect();
     assert_eq!(nicks, vec!["alice", "robert"]);
     // /who asks the server and prints the answer.
     assert_eq!(
@@ -227,6 +229,8 @@ fn a_marker_shows_where_unread_lines_start() {
     a.update(frame(ServerFrame::Joined {
         room: "rust".into(),
         head: 0,
+        epoch: "e1".into(),
+        recovered: None,
     }));
     a.update(msg("rust", 1, "bob", "seen"));
     a.update(alt('1'));
@@ -256,13 +260,16 @@ fn a_marker_shows_where_unread_lines_start() {
 }
 
 #[test]
-fn offsets_going_backwards_are_reported_and_do_not_hide_new_messages() {
+fn without_epochs_offsets_going_backwards_are_reported_and_do_not_hide_new_messages() {
     let mut a = app();
     a.update(msg("lobby", 900, "bob", "old world"));
     a.update(Event::Net(welcome("app1")));
+    // A server that names no epochs.
     a.update(frame(ServerFrame::Joined {
         room: "lobby".into(),
         head: 0,
+        epoch: String::new(),
+        recovered: None,
     }));
     assert!(last_text(&a).contains("history of this room was reset"));
     a.update(msg("lobby", 1, "bob", "new world"));
@@ -312,6 +319,8 @@ fn replayed_mentions_do_not_ring() {
     a.update(frame(ServerFrame::Joined {
         room: "rust".into(),
         head: 5,
+        epoch: "e1".into(),
+        recovered: None,
     }));
     a.mentioned = false;
     a.update(msg("rust", 4, "bob", "alice: old news"));
@@ -379,6 +388,7 @@ fn date_separators_name_the_day_of_the_lines_that_follow() {
         frame(ServerFrame::Message(chat_protocol::ChatMessage {
             room: "lobby".into(),
             offset,
+            epoch: "e1".into(),
             nick: "bob".into(),
             text: format!("m{offset}"),
             app_id: "app1".into(),
