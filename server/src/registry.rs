@@ -4,8 +4,13 @@
 //! When an instance disappears (its heartbeat expired: killed, or cut off),
 //! the survivors remove its members from the rooms they share and announce
 //! the leaves. Removal is an `HDEL`, so exactly one survivor announces each.
+//!
+//! An instance counts as dead only once it has been missing for two of our
+//! beats in a row: when Redis stalls (SIGSTOP, a long fork) every heartbeat
+//! expires at once, and the first instance to beat afterwards must not
+//! declare the others dead before they had a chance to beat again.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
@@ -19,13 +24,15 @@ pub async fn run(state: AppState) {
     let mut tick = tokio::time::interval(state.config.heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut beats: u64 = 0;
+    // Boot id -> the beat it was last seen live at.
+    let mut seen: HashMap<String, u64> = HashMap::new();
     loop {
         tokio::select! {
             _ = state.shutdown.cancelled() => break,
             _ = tick.tick() => {}
         }
         beats += 1;
-        if let Err(e) = beat(&state, beats).await {
+        if let Err(e) = beat(&state, beats, &mut seen).await {
             tracing::warn!(error = %e, "instance heartbeat failed");
         }
     }
@@ -34,7 +41,11 @@ pub async fn run(state: AppState) {
     }
 }
 
-async fn beat(state: &AppState, beats: u64) -> Result<(), crate::store::StoreError> {
+async fn beat(
+    state: &AppState,
+    beats: u64,
+    seen: &mut HashMap<String, u64>,
+) -> Result<(), crate::store::StoreError> {
     let info = InstanceInfo {
         app_id: state.app_id.clone(),
         boot: state.boot.clone(),
@@ -48,12 +59,15 @@ async fn beat(state: &AppState, beats: u64) -> Result<(), crate::store::StoreErr
         .store
         .heartbeat(&info, state.config.instance_ttl)
         .await?;
-    let live: HashSet<String> = state
-        .store
-        .instances()
-        .await?
-        .into_iter()
-        .map(|i| i.boot)
+    for i in state.store.instances().await? {
+        seen.insert(i.boot, beats);
+    }
+    // Live: seen at this beat or the one before (see the module docs).
+    seen.retain(|_, at| beats.saturating_sub(*at) < 100);
+    let live: HashSet<String> = seen
+        .iter()
+        .filter(|(_, at)| beats.saturating_sub(**at) <= 1)
+        .map(|(b, _)| b.clone())
         .collect();
     let previous = state.set_live(Arc::new(live.clone()));
     let lost_one = previous.iter().any(|b| !live.contains(b));
