@@ -263,7 +263,10 @@ fn spliced_message_is_a_message_frame() {
     let frame = splice(42, "e1", &tail);
     assert_eq!(peek_offset(frame.as_bytes()), Some(42));
     assert_eq!(peek_epoch(frame.as_bytes()), Some("e1"));
-    assert_eq!(peek_epoch(br#"{"type":"message","offset":4,"room":"x"}"#), None);
+    assert_eq!(
+        peek_epoch(br#"{"type":"message","offset":4,"room":"x"}"#),
+        None
+    );
     let parsed: ServerFrame = serde_json::from_str(&frame).unwrap();
     assert_eq!(
         parsed,
