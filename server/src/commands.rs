@@ -300,7 +300,11 @@ impl Session {
         from: Option<(String, u64)>,
         hist: History,
     ) -> Result<(), End> {
-        let Head { epoch: head_epoch, head, .. } = hist.head;
+        let Head {
+            epoch: head_epoch,
+            head,
+            ..
+        } = hist.head;
         // `since: 0` asks for everything history holds: nothing is missing.
         if let Some((epoch, since)) = from.as_ref().filter(|(_, s)| *s > 0) {
             let wanted_from = since.saturating_add(1);
@@ -379,7 +383,14 @@ impl Session {
     }
 
     fn presence(&self, room: &str, event: PresenceEvent, old_nick: Option<String>) -> String {
-        presence_frame(&self.state, room, event, &self.conn_id, &self.nick, old_nick)
+        presence_frame(
+            &self.state,
+            room,
+            event,
+            &self.conn_id,
+            &self.nick,
+            old_nick,
+        )
     }
 
     /// Record our presence entry and announce a join or nick change.
@@ -414,7 +425,10 @@ impl Session {
         action: bool,
     ) -> Result<Option<SendJob>, End> {
         if let Some(Err(e)) = id.as_deref().map(validate_id) {
-            return conn.error(ErrorCode::BadFrame, e, None).await.map(|()| None);
+            return conn
+                .error(ErrorCode::BadFrame, e, None)
+                .await
+                .map(|()| None);
         }
         let room = match room {
             Some(r) if self.position(&r).is_some() => r,
@@ -425,26 +439,32 @@ impl Session {
                         format!("join {r:?} before sending to it"),
                         id,
                     )
-                    .await.map(|()| None)
+                    .await
+                    .map(|()| None)
             }
             None => match self.current() {
                 Some(j) => j.name.clone(),
                 None => {
                     return conn
                         .error(ErrorCode::NotInRoom, "join a room first", id)
-                        .await.map(|()| None)
+                        .await
+                        .map(|()| None)
                 }
             },
         };
         if text.is_empty() {
             return conn
                 .error(ErrorCode::EmptyMessage, "empty message", id)
-                .await.map(|()| None);
+                .await
+                .map(|()| None);
         }
         let max = self.state.config.max_message_bytes;
         if text.len() > max {
             let msg = format!("message is {} bytes; the limit is {max}", text.len());
-            return conn.error(ErrorCode::MessageTooLarge, msg, id).await.map(|()| None);
+            return conn
+                .error(ErrorCode::MessageTooLarge, msg, id)
+                .await
+                .map(|()| None);
         }
         let tail = encode_tail(&MessageTail {
             room: &room,

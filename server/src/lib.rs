@@ -172,7 +172,11 @@ pub async fn run(
         config.idempotency_ttl,
     )
     .with_context(|| format!("bad redis url {}", config.redis_url))?;
-    let hub = Hub::new(metrics.clone(), Duration::from_secs(3), config.probe_timeout);
+    let hub = Hub::new(
+        metrics.clone(),
+        Duration::from_secs(3),
+        config.probe_timeout,
+    );
     let boot = format!(
         "{:06x}",
         (now_nanos() ^ std::process::id().rotate_left(16)) & 0xff_ffff

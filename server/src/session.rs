@@ -319,11 +319,7 @@ fn read_error(e: WsError) -> End {
 }
 
 /// Handle one inbound WebSocket message.
-async fn inbound(
-    session: &mut Session,
-    conn: &mut Conn,
-    msg: Msg,
-) -> Result<Option<SendJob>, End> {
+async fn inbound(session: &mut Session, conn: &mut Conn, msg: Msg) -> Result<Option<SendJob>, End> {
     let text = match msg {
         Msg::Text(t) => t,
         Msg::Binary(_) => {

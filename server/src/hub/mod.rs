@@ -249,7 +249,12 @@ impl Hub {
             if offset > expected {
                 let gap = gap_frame(room, expected, offset - 1);
                 self.shared.metrics.gaps.fetch_add(1, Relaxed);
-                tracing::warn!(room, from = expected, to = offset - 1, "messages lost to every local member: sending a gap notice");
+                tracing::warn!(
+                    room,
+                    from = expected,
+                    to = offset - 1,
+                    "messages lost to every local member: sending a gap notice"
+                );
                 push(&self.shared.metrics, r, 0, gap);
             }
         } else {

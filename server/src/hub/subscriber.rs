@@ -191,7 +191,12 @@ impl Hub {
                 match self.step(room, offset, epoch) {
                     Step::Next => self.deliver_chat(room, offset, epoch, frame),
                     Step::Repair => {
-                        tracing::warn!(room, offset, epoch, "dropping a frame of an epoch redis does not report")
+                        tracing::warn!(
+                            room,
+                            offset,
+                            epoch,
+                            "dropping a frame of an epoch redis does not report"
+                        )
                     }
                     Step::Duplicate | Step::Gone => {}
                 }
@@ -258,7 +263,12 @@ impl Hub {
                 self.switch_epoch(room, r, &head.epoch, head.head);
             } else if r.last_offset < head.head {
                 let from = r.last_offset.saturating_add(1);
-                tracing::warn!(room, from, to = head.head, "messages lost to every local member: sending a gap notice");
+                tracing::warn!(
+                    room,
+                    from,
+                    to = head.head,
+                    "messages lost to every local member: sending a gap notice"
+                );
                 self.shared.metrics.gaps.fetch_add(1, Relaxed);
                 r.last_offset = head.head;
                 super::push(
