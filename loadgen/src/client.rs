@@ -474,6 +474,9 @@ impl Session<'_> {
                 .ctx
                 .stats
                 .error("gap frame: history could not fill a hole"),
+            Some(b"reset") => self.ctx.stats.error(
+                "reset frame: the room started a new epoch (Redis lost or replaced its data)",
+            ),
             _ => {}
         }
     }
