@@ -77,7 +77,7 @@ impl Hub {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(backoff + jitter) => {}
             }
-            backoff = (backoff * 2).min(Duration::from_secs(2));
+            backoff = (backoff * 2).min(Duration::from_secs(1));
         }
     }
 

@@ -20,10 +20,14 @@
 //! rely on that (consumers compare offsets only within one epoch).
 //!
 //! # Idempotency
-//! A send with an id stores `"<offset> <epoch>"` under
-//! `chat:{room}:idem:<nick length>:<nick>:<id>` with a TTL, in the same
-//! script that publishes it. A retry finds the key and gets the original
-//! offset back instead of publishing again.
+//! A send with an id stores `"<offset> <epoch>"` in the same script that
+//! publishes it, as field `<nick length>:<nick>:<id>` of a hash per room and
+//! time bucket, `chat:{room}:idem:<bucket>` (buckets of half the TTL; a
+//! bucket expires three buckets after it began). A send looks in its bucket
+//! and the two before, so an id is remembered for at least the TTL (at
+//! most 1.5 × it). A retry finds the field and gets the original offset
+//! back instead of publishing again. Fields in a few hashes cost Redis far
+//! less than one key with its own expiry per send.
 
 /// KEYS: seq, log, epoch. ARGV: run_id, new epoch, clock base.
 /// Returns the room's epoch after making sure it belongs to this Redis.
@@ -49,14 +53,17 @@ end
 /// Append to history and publish, atomically, so that offset order is
 /// publish order across every instance.
 ///
-/// KEYS: seq, log, epoch, idem. ARGV: run_id, new epoch, clock base, tail,
-/// history length, channel, idempotency TTL in ms (0: the send has no id).
+/// KEYS: seq, log, epoch, then the idempotency buckets: this one and the
+/// two before. ARGV: run_id, new epoch, clock base, tail, history length,
+/// channel, the send's field ("" if it has no id), a bucket's life in ms.
 /// Returns `{"<offset> <epoch>", duplicate}`.
 const PUBLISH: &str = r#"
-local ttl = tonumber(ARGV[7])
-if ttl > 0 then
-  local prev = redis.call('GET', KEYS[4])
-  if prev then return {prev, 1} end
+local field = ARGV[7]
+if field ~= '' then
+  for i = 4, 6 do
+    local prev = redis.call('HGET', KEYS[i], field)
+    if prev then return {prev, 1} end
+  end
 end
 local epoch = ensure()
 local id = string.format('%d', redis.call('INCR', KEYS[1]))
@@ -64,7 +71,10 @@ local frame = '{"type":"message","offset":' .. id .. ',"epoch":"' .. epoch .. '"
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[5], id .. '-0', 'f', frame)
 redis.call('PUBLISH', ARGV[6], frame)
 local res = id .. ' ' .. epoch
-if ttl > 0 then redis.call('SET', KEYS[4], res, 'PX', ttl) end
+if field ~= '' then
+  redis.call('HSET', KEYS[4], field, res)
+  if redis.call('PTTL', KEYS[4]) < 0 then redis.call('PEXPIRE', KEYS[4], ARGV[8]) end
+end
 return {res, 0}
 "#;
 

@@ -9,7 +9,7 @@
 //! |---|---|---|
 //! | `chat:{room}:seq` | string | the room's last offset |
 //! | `chat:{room}:epoch` | hash | the room's epoch, the `run_id` of the Redis that started it, its start offset (see [`lua`]) |
-//! | `chat:{room}:idem:<n>:<nick>:<id>` | string, TTL | `"<offset> <epoch>"` of a send with an id |
+//! | `chat:{room}:idem:<bucket>` | hash, TTL | `<n>:<nick>:<id>` → `"<offset> <epoch>"` of each send with an id in that time bucket |
 //! | `chat:{room}:log` | stream | bounded history; entry id `<offset>-0`, field `f` = the frame |
 //! | `chat:{room}:members` | hash | conn_id → `{"nick","app_id","boot"}` |
 //! | `chat:{room}:msgs` | channel | every message and presence frame of the room |
@@ -102,10 +102,15 @@ fn epoch_key(room: &str) -> String {
     format!("chat:{{{room}}}:epoch")
 }
 
-/// The idempotency key of a send: scoped to the room, the sender's nick
-/// and its id (the nick's length first, so no two pairs collide).
-fn idem_key(room: &str, sender: &str, id: &str) -> String {
-    format!("chat:{{{room}}}:idem:{}:{sender}:{id}", sender.len())
+/// The idempotency bucket `n` of a room (see [`lua`]).
+fn idem_key(room: &str, bucket: u64) -> String {
+    format!("chat:{{{room}}}:idem:{bucket}")
+}
+
+/// A send's field in the idempotency buckets: the sender's nick and the
+/// send's id (the nick's length first, so no two pairs collide).
+fn idem_field(sender: &str, id: &str) -> String {
+    format!("{}:{sender}:{id}", sender.len())
 }
 
 /// A fresh epoch name: 12 hex digits, unique enough that two epochs of a
@@ -274,26 +279,31 @@ impl Store {
         tail: &str,
         idem: Option<(&str, &str)>,
     ) -> StoreResult<Published> {
-        let base = crate::now_ms().saturating_mul(1000);
-        let (key, ttl) = match idem {
-            Some((nick, id)) if !self.idem_ttl.is_zero() => {
-                (idem_key(room, nick, id), self.idem_ttl.as_millis() as u64)
-            }
-            _ => (idem_key(room, "", ""), 0),
+        let now = crate::now_ms();
+        let base = now.saturating_mul(1000);
+        // Buckets of half the TTL; one lives three buckets long.
+        let width = (self.idem_ttl.as_millis() as u64 / 2).max(1);
+        let bucket = now / width;
+        let field = match idem {
+            Some((nick, id)) if !self.idem_ttl.is_zero() => idem_field(nick, id),
+            _ => String::new(),
         };
         let link = self.link().await?;
         let mut inv = self.publish.prepare_invoke();
         inv.key(seq_key(room))
             .key(log_key(room))
             .key(epoch_key(room))
-            .key(key)
+            .key(idem_key(room, bucket))
+            .key(idem_key(room, bucket.saturating_sub(1)))
+            .key(idem_key(room, bucket.saturating_sub(2)))
             .arg(&*link.run_id)
             .arg(new_epoch())
             .arg(base)
             .arg(tail)
             .arg(self.history_len)
             .arg(channel(room))
-            .arg(ttl);
+            .arg(field)
+            .arg(width.saturating_mul(3));
         let mut conn = link.conn.clone();
         let (res, dup): (String, i64) = self.timed(&link, inv.invoke_async(&mut conn)).await?;
         let (offset, epoch) = res
