@@ -32,7 +32,22 @@ struct Joined {
 
 /// A send on its way through Redis: resolves to the frame to answer with
 /// (none when the delivery itself is the answer).
-pub type SendJob = Pin<Box<dyn Future<Output = Option<ServerFrame>> + Send>>;
+pub type Publishing = Pin<Box<dyn Future<Output = Option<ServerFrame>> + Send>>;
+
+/// A send that passed its checks, for the session loop to run.
+pub struct SendJob {
+    /// The send's id, for an answer if it cannot be run.
+    pub id: Option<String>,
+    pub publishing: Publishing,
+}
+
+impl std::fmt::Debug for SendJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SendJob")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
 
 /// Token bucket for inbound frames.
 #[derive(Debug)]
@@ -477,7 +492,10 @@ impl Session {
         });
         let state = self.state.clone();
         let nick = self.nick.clone();
-        Ok(Some(Box::pin(publish(state, room, tail, nick, id))))
+        Ok(Some(SendJob {
+            id: id.clone(),
+            publishing: Box::pin(publish(state, room, tail, nick, id)),
+        }))
     }
 
     async fn rename(&mut self, conn: &mut Conn, nick: String) -> Result<(), End> {

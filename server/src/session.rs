@@ -17,7 +17,7 @@ use chat_protocol::{classify, close, ErrorCode, Inbound, ServerFrame};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
-use crate::commands::{SendJob, Session};
+use crate::commands::{Publishing, SendJob, Session};
 use crate::hub::{Member, Out};
 use crate::outbox::{Outbox, Recv, Stop};
 use crate::ws::{Msg, WsError, WsStream, MAX_BATCH};
@@ -46,13 +46,14 @@ pub enum End {
 /// Longest time one write may block before the client counts as gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Sends of one connection in flight to Redis at once. Past this the
-/// session stops reading until one completes.
+/// Sends of one connection in flight to Redis at once. Past this a send is
+/// answered `unavailable` at once (not applied: retry); the session keeps
+/// reading, so the rate limit charges every frame when it arrives.
 const MAX_IN_FLIGHT: usize = 16;
 
 /// Sends in flight, answered in the order they were made. Allocated on
 /// the first send and dropped when empty, so an idle connection holds none.
-type InFlight = Option<futures_util::stream::FuturesOrdered<SendJob>>;
+type InFlight = Option<futures_util::stream::FuturesOrdered<Publishing>>;
 
 /// Per-connection bookkeeping that must be undone however the session
 /// ends, a panic included: the outbox refuses further frames and the
@@ -268,12 +269,16 @@ async fn session_loop(
                 Some(frame) => conn.frame(&frame).await,
                 None => Ok(()),
             },
-            msg = conn.ws.recv(), if busy < MAX_IN_FLIGHT => {
+            msg = conn.ws.recv() => {
                 last_seen = Instant::now();
                 match msg {
                     Ok(msg) => match Box::pin(inbound(session, conn, msg)).await {
+                        Ok(Some(job)) if busy >= MAX_IN_FLIGHT => {
+                            let msg = format!("message not sent: {MAX_IN_FLIGHT} sends of this connection are already waiting for redis; retry");
+                            conn.error(ErrorCode::Unavailable, msg, job.id).await
+                        }
                         Ok(Some(job)) => {
-                            in_flight.get_or_insert_with(Default::default).push_back(job);
+                            in_flight.get_or_insert_with(Default::default).push_back(job.publishing);
                             Ok(())
                         }
                         Ok(None) => Ok(()),
