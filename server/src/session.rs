@@ -48,8 +48,10 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Sends of one connection in flight to Redis at once. Past this a send is
 /// answered `unavailable` at once (not applied: retry); the session keeps
-/// reading, so the rate limit charges every frame when it arrives.
-const MAX_IN_FLIGHT: usize = 16;
+/// reading, so the rate limit charges every frame when it arrives. The
+/// rate limit already bounds it (a burst plus the rate times Redis's
+/// timeout: 80 at the defaults); this is the backstop.
+const MAX_IN_FLIGHT: usize = 128;
 
 /// Sends in flight, answered in the order they were made. Allocated on
 /// the first send and dropped when empty, so an idle connection holds none.
