@@ -408,6 +408,26 @@ impl Session {
         )
     }
 
+    /// Record our presence entry in every joined room again, without an
+    /// announcement: Redis was replaced and may have lost it.
+    pub async fn record_presence(&self) {
+        let entry = MemberEntry {
+            nick: self.nick.clone(),
+            app_id: self.state.app_id.clone(),
+            boot: self.state.boot.clone(),
+        };
+        for j in &self.rooms {
+            if let Err(e) = self
+                .state
+                .store
+                .add_member(&j.name, &self.conn_id, &entry)
+                .await
+            {
+                tracing::debug!(room = j.name, error = %e, "presence not recorded again");
+            }
+        }
+    }
+
     /// Record our presence entry and announce a join or nick change.
     async fn announce(&self, room: &str, event: PresenceEvent, old_nick: Option<String>) {
         let entry = MemberEntry {

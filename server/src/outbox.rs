@@ -40,6 +40,8 @@ pub enum Stop {
 pub enum Recv {
     /// Frames were moved into the batch.
     Frames,
+    /// Redis was replaced and may have lost presence: record it again.
+    Refresh,
     /// The connection must end.
     Stop(Stop),
 }
@@ -50,6 +52,8 @@ struct Inner {
     waker: Option<Waker>,
     stop: Option<Stop>,
     closed: bool,
+    /// Asked to record presence again (see [`Recv::Refresh`]).
+    refresh: bool,
 }
 
 /// The queue; share it as `Arc<Outbox>`.
@@ -123,11 +127,25 @@ impl Outbox {
         }
     }
 
+    /// Ask the consumer to record its presence again; wakes it.
+    pub fn refresh(&self) {
+        let mut q = self.lock();
+        q.refresh = true;
+        let w = q.waker.take();
+        drop(q);
+        if let Some(w) = w {
+            w.wake();
+        }
+    }
+
     /// Move up to `max` queued frames into `batch`; pending while empty.
     pub fn poll_recv(&self, cx: &mut Context<'_>, batch: &mut Vec<Out>, max: usize) -> Poll<Recv> {
         let mut q = self.lock();
         if let Some(why) = q.stop {
             return Poll::Ready(Recv::Stop(why));
+        }
+        if std::mem::take(&mut q.refresh) {
+            return Poll::Ready(Recv::Refresh);
         }
         if q.buf.is_empty() {
             register(&mut q.waker, cx);
@@ -191,6 +209,14 @@ impl Sessions {
     pub fn register(&self, id: u64, outbox: Arc<Outbox>) -> Registration<'_> {
         self.lock().insert(id, outbox);
         Registration { sessions: self, id }
+    }
+
+    /// Ask every session to record its presence again.
+    pub fn refresh_all(&self) {
+        let all: Vec<Arc<Outbox>> = self.lock().values().cloned().collect();
+        for o in all {
+            o.refresh();
+        }
     }
 
     /// Tell every session to stop.

@@ -26,12 +26,21 @@ pub async fn run(state: AppState) {
     let mut beats: u64 = 0;
     // Boot id -> the beat it was last seen live at.
     let mut seen: HashMap<String, u64> = HashMap::new();
+    let mut replacements = state.store.redis_replacements();
     loop {
         tokio::select! {
             _ = state.shutdown.cancelled() => break,
             _ = tick.tick() => {}
         }
         beats += 1;
+        // A replaced Redis may have lost every presence entry: each
+        // session records its own again.
+        let now = state.store.redis_replacements();
+        if now != replacements {
+            replacements = now;
+            tracing::info!("redis was replaced: recording presence again");
+            state.sessions.refresh_all();
+        }
         if let Err(e) = beat(&state, beats, &mut seen).await {
             tracing::warn!(error = %e, "instance heartbeat failed");
         }

@@ -254,6 +254,10 @@ async fn session_loop(
             biased;
             r = conn.outbox.recv(&mut batch, MAX_BATCH) => match r {
                 Recv::Stop(why) => Err(stopped(why)),
+                Recv::Refresh => {
+                    Box::pin(session.record_presence()).await;
+                    Ok(())
+                }
                 Recv::Frames => {
                     state.metrics.ws_flushes.fetch_add(1, Relaxed);
                     batch.retain(|d| session.accept(d));

@@ -433,6 +433,27 @@ async fn a_redis_that_lost_its_data_starts_a_new_epoch_announced_with_reset() {
     ))
     .await;
     assert_eq!(fresh.until("joined").await["recovered"], true);
+    // Presence lost with Redis's data is recorded again by the sessions
+    // that are still connected.
+    let a_conn = a.welcome["conn_id"].as_str().unwrap().to_string();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+    loop {
+        fresh.send(json!({"type":"who"})).await;
+        let m = fresh.until("members").await;
+        let listed = m["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["conn_id"] == a_conn.as_str());
+        if listed {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a connection that outlived Redis's data is listed again: {m}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
 
 /// Invariant: a send's id is an idempotency key: a retry of a send that

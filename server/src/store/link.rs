@@ -47,6 +47,8 @@ pub(crate) struct Linker {
     current: Mutex<Option<Arc<Link>>>,
     /// Held while connecting; holds the time of the last failed attempt.
     connecting: tokio::sync::Mutex<Option<Instant>>,
+    /// The `run_id` of the last link, and how often it changed.
+    last_run_id: Mutex<(Option<Arc<str>>, u64)>,
 }
 
 /// TCP settings for every Redis connection: no Nagle (a publish is one
@@ -81,6 +83,7 @@ impl Linker {
             config,
             connect_timeout,
             scripts,
+            last_run_id: Mutex::new((None, 0)),
             current: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(None),
         }
@@ -110,6 +113,13 @@ impl Linker {
         match tokio::time::timeout(self.connect_timeout * 2, self.connect()).await {
             Ok(Ok(link)) => {
                 *last_failure = None;
+                {
+                    let mut last = self.last_run_id.lock().unwrap_or_else(|p| p.into_inner());
+                    if last.0.as_ref().is_some_and(|r| *r != link.run_id) {
+                        last.1 += 1;
+                    }
+                    last.0 = Some(link.run_id.clone());
+                }
                 let link = Arc::new(link);
                 *self.slot() = Some(link.clone());
                 Ok(link)
@@ -148,6 +158,11 @@ impl Linker {
             conn,
             run_id: Arc::from(run_id),
         })
+    }
+
+    /// How many times the Redis process behind the link changed.
+    pub(crate) fn replacements(&self) -> u64 {
+        self.last_run_id.lock().unwrap_or_else(|p| p.into_inner()).1
     }
 
     /// Forget `link` after a failure that may have broken it, unless it was

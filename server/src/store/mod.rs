@@ -210,6 +210,12 @@ impl Store {
         self.linker.client()
     }
 
+    /// How many times Redis was replaced (restarted, failed over) under
+    /// this store, as seen by its command connection.
+    pub fn redis_replacements(&self) -> u64 {
+        self.linker.replacements()
+    }
+
     /// Entries each room keeps in history.
     pub fn history_len(&self) -> u32 {
         self.history_len
