@@ -62,12 +62,14 @@ pub struct Config {
     /// SO_SNDBUF of every WebSocket socket, in bytes ("64KiB" and "1MiB"
     /// work too); 0 leaves the kernel default, which autotunes up to
     /// `net.ipv4.tcp_wmem` max (4 MiB on stock Linux). Linux doubles the
-    /// value for its bookkeeping and stops autotuning that socket, which is
-    /// the point: the outbox counts a client that stopped reading only once
-    /// the kernel stops taking bytes. One such client pins at most 2 × this
-    /// in the kernel plus `--queue` frames (at most about 4.4 KB each with
-    /// the default limits): 128 KiB + 2.2 MB at the defaults, and it is
-    /// closed with 4000 once the queue fills.
+    /// value and stops autotuning that socket, which is the point: the
+    /// outbox counts a client that stopped reading only once the kernel
+    /// stops taking its bytes. Such a client pins at most 2 × this in the
+    /// kernel (128 KiB at the default) plus `--queue` frames and one
+    /// 256-frame write batch (about 3.4 MB of 4.4 KB frames, the largest
+    /// with plain 4096-byte texts; frames are shared by the whole room),
+    /// and is closed with 4000 once the queue fills. A socket sends at
+    /// most 2 × this per round trip (1.3 MB/s at 100 ms with 64KiB).
     #[arg(long, env = "SOCKET_SEND_BUFFER", default_value = "64KiB", value_parser = parse_bytes)]
     pub socket_send_buffer: usize,
 
