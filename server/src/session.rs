@@ -186,13 +186,20 @@ pub async fn run(
     let code = match &end {
         End::Close(code, reason) => {
             tracing::debug!(conn_id = %session.conn_id, code, reason, "closing connection");
-            // Best effort: a client that stopped reading will not get it.
+            // Best effort: a client that stopped reading will not get it,
+            // so a slow consumer gets only a short try, and then a reset
+            // (SO_LINGER 0) rather than an orphan socket that keeps its
+            // whole send buffer in the kernel after we let go of it.
+            let slow = *code == close::SLOW_CONSUMER;
             let close = async {
                 if conn.ws.send_close(*code, reason).await.is_ok() {
                     conn.ws.finish_close().await;
                 }
             };
-            let _ = tokio::time::timeout(Duration::from_secs(2), Box::pin(close)).await;
+            let wait = Duration::from_millis(if slow { 250 } else { 2000 });
+            if tokio::time::timeout(wait, Box::pin(close)).await.is_err() && slow {
+                conn.ws.abort_on_drop();
+            }
             *code
         }
         End::Gone(code) => {

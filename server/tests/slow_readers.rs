@@ -306,11 +306,22 @@ async fn non_readers_are_cut_while_readers_keep_up() {
             Err(_) => ends.reset += 1,
         }
     }
+    // Cut connections give their kernel memory back: the server resets a
+    // slow consumer (SO_LINGER 0) instead of leaving an orphan socket that
+    // keeps its unsent bytes.
+    let mut released = tcp_mem_pages();
+    for _ in 0..30 {
+        if released.saturating_sub(mem_before) <= grew / 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        released = tcp_mem_pages();
+    }
 
     println!(
         "slow readers: {NON_READERS} non-readers joined in {:.1}s; {total} messages in {:.1}s; \
          cut with 4000: {closes} after {cut_ms} ms; ends {ends:?}; \
-         sockstat TCP mem {mem_before} -> peak {peak} pages (+{grew}, bound {} = 2 x {worst_pages}); \
+         sockstat TCP mem {mem_before} -> peak {peak} pages (+{grew}, bound {} = 2 x {worst_pages}) -> {released} after the cut; \
          readers p50 {} ms p99 {} ms over {} deliveries",
         connected_in.as_secs_f64(),
         sent_in.as_secs_f64(),
@@ -322,6 +333,10 @@ async fn non_readers_are_cut_while_readers_keep_up() {
     assert_eq!(
         closes, NON_READERS as u64,
         "every non-reader, and only them, closed with 4000"
+    );
+    assert!(
+        released.saturating_sub(mem_before) <= grew / 4,
+        "kernel memory released after the cut: {mem_before} -> peak {peak} -> {released} pages"
     );
     assert!(
         cut_ms > 0 && cut_ms <= CUT_BOUND.as_millis() as u64,

@@ -147,6 +147,17 @@ impl WsStream {
         }
     }
 
+    /// Make dropping the socket reset the connection and discard unsent
+    /// bytes (SO_LINGER 0): a client that stopped reading would otherwise
+    /// leave an orphan socket holding its full send buffer.
+    pub fn abort_on_drop(&self) {
+        if let Err(e) =
+            socket2::SockRef::from(&self.tcp).set_linger(Some(std::time::Duration::ZERO))
+        {
+            tracing::debug!(error = %e, "cannot set SO_LINGER 0");
+        }
+    }
+
     /// The next message. Cancel-safe: all state lives in `self`.
     pub async fn recv(&mut self) -> Result<Msg, WsError> {
         std::future::poll_fn(|cx| self.poll_recv(cx)).await
