@@ -76,6 +76,9 @@ pub struct Cluster {
     redis: Option<Child>,
     server_ports: Vec<u16>,
     servers: Vec<Option<Child>>,
+    /// Per-server `--redis-url` overrides (see
+    /// [`Cluster::set_server_redis_url`]); `None` uses the cluster's Redis.
+    redis_overrides: Vec<Option<String>>,
     port: u16,
     stats_port: u16,
     haproxy: Option<Child>,
@@ -134,6 +137,7 @@ impl Cluster {
         let stats_port = pick(opts.stats_port)?;
         let mut cluster = Cluster {
             servers: (0..opts.servers).map(|_| None).collect(),
+            redis_overrides: vec![None; opts.servers],
             opts,
             log_dir,
             server_bin,
@@ -218,6 +222,28 @@ impl Cluster {
         format!("redis://127.0.0.1:{}/", self.redis_port)
     }
 
+    /// Redis's `host:port`, for raw commands (`CLIENT KILL`, `CONFIG GET`)
+    /// and for proxies put in front of it.
+    pub fn redis_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.redis_port)
+    }
+
+    /// The Redis URL server `i` is (or will be) started with: the override
+    /// set by [`Cluster::set_server_redis_url`], else [`Cluster::redis_url`].
+    pub fn server_redis_url(&self, i: usize) -> String {
+        self.redis_overrides[i]
+            .clone()
+            .unwrap_or_else(|| self.redis_url())
+    }
+
+    /// Point server `i` at another Redis URL (e.g. a fault-injecting proxy
+    /// in front of the cluster's Redis) from its next
+    /// [`Cluster::start_server`] on; `None` goes back to the cluster's
+    /// Redis. A running server is not touched: restart it to apply.
+    pub fn set_server_redis_url(&mut self, i: usize, url: Option<String>) {
+        self.redis_overrides[i] = url;
+    }
+
     /// Where the logs are.
     pub fn log_dir(&self) -> &Path {
         &self.log_dir
@@ -234,7 +260,7 @@ impl Cluster {
             "--app-id".into(),
             app_id.clone(),
             "--redis-url".into(),
-            self.redis_url(),
+            self.server_redis_url(i),
         ];
         args.extend(self.opts.server_args.iter().cloned());
         let child = Child::spawn(
