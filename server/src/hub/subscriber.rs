@@ -161,6 +161,7 @@ impl Hub {
                     };
                     if silent > timeout {
                         self.shared.metrics.liveness_failures.fetch_add(1, Relaxed);
+                        store.reconnect();
                         return Some(format!("liveness probe not heard for {silent:?}"));
                     }
                 }

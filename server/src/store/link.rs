@@ -165,6 +165,11 @@ impl Linker {
         self.last_run_id.lock().unwrap_or_else(|p| p.into_inner()).1
     }
 
+    /// Forget the current link, whatever it is.
+    pub(crate) fn drop_current(&self) {
+        *self.slot() = None;
+    }
+
     /// Forget `link` after a failure that may have broken it, unless it was
     /// replaced already.
     pub(crate) fn failed(&self, link: &Arc<Link>) {

@@ -210,6 +210,14 @@ impl Store {
         self.linker.client()
     }
 
+    /// Drop the command connection, so the next call connects afresh: the
+    /// pub/sub connection went silent, and the command connection shares
+    /// its path (a hung Redis, a half-open link), so waiting out its
+    /// timeout would only delay the repair.
+    pub fn reconnect(&self) {
+        self.linker.drop_current();
+    }
+
     /// How many times Redis was replaced (restarted, failed over) under
     /// this store, as seen by its command connection.
     pub fn redis_replacements(&self) -> u64 {
