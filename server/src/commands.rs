@@ -249,7 +249,7 @@ impl Session {
             self.rooms.push(Joined {
                 name: room.to_string(),
                 key,
-                epoch: Arc::from(""),
+                epoch: crate::hub::no_epoch(),
                 last: 0,
             });
             self.announce(room, PresenceEvent::Join, None).await;
@@ -342,9 +342,9 @@ impl Session {
         // session already sent; a fresh join replays everything fetched.
         let fresh = self.rooms[i].epoch.is_empty();
         let (mut epoch, mut last): (Arc<str>, u64) = match &from {
-            Some((e, s)) => (Arc::from(e.as_str()), *s),
+            Some((e, s)) => (self.state.hub.epoch_arc(room, e), *s),
             None if !fresh => (self.rooms[i].epoch.clone(), self.rooms[i].last),
-            None => (Arc::from(head_epoch.as_str()), 0),
+            None => (self.state.hub.epoch_arc(room, &head_epoch), 0),
         };
         let mut frames = Vec::with_capacity(hist.entries.len());
         for (off, f) in hist.entries {
@@ -353,7 +353,7 @@ impl Session {
                 continue;
             }
             if *e != *epoch {
-                epoch = Arc::from(e);
+                epoch = self.state.hub.epoch_arc(room, e);
             }
             last = off;
             if std::str::from_utf8(&f).is_ok() {
@@ -366,7 +366,7 @@ impl Session {
         } else if frames.is_empty() && *epoch != *head_epoch {
             // A new epoch with nothing of it in history yet: live delivery
             // takes over after its head.
-            epoch = Arc::from(head_epoch.as_str());
+            epoch = self.state.hub.epoch_arc(room, &head_epoch);
             last = head;
         }
         let sent = frames.len() as u64;

@@ -84,6 +84,8 @@ async fn upgrade(
             .into_response();
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
+    // Boxed: the session task keeps what it captures for its whole life.
+    let params = Box::new(params);
     let tracker = state.tracker.clone();
     let session = async move {
         let upgraded = match on_upgrade.await {

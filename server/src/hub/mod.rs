@@ -29,6 +29,13 @@ use tokio::sync::{oneshot, Notify};
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, Push};
 
+/// The epoch of a room whose baseline is not read yet: one shared
+/// allocation, not one per room and connection.
+pub fn no_epoch() -> Arc<str> {
+    static EMPTY: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(|| Arc::from("")).clone()
+}
+
 /// Identifies one incarnation of a room in this hub.
 pub type RoomKey = u32;
 
@@ -175,7 +182,7 @@ impl Hub {
                     members: Vec::new(),
                     subscribed: false,
                     waiters: Vec::new(),
-                    epoch: Arc::from(""),
+                    epoch: no_epoch(),
                     last_offset: 0,
                 }
             });
@@ -207,6 +214,17 @@ impl Hub {
                 self.shared.metrics.rooms.fetch_sub(1, Relaxed);
                 self.shared.dirty.notify_one();
             }
+        }
+    }
+
+    /// `epoch` as an `Arc`, shared with the room's own when they are the
+    /// same (every session of a room then holds one allocation, not its
+    /// own copy).
+    pub fn epoch_arc(&self, room: &str, epoch: &str) -> Arc<str> {
+        match self.rooms().get(room) {
+            Some(r) if *r.epoch == *epoch => r.epoch.clone(),
+            _ if epoch.is_empty() => no_epoch(),
+            _ => Arc::from(epoch),
         }
     }
 
