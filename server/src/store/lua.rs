@@ -22,10 +22,10 @@
 //! # Idempotency
 //! A send with an id stores `"<offset> <epoch>"` in the same script that
 //! publishes it, as field `<nick length>:<nick>:<id>` of a hash per room and
-//! time bucket, `chat:{room}:idem:<bucket>` (buckets of half the TTL; a
-//! bucket expires three buckets after it began). A send looks in its bucket
-//! and the two before, so an id is remembered for at least the TTL (at
-//! most 1.5 × it). A retry finds the field and gets the original offset
+//! time bucket, `chat:{room}:idem:<bucket>` (buckets as long as the TTL; a
+//! bucket expires two buckets after it began). A send looks in its bucket
+//! and the one before, so an id is remembered for at least the TTL (at
+//! most twice it). A retry finds the field and gets the original offset
 //! back instead of publishing again. Fields in a few hashes cost Redis far
 //! less than one key with its own expiry per send.
 
@@ -54,13 +54,13 @@ end
 /// publish order across every instance.
 ///
 /// KEYS: seq, log, epoch, then the idempotency buckets: this one and the
-/// two before. ARGV: run_id, new epoch, clock base, tail, history length,
+/// one before. ARGV: run_id, new epoch, clock base, tail, history length,
 /// channel, the send's field ("" if it has no id), a bucket's life in ms.
 /// Returns `{"<offset> <epoch>", duplicate}`.
 const PUBLISH: &str = r#"
 local field = ARGV[7]
 if field ~= '' then
-  for i = 4, 6 do
+  for i = 4, 5 do
     local prev = redis.call('HGET', KEYS[i], field)
     if prev then return {prev, 1} end
   end
@@ -72,8 +72,9 @@ redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[5], id .. '-0', 'f', frame)
 redis.call('PUBLISH', ARGV[6], frame)
 local res = id .. ' ' .. epoch
 if field ~= '' then
-  redis.call('HSET', KEYS[4], field, res)
-  if redis.call('PTTL', KEYS[4]) < 0 then redis.call('PEXPIRE', KEYS[4], ARGV[8]) end
+  if redis.call('HSET', KEYS[4], field, res) == 1 and redis.call('HLEN', KEYS[4]) == 1 then
+    redis.call('PEXPIRE', KEYS[4], ARGV[8])
+  end
 end
 return {res, 0}
 "#;

@@ -295,8 +295,8 @@ impl Store {
     ) -> StoreResult<Published> {
         let now = crate::now_ms();
         let base = now.saturating_mul(1000);
-        // Buckets of half the TTL; one lives three buckets long.
-        let width = (self.idem_ttl.as_millis() as u64 / 2).max(1);
+        // Buckets as long as the TTL; one lives two buckets long.
+        let width = (self.idem_ttl.as_millis() as u64).max(1);
         let bucket = now / width;
         let field = match idem {
             Some((nick, id)) if !self.idem_ttl.is_zero() => idem_field(nick, id),
@@ -309,7 +309,6 @@ impl Store {
             .key(epoch_key(room))
             .key(idem_key(room, bucket))
             .key(idem_key(room, bucket.saturating_sub(1)))
-            .key(idem_key(room, bucket.saturating_sub(2)))
             .arg(&*link.run_id)
             .arg(new_epoch())
             .arg(base)
@@ -317,7 +316,7 @@ impl Store {
             .arg(self.history_len)
             .arg(channel(room))
             .arg(field)
-            .arg(width.saturating_mul(3));
+            .arg(width.saturating_mul(2));
         let mut conn = link.conn.clone();
         let (res, dup): (String, i64) = self.timed(&link, inv.invoke_async(&mut conn)).await?;
         let (offset, epoch) = res
