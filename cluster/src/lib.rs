@@ -11,10 +11,20 @@
 //! - [`procs`]: one child process with its log file, readiness probes.
 //! - [`haproxy`]: the HAProxy configuration generator.
 //! - [`http`]: a tiny blocking HTTP/1.0 GET for probes and tests.
+//! - `redis`: the [`Cluster`] methods for Redis, either topology.
+//! - [`resp`]: a tiny blocking RESP2 client for probes and faults.
+//! - [`sentinel`]: the Sentinel topology (master, two replicas, three
+//!   sentinels) started with [`RedisTopology::Sentinel`].
+//! - [`state`]: the state file `cluster up` writes, so other commands
+//!   (`cluster redis-failover`) find the running topology.
 
 pub mod haproxy;
 pub mod http;
 pub mod procs;
+mod redis;
+pub mod resp;
+pub mod sentinel;
+pub mod state;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -22,6 +32,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::procs::{free_port, Child};
+use crate::sentinel::Sentinels;
+
+pub use crate::redis::RedisTopology;
 
 /// How to start a cluster.
 #[derive(Debug, Clone)]
@@ -32,8 +45,13 @@ pub struct ClusterOptions {
     pub port: u16,
     /// HAProxy's stats port; 0 picks a free one.
     pub stats_port: u16,
-    /// Redis port; 0 picks a free one.
+    /// Redis port (in sentinel mode: `redis1`'s, the first master); 0
+    /// picks a free one.
     pub redis_port: u16,
+    /// A single Redis (the default) or a Sentinel topology.
+    pub redis: RedisTopology,
+    /// The master name the sentinels monitor (sentinel mode only).
+    pub sentinel_master: String,
     /// First server port (`app1`; the others follow); 0 picks free ones.
     pub server_base_port: u16,
     /// Extra arguments for every server (e.g. `--max-connections 100`).
@@ -56,6 +74,8 @@ impl Default for ClusterOptions {
             port: 0,
             stats_port: 0,
             redis_port: 0,
+            redis: RedisTopology::Single,
+            sentinel_master: sentinel::DEFAULT_MASTER_NAME.into(),
             server_base_port: 0,
             server_args: Vec::new(),
             server_bin: None,
@@ -74,6 +94,11 @@ pub struct Cluster {
     server_bin: PathBuf,
     redis_port: u16,
     redis: Option<Child>,
+    /// The Sentinel topology, in sentinel mode (then `redis` is `None`).
+    sentinels: Option<Sentinels>,
+    /// Sentinel mode: the ports of `redis2`, `redis3` and `sentinel1..3`,
+    /// kept so a Redis restart keeps the addresses the servers know.
+    sentinel_ports: Vec<u16>,
     server_ports: Vec<u16>,
     servers: Vec<Option<Child>>,
     /// Per-server `--redis-url` overrides (see
@@ -120,10 +145,16 @@ impl Cluster {
             .with_context(|| format!("creating log directory {}", log_dir.display()))?;
         let server_bin = match &opts.server_bin {
             Some(p) => p.clone(),
+            // Without servers (Redis and HAProxy only), build nothing.
+            None if opts.servers == 0 => PathBuf::new(),
             None => find_server_bin()?,
         };
         let pick = |p: u16| if p == 0 { free_port() } else { Ok(p) };
         let redis_port = pick(opts.redis_port)?;
+        let sentinel_ports = match opts.redis {
+            RedisTopology::Single => Vec::new(),
+            RedisTopology::Sentinel => (0..5).map(|_| free_port()).collect::<Result<_>>()?,
+        };
         let server_ports = (0..opts.servers)
             .map(|i| {
                 if opts.server_base_port == 0 {
@@ -143,6 +174,8 @@ impl Cluster {
             server_bin,
             redis_port,
             redis: None,
+            sentinels: None,
+            sentinel_ports,
             server_ports,
             port,
             stats_port,
@@ -212,12 +245,8 @@ impl Cluster {
         self.haproxy.as_ref().map(Child::pid)
     }
 
-    /// The PID of Redis, if it runs.
-    pub fn redis_pid(&self) -> Option<u32> {
-        self.redis.as_ref().map(Child::pid)
-    }
-
-    /// `redis://127.0.0.1:PORT/`.
+    /// `redis://127.0.0.1:PORT/` (in sentinel mode: `redis1`, the first
+    /// master; see [`Cluster::redis_master_addr`]).
     pub fn redis_url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.redis_port)
     }
@@ -259,9 +288,16 @@ impl Cluster {
             addr.clone(),
             "--app-id".into(),
             app_id.clone(),
-            "--redis-url".into(),
-            self.server_redis_url(i),
         ];
+        match (&self.sentinels, &self.redis_overrides[i]) {
+            (Some(s), None) => args.extend([
+                "--redis-sentinels".into(),
+                s.sentinel_addrs().join(","),
+                "--redis-sentinel-master".into(),
+                s.master_name().to_string(),
+            ]),
+            _ => args.extend(["--redis-url".into(), self.server_redis_url(i)]),
+        }
         args.extend(self.opts.server_args.iter().cloned());
         let child = Child::spawn(
             &app_id,
@@ -300,49 +336,6 @@ impl Cluster {
             Some(mut c) => c.terminate(Duration::from_secs(15)),
             None => bail!("server {i} is not running"),
         }
-    }
-
-    /// Stop Redis (SIGKILL).
-    pub fn kill_redis(&mut self) {
-        if let Some(mut r) = self.redis.take() {
-            r.kill();
-        }
-    }
-
-    /// Start Redis on its port (after [`Cluster::kill_redis`]).
-    pub fn start_redis(&mut self) -> Result<()> {
-        let port = self.redis_port.to_string();
-        let child = Child::spawn(
-            "redis",
-            "redis-server".as_ref(),
-            &[
-                "--port",
-                &port,
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--protected-mode",
-                "yes",
-                "--maxclients",
-                "10000",
-            ],
-            &[],
-            &self.log_dir,
-        )?;
-        procs::wait_redis(self.redis_port, Duration::from_secs(10))
-            .map_err(|e| anyhow::anyhow!("{e}\n{}", child.log_tail(20)))?;
-        self.redis = Some(child);
-        Ok(())
-    }
-
-    /// Kill Redis and start it again on the same port (empty: nothing is
-    /// persisted, like a Redis that lost its data).
-    pub fn restart_redis(&mut self) -> Result<()> {
-        self.kill_redis();
-        self.start_redis()
     }
 
     fn start_haproxy(&mut self) -> Result<()> {

@@ -7,8 +7,17 @@
 //! - `cluster exec -- CMD ARGS...`: start it, run CMD with `{url}` replaced
 //!   by the WebSocket URL, stop, exit with CMD's code. CMD also gets
 //!   `CHAT_URL`, `CLUSTER_SERVER_PIDS`, `CLUSTER_SERVER_ADDRS`,
-//!   `CLUSTER_HAPROXY_PID`, `CLUSTER_REDIS_PID` and `CLUSTER_LOG_DIR`.
+//!   `CLUSTER_HAPROXY_PID`, `CLUSTER_REDIS_PID`, `CLUSTER_LOG_DIR`,
+//!   `CLUSTER_STATE`, and in sentinel mode `CLUSTER_REDIS_SENTINELS`,
+//!   `CLUSTER_REDIS_SENTINEL_MASTER` and `CLUSTER_REDIS_NODE_PIDS`.
 //! - `cluster haproxy-cfg`: print the compose `haproxy.cfg`.
+//! - `cluster redis-failover --state FILE`: kill -9 the Redis master of a
+//!   running `cluster up --redis sentinel` (found through the state file
+//!   it wrote, `<log dir>/cluster.json`) and time the failover.
+//!
+//! `--redis sentinel` runs a master, two replicas and three sentinels
+//! instead of one Redis; the servers then get `--redis-sentinels` and
+//! `--redis-sentinel-master`.
 
 mod demo;
 
@@ -17,7 +26,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use chat_cluster::{Cluster, ClusterOptions};
+use chat_cluster::state::State;
+use chat_cluster::{Cluster, ClusterOptions, RedisTopology};
+use clap::builder::TypedValueParser as _;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -49,6 +60,20 @@ enum Cmd {
     },
     /// Print the HAProxy configuration used by docker-compose.yml.
     HaproxyCfg,
+    /// Kill -9 the Redis master of a running `cluster up --redis sentinel`
+    /// and print how long the sentinels took to name a new one.
+    ///
+    /// `cluster up` writes the topology to `<log dir>/cluster.json` and
+    /// prints that path ("state:"); pass it here. The master is asked of
+    /// the sentinels, so this works again after a failover.
+    RedisFailover {
+        /// The state file printed by `cluster up` (`<log dir>/cluster.json`).
+        #[arg(long, env = "CLUSTER_STATE")]
+        state: PathBuf,
+        /// How long to wait for the sentinels to name a new master, in seconds.
+        #[arg(long, default_value_t = 15)]
+        timeout: u64,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -68,6 +93,19 @@ struct Opts {
     /// Redis port (0: any free port; the default avoids a system Redis on 6379).
     #[arg(long, env = "CLUSTER_REDIS_PORT", default_value_t = 0)]
     redis_port: u16,
+    /// Redis topology: `single` (one redis-server) or `sentinel` (a master,
+    /// two replicas, three sentinels; the servers get `--redis-sentinels`).
+    #[arg(
+        long,
+        env = "CLUSTER_REDIS",
+        default_value = "single",
+        value_parser = clap::builder::PossibleValuesParser::new(["single", "sentinel"])
+            .map(|s| s.parse::<RedisTopology>().expect("a possible value")),
+    )]
+    redis: RedisTopology,
+    /// The master name the sentinels monitor (with `--redis sentinel`).
+    #[arg(long, default_value = chat_cluster::sentinel::DEFAULT_MASTER_NAME)]
+    sentinel_master: String,
     /// The chat `server` binary (default: next to this one).
     #[arg(long, env = "CHAT_SERVER_BIN")]
     server_bin: Option<PathBuf>,
@@ -112,6 +150,8 @@ impl Opts {
             port: self.port,
             stats_port: self.stats_port,
             redis_port: self.redis_port,
+            redis: self.redis,
+            sentinel_master: self.sentinel_master.clone(),
             server_base_port: self.server_base_port,
             server_args: self.server_args.clone(),
             server_bin: self.server_bin.clone(),
@@ -123,16 +163,28 @@ impl Opts {
     }
 }
 
-fn print_cluster(c: &Cluster) {
-    println!(
-        "cluster up: redis-server, {} chat servers, HAProxy",
-        c.len()
-    );
+fn print_cluster(c: &Cluster) -> Result<()> {
+    let redis = match c.redis_topology() {
+        RedisTopology::Single => "redis-server".to_string(),
+        RedisTopology::Sentinel => "Redis master + 2 replicas + 3 sentinels".to_string(),
+    };
+    println!("cluster up: {redis}, {} chat servers, HAProxy", c.len());
     println!("  chat:     {}   (through HAProxy)", c.ws_url());
     for i in 0..c.len() {
         println!("  {}:     {}", c.app_id(i), c.server_ws_url(i));
     }
-    println!("  redis:    {}", c.redis_url());
+    match c.sentinel_master_name() {
+        Some(name) => {
+            println!(
+                "  redis:    master {:?} at {} (nodes {})",
+                name,
+                c.redis_master_addr()?,
+                c.redis_node_addrs().join(" ")
+            );
+            println!("  sentinels: {}", c.sentinel_addrs().join(","));
+        }
+        None => println!("  redis:    {}", c.redis_url()),
+    }
     println!("  stats:    {}", c.stats_url());
     println!(
         "  health:   {}/healthz   cluster view: {}/cluster",
@@ -140,6 +192,11 @@ fn print_cluster(c: &Cluster) {
         c.http_url()
     );
     println!("  logs:     {}", c.log_dir().display());
+    println!(
+        "  state:    {}   (for `cluster redis-failover --state`)",
+        chat_cluster::state::write(c)?.display()
+    );
+    Ok(())
 }
 
 fn wait_for_signal() -> Result<()> {
@@ -163,9 +220,18 @@ fn run() -> Result<u8> {
             print!("{}", chat_cluster::haproxy::compose_config());
             Ok(0)
         }
+        Cmd::RedisFailover { state, timeout } => {
+            let st = State::read(&state)?;
+            let (old, new, took) = st.redis_failover(std::time::Duration::from_secs(timeout))?;
+            println!(
+                "killed master {old} (SIGKILL); the sentinels named {new} after {} ms",
+                took.as_millis()
+            );
+            Ok(0)
+        }
         Cmd::Up(opts) => {
             let mut c = opts.start()?;
-            print_cluster(&c);
+            print_cluster(&c)?;
             println!(
                 "\nChat with: target/release/tui-client --url {}\nPress Ctrl-C to stop.",
                 c.ws_url()
@@ -177,7 +243,7 @@ fn run() -> Result<u8> {
         }
         Cmd::Demo(opts) => {
             let mut c = opts.start()?;
-            print_cluster(&c);
+            print_cluster(&c)?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
                 .enable_all()
@@ -206,6 +272,7 @@ fn run() -> Result<u8> {
         }
         Cmd::Exec { opts, command } => {
             let mut c = opts.start()?;
+            let state = chat_cluster::state::write(&c)?;
             let url = c.ws_url();
             let args: Vec<String> = command.iter().map(|a| a.replace("{url}", &url)).collect();
             eprintln!("cluster up at {url}; running: {}", args.join(" "));
@@ -223,6 +290,16 @@ fn run() -> Result<u8> {
                 .env("CLUSTER_HAPROXY_PID", join(c.haproxy_pid()))
                 .env("CLUSTER_REDIS_PID", join(c.redis_pid()))
                 .env("CLUSTER_LOG_DIR", c.log_dir())
+                .env("CLUSTER_STATE", &state)
+                .env("CLUSTER_REDIS_SENTINELS", c.sentinel_addrs().join(","))
+                .env(
+                    "CLUSTER_REDIS_SENTINEL_MASTER",
+                    c.sentinel_master_name().unwrap_or_default(),
+                )
+                .env(
+                    "CLUSTER_REDIS_NODE_PIDS",
+                    join(c.redis_node_pids().into_iter().flatten()),
+                )
                 .status()
                 .with_context(|| format!("running {}", args[0]))?;
             c.shutdown();

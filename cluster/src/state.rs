@@ -1,0 +1,122 @@
+//! The state file of a running cluster: `cluster up` writes
+//! `<log_dir>/cluster.json` (and prints its path) so that another process,
+//! `cluster redis-failover --state <file>`, can find the Redis topology and
+//! act on it. The file is a snapshot taken at start: PIDs are those of the
+//! first processes, and the current master is always asked of the
+//! sentinels, never read from the file.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use crate::{sentinel, Cluster, RedisTopology};
+
+/// The file name under the log directory.
+pub const FILE_NAME: &str = "cluster.json";
+
+/// What another process needs to know about a running cluster's Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct State {
+    /// `single` or `sentinel`.
+    pub redis: RedisTopology,
+    /// The master name the sentinels monitor (sentinel mode).
+    pub sentinel_master: Option<String>,
+    /// The sentinels' `host:port`s (sentinel mode).
+    pub sentinels: Vec<String>,
+    /// Every data node's `host:port` and PID at start.
+    pub redis_nodes: Vec<(String, Option<u32>)>,
+}
+
+/// Write `c`'s state to `<log_dir>/cluster.json` and return the path.
+pub fn write(c: &Cluster) -> Result<PathBuf> {
+    let path = c.log_dir().join(FILE_NAME);
+    let nodes: Vec<Value> = c
+        .redis_node_addrs()
+        .into_iter()
+        .zip(c.redis_node_pids())
+        .map(|(addr, pid)| json!({ "addr": addr, "pid": pid }))
+        .collect();
+    let doc = json!({
+        "ws_url": c.ws_url(),
+        "log_dir": c.log_dir(),
+        "redis": c.redis_topology().to_string(),
+        "sentinel_master": c.sentinel_master_name(),
+        "sentinels": c.sentinel_addrs(),
+        "redis_nodes": nodes,
+        "server_pids": (0..c.len()).map(|i| c.server_pid(i)).collect::<Vec<_>>(),
+        "haproxy_pid": c.haproxy_pid(),
+    });
+    std::fs::write(&path, serde_json::to_string_pretty(&doc)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+impl State {
+    /// Read a state file written by [`write`].
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the cluster state file {}", path.display()))?;
+        let v: Value =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let strings = |key: &str| -> Vec<String> {
+            v[key]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        Ok(State {
+            redis: v["redis"].as_str().unwrap_or("single").parse()?,
+            sentinel_master: v["sentinel_master"].as_str().map(String::from),
+            sentinels: strings("sentinels"),
+            redis_nodes: v["redis_nodes"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|n| {
+                            let addr = n["addr"].as_str()?.to_string();
+                            Some((addr, n["pid"].as_u64().map(|p| p as u32)))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+    }
+
+    /// Kill the current master (as the sentinels name it) with SIGKILL,
+    /// wait up to `timeout` for the sentinels to name another, and return
+    /// `(old master, new master, time from the kill to the new name)`.
+    pub fn redis_failover(&self, timeout: Duration) -> Result<(String, String, Duration)> {
+        let Some(name) = self
+            .sentinel_master
+            .as_deref()
+            .filter(|_| self.redis == RedisTopology::Sentinel)
+        else {
+            bail!("this cluster runs a single Redis: start it with `cluster up --redis sentinel`");
+        };
+        let old = sentinel::settled_master(&self.sentinels, name)?;
+        let Some(pid) = self
+            .redis_nodes
+            .iter()
+            .find(|(addr, _)| *addr == old)
+            .and_then(|(_, pid)| *pid)
+        else {
+            bail!("the sentinels name {old}, whose PID the state file does not have (restarted?)");
+        };
+        let st = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .context("running kill")?;
+        if !st.success() {
+            bail!("kill -KILL {pid} (master {old}) failed: {st}");
+        }
+        let (new, took) = sentinel::wait_new_master(&self.sentinels, name, &old, timeout)?;
+        Ok((old, new, took))
+    }
+}
