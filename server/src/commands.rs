@@ -30,24 +30,9 @@ struct Joined {
     last: u64,
 }
 
-/// A send on its way through Redis: resolves to the frame to answer with
-/// (none when the delivery itself is the answer).
-pub type Publishing = Pin<Box<dyn Future<Output = Option<ServerFrame>> + Send>>;
-
-/// A send that passed its checks, for the session loop to run.
-pub struct SendJob {
-    /// The send's id, for an answer if it cannot be run.
-    pub id: Option<String>,
-    pub publishing: Publishing,
-}
-
-impl std::fmt::Debug for SendJob {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SendJob")
-            .field("id", &self.id)
-            .finish_non_exhaustive()
-    }
-}
+/// A send that passed its checks, on its way through Redis: resolves to
+/// the frame to answer with (none when the delivery itself is the answer).
+pub type SendJob = Pin<Box<dyn Future<Output = Option<ServerFrame>> + Send>>;
 
 /// Token bucket for inbound frames.
 #[derive(Debug)]
@@ -512,10 +497,7 @@ impl Session {
         });
         let state = self.state.clone();
         let nick = self.nick.clone();
-        Ok(Some(SendJob {
-            id: id.clone(),
-            publishing: Box::pin(publish(state, room, tail, nick, id)),
-        }))
+        Ok(Some(Box::pin(publish(state, room, tail, nick, id))))
     }
 
     async fn rename(&mut self, conn: &mut Conn, nick: String) -> Result<(), End> {

@@ -17,7 +17,7 @@ use chat_protocol::{classify, close, ErrorCode, Inbound, ServerFrame};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
-use crate::commands::{Publishing, SendJob, Session};
+use crate::commands::{SendJob, Session};
 use crate::hub::{Member, Out};
 use crate::outbox::{Outbox, Recv, Stop};
 use crate::ws::{Msg, WsError, WsStream, MAX_BATCH};
@@ -46,16 +46,17 @@ pub enum End {
 /// Longest time one write may block before the client counts as gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Sends of one connection in flight to Redis at once. Past this a send is
-/// answered `unavailable` at once (not applied: retry); the session keeps
-/// reading, so the rate limit charges every frame when it arrives. The
-/// rate limit already bounds it (a burst plus the rate times Redis's
-/// timeout: 80 at the defaults); this is the backstop.
+/// Sends of one connection in flight to Redis at once. The rate limit
+/// bounds it first (a burst plus the rate times Redis's timeout: 80 at the
+/// defaults), so below it the session keeps reading and the rate limit
+/// charges every frame when it arrives. Past it (limits raised by the
+/// operator) the session stops reading until a send completes: TCP pushes
+/// back on the client, and nothing it sent is refused.
 const MAX_IN_FLIGHT: usize = 128;
 
 /// Sends in flight, answered in the order they were made. Allocated on
 /// the first send and dropped when empty, so an idle connection holds none.
-type InFlight = Option<Box<futures_util::stream::FuturesOrdered<Publishing>>>;
+type InFlight = Option<Box<futures_util::stream::FuturesOrdered<SendJob>>>;
 
 /// Per-connection bookkeeping that must be undone however the session
 /// ends, a panic included: the outbox refuses further frames and the
@@ -289,16 +290,12 @@ async fn session_loop(session: &mut Session, conn: &mut Conn, params: Box<Connec
                 }
                 None => Ok(()),
             },
-            msg = conn.ws.recv() => {
+            msg = conn.ws.recv(), if busy < MAX_IN_FLIGHT => {
                 last_seen = Instant::now();
                 match msg {
                     Ok(msg) => match Box::pin(inbound(session, conn, msg)).await {
-                        Ok(Some(job)) if busy >= MAX_IN_FLIGHT => {
-                            let msg = format!("message not sent: {MAX_IN_FLIGHT} sends of this connection are already waiting for redis; retry");
-                            Box::pin(conn.error(ErrorCode::Unavailable, msg, job.id)).await
-                        }
                         Ok(Some(job)) => {
-                            in_flight.get_or_insert_with(Default::default).push_back(job.publishing);
+                            in_flight.get_or_insert_with(Default::default).push_back(job);
                             Ok(())
                         }
                         Ok(None) => Ok(()),
