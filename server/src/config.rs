@@ -24,6 +24,22 @@ pub struct Config {
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
     pub redis_url: String,
 
+    /// Redis Sentinel addresses (`HOST:PORT,HOST:PORT,...`). With them the
+    /// server asks the sentinels for the master of
+    /// `--redis-sentinel-master` and follows every failover; `--redis-url`
+    /// then only supplies the database, user and password.
+    #[arg(
+        long,
+        env = "REDIS_SENTINELS",
+        value_delimiter = ',',
+        requires = "redis_sentinel_master"
+    )]
+    pub redis_sentinels: Vec<String>,
+
+    /// The master name the sentinels monitor.
+    #[arg(long, env = "REDIS_SENTINEL_MASTER")]
+    pub redis_sentinel_master: Option<String>,
+
     /// Most concurrent WebSocket connections; further upgrades get 503. It is
     /// also capped by the process file limit (less a reserve).
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000)]

@@ -165,13 +165,23 @@ pub async fn run(
         );
     }
     let metrics = Arc::new(Metrics::default());
-    let store = Store::new(
-        &config.redis_url,
-        metrics.clone(),
-        config.history_len,
-        config.idempotency_ttl,
-    )
-    .with_context(|| format!("bad redis url {}", config.redis_url))?;
+    let store = match config.redis_sentinel_master.as_deref() {
+        Some(master) if !config.redis_sentinels.is_empty() => Store::with_sentinels(
+            &config.redis_url,
+            &config.redis_sentinels,
+            master,
+            metrics.clone(),
+            config.history_len,
+            config.idempotency_ttl,
+        ),
+        _ => Store::new(
+            &config.redis_url,
+            metrics.clone(),
+            config.history_len,
+            config.idempotency_ttl,
+        ),
+    }
+    .with_context(|| format!("bad redis settings (url {})", config.redis_url))?;
     let hub = Hub::new(
         metrics.clone(),
         Duration::from_secs(3),

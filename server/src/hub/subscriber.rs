@@ -44,10 +44,11 @@ impl Hub {
         let metrics = self.shared.metrics.clone();
         let mut backoff = Duration::from_millis(100);
         loop {
-            let connect = tokio::time::timeout(Duration::from_secs(2), async {
-                let mut p = store.client().get_async_pubsub().await?;
-                p.subscribe(&probe).await?;
-                Ok::<_, redis::RedisError>(p)
+            let connect = tokio::time::timeout(Duration::from_secs(3), async {
+                let client = store.client().await.map_err(|e| e.to_string())?;
+                let mut p = client.get_async_pubsub().await.map_err(|e| e.to_string())?;
+                p.subscribe(&probe).await.map_err(|e| e.to_string())?;
+                Ok::<_, String>(p)
             });
             let pubsub = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -91,10 +92,19 @@ impl Hub {
     ) {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Ask the sentinels about once a second (each check also asks the
+        // node they name for its ROLE).
+        let check_every =
+            (Duration::from_secs(1).as_millis() / every.as_millis().max(1)).max(1) as u64;
+        let mut ticks: u64 = 0;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
+            }
+            ticks += 1;
+            if ticks.is_multiple_of(check_every) {
+                store.check_master().await;
             }
             let at = crate::now_ms().to_string();
             if let Err(e) = store.publish_to(&channel, &at).await {
@@ -120,6 +130,7 @@ impl Hub {
         }
         let timeout = self.shared.probe_timeout;
         let mut watchdog = tokio::time::interval(timeout / 4);
+        let moves = store.master_moves();
         let connected = tokio::time::Instant::now();
         loop {
             tokio::select! {
@@ -153,6 +164,9 @@ impl Hub {
                     }
                 }
                 _ = watchdog.tick() => {
+                    if store.master_moves() != moves {
+                        return Some("the sentinels named a new master".into());
+                    }
                     let heard = self.shared.probe_heard_ms.load(Relaxed);
                     let silent = if heard == 0 {
                         connected.elapsed()

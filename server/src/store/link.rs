@@ -19,16 +19,97 @@ use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
 use redis::io::tcp::{socket2::TcpKeepalive, TcpSettings};
-use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo};
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::{AsyncConnectionConfig, Client, ConnectionAddr, IntoConnectionInfo};
 
 use super::{StoreError, StoreResult};
 
 /// How long calls fail fast after a failed connect.
 const RETRY_AFTER: Duration = Duration::from_millis(250);
 
+/// Where the master is: one fixed address, or whatever the sentinels
+/// name now.
+pub(crate) enum Target {
+    Single(Client),
+    Sentinel {
+        /// redis-rs's sentinel client: asks the sentinels (`SENTINEL
+        /// MASTERS`) and checks with `ROLE` that the node it names really is
+        /// the master. It caches its sentinel connections, hence the lock.
+        client: tokio::sync::Mutex<SentinelClient>,
+        master: String,
+    },
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Single(c) => write!(f, "Single({:?})", c.get_connection_info().addr()),
+            Self::Sentinel { master, .. } => write!(f, "Sentinel({master})"),
+        }
+    }
+}
+
+impl Target {
+    /// A target asking `sentinels` (`HOST:PORT`) for `master`; `url` gives
+    /// the database, user and password of the master.
+    pub(crate) fn sentinel(url: &str, sentinels: &[String], master: &str) -> StoreResult<Self> {
+        let info = url.into_connection_info()?;
+        let redis = info.redis_settings();
+        let addrs = sentinels
+            .iter()
+            .map(|s| {
+                let (host, port) = s
+                    .trim()
+                    .rsplit_once(':')
+                    .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+                    .ok_or_else(|| {
+                        StoreError::Reply(format!("bad sentinel address {s:?}: want HOST:PORT"))
+                    })?;
+                Ok(ConnectionAddr::Tcp(host, port))
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        let mut b = SentinelClientBuilder::new(addrs, master, SentinelServerType::Master)?
+            .set_client_to_redis_db(redis.db())
+            .set_client_to_redis_tcp_settings(tcp_settings())
+            .set_client_to_sentinel_tcp_settings(tcp_settings());
+        if let Some(user) = redis.username() {
+            b = b.set_client_to_redis_username(user);
+        }
+        if let Some(pass) = redis.password() {
+            b = b.set_client_to_redis_password(pass);
+        }
+        Ok(Self::Sentinel {
+            client: tokio::sync::Mutex::new(b.build()?),
+            master: master.to_string(),
+        })
+    }
+
+    /// A client for the current master.
+    pub(crate) async fn client(&self) -> StoreResult<Client> {
+        match self {
+            Self::Single(c) => Ok(c.clone()),
+            Self::Sentinel { client, master } => {
+                let ask = async { client.lock().await.async_get_client().await };
+                match tokio::time::timeout(Duration::from_secs(2), ask).await {
+                    Ok(r) => r.map_err(|e| {
+                        StoreError::Unavailable(format!(
+                            "no master {master:?} from the sentinels: {e}"
+                        ))
+                    }),
+                    Err(_) => Err(StoreError::Unavailable(format!(
+                        "the sentinels did not name master {master:?} in time"
+                    ))),
+                }
+            }
+        }
+    }
+}
+
 /// One connection and the Redis process behind it.
 #[derive(Debug)]
 pub(crate) struct Link {
+    /// The master's address when the link was made.
+    pub(crate) addr: String,
     pub(crate) conn: MultiplexedConnection,
     /// `INFO server` `run_id`: changes when Redis restarts or another
     /// process (a promoted replica) takes over.
@@ -38,7 +119,7 @@ pub(crate) struct Link {
 /// Connects and keeps the current [`Link`].
 #[derive(Debug)]
 pub(crate) struct Linker {
-    client: Client,
+    target: Target,
     config: AsyncConnectionConfig,
     connect_timeout: Duration,
     /// Loaded on every new connection, so `EVALSHA` never meets
@@ -73,13 +154,13 @@ pub(crate) fn client(url: &str) -> StoreResult<Client> {
 }
 
 impl Linker {
-    pub(crate) fn new(client: Client, response_timeout: Duration, scripts: Vec<String>) -> Self {
+    pub(crate) fn new(target: Target, response_timeout: Duration, scripts: Vec<String>) -> Self {
         let connect_timeout = Duration::from_secs(1);
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(connect_timeout))
             .set_response_timeout(Some(response_timeout));
         Self {
-            client,
+            target,
             config,
             connect_timeout,
             scripts,
@@ -89,8 +170,19 @@ impl Linker {
         }
     }
 
-    pub(crate) fn client(&self) -> &Client {
-        &self.client
+    /// A client for the current master (for the pub/sub connection).
+    pub(crate) async fn client(&self) -> StoreResult<Client> {
+        self.target.client().await
+    }
+
+    /// Whether the master is found through sentinels.
+    pub(crate) fn follows_sentinels(&self) -> bool {
+        matches!(self.target, Target::Sentinel { .. })
+    }
+
+    /// The current link's master address, if there is a link.
+    pub(crate) fn current_addr(&self) -> Option<String> {
+        self.slot().as_ref().map(|l| l.addr.clone())
     }
 
     fn slot(&self) -> std::sync::MutexGuard<'_, Option<Arc<Link>>> {
@@ -136,8 +228,9 @@ impl Linker {
     }
 
     async fn connect(&self) -> StoreResult<Link> {
-        let mut conn = self
-            .client
+        let client = self.target.client().await?;
+        let addr = client.get_connection_info().addr().to_string();
+        let mut conn = client
             .get_multiplexed_async_connection_with_config(&self.config)
             .await?;
         let info: String = redis::cmd("INFO")
@@ -153,8 +246,9 @@ impl Linker {
                 .query_async::<String>(&mut conn)
                 .await?;
         }
-        tracing::info!(run_id, "redis command connection up");
+        tracing::info!(run_id, addr, "redis command connection up");
         Ok(Link {
+            addr,
             conn,
             run_id: Arc::from(run_id),
         })

@@ -27,7 +27,7 @@ use redis::{Cmd, ErrorKind, FromRedisValue, Script, Value};
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::Metrics;
-use link::{Link, Linker};
+use link::{Link, Linker, Target};
 
 /// A Redis failure, already counted in metrics.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +53,14 @@ impl StoreError {
             Self::Redis(e) => !matches!(e.kind(), ErrorKind::Server(_)),
             Self::Unavailable(_) | Self::Reply(_) => false,
         }
+    }
+}
+
+impl StoreError {
+    /// A write refused by a replica: the connection reaches a node that is
+    /// no longer the master.
+    pub fn is_readonly(&self) -> bool {
+        matches!(self, Self::Redis(e) if e.kind() == ErrorKind::Server(redis::ServerErrorKind::ReadOnly))
     }
 }
 
@@ -173,6 +181,9 @@ pub struct Store {
     timeout: Duration,
     /// How long a send's id is remembered (zero: not at all).
     idem_ttl: Duration,
+    /// Times the sentinels named another master than the one connected:
+    /// the pub/sub connection must move too.
+    master_moves: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Store {
@@ -190,24 +201,83 @@ impl Store {
         history_len: u32,
         idem_ttl: Duration,
     ) -> StoreResult<Self> {
+        let target = Target::Single(link::client(redis_url)?);
+        Ok(Self::with_target(target, metrics, history_len, idem_ttl))
+    }
+
+    /// A store whose master is whatever the sentinels name now: every
+    /// reconnect asks them again, and [`Store::check_master`] notices a
+    /// failover even while the old master still answers.
+    pub fn with_sentinels(
+        redis_url: &str,
+        sentinels: &[String],
+        master: &str,
+        metrics: Arc<Metrics>,
+        history_len: u32,
+        idem_ttl: Duration,
+    ) -> StoreResult<Self> {
+        let target = Target::sentinel(redis_url, sentinels, master)?;
+        Ok(Self::with_target(target, metrics, history_len, idem_ttl))
+    }
+
+    fn with_target(
+        target: Target,
+        metrics: Arc<Metrics>,
+        history_len: u32,
+        idem_ttl: Duration,
+    ) -> Self {
         let timeout = Duration::from_secs(2);
-        let client = link::client(redis_url)?;
         let (publish, head) = (lua::publish(), lua::head());
-        Ok(Self {
+        Self {
             publish: Arc::new(Script::new(&publish)),
             head: Arc::new(Script::new(&head)),
-            linker: Arc::new(Linker::new(client, timeout, vec![publish, head])),
+            linker: Arc::new(Linker::new(target, timeout, vec![publish, head])),
             metrics,
             history_len,
             timeout,
             idem_ttl,
-        })
+            master_moves: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        }
     }
 
-    /// The client (TCP keepalive and no Nagle set), for the pub/sub
-    /// connection.
-    pub fn client(&self) -> &redis::Client {
-        self.linker.client()
+    /// A client for the current master (TCP keepalive and no Nagle set),
+    /// for the pub/sub connection.
+    pub async fn client(&self) -> StoreResult<redis::Client> {
+        self.linker.client().await
+    }
+
+    /// With sentinels: ask them which node is the master; if it is not the
+    /// one connected (a failover, or the old master came back as a
+    /// replica), drop the command connection and count a move, so the
+    /// subscriber reconnects too. Without sentinels it does nothing.
+    pub async fn check_master(&self) {
+        if !self.linker.follows_sentinels() {
+            return;
+        }
+        let Some(current) = self.linker.current_addr() else {
+            return;
+        };
+        match self.linker.client().await {
+            Ok(c) => {
+                let named = c.get_connection_info().addr().to_string();
+                if named != current {
+                    tracing::warn!(
+                        from = current,
+                        to = named,
+                        "the sentinels name a new master: moving"
+                    );
+                    self.linker.drop_current();
+                    self.master_moves
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot ask the sentinels"),
+        }
+    }
+
+    /// How many times [`Store::check_master`] saw the master move.
+    pub fn master_moves(&self) -> u64 {
+        self.master_moves.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Drop the command connection, so the next call connects afresh: the
@@ -254,7 +324,14 @@ impl Store {
             Ok(r) => r.map_err(StoreError::from),
             Err(_) => Err(StoreError::Timeout(self.timeout)),
         };
-        if res.as_ref().err().is_some_and(StoreError::maybe_applied) {
+        // A link that timed out or broke may be hung; one that got
+        // READONLY reaches a master that was demoted (a failover): either
+        // way the next call connects afresh (asking the sentinels again).
+        if res
+            .as_ref()
+            .err()
+            .is_some_and(|e| e.maybe_applied() || e.is_readonly())
+        {
             self.linker.failed(link);
         }
         self.metrics
