@@ -79,7 +79,12 @@ fn compose_file_matches_the_launcher_topology() {
     let mut doc = doc;
     doc.apply_merge().expect("merge keys resolve");
     let services = doc["services"].as_mapping().expect("services");
-    let names: Vec<&str> = services.keys().map(|k| k.as_str().unwrap()).collect();
+    // The default services: those without a profile.
+    let names: Vec<&str> = services
+        .iter()
+        .filter(|(_, svc)| svc.get("profiles").is_none())
+        .map(|(k, _)| k.as_str().unwrap())
+        .collect();
     assert_eq!(names, ["redis", "app1", "app2", "app3", "haproxy"]);
     let settings = compose_settings();
     for (name, addr) in &settings.servers {
@@ -124,4 +129,165 @@ fn compose_file_matches_the_launcher_topology() {
             && dockerfile.contains("ENTRYPOINT [\"/usr/local/bin/server\"]")
     );
     assert!(dockerfile.matches("FROM ").count() >= 2, "multi-stage");
+}
+
+fn strings(v: &serde_yaml::Value) -> Vec<String> {
+    v.as_sequence()
+        .map(|s| {
+            s.iter()
+                .map(|x| match x {
+                    serde_yaml::Value::String(s) => s.clone(),
+                    other => serde_yaml::to_string(other).unwrap().trim().to_string(),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The `sentinel` profile: a master, two replicas of it, three sentinels
+/// that monitor it under the name the chat servers ask for, on the port
+/// the servers are given, and an HAProxy that does not take the default
+/// one's host ports.
+#[test]
+fn compose_sentinel_profile_is_consistent() {
+    let text = std::fs::read_to_string(repo().join("docker-compose.yml")).unwrap();
+    let mut doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    doc.apply_merge().expect("merge keys resolve");
+    let services = doc["services"].as_mapping().expect("services");
+    let profiled: Vec<&str> = services
+        .iter()
+        .filter(|(_, svc)| strings(&svc["profiles"]) == ["sentinel"])
+        .map(|(k, _)| k.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        profiled,
+        [
+            "redis-master",
+            "redis-replica1",
+            "redis-replica2",
+            "sentinel1",
+            "sentinel2",
+            "sentinel3",
+            "sentinel-app1",
+            "sentinel-app2",
+            "sentinel-app3",
+            "sentinel-haproxy"
+        ]
+    );
+    let svc = |name: &str| &doc["services"][name];
+
+    let master = strings(&svc("redis-master")["command"]);
+    assert!(!master.contains(&"--replicaof".to_string()), "{master:?}");
+    for r in ["redis-replica1", "redis-replica2"] {
+        let cmd = strings(&svc(r)["command"]).join(" ");
+        assert!(cmd.contains("--replicaof redis-master 6379"), "{r}: {cmd}");
+        assert!(
+            cmd.contains(&format!("--replica-announce-ip {r}")),
+            "{r}: {cmd}"
+        );
+    }
+
+    // What the servers are told.
+    let env = &svc("sentinel-app1")["environment"];
+    let master_name = env["REDIS_SENTINEL_MASTER"].as_str().unwrap();
+    let sentinels: Vec<&str> = env["REDIS_SENTINELS"]
+        .as_str()
+        .unwrap()
+        .split(',')
+        .collect();
+    assert_eq!(
+        sentinels,
+        ["sentinel1:26379", "sentinel2:26379", "sentinel3:26379"]
+    );
+    for (i, addr) in sentinels.iter().enumerate() {
+        let (host, port) = addr.split_once(':').unwrap();
+        let s = svc(host);
+        let conf = strings(&s["command"]).join("\n");
+        assert!(conf.contains(&format!("port {port}\n")), "{host}: {conf}");
+        assert!(strings(&s["expose"]).contains(&port.to_string()), "{host}");
+        assert!(
+            conf.contains(&format!(
+                "sentinel monitor {master_name} redis-master 6379 2\n"
+            )),
+            "{host} monitors {master_name:?} with quorum 2: {conf}"
+        );
+        for line in [
+            "down-after-milliseconds",
+            "failover-timeout",
+            "parallel-syncs",
+        ] {
+            assert!(
+                conf.contains(&format!("sentinel {line} {master_name} ")),
+                "{host}: {line}"
+            );
+        }
+        assert_eq!(
+            s["environment"]["SENTINEL_ANNOUNCE_IP"].as_str(),
+            Some(host),
+            "sentinel{} announces its own name",
+            i + 1
+        );
+        assert!(strings(&s["entrypoint"]).join(" ").contains("sh -c"));
+    }
+
+    // The servers: the same image, env for sentinel and no REDIS_URL,
+    // reachable under the names haproxy.cfg uses, waiting for the sentinels.
+    for (i, (name, addr)) in compose_settings().servers.iter().enumerate() {
+        let app = format!("sentinel-app{}", i + 1);
+        let s = svc(&app);
+        let e = &s["environment"];
+        assert_eq!(e["APP_ID"].as_str(), Some(name.as_str()), "{app}");
+        assert!(e.get("REDIS_URL").is_none(), "{app} has no REDIS_URL");
+        assert_eq!(e["REDIS_SENTINEL_MASTER"].as_str(), Some(master_name));
+        assert_eq!(e["REDIS_SENTINELS"], env["REDIS_SENTINELS"]);
+        let port = addr.rsplit(':').next().unwrap();
+        assert_eq!(
+            e["LISTEN_ADDR"].as_str(),
+            Some(format!("0.0.0.0:{port}").as_str())
+        );
+        assert_eq!(s["build"].as_str(), Some("."));
+        assert_eq!(
+            strings(&s["networks"]["sentinel"]["aliases"]),
+            [name.clone()],
+            "{app} answers to {name} on the sentinel network"
+        );
+        for sentinel in ["sentinel1", "sentinel2", "sentinel3"] {
+            assert_eq!(
+                s["depends_on"][sentinel]["condition"].as_str(),
+                Some("service_healthy"),
+                "{app} waits for {sentinel}"
+            );
+        }
+        assert!(s["depends_on"].get("redis").is_none(), "{app}");
+    }
+
+    // Its own HAProxy, on other host ports than the default one.
+    let ports = |name: &str| strings(&svc(name)["ports"]);
+    let host_ports = |name: &str| -> Vec<String> {
+        ports(name)
+            .iter()
+            .map(|p| p.split(':').next().unwrap().to_string())
+            .collect()
+    };
+    assert!(ports("sentinel-haproxy").contains(&"8081:8080".to_string()));
+    for p in host_ports("sentinel-haproxy") {
+        assert!(
+            !host_ports("haproxy").contains(&p),
+            "host port {p} taken twice"
+        );
+    }
+    assert_eq!(
+        strings(&svc("sentinel-haproxy")["networks"]),
+        ["sentinel"],
+        "only on the sentinel network, where app1..3 are the sentinel servers"
+    );
+    // Every service of the profile is on its network; no default one is.
+    for name in &profiled {
+        let nets = &svc(name)["networks"];
+        let on = strings(nets).contains(&"sentinel".to_string()) || nets.get("sentinel").is_some();
+        assert!(on, "{name} is on the sentinel network");
+    }
+    for name in ["redis", "app1", "app2", "app3", "haproxy"] {
+        assert!(svc(name).get("networks").is_none(), "{name}");
+    }
 }
