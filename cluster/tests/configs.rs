@@ -248,7 +248,7 @@ fn compose_sentinel_profile_is_consistent() {
         assert_eq!(s["build"].as_str(), Some("."));
         assert_eq!(
             strings(&s["networks"]["sentinel"]["aliases"]),
-            [name.clone()],
+            std::slice::from_ref(name),
             "{app} answers to {name} on the sentinel network"
         );
         for sentinel in ["sentinel1", "sentinel2", "sentinel3"] {
