@@ -65,7 +65,9 @@ enum Cmd {
     ///
     /// `cluster up` writes the topology to `<log dir>/cluster.json` and
     /// prints that path ("state:"); pass it here. The master is asked of
-    /// the sentinels, so this works again after a failover.
+    /// the sentinels, so this works again after a failover; it refuses
+    /// while one is under way (the sentinels disagree or their master is
+    /// not one).
     RedisFailover {
         /// The state file printed by `cluster up` (`<log dir>/cluster.json`).
         #[arg(long, env = "CLUSTER_STATE")]
