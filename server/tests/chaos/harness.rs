@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chat_cluster::{Cluster, ClusterOptions};
+use chat_cluster::{Cluster, ClusterOptions, RedisTopology};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -31,7 +31,13 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// server. The rate limit is raised well above what the clients send
 /// (their retries included): these tests are about faults, not flooding.
 pub fn cluster() -> Cluster {
+    cluster_on(RedisTopology::Single)
+}
+
+/// [`cluster`] on a given Redis topology.
+pub fn cluster_on(redis: RedisTopology) -> Cluster {
     Cluster::start(ClusterOptions {
+        redis,
         servers: 3,
         server_args: [
             "--rate",
