@@ -93,7 +93,7 @@ impl Target {
                 match tokio::time::timeout(Duration::from_secs(2), ask).await {
                     Ok(r) => r.map_err(|e| {
                         StoreError::Unavailable(format!(
-                            "no master {master:?} from the sentinels: {e}"
+                            "no reachable master {master:?} (from the sentinels, or the node they name: a failover may be under way): {e}"
                         ))
                     }),
                     Err(_) => Err(StoreError::Unavailable(format!(
