@@ -1,0 +1,190 @@
+//! Chat messages in Redis: publishing (with its epoch and idempotency
+//! key, see [`super::lua`]), a room's head, and history reads.
+
+use bytes::Bytes;
+use redis::Value;
+
+use super::{
+    channel, epoch_key, idem_field, idem_key, log_key, new_epoch, seq_key, Head, History,
+    Published, Store, StoreError, StoreResult,
+};
+
+impl Store {
+    /// Append and publish a chat message. With `idem` (the sender's nick
+    /// and the send's id) a retry of a send already applied publishes
+    /// nothing and returns the original offset.
+    pub async fn publish_message(
+        &self,
+        room: &str,
+        tail: &str,
+        idem: Option<(&str, &str)>,
+    ) -> StoreResult<Published> {
+        let now = crate::now_ms();
+        let base = now.saturating_mul(1000);
+        // Buckets as long as the TTL; one lives two buckets long.
+        let width = (self.idem_ttl.as_millis() as u64).max(1);
+        let bucket = now / width;
+        let field = match idem {
+            Some((nick, id)) if !self.idem_ttl.is_zero() => idem_field(nick, id),
+            _ => String::new(),
+        };
+        let link = self.link().await?;
+        let mut inv = self.publish.prepare_invoke();
+        inv.key(seq_key(room))
+            .key(log_key(room))
+            .key(epoch_key(room))
+            .key(idem_key(room, bucket))
+            .key(idem_key(room, bucket.saturating_sub(1)))
+            .arg(&*link.run_id)
+            .arg(new_epoch())
+            .arg(base)
+            .arg(tail)
+            .arg(self.history_len)
+            .arg(channel(room))
+            .arg(field)
+            .arg(width.saturating_mul(2));
+        let mut conn = link.conn.clone();
+        let (res, dup): (String, i64) = self.timed(&link, inv.invoke_async(&mut conn)).await?;
+        let (offset, epoch) = res
+            .split_once(' ')
+            .and_then(|(o, e)| Some((o.parse().ok()?, e.to_string())))
+            .ok_or_else(|| StoreError::Reply(format!("publish: {res:?}")))?;
+        Ok(Published {
+            offset,
+            epoch,
+            duplicate: dup != 0,
+        })
+    }
+
+    /// Publish a frame that has no offset (presence) on a room's channel.
+    pub async fn publish_raw(&self, room: &str, frame: &str) -> StoreResult<()> {
+        self.query::<i64>(redis::cmd("PUBLISH").arg(channel(room)).arg(frame))
+            .await
+            .map(drop)
+    }
+
+    /// Publish on an arbitrary channel (the liveness probe).
+    pub async fn publish_to(&self, channel: &str, payload: &str) -> StoreResult<()> {
+        self.query::<i64>(redis::cmd("PUBLISH").arg(channel).arg(payload))
+            .await
+            .map(drop)
+    }
+
+    /// The room's epoch and head, starting a new epoch first if Redis is
+    /// not the process that started the current one (see [`lua`]).
+    pub async fn head(&self, room: &str) -> StoreResult<Head> {
+        let base = crate::now_ms().saturating_mul(1000);
+        let link = self.link().await?;
+        let mut inv = self.head.prepare_invoke();
+        inv.key(seq_key(room))
+            .key(log_key(room))
+            .key(epoch_key(room))
+            .arg(&*link.run_id)
+            .arg(new_epoch())
+            .arg(base);
+        let mut conn = link.conn.clone();
+        let (epoch, head, start): (String, u64, u64) =
+            self.timed(&link, inv.invoke_async(&mut conn)).await?;
+        Ok(Head { epoch, head, start })
+    }
+
+    /// Entries after offset `after` (at most `history_len`), the room's
+    /// head, and the oldest offset history still holds.
+    pub async fn history_after(&self, room: &str, head: Head, after: u64) -> StoreResult<History> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("XRANGE")
+            .arg(log_key(room))
+            .arg(format!("{}-0", after.saturating_add(1)))
+            .arg("+")
+            .arg("COUNT")
+            .arg(self.history_len)
+            .cmd("XRANGE")
+            .arg(log_key(room))
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1);
+        let (entries, first): (Value, Value) = self.query_pipe(&pipe).await?;
+        Ok(History {
+            head,
+            entries: parse_entries(entries)?,
+            first: parse_entries(first)?.first().map(|(o, _)| *o),
+        })
+    }
+
+    /// The last `n` messages, oldest first, and the head.
+    pub async fn history_last(&self, room: &str, head: Head, n: u32) -> StoreResult<History> {
+        let v: Value = self
+            .query(
+                redis::cmd("XREVRANGE")
+                    .arg(log_key(room))
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(n.min(self.history_len)),
+            )
+            .await?;
+        let mut entries = parse_entries(v)?;
+        entries.reverse();
+        Ok(History {
+            head,
+            first: entries.first().map(|(o, _)| *o),
+            entries,
+        })
+    }
+
+    /// Offsets `from..=to` from history.
+    pub async fn range(&self, room: &str, from: u64, to: u64) -> StoreResult<Vec<(u64, Bytes)>> {
+        let v: Value = self
+            .query(
+                redis::cmd("XRANGE")
+                    .arg(log_key(room))
+                    .arg(format!("{from}-0"))
+                    .arg(format!("{to}-0")),
+            )
+            .await?;
+        parse_entries(v)
+    }
+}
+
+/// Parse an XRANGE reply: `[[id, [field, value, ...]], ...]` into
+/// `(offset, frame)` pairs.
+fn parse_entries(v: Value) -> StoreResult<Vec<(u64, Bytes)>> {
+    let bad = |what: &str| StoreError::Reply(format!("stream entry: {what}"));
+    let Value::Array(items) = v else {
+        return match v {
+            Value::Nil => Ok(Vec::new()),
+            _ => Err(bad("not an array")),
+        };
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let Value::Array(mut pair) = item else {
+            return Err(bad("entry not an array"));
+        };
+        if pair.len() != 2 {
+            return Err(bad("entry not a pair"));
+        }
+        let fields = pair.pop().expect("len 2");
+        let id = pair.pop().expect("len 2");
+        let id: String = redis::from_redis_value(id).map_err(|e| bad(&e.to_string()))?;
+        let offset: u64 = id
+            .split('-')
+            .next()
+            .and_then(|o| o.parse().ok())
+            .ok_or_else(|| bad("id"))?;
+        let Value::Array(mut fields) = fields else {
+            return Err(bad("fields not an array"));
+        };
+        if fields.len() < 2 {
+            return Err(bad("no field"));
+        }
+        let frame = match fields.swap_remove(1) {
+            Value::BulkString(b) => Bytes::from(b),
+            Value::SimpleString(s) => Bytes::from(s),
+            _ => return Err(bad("frame not a string")),
+        };
+        out.push((offset, frame));
+    }
+    Ok(out)
+}

@@ -1,0 +1,98 @@
+//! Presence hashes and the instance registry in Redis.
+
+use std::time::Duration;
+
+use super::{
+    instance_key, members_key, InstanceInfo, MemberEntry, Store, StoreError, StoreResult,
+    INSTANCES_KEY,
+};
+
+impl Store {
+    /// Record a member in a room's presence hash; returns the number of
+    /// members now recorded.
+    pub async fn add_member(
+        &self,
+        room: &str,
+        conn_id: &str,
+        entry: &MemberEntry,
+    ) -> StoreResult<u64> {
+        let json = serde_json::to_string(entry).map_err(|e| StoreError::Reply(e.to_string()))?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("HSET")
+            .arg(members_key(room))
+            .arg(conn_id)
+            .arg(json)
+            .ignore()
+            .cmd("HLEN")
+            .arg(members_key(room));
+        let (n,): (u64,) = self.query_pipe(&pipe).await?;
+        Ok(n)
+    }
+
+    /// Remove a member. Returns whether this call removed it (so exactly
+    /// one caller announces the leave) and how many members remain.
+    pub async fn remove_member(&self, room: &str, conn_id: &str) -> StoreResult<(bool, u64)> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("HDEL")
+            .arg(members_key(room))
+            .arg(conn_id)
+            .cmd("HLEN")
+            .arg(members_key(room));
+        let (removed, left): (u64, u64) = self.query_pipe(&pipe).await?;
+        Ok((removed > 0, left))
+    }
+
+    /// Every entry of a room's presence hash, stale ones included.
+    pub async fn members(&self, room: &str) -> StoreResult<Vec<(String, MemberEntry)>> {
+        let raw: Vec<(String, String)> = self
+            .query(redis::cmd("HGETALL").arg(members_key(room)))
+            .await?;
+        Ok(raw
+            .into_iter()
+            .filter_map(|(id, json)| serde_json::from_str(&json).ok().map(|e| (id, e)))
+            .collect())
+    }
+
+    /// Refresh this instance's registry entry.
+    pub async fn heartbeat(&self, info: &InstanceInfo, ttl: Duration) -> StoreResult<()> {
+        let json = serde_json::to_string(info).map_err(|e| StoreError::Reply(e.to_string()))?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(instance_key(&info.app_id))
+            .arg(json)
+            .arg("PX")
+            .arg(ttl.as_millis() as u64)
+            .ignore()
+            .cmd("SADD")
+            .arg(INSTANCES_KEY)
+            .arg(&info.app_id)
+            .ignore();
+        self.query_pipe::<()>(&pipe).await
+    }
+
+    /// Remove this instance's registry entry (graceful shutdown).
+    pub async fn deregister(&self, app_id: &str) -> StoreResult<()> {
+        self.query::<i64>(redis::cmd("DEL").arg(instance_key(app_id)))
+            .await
+            .map(drop)
+    }
+
+    /// Every live instance (heartbeat not expired), sorted by app_id.
+    pub async fn instances(&self) -> StoreResult<Vec<InstanceInfo>> {
+        let ids: Vec<String> = self
+            .query(redis::cmd("SMEMBERS").arg(INSTANCES_KEY))
+            .await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|id| instance_key(id)).collect();
+        let vals: Vec<Option<String>> = self.query(redis::cmd("MGET").arg(&keys)).await?;
+        let mut live: Vec<InstanceInfo> = vals
+            .into_iter()
+            .flatten()
+            .filter_map(|j| serde_json::from_str(&j).ok())
+            .collect();
+        live.sort_by(|a, b| a.app_id.cmp(&b.app_id));
+        Ok(live)
+    }
+}
