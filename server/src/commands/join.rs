@@ -1,0 +1,180 @@
+//! Joining a room: the baseline, history replay on resume, and where live
+//! delivery takes over (see DELIVERY.md, rules 2, 7 and 8).
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use chat_protocol::names::validate_room;
+use chat_protocol::splice::peek_epoch;
+use chat_protocol::{ErrorCode, PresenceEvent, ServerFrame};
+
+use super::{Joined, Session};
+use crate::session::{Conn, End};
+use crate::store::{Head, History};
+
+impl Session {
+    /// Join (or re-join) a room and make it current; replay history if
+    /// asked. With `since` (and the `epoch` it belongs to), everything
+    /// after it that history holds is replayed, and live copies at or
+    /// below it are never sent again.
+    pub async fn join(
+        &mut self,
+        conn: &mut Conn,
+        room: &str,
+        since: Option<u64>,
+        epoch: Option<String>,
+        history: Option<u32>,
+    ) -> Result<(), End> {
+        if let Err(e) = validate_room(room) {
+            return conn.error(ErrorCode::InvalidRoom, e, None).await;
+        }
+        if let Some(i) = self.position(room) {
+            let j = self.rooms.remove(i);
+            self.rooms.push(j);
+        } else {
+            if self.rooms.len() >= self.state.config.max_rooms {
+                let msg = format!(
+                    "at most {} rooms per connection; leave one first",
+                    self.state.config.max_rooms
+                );
+                return conn.error(ErrorCode::TooManyRooms, msg, None).await;
+            }
+            let key = match self.state.hub.join(room, self.member.clone()).await {
+                Ok(k) => k,
+                Err(e) => {
+                    return conn
+                        .error(ErrorCode::Unavailable, e.to_string(), None)
+                        .await
+                }
+            };
+            self.rooms.push(Joined {
+                name: room.to_string(),
+                key,
+                epoch: crate::hub::no_epoch(),
+                last: 0,
+            });
+            self.announce(room, PresenceEvent::Join, None).await;
+        }
+        let store = &self.state.store;
+        let read = async {
+            let head = store.head(room).await?;
+            match (since, history) {
+                (Some(since), _) => {
+                    // In another epoch, offsets after the epoch's start may
+                    // sit below `since`: replay from there too.
+                    let same = epoch.as_deref().is_none_or(|e| e == head.epoch);
+                    let after = if same { since } else { since.min(head.start) };
+                    Ok((store.history_after(room, head, after).await?, Some(same)))
+                }
+                (None, Some(n)) if n > 0 => Ok((store.history_last(room, head, n).await?, None)),
+                (None, _) => Ok((
+                    History {
+                        head,
+                        ..Default::default()
+                    },
+                    None,
+                )),
+            }
+        };
+        let (hist, recovered) = match read.await {
+            Ok(r) => r,
+            Err(e) => {
+                let e: crate::store::StoreError = e;
+                tracing::warn!(room, error = %e, "history unavailable on join");
+                conn.frame(&ServerFrame::Joined {
+                    room: room.to_string(),
+                    head: 0,
+                    epoch: String::new(),
+                    recovered: since.map(|_| false),
+                })
+                .await?;
+                let msg = format!(
+                    "joined, but history is unavailable ({e}); missed messages were not replayed"
+                );
+                return conn.error(ErrorCode::Unavailable, msg, None).await;
+            }
+        };
+        conn.frame(&ServerFrame::Joined {
+            room: room.to_string(),
+            head: hist.head.head,
+            epoch: hist.head.epoch.clone(),
+            recovered,
+        })
+        .await?;
+        self.send_members(conn, room).await?;
+        let from = since.map(|s| (epoch.unwrap_or_else(|| hist.head.epoch.clone()), s));
+        self.replay(conn, room, from, hist).await
+    }
+
+    /// Send history entries after `from` (the client's epoch and offset),
+    /// a gap notice for what history lost, and set where live delivery
+    /// takes over.
+    async fn replay(
+        &mut self,
+        conn: &mut Conn,
+        room: &str,
+        from: Option<(String, u64)>,
+        hist: History,
+    ) -> Result<(), End> {
+        let Head {
+            epoch: head_epoch,
+            head,
+            ..
+        } = hist.head;
+        // `since: 0` asks for everything history holds: nothing is missing.
+        if let Some((epoch, since)) = from.as_ref().filter(|(_, s)| *s > 0) {
+            let wanted_from = since.saturating_add(1);
+            let have_from = hist.first.unwrap_or(head.saturating_add(1));
+            if *epoch == head_epoch && head >= wanted_from && have_from > wanted_from {
+                self.state.metrics.gaps.fetch_add(1, Relaxed);
+                let to = (have_from - 1).min(head);
+                conn.frame(&ServerFrame::Gap {
+                    room: room.to_string(),
+                    from: wanted_from,
+                    to,
+                })
+                .await?;
+            }
+        }
+        let Some(i) = self.position(room) else {
+            return Ok(());
+        };
+        // Where this client stands: what it said it has, else what this
+        // session already sent; a fresh join replays everything fetched.
+        let fresh = self.rooms[i].epoch.is_empty();
+        let (mut epoch, mut last): (Arc<str>, u64) = match &from {
+            Some((e, s)) => (self.state.hub.epoch_arc(room, e), *s),
+            None if !fresh => (self.rooms[i].epoch.clone(), self.rooms[i].last),
+            None => (self.state.hub.epoch_arc(room, &head_epoch), 0),
+        };
+        let mut frames = Vec::with_capacity(hist.entries.len());
+        for (off, f) in hist.entries {
+            let Some(e) = peek_epoch(&f) else { continue };
+            if *e == *epoch && off <= last {
+                continue;
+            }
+            if *e != *epoch {
+                epoch = self.state.hub.epoch_arc(room, e);
+            }
+            last = off;
+            if std::str::from_utf8(&f).is_ok() {
+                frames.push(f);
+            }
+        }
+        if from.is_none() && fresh && *epoch == *head_epoch {
+            // Live delivery takes over after the head this client joined at.
+            last = last.max(head);
+        } else if frames.is_empty() && *epoch != *head_epoch {
+            // A new epoch with nothing of it in history yet: live delivery
+            // takes over after its head.
+            epoch = self.state.hub.epoch_arc(room, &head_epoch);
+            last = head;
+        }
+        let sent = frames.len() as u64;
+        self.rooms[i].epoch = epoch;
+        self.rooms[i].last = last;
+        self.state.metrics.history_replayed.fetch_add(sent, Relaxed);
+        conn.send_texts(&frames).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,278 @@
+//! What a session does with each client request: join, leave, send, nick,
+//! who, ping. The per-connection state lives here; the socket loop is in
+//! [`crate::session`].
+//!
+//! - [`join`]: joins, resume and history replay.
+//! - [`send`]: chat sends and their publish.
+//! - [`presence`]: member hashes, presence events, cleanup on drop.
+
+mod join;
+mod presence;
+mod send;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use chat_protocol::names::validate_nick;
+use chat_protocol::{ClientFrame, ErrorCode, PresenceEvent, ServerFrame, PROTOCOL_VERSION};
+
+use crate::hub::{Delivery, Member, RoomKey};
+use crate::session::{Conn, End};
+use crate::AppState;
+
+/// A room this connection is in.
+#[derive(Debug)]
+struct Joined {
+    name: String,
+    key: RoomKey,
+    /// The epoch of `last`: offsets compare only within one epoch.
+    epoch: Arc<str>,
+    /// The highest chat offset of `epoch` sent to this client in this
+    /// room (or the point it resumed from, or the head it joined at); live
+    /// copies at or below it were already sent or predate the join.
+    last: u64,
+}
+
+/// A send that passed its checks, on its way through Redis: resolves to
+/// the frame to answer with (none when the delivery itself is the answer).
+pub type SendJob = Pin<Box<dyn Future<Output = Option<ServerFrame>> + Send>>;
+
+/// Token bucket for inbound frames.
+#[derive(Debug)]
+struct Bucket {
+    tokens: f32,
+    at: Instant,
+}
+
+/// The state of one connection.
+pub struct Session {
+    state: AppState,
+    member: Member,
+    pub conn_id: String,
+    nick: String,
+    /// Joined rooms, most recently joined (the current room) last.
+    rooms: Vec<Joined>,
+    bucket: Bucket,
+    /// Frames rejected for rate in a row.
+    strikes: u32,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("conn_id", &self.conn_id)
+            .field("nick", &self.nick)
+            .field("rooms", &self.rooms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// A new session for `member`; `nick` was validated by the upgrade.
+    pub fn new(state: AppState, member: Member, nick: Option<String>) -> Self {
+        let conn_id = format!("{}-{}-{}", state.app_id, state.boot, member.id);
+        let nick = nick.unwrap_or_else(|| format!("guest{}", member.id));
+        let burst = state.config.burst as f32;
+        Self {
+            state,
+            member,
+            conn_id,
+            nick,
+            rooms: Vec::new(),
+            bucket: Bucket {
+                tokens: burst,
+                at: Instant::now(),
+            },
+            strikes: 0,
+        }
+    }
+
+    /// Send the welcome frame.
+    pub async fn welcome(&self, conn: &mut Conn, room: Option<&str>) -> Result<(), End> {
+        conn.frame(&ServerFrame::Welcome {
+            app_id: self.state.app_id.clone(),
+            conn_id: self.conn_id.clone(),
+            nick: self.nick.clone(),
+            room: room.unwrap_or(crate::DEFAULT_ROOM).to_string(),
+            protocol: PROTOCOL_VERSION,
+            limits: self.state.config.limits(),
+        })
+        .await
+    }
+
+    /// Rate-limit one inbound frame: `Ok(false)` if it was rejected (the
+    /// client got `rate_limited`), `Err` once the client floods.
+    pub async fn admit(&mut self, conn: &mut Conn, id: Option<String>) -> Result<bool, End> {
+        let cfg = &self.state.config;
+        let now = Instant::now();
+        let refill = now.duration_since(self.bucket.at).as_secs_f32() * cfg.rate_per_sec as f32;
+        self.bucket.tokens = (self.bucket.tokens + refill).min(cfg.burst as f32);
+        self.bucket.at = now;
+        if self.bucket.tokens >= 1.0 {
+            self.bucket.tokens -= 1.0;
+            self.strikes = 0;
+            return Ok(true);
+        }
+        self.strikes += 1;
+        if self.strikes >= cfg.flood_strikes {
+            return Err(End::Close(
+                chat_protocol::close::POLICY,
+                format!(
+                    "flood: {} frames in a row over the limit of {}/s",
+                    self.strikes, cfg.rate_per_sec
+                ),
+            ));
+        }
+        let msg = format!(
+            "rate limit: at most {}/s with bursts of {}; this frame was dropped",
+            cfg.rate_per_sec, cfg.burst
+        );
+        conn.error(ErrorCode::RateLimited, msg, id).await?;
+        Ok(false)
+    }
+
+    /// Whether a queued delivery should go to this client: chat frames
+    /// already sent from history, or older than the join, are skipped. A
+    /// frame of another epoch is never skipped: the hub announced the new
+    /// epoch with a `reset` before it.
+    pub fn accept(&mut self, d: &Delivery) -> bool {
+        let Some(room) = self.rooms.iter_mut().find(|r| r.key == d.room) else {
+            return false; // left the room while the frame was queued
+        };
+        if d.offset == 0 {
+            return true;
+        }
+        if !Arc::ptr_eq(&room.epoch, &d.epoch) && *room.epoch != *d.epoch {
+            room.epoch = d.epoch.clone();
+        } else if d.offset <= room.last {
+            return false;
+        }
+        room.last = d.offset;
+        true
+    }
+
+    /// Carry out one protocol frame.
+    /// Carry out one protocol frame. A send that passed its checks comes
+    /// back as a [`SendJob`] for the session loop to run alongside others
+    /// (sends are pipelined, not one Redis round trip at a time).
+    pub async fn command(
+        &mut self,
+        conn: &mut Conn,
+        frame: ClientFrame,
+    ) -> Result<Option<SendJob>, End> {
+        if let ClientFrame::Send {
+            room,
+            text,
+            id,
+            action,
+        } = frame
+        {
+            return self.send_chat(conn, room, text, id, action).await;
+        }
+        match frame {
+            ClientFrame::Join {
+                room,
+                since,
+                epoch,
+                history,
+            } => self.join(conn, &room, since, epoch, history).await,
+            ClientFrame::Leave { room } => self.leave(conn, &room).await,
+            ClientFrame::Send { .. } => Ok(()),
+            ClientFrame::Nick { nick } => self.rename(conn, nick).await,
+            ClientFrame::Who { room } => self.who(conn, room).await,
+            ClientFrame::Ping { id, ts } => {
+                conn.frame(&ServerFrame::Pong {
+                    id,
+                    ts,
+                    server_ts: crate::now_ms(),
+                })
+                .await
+            }
+        }
+        .map(|()| None)
+    }
+
+    fn current(&self) -> Option<&Joined> {
+        self.rooms.last()
+    }
+
+    fn position(&self, room: &str) -> Option<usize> {
+        self.rooms.iter().position(|r| r.name == room)
+    }
+
+    async fn leave(&mut self, conn: &mut Conn, room: &str) -> Result<(), End> {
+        let Some(i) = self.position(room) else {
+            return conn
+                .error(ErrorCode::NotInRoom, format!("not in room {room:?}"), None)
+                .await;
+        };
+        self.rooms.remove(i);
+        self.state.hub.leave(room, self.member.id);
+        self.depart(room).await;
+        conn.frame(&ServerFrame::Left {
+            room: room.to_string(),
+        })
+        .await
+    }
+
+    async fn rename(&mut self, conn: &mut Conn, nick: String) -> Result<(), End> {
+        if let Err(e) = validate_nick(&nick) {
+            return conn.error(ErrorCode::InvalidNick, e, None).await;
+        }
+        let old = std::mem::replace(&mut self.nick, nick.clone());
+        let rooms: Vec<String> = self.rooms.iter().map(|j| j.name.clone()).collect();
+        for room in rooms {
+            self.announce(&room, PresenceEvent::Nick, Some(old.clone()))
+                .await;
+        }
+        conn.frame(&ServerFrame::Nick { nick, old }).await
+    }
+
+    async fn who(&mut self, conn: &mut Conn, room: Option<String>) -> Result<(), End> {
+        let room = match room.or_else(|| self.current().map(|j| j.name.clone())) {
+            Some(r) if self.position(&r).is_some() => r,
+            Some(r) => {
+                return conn
+                    .error(
+                        ErrorCode::NotInRoom,
+                        format!("join {r:?} to see its members"),
+                        None,
+                    )
+                    .await
+            }
+            None => {
+                return conn
+                    .error(ErrorCode::NotInRoom, "join a room first", None)
+                    .await
+            }
+        };
+        self.send_members(conn, &room).await
+    }
+
+    async fn send_members(&self, conn: &mut Conn, room: &str) -> Result<(), End> {
+        match self.state.members(room).await {
+            Ok(mut members) => {
+                // A full list of a big room would be O(members) bytes to
+                // every joiner; the first ones and the count are enough.
+                let total = members.len() as u64;
+                members.truncate(self.state.config.members_list_max);
+                conn.frame(&ServerFrame::Members {
+                    room: room.to_string(),
+                    members,
+                    total,
+                })
+                .await
+            }
+            Err(e) => {
+                conn.error(
+                    ErrorCode::Unavailable,
+                    format!("member list unavailable: {e}"),
+                    None,
+                )
+                .await
+            }
+        }
+    }
+}
