@@ -40,6 +40,18 @@ pub struct Config {
     #[arg(long, env = "REDIS_SENTINEL_MASTER")]
     pub redis_sentinel_master: Option<String>,
 
+    /// Publish a chat message only after this many replicas confirmed it
+    /// (`WAIT`), so a failover loses nothing anyone saw. 0: publish at once.
+    /// It costs a replication round trip per message, and while a replica
+    /// is missing every send waits `--redis-wait-timeout` and is answered
+    /// `timeout`.
+    #[arg(long, env = "REDIS_WAIT_REPLICAS", default_value_t = 0)]
+    pub redis_wait_replicas: u32,
+
+    /// Longest wait for `--redis-wait-replicas`.
+    #[arg(long, env = "REDIS_WAIT_TIMEOUT", default_value = "200ms", value_parser = humantime::parse_duration)]
+    pub redis_wait_timeout: Duration,
+
     /// Most concurrent WebSocket connections; further upgrades get 503. It is
     /// also capped by the process file limit (less a reserve).
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000)]

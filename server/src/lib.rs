@@ -181,7 +181,8 @@ pub async fn run(
             config.idempotency_ttl,
         ),
     }
-    .with_context(|| format!("bad redis settings (url {})", config.redis_url))?;
+    .with_context(|| format!("bad redis settings (url {})", config.redis_url))?
+    .with_wait(config.redis_wait_replicas, config.redis_wait_timeout);
     let hub = Hub::new(
         metrics.clone(),
         Duration::from_secs(3),

@@ -55,27 +55,34 @@ end
 ///
 /// KEYS: seq, log, epoch, then the idempotency buckets: this one and the
 /// one before. ARGV: run_id, new epoch, clock base, tail, history length,
-/// channel, the send's field ("" if it has no id), a bucket's life in ms.
-/// Returns `{"<offset> <epoch>", duplicate}`.
+/// channel, the send's field ("" if it has no id), a bucket's life in ms,
+/// "1" to append only and return the frame for the caller to publish
+/// after `WAIT` (`--redis-wait-replicas`).
+/// Returns `{"<offset> <epoch>", duplicate[, frame]}`.
 const PUBLISH: &str = r#"
 local field = ARGV[7]
 if field ~= '' then
   for i = 4, 5 do
     local prev = redis.call('HGET', KEYS[i], field)
-    if prev then return {prev, 1} end
+    if prev then
+      if ARGV[9] == '1' then return {prev, 1, ''} end
+      return {prev, 1}
+    end
   end
 end
 local epoch = ensure()
 local id = string.format('%d', redis.call('INCR', KEYS[1]))
 local frame = '{"type":"message","offset":' .. id .. ',"epoch":"' .. epoch .. '",' .. ARGV[4]
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[5], id .. '-0', 'f', frame)
-redis.call('PUBLISH', ARGV[6], frame)
+local deferred = ARGV[9] == '1'
+if not deferred then redis.call('PUBLISH', ARGV[6], frame) end
 local res = id .. ' ' .. epoch
 if field ~= '' then
   if redis.call('HSET', KEYS[4], field, res) == 1 and redis.call('HLEN', KEYS[4]) == 1 then
     redis.call('PEXPIRE', KEYS[4], ARGV[8])
   end
 end
+if deferred then return {res, 0, frame} end
 return {res, 0}
 "#;
 

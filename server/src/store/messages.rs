@@ -29,26 +29,61 @@ impl Store {
             _ => String::new(),
         };
         let link = self.link().await?;
-        let mut inv = self.publish.prepare_invoke();
-        inv.key(seq_key(room))
-            .key(log_key(room))
-            .key(epoch_key(room))
-            .key(idem_key(room, bucket))
-            .key(idem_key(room, bucket.saturating_sub(1)))
-            .arg(&*link.run_id)
+        let (seq, log, ep) = (seq_key(room), log_key(room), epoch_key(room));
+        let (bucket_now, bucket_before) = (
+            idem_key(room, bucket),
+            idem_key(room, bucket.saturating_sub(1)),
+        );
+        let keys = [&seq, &log, &ep, &bucket_now, &bucket_before];
+        let defer = self.wait_replicas > 0;
+        let mut eval = redis::cmd("EVALSHA");
+        eval.arg(self.publish.get_hash())
+            .arg(keys.len())
+            .arg(&keys[..]);
+        eval.arg(&*link.run_id)
             .arg(new_epoch())
             .arg(base)
             .arg(tail)
             .arg(self.history_len)
             .arg(channel(room))
             .arg(field)
-            .arg(width.saturating_mul(2));
+            .arg(width.saturating_mul(2))
+            .arg(if defer { "1" } else { "0" });
         let mut conn = link.conn.clone();
-        let (res, dup): (String, i64) = self.timed(&link, inv.invoke_async(&mut conn)).await?;
+        // The scripts are loaded on every new connection (see `link`), so
+        // EVALSHA finds them.
+        let (res, dup, frame) = if defer {
+            // Append now, publish only once enough replicas have it: a
+            // failover to any of them then loses nothing that was seen.
+            let mut pipe = redis::pipe();
+            pipe.add_command(eval)
+                .cmd("WAIT")
+                .arg(self.wait_replicas)
+                .arg(self.wait_timeout.as_millis() as u64);
+            let ((res, dup, frame), acked): ((String, i64, String), i64) =
+                self.timed(&link, pipe.query_async(&mut conn)).await?;
+            if dup == 0 && acked < i64::from(self.wait_replicas) {
+                return Err(StoreError::NotReplicated {
+                    acked,
+                    wanted: self.wait_replicas,
+                });
+            }
+            (res, dup, Some(frame))
+        } else {
+            let (res, dup): (String, i64) = self.timed(&link, eval.query_async(&mut conn)).await?;
+            (res, dup, None)
+        };
         let (offset, epoch) = res
             .split_once(' ')
             .and_then(|(o, e)| Some((o.parse().ok()?, e.to_string())))
             .ok_or_else(|| StoreError::Reply(format!("publish: {res:?}")))?;
+        if let Some(frame) = frame.filter(|f| dup == 0 && !f.is_empty()) {
+            // Subscribers that miss it (this fails) get it by repair: it is
+            // in history, and the next message shows the hole.
+            let publish = redis::cmd("PUBLISH").arg(channel(room)).arg(frame).clone();
+            self.timed::<i64, _>(&link, publish.query_async(&mut conn))
+                .await?;
+        }
         Ok(Published {
             offset,
             epoch,

@@ -43,6 +43,10 @@ pub enum StoreError {
     Timeout(Duration),
     #[error("unexpected reply from redis: {0}")]
     Reply(String),
+    /// `--redis-wait-replicas`: appended on the master, but fewer replicas
+    /// than asked confirmed it in time, so it was not published.
+    #[error("only {acked} of {wanted} replicas confirmed the message in time")]
+    NotReplicated { acked: i64, wanted: u32 },
 }
 
 impl StoreError {
@@ -51,7 +55,7 @@ impl StoreError {
     /// connection. An error reply or no connection at all means it was not.
     pub fn maybe_applied(&self) -> bool {
         match self {
-            Self::Timeout(_) => true,
+            Self::Timeout(_) | Self::NotReplicated { .. } => true,
             Self::Redis(e) => !matches!(e.kind(), ErrorKind::Server(_)),
             Self::Unavailable(_) | Self::Reply(_) => false,
         }
@@ -183,6 +187,10 @@ pub struct Store {
     timeout: Duration,
     /// How long a send's id is remembered (zero: not at all).
     idem_ttl: Duration,
+    /// Replicas that must confirm a message before it is published (0:
+    /// publish at once).
+    wait_replicas: u32,
+    wait_timeout: Duration,
     /// Times the sentinels named another master than the one connected:
     /// the pub/sub connection must move too.
     master_moves: Arc<std::sync::atomic::AtomicU64>,
@@ -239,7 +247,18 @@ impl Store {
             timeout,
             idem_ttl,
             master_moves: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            wait_replicas: 0,
+            wait_timeout: Duration::from_millis(200),
         }
+    }
+
+    /// Publish a message only after `replicas` replicas confirmed it
+    /// (`WAIT`), waiting at most `timeout`; otherwise the send is answered
+    /// `timeout` and the message reaches others only by repair.
+    pub fn with_wait(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.wait_replicas = replicas;
+        self.wait_timeout = timeout;
+        self
     }
 
     /// A client for the current master (TCP keepalive and no Nagle set),
