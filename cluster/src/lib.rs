@@ -15,6 +15,8 @@
 //! - [`resp`]: a tiny blocking RESP2 client for probes and faults.
 //! - [`sentinel`]: the Sentinel topology (master, two replicas, three
 //!   sentinels) started with [`RedisTopology::Sentinel`].
+//! - [`redis_cluster`]: the Redis Cluster topology (three masters, three
+//!   replicas) started with [`RedisTopology::Cluster`], and [`key_slot`].
 //! - [`state`]: the state file `cluster up` writes, so other commands
 //!   (`cluster redis-failover`) find the running topology.
 
@@ -22,6 +24,7 @@ pub mod haproxy;
 pub mod http;
 pub mod procs;
 mod redis;
+pub mod redis_cluster;
 pub mod resp;
 pub mod sentinel;
 pub mod state;
@@ -32,9 +35,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::procs::{free_port, Child};
+use crate::redis_cluster::RedisCluster;
 use crate::sentinel::Sentinels;
 
 pub use crate::redis::RedisTopology;
+pub use crate::redis_cluster::key_slot;
 
 /// How to start a cluster.
 #[derive(Debug, Clone)]
@@ -45,10 +50,11 @@ pub struct ClusterOptions {
     pub port: u16,
     /// HAProxy's stats port; 0 picks a free one.
     pub stats_port: u16,
-    /// Redis port (in sentinel mode: `redis1`'s, the first master); 0
-    /// picks a free one.
+    /// Redis port (in sentinel mode: `redis1`'s, the first master; in
+    /// cluster mode: `rnode1`'s); 0 picks a free one.
     pub redis_port: u16,
-    /// A single Redis (the default) or a Sentinel topology.
+    /// A single Redis (the default), a Sentinel topology or a Redis
+    /// Cluster (then `servers` must be 0 for now).
     pub redis: RedisTopology,
     /// The master name the sentinels monitor (sentinel mode only).
     pub sentinel_master: String,
@@ -96,9 +102,12 @@ pub struct Cluster {
     redis: Option<Child>,
     /// The Sentinel topology, in sentinel mode (then `redis` is `None`).
     sentinels: Option<Sentinels>,
-    /// Sentinel mode: the ports of `redis2`, `redis3` and `sentinel1..3`,
-    /// kept so a Redis restart keeps the addresses the servers know.
-    sentinel_ports: Vec<u16>,
+    /// The Redis Cluster, in cluster mode (then `redis` is `None`).
+    redis_cluster: Option<RedisCluster>,
+    /// The ports of the other Redis processes, kept so a Redis restart
+    /// keeps the addresses the servers know: in sentinel mode `redis2`,
+    /// `redis3` and `sentinel1..3`, in cluster mode `rnode2..6`.
+    extra_redis_ports: Vec<u16>,
     server_ports: Vec<u16>,
     servers: Vec<Option<Child>>,
     /// Per-server `--redis-url` overrides (see
@@ -115,6 +124,12 @@ impl Cluster {
     /// three times: another process can take a port between the moment it
     /// was found free and the moment a child binds it.
     pub fn start(opts: ClusterOptions) -> Result<Self> {
+        if opts.redis == RedisTopology::Cluster && opts.servers > 0 {
+            bail!(
+                "--redis cluster: the server does not support Redis Cluster yet; \
+                 start the topology with 0 servers"
+            );
+        }
         let ephemeral = opts.port == 0
             && opts.stats_port == 0
             && opts.redis_port == 0
@@ -151,9 +166,12 @@ impl Cluster {
         };
         let pick = |p: u16| if p == 0 { free_port() } else { Ok(p) };
         let redis_port = pick(opts.redis_port)?;
-        let sentinel_ports = match opts.redis {
+        let extra_redis_ports = match opts.redis {
             RedisTopology::Single => Vec::new(),
             RedisTopology::Sentinel => (0..5).map(|_| free_port()).collect::<Result<_>>()?,
+            RedisTopology::Cluster => (1..redis_cluster::NODES)
+                .map(|_| free_port())
+                .collect::<Result<_>>()?,
         };
         let server_ports = (0..opts.servers)
             .map(|i| {
@@ -175,7 +193,8 @@ impl Cluster {
             redis_port,
             redis: None,
             sentinels: None,
-            sentinel_ports,
+            redis_cluster: None,
+            extra_redis_ports,
             server_ports,
             port,
             stats_port,
@@ -281,6 +300,9 @@ impl Cluster {
     /// Start (or restart) server `i` on its port with its APP_ID and wait
     /// until its `/healthz` answers 200.
     pub fn start_server(&mut self, i: usize) -> Result<()> {
+        if self.redis_cluster.is_some() && self.redis_overrides[i].is_none() {
+            bail!("the server does not support Redis Cluster yet");
+        }
         let app_id = self.app_id(i);
         let addr = self.server_addr(i);
         let mut args = vec![

@@ -8,8 +8,9 @@
 //!   by the WebSocket URL, stop, exit with CMD's code. CMD also gets
 //!   `CHAT_URL`, `CLUSTER_SERVER_PIDS`, `CLUSTER_SERVER_ADDRS`,
 //!   `CLUSTER_HAPROXY_PID`, `CLUSTER_REDIS_PID`, `CLUSTER_LOG_DIR`,
-//!   `CLUSTER_STATE`, and in sentinel mode `CLUSTER_REDIS_SENTINELS`,
-//!   `CLUSTER_REDIS_SENTINEL_MASTER` and `CLUSTER_REDIS_NODE_PIDS`.
+//!   `CLUSTER_STATE`, in sentinel mode `CLUSTER_REDIS_SENTINELS` and
+//!   `CLUSTER_REDIS_SENTINEL_MASTER`, and in sentinel and cluster modes
+//!   `CLUSTER_REDIS_NODE_PIDS`.
 //! - `cluster haproxy-cfg`: print the compose `haproxy.cfg`.
 //! - `cluster redis-failover --state FILE`: kill -9 the Redis master of a
 //!   running `cluster up --redis sentinel` (found through the state file
@@ -17,7 +18,9 @@
 //!
 //! `--redis sentinel` runs a master, two replicas and three sentinels
 //! instead of one Redis; the servers then get `--redis-sentinels` and
-//! `--redis-sentinel-master`.
+//! `--redis-sentinel-master`. `--redis cluster` runs a Redis Cluster of six
+//! nodes (three masters, three replicas); the server does not support it
+//! yet, so it needs `--servers 0`.
 
 mod demo;
 
@@ -95,13 +98,15 @@ struct Opts {
     /// Redis port (0: any free port; the default avoids a system Redis on 6379).
     #[arg(long, env = "CLUSTER_REDIS_PORT", default_value_t = 0)]
     redis_port: u16,
-    /// Redis topology: `single` (one redis-server) or `sentinel` (a master,
-    /// two replicas, three sentinels; the servers get `--redis-sentinels`).
+    /// Redis topology: `single` (one redis-server), `sentinel` (a master,
+    /// two replicas, three sentinels; the servers get `--redis-sentinels`)
+    /// or `cluster` (a Redis Cluster of three masters and three replicas;
+    /// the server does not support it yet, so only with `--servers 0`).
     #[arg(
         long,
         env = "CLUSTER_REDIS",
         default_value = "single",
-        value_parser = clap::builder::PossibleValuesParser::new(["single", "sentinel"])
+        value_parser = clap::builder::PossibleValuesParser::new(["single", "sentinel", "cluster"])
             .map(|s| s.parse::<RedisTopology>().expect("a possible value")),
     )]
     redis: RedisTopology,
@@ -169,6 +174,7 @@ fn print_cluster(c: &Cluster) -> Result<()> {
     let redis = match c.redis_topology() {
         RedisTopology::Single => "redis-server".to_string(),
         RedisTopology::Sentinel => "Redis master + 2 replicas + 3 sentinels".to_string(),
+        RedisTopology::Cluster => "Redis Cluster (3 masters + 3 replicas)".to_string(),
     };
     println!("cluster up: {redis}, {} chat servers, HAProxy", c.len());
     println!("  chat:     {}   (through HAProxy)", c.ws_url());
@@ -185,6 +191,11 @@ fn print_cluster(c: &Cluster) -> Result<()> {
             );
             println!("  sentinels: {}", c.sentinel_addrs().join(","));
         }
+        None if c.redis_topology() == RedisTopology::Cluster => println!(
+            "  redis:    cluster nodes {} (masters {})",
+            c.cluster_node_addrs().join(" "),
+            c.cluster_masters()?.join(" ")
+        ),
         None => println!("  redis:    {}", c.redis_url()),
     }
     println!("  stats:    {}", c.stats_url());

@@ -168,7 +168,8 @@ pub fn haproxy_path() -> PathBuf {
     which("haproxy").unwrap_or_else(|| PathBuf::from("/usr/sbin/haproxy"))
 }
 
-fn which(name: &str) -> Option<PathBuf> {
+/// `name` on `PATH`, if it is there.
+pub fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
             .map(|d| d.join(name))

@@ -1,13 +1,15 @@
 //! The cluster's Redis: one `redis-server` ([`RedisTopology::Single`], the
-//! default) or a Sentinel topology ([`RedisTopology::Sentinel`], see
-//! [`crate::sentinel`]), and the [`Cluster`] methods that reach it, find it
-//! and break it.
+//! default), a Sentinel topology ([`RedisTopology::Sentinel`], see
+//! [`crate::sentinel`]) or a Redis Cluster ([`RedisTopology::Cluster`], see
+//! [`crate::redis_cluster`]), and the [`Cluster`] methods that reach it,
+//! find it and break it.
 
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
 use crate::procs::{self, Child};
+use crate::redis_cluster::RedisCluster;
 use crate::sentinel::Sentinels;
 use crate::Cluster;
 
@@ -20,6 +22,10 @@ pub enum RedisTopology {
     /// A master, two replicas and three sentinels ([`sentinel`]); servers
     /// get `--redis-sentinels` and `--redis-sentinel-master`.
     Sentinel,
+    /// Six nodes, three masters and three replicas, in a Redis Cluster
+    /// ([`crate::redis_cluster`]). The server does not support it yet, so
+    /// only `servers: 0` starts.
+    Cluster,
 }
 
 impl std::str::FromStr for RedisTopology {
@@ -28,7 +34,8 @@ impl std::str::FromStr for RedisTopology {
         match s {
             "single" => Ok(Self::Single),
             "sentinel" => Ok(Self::Sentinel),
-            _ => bail!("unknown Redis topology {s:?} (single or sentinel)"),
+            "cluster" => Ok(Self::Cluster),
+            _ => bail!("unknown Redis topology {s:?} (single, sentinel or cluster)"),
         }
     }
 }
@@ -38,18 +45,68 @@ impl std::fmt::Display for RedisTopology {
         f.write_str(match self {
             Self::Single => "single",
             Self::Sentinel => "sentinel",
+            Self::Cluster => "cluster",
         })
     }
 }
 
 impl Cluster {
     /// The PID of Redis, if it runs (in sentinel mode: `redis1`'s, the
-    /// first master; see [`Cluster::redis_node_pids`]).
+    /// first master; in cluster mode `rnode1`'s; see
+    /// [`Cluster::redis_node_pids`]).
     pub fn redis_pid(&self) -> Option<u32> {
+        if let Some(c) = &self.redis_cluster {
+            return c.node_pids()[0];
+        }
         match &self.sentinels {
             Some(s) => s.node_pids()[0],
             None => self.redis.as_ref().map(Child::pid),
         }
+    }
+
+    /// The Redis Cluster, in cluster mode.
+    pub fn redis_cluster(&self) -> Option<&RedisCluster> {
+        self.redis_cluster.as_ref()
+    }
+
+    fn redis_cluster_or_bail(&self) -> Result<&RedisCluster> {
+        self.redis_cluster.as_ref().with_context(|| {
+            format!(
+                "the cluster runs the {} Redis topology, not a Redis Cluster",
+                self.opts.redis
+            )
+        })
+    }
+
+    /// Every Redis Cluster node's `host:port`, `rnode1` first (empty in
+    /// the other topologies).
+    pub fn cluster_node_addrs(&self) -> Vec<String> {
+        self.redis_cluster
+            .as_ref()
+            .map(RedisCluster::node_addrs)
+            .unwrap_or_default()
+    }
+
+    /// The Redis Cluster's healthy masters that serve slots, sorted, from
+    /// `CLUSTER NODES` (cluster mode only).
+    pub fn cluster_masters(&self) -> Result<Vec<String>> {
+        self.redis_cluster_or_bail()?.masters()
+    }
+
+    /// The Redis Cluster master that serves `slot` now (cluster mode only;
+    /// see [`crate::key_slot`]).
+    pub fn cluster_master_for_slot(&self, slot: u16) -> Result<String> {
+        self.redis_cluster_or_bail()?.master_for_slot(slot)
+    }
+
+    /// Kill the Redis Cluster master that serves `slot` with SIGKILL and
+    /// return its address (cluster mode only); its replica takes over.
+    pub fn redis_failover_slot(&mut self, slot: u16) -> Result<String> {
+        self.redis_cluster_or_bail()?;
+        self.redis_cluster
+            .as_mut()
+            .expect("checked")
+            .failover_slot(slot)
     }
 
     /// The Redis topology the cluster runs.
@@ -63,9 +120,12 @@ impl Cluster {
     }
 
     fn sentinels_or_bail(&self) -> Result<&Sentinels> {
-        self.sentinels
-            .as_ref()
-            .context("the cluster runs a single Redis, not the sentinel topology")
+        self.sentinels.as_ref().with_context(|| {
+            format!(
+                "the cluster runs the {} Redis topology, not the sentinel one",
+                self.opts.redis
+            )
+        })
     }
 
     /// The sentinels' `host:port`s (empty with a single Redis).
@@ -82,16 +142,23 @@ impl Cluster {
     }
 
     /// The current master's `host:port`: asked of the sentinels in sentinel
-    /// mode (`SENTINEL get-master-addr-by-name`), else [`Cluster::redis_addr`].
+    /// mode (`SENTINEL get-master-addr-by-name`), the master of slot 0 in
+    /// cluster mode, else [`Cluster::redis_addr`].
     pub fn redis_master_addr(&self) -> Result<String> {
+        if let Some(c) = &self.redis_cluster {
+            return c.master_for_slot(0);
+        }
         match &self.sentinels {
             Some(s) => s.master_addr(),
             None => Ok(self.redis_addr()),
         }
     }
 
-    /// Every Redis data node's `host:port` (`redis1` first).
+    /// Every Redis data node's `host:port` (`redis1`/`rnode1` first).
     pub fn redis_node_addrs(&self) -> Vec<String> {
+        if let Some(c) = &self.redis_cluster {
+            return c.node_addrs();
+        }
         match &self.sentinels {
             Some(s) => s.node_addrs(),
             None => vec![self.redis_addr()],
@@ -101,6 +168,9 @@ impl Cluster {
     /// Every Redis data node's PID, in [`Cluster::redis_node_addrs`] order
     /// (`None` for a stopped one).
     pub fn redis_node_pids(&self) -> Vec<Option<u32>> {
+        if let Some(c) = &self.redis_cluster {
+            return c.node_pids();
+        }
         match &self.sentinels {
             Some(s) => s.node_pids(),
             None => vec![self.redis_pid()],
@@ -116,9 +186,13 @@ impl Cluster {
     }
 
     /// Kill the current master, as the sentinels name it, with SIGKILL and
-    /// return its address (sentinel mode only). See
+    /// return its address (sentinel mode; in cluster mode the master of
+    /// slot 0, see [`Cluster::redis_failover_slot`]). See
     /// [`sentinel::wait_new_master`] to wait for its successor.
     pub fn redis_failover(&mut self) -> Result<String> {
+        if self.redis_cluster.is_some() {
+            return self.redis_failover_slot(0);
+        }
         self.sentinels_or_bail()?;
         self.sentinels.as_mut().expect("checked").failover()
     }
@@ -137,20 +211,33 @@ impl Cluster {
         self.sentinels.as_mut().expect("checked").start_node(i)
     }
 
-    /// Stop Redis (SIGKILL): in sentinel mode every node and sentinel.
+    /// Stop Redis (SIGKILL): in sentinel mode every node and sentinel, in
+    /// cluster mode every node.
     pub fn kill_redis(&mut self) {
         if let Some(mut r) = self.redis.take() {
             r.kill();
         }
         self.sentinels = None;
+        self.redis_cluster = None;
     }
 
     /// Start Redis on its port (after [`Cluster::kill_redis`]); in sentinel
-    /// mode the whole topology, `redis1` on that port and master again.
+    /// mode the whole topology, `redis1` on that port and master again; in
+    /// cluster mode a new, empty Redis Cluster on the same ports.
     pub fn start_redis(&mut self) -> Result<()> {
+        if self.opts.redis == RedisTopology::Cluster {
+            let mut ports = vec![self.redis_port];
+            ports.extend(&self.extra_redis_ports);
+            // Old nodes.conf files would make the nodes refuse to join anew.
+            for i in 1..=crate::redis_cluster::NODES {
+                let _ = std::fs::remove_file(self.log_dir.join(format!("rnode{i}/nodes.conf")));
+            }
+            self.redis_cluster = Some(RedisCluster::start(&self.log_dir, &ports)?);
+            return Ok(());
+        }
         if self.opts.redis == RedisTopology::Sentinel {
             let mut ports = vec![self.redis_port];
-            ports.extend(&self.sentinel_ports);
+            ports.extend(&self.extra_redis_ports);
             self.sentinels = Some(Sentinels::start(
                 &self.log_dir,
                 &self.opts.sentinel_master,

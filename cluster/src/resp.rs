@@ -86,6 +86,19 @@ pub fn command(addr: &str, args: &[&str], timeout: Duration) -> Result<Reply> {
     read_reply(&mut r).with_context(|| format!("{} on {addr}", args.join(" ")))
 }
 
+/// Send several commands on one connection and read their replies, in
+/// order: for commands that depend on the connection (`SET` then `WAIT`).
+pub fn pipeline(addr: &str, cmds: &[&[&str]], timeout: Duration) -> Result<Vec<Reply>> {
+    let mut s = connect(addr, timeout)?;
+    for args in cmds {
+        s.write_all(&encode(args))?;
+    }
+    let mut r = BufReader::new(s);
+    cmds.iter()
+        .map(|args| read_reply(&mut r).with_context(|| format!("{} on {addr}", args.join(" "))))
+        .collect()
+}
+
 /// Like [`command`], but an error reply is an `Err`.
 pub fn command_ok(addr: &str, args: &[&str], timeout: Duration) -> Result<Reply> {
     match command(addr, args, timeout)? {

@@ -20,7 +20,7 @@ pub const FILE_NAME: &str = "cluster.json";
 /// What another process needs to know about a running cluster's Redis.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct State {
-    /// `single` or `sentinel`.
+    /// `single`, `sentinel` or `cluster`.
     pub redis: RedisTopology,
     /// The master name the sentinels monitor (sentinel mode).
     pub sentinel_master: Option<String>,
@@ -98,7 +98,10 @@ impl State {
             .as_deref()
             .filter(|_| self.redis == RedisTopology::Sentinel)
         else {
-            bail!("this cluster runs a single Redis: start it with `cluster up --redis sentinel`");
+            bail!(
+                "this cluster runs the {} Redis topology: start it with `cluster up --redis sentinel`",
+                self.redis
+            );
         };
         let old = sentinel::settled_master(&self.sentinels, name)?;
         let Some(pid) = self
