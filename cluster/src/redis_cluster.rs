@@ -48,22 +48,10 @@ pub fn key_slot(key: &str) -> u16 {
 }
 
 /// CRC16/XMODEM (poly 0x1021, init 0, no reflection), the CRC Redis
-/// Cluster hashes keys with. Written out rather than taken from a crate:
-/// it is eight lines, and a dependency would change the workspace lock
-/// file, which this crate does not own.
+/// Cluster hashes keys with.
 fn crc16_xmodem(data: &[u8]) -> u16 {
-    let mut crc: u16 = 0;
-    for &b in data {
-        crc ^= u16::from(b) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc
+    const XMODEM: crc::Crc<u16> = crc::Crc::<u16>::new(&crc::CRC_16_XMODEM);
+    XMODEM.checksum(data)
 }
 
 /// One line of `CLUSTER NODES`.
