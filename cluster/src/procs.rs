@@ -222,3 +222,19 @@ fn ping_redis(port: u16) -> Result<()> {
     }
     Ok(())
 }
+
+/// One Redis process of a topology (a node or a sentinel) on loopback.
+#[derive(Debug)]
+pub(crate) struct Node {
+    /// `redis1`, `sentinel2`, `rnode3`...: the log file and directory name.
+    pub(crate) name: String,
+    pub(crate) port: u16,
+    /// `None` once killed.
+    pub(crate) child: Option<Child>,
+}
+
+impl Node {
+    pub(crate) fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}

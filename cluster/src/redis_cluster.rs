@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::procs::{self, free_port, Child};
+use crate::procs::{self, free_port, Child, Node};
 use crate::resp;
 
 /// Hash slots in a Redis Cluster.
@@ -128,22 +128,6 @@ pub fn parse_nodes(text: &str) -> Result<Vec<NodeEntry>> {
 pub fn cluster_nodes(addr: &str) -> Result<Vec<NodeEntry>> {
     let r = resp::command_ok(addr, &["CLUSTER", "NODES"], PROBE)?;
     parse_nodes(&r.text().unwrap_or_default())
-}
-
-/// One node of the topology.
-#[derive(Debug)]
-struct Node {
-    /// `rnode1`..: the log file and directory name.
-    name: String,
-    port: u16,
-    /// `None` once killed.
-    child: Option<Child>,
-}
-
-impl Node {
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
 }
 
 /// Six running cluster nodes. Dropping it kills them all.

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::procs::{self, free_port, Child};
+use crate::procs::{self, free_port, Child, Node};
 use crate::resp::{self, Reply};
 
 /// The name the sentinels monitor the master under, unless chosen.
@@ -32,22 +32,6 @@ pub const DOWN_AFTER: Duration = Duration::from_millis(1000);
 pub const FAILOVER_TIMEOUT: Duration = Duration::from_millis(5000);
 
 const PROBE: Duration = Duration::from_millis(500);
-
-/// One process of the topology.
-#[derive(Debug)]
-struct Node {
-    /// `redis1`, `sentinel2`...: the log file and directory name.
-    name: String,
-    port: u16,
-    /// `None` once killed.
-    child: Option<Child>,
-}
-
-impl Node {
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
 
 /// A running master, two replicas and three sentinels. Dropping it kills
 /// them all.
