@@ -235,25 +235,30 @@ impl Hub {
 
     /// Where a chat frame at `offset` of `epoch` stands in `room`.
     fn step(&self, room: &str, offset: u64, epoch: &str) -> Step {
-        let rooms = self.rooms();
-        let Some(r) = rooms.get(room) else {
+        self.rooms()
+            .get(room)
+            .map_or(Step::Gone, |r| step_of(r, offset, epoch))
+    }
+
+    /// Deliver a chat frame if it is the room's next one, under one lock
+    /// (the common case of every message); otherwise say where it stands.
+    fn deliver_if_next(&self, room: &str, offset: u64, epoch: &str, frame: Bytes) -> Step {
+        let mut rooms = self.rooms();
+        let Some(r) = rooms.get_mut(room) else {
             return Step::Gone;
         };
-        if *r.epoch != *epoch {
-            Step::Repair
-        } else if offset <= r.last_offset {
-            Step::Duplicate
-        } else if offset == r.last_offset.saturating_add(1) {
-            Step::Next
-        } else {
-            Step::Repair
+        let step = step_of(r, offset, epoch);
+        if step == Step::Next {
+            r.last_offset = offset;
+            push(&self.shared.metrics, r, offset, frame);
         }
+        step
     }
 
     /// Hand a chat frame to every local member, after a `reset` if it
     /// starts a new epoch or a `gap` if offsets before it are missing from
     /// history. Only called with frames that history vouches for (repair)
-    /// or that [`Hub::step`] found to be next.
+    /// (live frames go through [`Hub::deliver_if_next`]).
     fn deliver_chat(&self, room: &str, offset: u64, epoch: &str, frame: Bytes) {
         let mut rooms = self.rooms();
         let Some(r) = rooms.get_mut(room) else {
@@ -309,6 +314,18 @@ impl Hub {
         if let Some(r) = rooms.get_mut(room) {
             push(&self.shared.metrics, r, 0, frame);
         }
+    }
+}
+
+fn step_of(r: &Room, offset: u64, epoch: &str) -> Step {
+    if *r.epoch != *epoch {
+        Step::Repair
+    } else if offset <= r.last_offset {
+        Step::Duplicate
+    } else if offset == r.last_offset.saturating_add(1) {
+        Step::Next
+    } else {
+        Step::Repair
     }
 }
 

@@ -191,9 +191,8 @@ impl Hub {
         };
         let bytes = frame.clone();
         let epoch = peek_epoch(&bytes).unwrap_or("");
-        match self.step(room, offset, epoch) {
-            Step::Next => self.deliver_chat(room, offset, epoch, frame),
-            Step::Duplicate | Step::Gone => {}
+        match self.deliver_if_next(room, offset, epoch, frame) {
+            Step::Next | Step::Duplicate | Step::Gone => {}
             Step::Repair => {
                 if let Err(e) = self.repair(store, room).await {
                     self.shared.metrics.repair_retries.fetch_add(1, Relaxed);
@@ -203,8 +202,8 @@ impl Hub {
                 // publishes), so the repair delivered it. What is still not
                 // next is of an epoch Redis does not report: a stale copy
                 // from a replaced Redis, never delivered.
-                match self.step(room, offset, epoch) {
-                    Step::Next => self.deliver_chat(room, offset, epoch, frame),
+                match self.deliver_if_next(room, offset, epoch, bytes.clone()) {
+                    Step::Next | Step::Duplicate | Step::Gone => {}
                     Step::Repair => {
                         tracing::warn!(
                             room,
@@ -213,7 +212,6 @@ impl Hub {
                             "dropping a frame of an epoch redis does not report"
                         )
                     }
-                    Step::Duplicate | Step::Gone => {}
                 }
             }
         }
