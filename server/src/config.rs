@@ -36,6 +36,19 @@ pub struct Config {
     )]
     pub redis_sentinels: Vec<String>,
 
+    /// Redis Cluster seed nodes (`HOST:PORT,HOST:PORT,...`; one is enough,
+    /// more survive one being down). The server reads the slot map from
+    /// them and follows failovers and slot moves; rooms become shard
+    /// channels (`SPUBLISH`/`SSUBSCRIBE`) with one subscriber connection
+    /// per master. `--redis-url` then only supplies the user and password.
+    #[arg(
+        long,
+        env = "REDIS_CLUSTER_NODES",
+        value_delimiter = ',',
+        conflicts_with = "redis_sentinels"
+    )]
+    pub redis_cluster: Vec<String>,
+
     /// The master name the sentinels monitor.
     #[arg(long, env = "REDIS_SENTINEL_MASTER")]
     pub redis_sentinel_master: Option<String>,

@@ -166,6 +166,13 @@ pub async fn run(
     }
     let metrics = Arc::new(Metrics::default());
     let store = match config.redis_sentinel_master.as_deref() {
+        _ if !config.redis_cluster.is_empty() => Store::with_cluster(
+            &config.redis_url,
+            &config.redis_cluster,
+            metrics.clone(),
+            config.history_len,
+            config.idempotency_ttl,
+        ),
         Some(master) if !config.redis_sentinels.is_empty() => Store::with_sentinels(
             &config.redis_url,
             &config.redis_sentinels,

@@ -15,6 +15,7 @@
 //!   announced with a `gap`. A new epoch is announced with a `reset` and
 //!   never causes a drop. See DELIVERY.md for the whole invariant.
 
+mod conn;
 mod subscriber;
 
 use std::collections::HashMap;

@@ -27,6 +27,7 @@ use chat_protocol::splice::{peek_epoch, peek_offset};
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
+use super::conn::{Incoming, SubConn};
 use super::{Hub, Step};
 use crate::store::{self, Store, StoreResult};
 
@@ -39,27 +40,31 @@ const REPAIR_CONCURRENCY: usize = 16;
 impl Hub {
     /// Own the pub/sub connection until `shutdown`: connect, subscribe to
     /// every room with local members, fan frames out, and on any failure
-    /// reconnect with capped exponential backoff.
+    /// reconnect with capped exponential backoff. `probe` names the
+    /// liveness probe's channel (on a cluster, one per master is derived
+    /// from it: [`Store::probe_channels`]).
     pub async fn run_subscriber(self, store: Store, probe: String, shutdown: CancellationToken) {
         let metrics = self.shared.metrics.clone();
         let mut backoff = Duration::from_millis(100);
         loop {
             let connect = tokio::time::timeout(Duration::from_secs(3), async {
-                let client = store.client().await.map_err(|e| e.to_string())?;
-                let mut p = client.get_async_pubsub().await.map_err(|e| e.to_string())?;
-                p.subscribe(&probe).await.map_err(|e| e.to_string())?;
-                Ok::<_, String>(p)
+                // On a cluster: who serves which slot now, before anything
+                // is subscribed.
+                store.load_topology().await.map_err(|e| e.to_string())?;
+                let probes = store.probe_channels(&probe);
+                let conn = SubConn::connect(&store, &probes).await?;
+                Ok::<_, String>((conn, probes))
             });
-            let pubsub = tokio::select! {
+            let conn = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 r = connect => r,
             };
-            match pubsub {
-                Ok(Ok(pubsub)) => {
+            match conn {
+                Ok(Ok((conn, probes))) => {
                     metrics.redis_subscriber_connects.fetch_add(1, Relaxed);
-                    tracing::info!("redis pub/sub connected");
+                    tracing::info!(?conn, probes = probes.len(), "redis pub/sub connected");
                     backoff = Duration::from_millis(100);
-                    let reason = self.serve(pubsub, &store, &probe, &shutdown).await;
+                    let reason = self.serve(conn, &store, &probes, &shutdown).await;
                     metrics.redis_subscriber_up.store(0, Relaxed);
                     self.shared.probe_heard_ms.store(0, Relaxed);
                     self.unsubscribe_all();
@@ -82,7 +87,8 @@ impl Hub {
         }
     }
 
-    /// Publish the liveness probe on `channel` until `shutdown`.
+    /// Publish the liveness probe on `channel` (on a cluster: on one
+    /// channel per master) until `shutdown`.
     pub async fn run_probe(
         self,
         store: Store,
@@ -92,8 +98,8 @@ impl Hub {
     ) {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // Ask the sentinels about once a second (each check also asks the
-        // node they name for its ROLE).
+        // Ask the sentinels (or the cluster) about once a second (each
+        // sentinel check also asks the node they name for its ROLE).
         let check_every =
             (Duration::from_secs(1).as_millis() / every.as_millis().max(1)).max(1) as u64;
         let mut ticks: u64 = 0;
@@ -107,7 +113,11 @@ impl Hub {
                 store.check_master().await;
             }
             let at = crate::now_ms().to_string();
-            if let Err(e) = store.publish_to(&channel, &at).await {
+            let probes = store.probe_channels(&channel);
+            let sent =
+                futures_util::future::join_all(probes.iter().map(|p| store.publish_to(p, &at)))
+                    .await;
+            for e in sent.into_iter().filter_map(Result::err) {
                 tracing::debug!(error = %e, "liveness probe not published");
             }
         }
@@ -116,40 +126,72 @@ impl Hub {
     /// Serve one pub/sub connection; returns why it ended (`None`: shutdown).
     async fn serve(
         &self,
-        pubsub: redis::aio::PubSub,
+        mut conn: SubConn,
         store: &Store,
-        probe: &str,
+        probes: &[String],
         shutdown: &CancellationToken,
     ) -> Option<String> {
-        let (mut sink, mut stream) = pubsub.split();
         let mut active: HashSet<Arc<str>> = HashSet::new();
         // A new connection: subscribe everything, then repair every room
         // (none is confirmed after a reconnect, so reconcile repairs all).
-        if let Err(e) = self.reconcile(&mut sink, &mut active, store).await {
+        if let Err(e) = self.reconcile(&mut conn, &mut active, store).await {
             return Some(e);
         }
         let timeout = self.shared.probe_timeout;
         let mut watchdog = tokio::time::interval(timeout / 4);
         let moves = store.master_moves();
-        let connected = tokio::time::Instant::now();
+        let connected = crate::now_ms();
+        // When each probe channel was last heard (0: not yet).
+        let mut heard: Vec<u64> = vec![0; probes.len()];
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return None,
-                msg = stream.next() => {
-                    let Some(msg) = msg else {
-                        return Some("connection closed".into());
+                msg = conn.next() => {
+                    let (channel, payload) = match msg {
+                        None => return Some("connection closed".into()),
+                        Some(Incoming::Message { channel, payload }) => (channel, payload),
+                        Some(Incoming::Resubscribed(channel)) => {
+                            // Subscribed again by redis-rs after a reconnect
+                            // or a slot move: anything published meanwhile
+                            // was missed.
+                            let Some(room) = std::str::from_utf8(&channel).ok().and_then(store::room_of_channel) else {
+                                continue;
+                            };
+                            tracing::info!(room, "room resubscribed on the cluster: repairing");
+                            if let Err(e) = self.repair(store, room).await {
+                                self.shared.metrics.repair_retries.fetch_add(1, Relaxed);
+                                return Some(format!("repair of {room} failed: {e}"));
+                            }
+                            continue;
+                        }
+                        Some(Incoming::Dropped(channel)) => {
+                            return Some(format!(
+                                "redis dropped the subscription to {} (its slot moved)",
+                                String::from_utf8_lossy(&channel)
+                            ));
+                        }
+                        Some(Incoming::Disconnected) => {
+                            tracing::warn!("a cluster node's pub/sub connection broke; redis-rs reconnects it");
+                            continue;
+                        }
                     };
-                    let channel = msg.get_channel_name();
-                    if channel == probe {
-                        self.shared.probe_heard_ms.store(crate::now_ms(), Relaxed);
-                        self.shared.metrics.redis_subscriber_up.store(1, Relaxed);
+                    let Ok(channel) = std::str::from_utf8(&channel) else {
+                        continue;
+                    };
+                    if let Some(i) = probes.iter().position(|p| p == channel) {
+                        heard[i] = crate::now_ms();
+                        if heard.iter().all(|&h| h > 0) {
+                            let oldest = heard.iter().copied().min().unwrap_or(0);
+                            self.shared.probe_heard_ms.store(oldest, Relaxed);
+                            self.shared.metrics.redis_subscriber_up.store(1, Relaxed);
+                        }
                         continue;
                     }
                     self.shared.metrics.messages_from_redis.fetch_add(1, Relaxed);
                     let Some(room) = store::room_of_channel(channel) else {
                         continue;
                     };
-                    let payload = Bytes::copy_from_slice(msg.get_payload_bytes());
+                    let payload = Bytes::from(payload);
                     if std::str::from_utf8(&payload).is_err() {
                         tracing::warn!(room, "dropping a non-UTF-8 frame from redis");
                         continue;
@@ -159,20 +201,21 @@ impl Hub {
                     }
                 }
                 _ = self.shared.dirty.notified() => {
-                    if let Err(e) = self.reconcile(&mut sink, &mut active, store).await {
+                    if let Err(e) = self.reconcile(&mut conn, &mut active, store).await {
                         return Some(e);
                     }
                 }
                 _ = watchdog.tick() => {
                     if store.master_moves() != moves {
-                        return Some("the sentinels named a new master".into());
+                        return Some("the master moved (sentinels or cluster slot map)".into());
                     }
-                    let heard = self.shared.probe_heard_ms.load(Relaxed);
-                    let silent = if heard == 0 {
-                        connected.elapsed()
-                    } else {
-                        Duration::from_millis(crate::now_ms().saturating_sub(heard))
-                    };
+                    let now = crate::now_ms();
+                    let silent = heard
+                        .iter()
+                        .map(|&h| now.saturating_sub(if h == 0 { connected } else { h }))
+                        .max()
+                        .unwrap_or(0);
+                    let silent = Duration::from_millis(silent);
                     if silent > timeout {
                         self.shared.metrics.liveness_failures.fetch_add(1, Relaxed);
                         store.reconnect();
@@ -299,7 +342,7 @@ impl Hub {
     /// then take the baseline of each new room and let its joins through.
     async fn reconcile(
         &self,
-        sink: &mut redis::aio::PubSubSink,
+        conn: &mut SubConn,
         active: &mut HashSet<Arc<str>>,
         store: &Store,
     ) -> Result<(), String> {
@@ -308,7 +351,7 @@ impl Hub {
         let remove: Vec<Arc<str>> = active.difference(&wanted).cloned().collect();
         if !remove.is_empty() {
             let chans: Vec<String> = remove.iter().map(|r| store::channel(r)).collect();
-            match tokio::time::timeout(SUBSCRIBE_TIMEOUT, sink.unsubscribe(&chans)).await {
+            match tokio::time::timeout(SUBSCRIBE_TIMEOUT, conn.unsubscribe(&chans)).await {
                 Ok(r) => r.map_err(|e| e.to_string())?,
                 Err(_) => return Err("unsubscribe timed out".into()),
             }
@@ -318,7 +361,7 @@ impl Hub {
         }
         if !add.is_empty() {
             let chans: Vec<String> = add.iter().map(|r| store::channel(r)).collect();
-            match tokio::time::timeout(SUBSCRIBE_TIMEOUT, sink.subscribe(&chans)).await {
+            match tokio::time::timeout(SUBSCRIBE_TIMEOUT, conn.subscribe(&chans)).await {
                 Ok(r) => r.map_err(|e| e.to_string())?,
                 Err(_) => return Err("subscribe timed out".into()),
             }

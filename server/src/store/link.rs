@@ -135,7 +135,7 @@ pub(crate) struct Linker {
 /// TCP settings for every Redis connection: no Nagle (a publish is one
 /// small write that must go now), keepalive and a user timeout so that a
 /// peer that vanished (half-open TCP) is noticed by the kernel too.
-fn tcp_settings() -> TcpSettings {
+pub(crate) fn tcp_settings() -> TcpSettings {
     TcpSettings::default()
         .set_nodelay(true)
         .set_keepalive(

@@ -57,7 +57,8 @@ end
 /// one before. ARGV: run_id, new epoch, clock base, tail, history length,
 /// channel, the send's field ("" if it has no id), a bucket's life in ms,
 /// "1" to append only and return the frame for the caller to publish
-/// after `WAIT` (`--redis-wait-replicas`).
+/// after `WAIT` (`--redis-wait-replicas`), the publish command (`PUBLISH`,
+/// or `SPUBLISH` on a Redis Cluster: the channel is in the keys' slot).
 /// Returns `{"<offset> <epoch>", duplicate[, frame]}`.
 const PUBLISH: &str = r#"
 local field = ARGV[7]
@@ -75,7 +76,7 @@ local id = string.format('%d', redis.call('INCR', KEYS[1]))
 local frame = '{"type":"message","offset":' .. id .. ',"epoch":"' .. epoch .. '",' .. ARGV[4]
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[5], id .. '-0', 'f', frame)
 local deferred = ARGV[9] == '1'
-if not deferred then redis.call('PUBLISH', ARGV[6], frame) end
+if not deferred then redis.call(ARGV[10], ARGV[6], frame) end
 local res = id .. ' ' .. epoch
 if field ~= '' then
   if redis.call('HSET', KEYS[4], field, res) == 1 and redis.call('HLEN', KEYS[4]) == 1 then

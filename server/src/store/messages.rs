@@ -4,9 +4,10 @@
 use bytes::Bytes;
 use redis::Value;
 
+use super::router::key_slot;
 use super::{
-    channel, epoch_key, idem_field, idem_key, log_key, new_epoch, seq_key, Head, History,
-    Published, Store, StoreError, StoreResult,
+    channel, epoch_key, idem_field, idem_key, log_key, new_epoch, room_slot, seq_key, Conn, Head,
+    History, Published, Store, StoreError, StoreResult,
 };
 
 impl Store {
@@ -28,7 +29,6 @@ impl Store {
             Some((nick, id)) if !self.idem_ttl.is_zero() => idem_field(nick, id),
             _ => String::new(),
         };
-        let link = self.link().await?;
         let (seq, log, ep) = (seq_key(room), log_key(room), epoch_key(room));
         let (bucket_now, bucket_before) = (
             idem_key(room, bucket),
@@ -36,91 +36,103 @@ impl Store {
         );
         let keys = [&seq, &log, &ep, &bucket_now, &bucket_before];
         let defer = self.wait_replicas > 0;
-        let mut eval = redis::cmd("EVALSHA");
-        eval.arg(self.publish.get_hash())
-            .arg(keys.len())
-            .arg(&keys[..]);
-        eval.arg(&*link.run_id)
-            .arg(new_epoch())
-            .arg(base)
-            .arg(tail)
-            .arg(self.history_len)
-            .arg(channel(room))
-            .arg(field)
-            .arg(width.saturating_mul(2))
-            .arg(if defer { "1" } else { "0" });
-        let mut conn = link.conn.clone();
-        // The scripts are loaded on every new connection (see `link`), so
-        // EVALSHA finds them.
-        let (res, dup, frame) = if defer {
-            // Append now, publish only once enough replicas have it: a
-            // failover to any of them then loses nothing that was seen.
-            let mut pipe = redis::pipe();
-            pipe.add_command(eval)
-                .cmd("WAIT")
-                .arg(self.wait_replicas)
-                .arg(self.wait_timeout.as_millis() as u64);
-            let ((res, dup, frame), acked): ((String, i64, String), i64) =
-                self.timed(&link, pipe.query_async(&mut conn)).await?;
-            if dup == 0 && acked < i64::from(self.wait_replicas) {
-                return Err(StoreError::NotReplicated {
-                    acked,
-                    wanted: self.wait_replicas,
-                });
+        let chan = channel(room);
+        let publish_cmd = self.publish_command();
+        let (keys, chan, field) = (&keys, &chan, &field);
+        self.on_slot(room_slot(room), |c: Conn| async move {
+            let c = &c;
+            let mut eval = redis::cmd("EVALSHA");
+            eval.arg(self.publish.get_hash())
+                .arg(keys.len())
+                .arg(&keys[..]);
+            eval.arg(&*c.link.run_id)
+                .arg(new_epoch())
+                .arg(base)
+                .arg(tail)
+                .arg(self.history_len)
+                .arg(chan)
+                .arg(field)
+                .arg(width.saturating_mul(2))
+                .arg(if defer { "1" } else { "0" })
+                .arg(publish_cmd);
+            let mut conn = c.link.conn.clone();
+            // The scripts are loaded on every new connection (see `link`),
+            // so EVALSHA finds them.
+            let (res, dup, frame) = if defer {
+                // Append now, publish only once enough replicas have it: a
+                // failover to any of them then loses nothing that was seen.
+                let mut pipe = redis::pipe();
+                pipe.add_command(eval)
+                    .cmd("WAIT")
+                    .arg(self.wait_replicas)
+                    .arg(self.wait_timeout.as_millis() as u64);
+                let ((res, dup, frame), acked): ((String, i64, String), i64) =
+                    self.timed(c, pipe.query_async(&mut conn)).await?;
+                if dup == 0 && acked < i64::from(self.wait_replicas) {
+                    return Err(StoreError::NotReplicated {
+                        acked,
+                        wanted: self.wait_replicas,
+                    });
+                }
+                (res, dup, Some(frame))
+            } else {
+                let (res, dup): (String, i64) = self.timed(c, eval.query_async(&mut conn)).await?;
+                (res, dup, None)
+            };
+            let (offset, epoch) = res
+                .split_once(' ')
+                .and_then(|(o, e)| Some((o.parse().ok()?, e.to_string())))
+                .ok_or_else(|| StoreError::Reply(format!("publish: {res:?}")))?;
+            if let Some(frame) = frame.filter(|f| dup == 0 && !f.is_empty()) {
+                // Subscribers that miss it (this fails) get it by repair: it
+                // is in history, and the next message shows the hole.
+                let publish = redis::cmd(publish_cmd).arg(chan).arg(frame).clone();
+                self.timed::<i64, _>(c, publish.query_async(&mut conn))
+                    .await?;
             }
-            (res, dup, Some(frame))
-        } else {
-            let (res, dup): (String, i64) = self.timed(&link, eval.query_async(&mut conn)).await?;
-            (res, dup, None)
-        };
-        let (offset, epoch) = res
-            .split_once(' ')
-            .and_then(|(o, e)| Some((o.parse().ok()?, e.to_string())))
-            .ok_or_else(|| StoreError::Reply(format!("publish: {res:?}")))?;
-        if let Some(frame) = frame.filter(|f| dup == 0 && !f.is_empty()) {
-            // Subscribers that miss it (this fails) get it by repair: it is
-            // in history, and the next message shows the hole.
-            let publish = redis::cmd("PUBLISH").arg(channel(room)).arg(frame).clone();
-            self.timed::<i64, _>(&link, publish.query_async(&mut conn))
-                .await?;
-        }
-        Ok(Published {
-            offset,
-            epoch,
-            duplicate: dup != 0,
+            Ok(Published {
+                offset,
+                epoch,
+                duplicate: dup != 0,
+            })
         })
+        .await
     }
 
     /// Publish a frame that has no offset (presence) on a room's channel.
     pub async fn publish_raw(&self, room: &str, frame: &str) -> StoreResult<()> {
-        self.query::<i64>(redis::cmd("PUBLISH").arg(channel(room)).arg(frame))
-            .await
-            .map(drop)
+        self.publish_to(&channel(room), frame).await
     }
 
-    /// Publish on an arbitrary channel (the liveness probe).
+    /// Publish on an arbitrary channel (the liveness probe); on a cluster
+    /// it is a shard channel, published on the master of its slot.
     pub async fn publish_to(&self, channel: &str, payload: &str) -> StoreResult<()> {
-        self.query::<i64>(redis::cmd("PUBLISH").arg(channel).arg(payload))
-            .await
-            .map(drop)
+        let cmd = redis::cmd(self.publish_command())
+            .arg(channel)
+            .arg(payload)
+            .clone();
+        self.query::<i64>(key_slot(channel), &cmd).await.map(drop)
     }
 
     /// The room's epoch and head, starting a new epoch first if Redis is
     /// not the process that started the current one (see [`lua`]).
     pub async fn head(&self, room: &str) -> StoreResult<Head> {
         let base = crate::now_ms().saturating_mul(1000);
-        let link = self.link().await?;
-        let mut inv = self.head.prepare_invoke();
-        inv.key(seq_key(room))
-            .key(log_key(room))
-            .key(epoch_key(room))
-            .arg(&*link.run_id)
-            .arg(new_epoch())
-            .arg(base);
-        let mut conn = link.conn.clone();
-        let (epoch, head, start): (String, u64, u64) =
-            self.timed(&link, inv.invoke_async(&mut conn)).await?;
-        Ok(Head { epoch, head, start })
+        self.on_slot(room_slot(room), |c: Conn| async move {
+            let c = &c;
+            let mut inv = self.head.prepare_invoke();
+            inv.key(seq_key(room))
+                .key(log_key(room))
+                .key(epoch_key(room))
+                .arg(&*c.link.run_id)
+                .arg(new_epoch())
+                .arg(base);
+            let mut conn = c.link.conn.clone();
+            let (epoch, head, start): (String, u64, u64) =
+                self.timed(c, inv.invoke_async(&mut conn)).await?;
+            Ok(Head { epoch, head, start })
+        })
+        .await
     }
 
     /// Entries after offset `after` (at most `history_len`), the room's
@@ -139,7 +151,7 @@ impl Store {
             .arg("+")
             .arg("COUNT")
             .arg(1);
-        let (entries, first): (Value, Value) = self.query_pipe(&pipe).await?;
+        let (entries, first): (Value, Value) = self.query_pipe(room_slot(room), &pipe).await?;
         Ok(History {
             head,
             entries: parse_entries(entries)?,
@@ -151,6 +163,7 @@ impl Store {
     pub async fn history_last(&self, room: &str, head: Head, n: u32) -> StoreResult<History> {
         let v: Value = self
             .query(
+                room_slot(room),
                 redis::cmd("XREVRANGE")
                     .arg(log_key(room))
                     .arg("+")
@@ -172,6 +185,7 @@ impl Store {
     pub async fn range(&self, room: &str, from: u64, to: u64) -> StoreResult<Vec<(u64, Bytes)>> {
         let v: Value = self
             .query(
+                room_slot(room),
                 redis::cmd("XRANGE")
                     .arg(log_key(room))
                     .arg(format!("{from}-0"))

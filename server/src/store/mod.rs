@@ -13,13 +13,18 @@
 //! | `chat:{room}:log` | stream | bounded history; entry id `<offset>-0`, field `f` = the frame |
 //! | `chat:{room}:members` | hash | conn_id → `{"nick","app_id","boot"}` |
 //! | `chat:{room}:msgs` | channel | every message and presence frame of the room |
-//! | `chat:instance:<app_id>` | string, TTL | the instance's heartbeat (JSON) |
-//! | `chat:instances` | set | every app_id ever seen, for `/cluster` |
+//! | `chat:{registry}:instance:<app_id>` | string, TTL | the instance's heartbeat (JSON) |
+//! | `chat:{registry}:instances` | set | every app_id ever seen, for `/cluster` |
+//!
+//! The registry's keys share one hash tag too, so `/cluster`'s `MGET`
+//! never spans slots. With `--redis-cluster` a room's channel is a shard
+//! channel (`SPUBLISH`/`SSUBSCRIBE`) in the room's slot.
 
 mod link;
 mod lua;
 mod messages;
 mod presence;
+pub mod router;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +35,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::metrics::Metrics;
 use link::{Link, Linker, Target};
+use router::{key_slot, Router};
 
 /// A Redis failure, already counted in metrics.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +69,21 @@ impl StoreError {
 }
 
 impl StoreError {
+    /// A cluster redirection or refusal: `MOVED`, `ASK`, `TRYAGAIN` or
+    /// `CLUSTERDOWN` (nothing was applied).
+    pub fn is_redirect(&self) -> bool {
+        use redis::ServerErrorKind as K;
+        matches!(self, Self::Redis(e) if matches!(
+            e.kind(),
+            ErrorKind::Server(K::Moved | K::Ask | K::TryAgain | K::ClusterDown)
+        ))
+    }
+
+    /// `MOVED`: the slot has another owner for good.
+    pub fn is_moved(&self) -> bool {
+        matches!(self, Self::Redis(e) if e.kind() == ErrorKind::Server(redis::ServerErrorKind::Moved))
+    }
+
     /// A write refused by a replica: the connection reaches a node that is
     /// no longer the master.
     pub fn is_readonly(&self) -> bool {
@@ -138,10 +159,34 @@ fn members_key(room: &str) -> String {
 }
 
 fn instance_key(app_id: &str) -> String {
-    format!("chat:instance:{app_id}")
+    format!("chat:{{registry}}:instance:{app_id}")
 }
 
-const INSTANCES_KEY: &str = "chat:instances";
+const INSTANCES_KEY: &str = "chat:{registry}:instances";
+
+/// The hash slot of every key and of the channel of `room`.
+pub fn room_slot(room: &str) -> u16 {
+    key_slot(&seq_key(room))
+}
+
+/// The hash slot of the registry's keys.
+fn registry_slot() -> u16 {
+    key_slot(INSTANCES_KEY)
+}
+
+/// Every key of `room` and its channel, for tests that check they share
+/// one slot.
+pub fn room_keys(room: &str) -> Vec<String> {
+    vec![
+        seq_key(room),
+        log_key(room),
+        epoch_key(room),
+        idem_key(room, 0),
+        idem_key(room, u64::MAX),
+        members_key(room),
+        channel(room),
+    ]
+}
 
 /// A member's entry in a room's presence hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -176,10 +221,24 @@ pub struct History {
     pub first: Option<u64>,
 }
 
-/// A cheap-to-clone handle on the command connection.
+/// Where commands go: one master (fixed, or named by the sentinels), or
+/// the master of each key's slot in a Redis Cluster.
+#[derive(Debug)]
+enum Links {
+    One(Arc<Linker>),
+    Cluster(Box<Router>),
+}
+
+/// A link together with the linker that made it (to drop it on failure).
+struct Conn {
+    linker: Arc<Linker>,
+    link: Arc<Link>,
+}
+
+/// A cheap-to-clone handle on the command connection(s).
 #[derive(Clone)]
 pub struct Store {
-    linker: Arc<Linker>,
+    links: Arc<Links>,
     publish: Arc<Script>,
     head: Arc<Script>,
     metrics: Arc<Metrics>,
@@ -191,8 +250,9 @@ pub struct Store {
     /// publish at once).
     wait_replicas: u32,
     wait_timeout: Duration,
-    /// Times the sentinels named another master than the one connected:
-    /// the pub/sub connection must move too.
+    /// Times the sentinels named another master than the one connected,
+    /// or the cluster's slot map changed: the pub/sub connection must move
+    /// too.
     master_moves: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -201,6 +261,9 @@ impl std::fmt::Debug for Store {
         f.debug_struct("Store").finish_non_exhaustive()
     }
 }
+
+/// The response timeout of every command.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Store {
     /// A store that connects lazily and reconnects by itself, so the server
@@ -230,21 +293,47 @@ impl Store {
         Ok(Self::with_target(target, metrics, history_len, idem_ttl))
     }
 
+    /// A store on a Redis Cluster found through `nodes` (`HOST:PORT`);
+    /// `redis_url` gives the user and password.
+    pub fn with_cluster(
+        redis_url: &str,
+        nodes: &[String],
+        metrics: Arc<Metrics>,
+        history_len: u32,
+        idem_ttl: Duration,
+    ) -> StoreResult<Self> {
+        let router = Router::new(redis_url, nodes, COMMAND_TIMEOUT, scripts())?;
+        Ok(Self::with_links(
+            Links::Cluster(Box::new(router)),
+            metrics,
+            history_len,
+            idem_ttl,
+        ))
+    }
+
     fn with_target(
         target: Target,
         metrics: Arc<Metrics>,
         history_len: u32,
         idem_ttl: Duration,
     ) -> Self {
-        let timeout = Duration::from_secs(2);
-        let (publish, head) = (lua::publish(), lua::head());
+        let linker = Linker::new(target, COMMAND_TIMEOUT, scripts());
+        Self::with_links(Links::One(Arc::new(linker)), metrics, history_len, idem_ttl)
+    }
+
+    fn with_links(
+        links: Links,
+        metrics: Arc<Metrics>,
+        history_len: u32,
+        idem_ttl: Duration,
+    ) -> Self {
         Self {
-            publish: Arc::new(Script::new(&publish)),
-            head: Arc::new(Script::new(&head)),
-            linker: Arc::new(Linker::new(target, timeout, vec![publish, head])),
+            publish: Arc::new(Script::new(&lua::publish())),
+            head: Arc::new(Script::new(&lua::head())),
+            links: Arc::new(links),
             metrics,
             history_len,
-            timeout,
+            timeout: COMMAND_TIMEOUT,
             idem_ttl,
             master_moves: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             wait_replicas: 0,
@@ -261,38 +350,107 @@ impl Store {
         self
     }
 
+    /// On a Redis Cluster: rooms are shard channels (`SPUBLISH`).
+    pub fn is_cluster(&self) -> bool {
+        matches!(*self.links, Links::Cluster(_))
+    }
+
+    /// The command that publishes on a room's channel.
+    fn publish_command(&self) -> &'static str {
+        if self.is_cluster() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        }
+    }
+
     /// A client for the current master (TCP keepalive and no Nagle set),
-    /// for the pub/sub connection.
+    /// for the pub/sub connection (not on a cluster: see
+    /// [`Store::cluster_client`]).
     pub async fn client(&self) -> StoreResult<redis::Client> {
-        self.linker.client().await
+        match &*self.links {
+            Links::One(l) => l.client().await,
+            Links::Cluster(_) => Err(StoreError::Reply(
+                "a cluster has no single master: use cluster_client".into(),
+            )),
+        }
+    }
+
+    /// On a cluster: a redis-rs cluster client for sharded pub/sub (RESP3,
+    /// pushes to `push`), starting from the masters known and the seeds.
+    pub fn cluster_client(
+        &self,
+        push: tokio::sync::mpsc::UnboundedSender<redis::PushInfo>,
+    ) -> StoreResult<redis::cluster::ClusterClient> {
+        let Links::Cluster(r) = &*self.links else {
+            return Err(StoreError::Reply("not a cluster".into()));
+        };
+        let mut nodes: Vec<String> = r.map().masters().to_vec();
+        for s in r.seeds() {
+            if !nodes.contains(s) {
+                nodes.push(s.clone());
+            }
+        }
+        let infos = nodes
+            .iter()
+            .map(|n| r.info_for(n))
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok(redis::cluster::ClusterClientBuilder::new(infos)
+            .use_protocol(redis::ProtocolVersion::RESP3)
+            .push_sender(push)
+            .tcp_settings(link::tcp_settings())
+            .connection_timeout(Duration::from_secs(1))
+            .response_timeout(COMMAND_TIMEOUT)
+            .retries(2)
+            .build()?)
+    }
+
+    /// On a cluster, one shard channel per master, named after `base`,
+    /// each in a slot that master serves (for the liveness probe); else
+    /// `base` itself.
+    pub fn probe_channels(&self, base: &str) -> Vec<String> {
+        let Links::Cluster(r) = &*self.links else {
+            return vec![base.to_string()];
+        };
+        let map = r.map();
+        map.masters()
+            .iter()
+            .filter_map(|m| {
+                (0..100_000u32)
+                    .map(|n| format!("{base}:{{{n}}}"))
+                    .find(|c| map.master(key_slot(c)) == Some(m.as_str()))
+            })
+            .collect()
     }
 
     /// With sentinels: ask them which node is the master; if it is not the
     /// one connected (a failover, or the old master came back as a
     /// replica), drop the command connection and count a move, so the
-    /// subscriber reconnects too. Without sentinels it does nothing.
+    /// subscriber reconnects too. On a cluster: load the slot map again and
+    /// count a move if it changed. With one fixed Redis it does nothing.
     pub async fn check_master(&self) {
-        if !self.linker.follows_sentinels() {
-            return;
-        }
-        let Some(current) = self.linker.current_addr() else {
-            return;
-        };
-        match self.linker.client().await {
-            Ok(c) => {
-                let named = c.get_connection_info().addr().to_string();
-                if named != current {
-                    tracing::warn!(
-                        from = current,
-                        to = named,
-                        "the sentinels name a new master: moving"
-                    );
-                    self.linker.drop_current();
-                    self.master_moves
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let moved = match &*self.links {
+            Links::Cluster(r) => match r.reload(false).await {
+                Ok(changed) => changed,
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot load the cluster's slot map");
+                    false
                 }
-            }
-            Err(e) => tracing::debug!(error = %e, "cannot ask the sentinels"),
+            },
+            Links::One(l) => check_sentinel_master(l).await,
+        };
+        if moved {
+            self.master_moves
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// On a cluster: load the slot map now (the subscriber does before
+    /// every connect). Elsewhere it does nothing.
+    pub async fn load_topology(&self) -> StoreResult<()> {
+        match &*self.links {
+            Links::Cluster(r) => r.reload(true).await.map(drop),
+            Links::One(_) => Ok(()),
         }
     }
 
@@ -301,18 +459,24 @@ impl Store {
         self.master_moves.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Drop the command connection, so the next call connects afresh: the
-    /// pub/sub connection went silent, and the command connection shares
-    /// its path (a hung Redis, a half-open link), so waiting out its
+    /// Drop the command connection(s), so the next call connects afresh:
+    /// the pub/sub connection went silent, and the command connection
+    /// shares its path (a hung Redis, a half-open link), so waiting out its
     /// timeout would only delay the repair.
     pub fn reconnect(&self) {
-        self.linker.drop_current();
+        match &*self.links {
+            Links::One(l) => l.drop_current(),
+            Links::Cluster(r) => r.drop_all(),
+        }
     }
 
     /// How many times Redis was replaced (restarted, failed over) under
-    /// this store, as seen by its command connection.
+    /// this store, as seen by its command connection(s).
     pub fn redis_replacements(&self) -> u64 {
-        self.linker.replacements()
+        match &*self.links {
+            Links::One(l) => l.replacements(),
+            Links::Cluster(r) => r.replacements(),
+        }
     }
 
     /// Entries each room keeps in history.
@@ -325,18 +489,60 @@ impl Store {
         self.timeout
     }
 
-    async fn link(&self) -> StoreResult<Arc<Link>> {
-        let r = self.linker.get().await;
+    /// The link to the master serving `slot` (the slot is ignored without
+    /// a cluster). An error here means nothing was sent.
+    async fn link(&self, slot: u16) -> StoreResult<Conn> {
+        let linker = match &*self.links {
+            Links::One(l) => Ok(l.clone()),
+            Links::Cluster(r) => r.linker(slot).await,
+        };
+        let r = match linker {
+            Ok(linker) => linker.get().await.map(|link| Conn { linker, link }),
+            Err(e) => Err(e),
+        };
         if r.is_err() {
             self.metrics.redis_rtt(0, false);
+            if let Links::Cluster(router) = &*self.links {
+                // The master may have moved: look again (rate-limited).
+                let _ = router.reload(false).await;
+            }
         }
         r
     }
 
-    /// Run `fut` (a command on `link`) under the timeout; a link that timed
+    /// Run `f` on the link for `slot`. On a cluster, a redirection
+    /// (`MOVED`: nothing was applied) reloads the slot map and runs `f`
+    /// once more on the new owner.
+    async fn on_slot<T, F, Fut>(&self, slot: u16, f: F) -> StoreResult<T>
+    where
+        F: Fn(Conn) -> Fut,
+        Fut: std::future::Future<Output = StoreResult<T>>,
+    {
+        let conn = self.link(slot).await?;
+        let res = f(conn).await;
+        let Links::Cluster(router) = &*self.links else {
+            return res;
+        };
+        match res {
+            Err(e) if e.is_redirect() => {
+                tracing::debug!(slot, error = %e, "redirected: reloading the slot map");
+                if let Err(e) = router.reload(true).await {
+                    tracing::warn!(error = %e, "cannot load the slot map");
+                }
+                if !e.is_moved() {
+                    return Err(e);
+                }
+                let conn = self.link(slot).await?;
+                f(conn).await
+            }
+            r => r,
+        }
+    }
+
+    /// Run `fut` (a command on `conn`) under the timeout; a link that timed
     /// out or broke is dropped, so the next call reconnects rather than
     /// queueing behind a hung connection.
-    async fn timed<T, F>(&self, link: &Arc<Link>, fut: F) -> StoreResult<T>
+    async fn timed<T, F>(&self, conn: &Conn, fut: F) -> StoreResult<T>
     where
         F: std::future::Future<Output = redis::RedisResult<T>>,
     {
@@ -353,32 +559,75 @@ impl Store {
             .err()
             .is_some_and(|e| e.maybe_applied() || e.is_readonly())
         {
-            self.linker.failed(link);
+            conn.linker.failed(&conn.link);
         }
         self.metrics
             .redis_rtt(start.elapsed().as_micros() as u64, res.is_ok());
         res
     }
 
-    async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> StoreResult<T> {
-        let link = self.link().await?;
-        let mut conn = link.conn.clone();
-        self.timed(&link, cmd.query_async(&mut conn)).await
+    async fn query<T: FromRedisValue>(&self, slot: u16, cmd: &Cmd) -> StoreResult<T> {
+        self.on_slot(slot, |c| async move {
+            let mut conn = c.link.conn.clone();
+            self.timed(&c, cmd.query_async(&mut conn)).await
+        })
+        .await
     }
 
-    async fn query_pipe<T: FromRedisValue>(&self, pipe: &redis::Pipeline) -> StoreResult<T> {
-        let link = self.link().await?;
-        let mut conn = link.conn.clone();
-        self.timed(&link, pipe.query_async(&mut conn)).await
+    async fn query_pipe<T: FromRedisValue>(
+        &self,
+        slot: u16,
+        pipe: &redis::Pipeline,
+    ) -> StoreResult<T> {
+        self.on_slot(slot, |c| async move {
+            let mut conn = c.link.conn.clone();
+            self.timed(&c, pipe.query_async(&mut conn)).await
+        })
+        .await
     }
 
-    /// PING, for `/healthz`.
+    /// PING (on a cluster: the registry's master), for `/healthz`.
     pub async fn ping(&self) -> StoreResult<()> {
-        let pong: String = self.query(&redis::cmd("PING")).await?;
+        let pong: String = self.query(registry_slot(), &redis::cmd("PING")).await?;
         if pong == "PONG" {
             Ok(())
         } else {
             Err(StoreError::Reply(pong))
+        }
+    }
+}
+
+/// The scripts every new connection loads.
+fn scripts() -> Vec<String> {
+    vec![lua::publish(), lua::head()]
+}
+
+/// With sentinels: whether they name another master than the one the
+/// command link reaches (then the link is dropped).
+async fn check_sentinel_master(linker: &Linker) -> bool {
+    if !linker.follows_sentinels() {
+        return false;
+    }
+    let Some(current) = linker.current_addr() else {
+        return false;
+    };
+    match linker.client().await {
+        Ok(c) => {
+            let named = c.get_connection_info().addr().to_string();
+            if named != current {
+                tracing::warn!(
+                    from = current,
+                    to = named,
+                    "the sentinels name a new master: moving"
+                );
+                linker.drop_current();
+                return true;
+            }
+            false
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot ask the sentinels");
+            false
         }
     }
 }

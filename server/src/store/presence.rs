@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use super::{
-    instance_key, members_key, InstanceInfo, MemberEntry, Store, StoreError, StoreResult,
-    INSTANCES_KEY,
+    instance_key, members_key, registry_slot, room_slot, InstanceInfo, MemberEntry, Store,
+    StoreError, StoreResult, INSTANCES_KEY,
 };
 
 impl Store {
@@ -25,7 +25,7 @@ impl Store {
             .ignore()
             .cmd("HLEN")
             .arg(members_key(room));
-        let (n,): (u64,) = self.query_pipe(&pipe).await?;
+        let (n,): (u64,) = self.query_pipe(room_slot(room), &pipe).await?;
         Ok(n)
     }
 
@@ -38,14 +38,17 @@ impl Store {
             .arg(conn_id)
             .cmd("HLEN")
             .arg(members_key(room));
-        let (removed, left): (u64, u64) = self.query_pipe(&pipe).await?;
+        let (removed, left): (u64, u64) = self.query_pipe(room_slot(room), &pipe).await?;
         Ok((removed > 0, left))
     }
 
     /// Every entry of a room's presence hash, stale ones included.
     pub async fn members(&self, room: &str) -> StoreResult<Vec<(String, MemberEntry)>> {
         let raw: Vec<(String, String)> = self
-            .query(redis::cmd("HGETALL").arg(members_key(room)))
+            .query(
+                room_slot(room),
+                redis::cmd("HGETALL").arg(members_key(room)),
+            )
             .await?;
         Ok(raw
             .into_iter()
@@ -67,12 +70,12 @@ impl Store {
             .arg(INSTANCES_KEY)
             .arg(&info.app_id)
             .ignore();
-        self.query_pipe::<()>(&pipe).await
+        self.query_pipe::<()>(registry_slot(), &pipe).await
     }
 
     /// Remove this instance's registry entry (graceful shutdown).
     pub async fn deregister(&self, app_id: &str) -> StoreResult<()> {
-        self.query::<i64>(redis::cmd("DEL").arg(instance_key(app_id)))
+        self.query::<i64>(registry_slot(), redis::cmd("DEL").arg(instance_key(app_id)))
             .await
             .map(drop)
     }
@@ -80,13 +83,15 @@ impl Store {
     /// Every live instance (heartbeat not expired), sorted by app_id.
     pub async fn instances(&self) -> StoreResult<Vec<InstanceInfo>> {
         let ids: Vec<String> = self
-            .query(redis::cmd("SMEMBERS").arg(INSTANCES_KEY))
+            .query(registry_slot(), redis::cmd("SMEMBERS").arg(INSTANCES_KEY))
             .await?;
         if ids.is_empty() {
             return Ok(Vec::new());
         }
         let keys: Vec<String> = ids.iter().map(|id| instance_key(id)).collect();
-        let vals: Vec<Option<String>> = self.query(redis::cmd("MGET").arg(&keys)).await?;
+        let vals: Vec<Option<String>> = self
+            .query(registry_slot(), redis::cmd("MGET").arg(&keys))
+            .await?;
         let mut live: Vec<InstanceInfo> = vals
             .into_iter()
             .flatten()
