@@ -16,7 +16,8 @@
 //! - [`sentinel`]: the Sentinel topology (master, two replicas, three
 //!   sentinels) started with [`RedisTopology::Sentinel`].
 //! - [`redis_cluster`]: the Redis Cluster topology (three masters, three
-//!   replicas) started with [`RedisTopology::Cluster`], and [`key_slot`].
+//!   replicas) started with [`RedisTopology::Cluster`], [`key_slot`] and
+//!   [`room_slot`].
 //! - [`state`]: the state file `cluster up` writes, so other commands
 //!   (`cluster redis-failover`) find the running topology.
 
@@ -39,7 +40,7 @@ use crate::redis_cluster::RedisCluster;
 use crate::sentinel::Sentinels;
 
 pub use crate::redis::RedisTopology;
-pub use crate::redis_cluster::key_slot;
+pub use crate::redis_cluster::{key_slot, room_slot};
 
 /// How to start a cluster.
 #[derive(Debug, Clone)]
@@ -54,7 +55,7 @@ pub struct ClusterOptions {
     /// cluster mode: `rnode1`'s); 0 picks a free one.
     pub redis_port: u16,
     /// A single Redis (the default), a Sentinel topology or a Redis
-    /// Cluster (then `servers` must be 0 for now).
+    /// Cluster.
     pub redis: RedisTopology,
     /// The master name the sentinels monitor (sentinel mode only).
     pub sentinel_master: String,
@@ -124,12 +125,6 @@ impl Cluster {
     /// three times: another process can take a port between the moment it
     /// was found free and the moment a child binds it.
     pub fn start(opts: ClusterOptions) -> Result<Self> {
-        if opts.redis == RedisTopology::Cluster && opts.servers > 0 {
-            bail!(
-                "--redis cluster: the server does not support Redis Cluster yet; \
-                 start the topology with 0 servers"
-            );
-        }
         let ephemeral = opts.port == 0
             && opts.stats_port == 0
             && opts.redis_port == 0
@@ -277,7 +272,9 @@ impl Cluster {
     }
 
     /// The Redis URL server `i` is (or will be) started with: the override
-    /// set by [`Cluster::set_server_redis_url`], else [`Cluster::redis_url`].
+    /// set by [`Cluster::set_server_redis_url`], else [`Cluster::redis_url`]
+    /// (in the sentinel and cluster topologies a server without an override
+    /// gets no URL; see [`Cluster::server_redis_args`]).
     pub fn server_redis_url(&self, i: usize) -> String {
         self.redis_overrides[i]
             .clone()
@@ -297,12 +294,33 @@ impl Cluster {
         &self.log_dir
     }
 
-    /// Start (or restart) server `i` on its port with its APP_ID and wait
-    /// until its `/healthz` answers 200.
-    pub fn start_server(&mut self, i: usize) -> Result<()> {
-        if self.redis_cluster.is_some() && self.redis_overrides[i].is_none() {
-            bail!("the server does not support Redis Cluster yet");
+    /// The Redis arguments server `i` is (or will be) started with:
+    /// `--redis-url URL` with an override ([`Cluster::set_server_redis_url`])
+    /// or a single Redis; `--redis-sentinels HOST:PORT,...
+    /// --redis-sentinel-master NAME` in sentinel mode; `--redis-cluster
+    /// HOST:PORT,...` (every node, `rnode1` first) in cluster mode.
+    pub fn server_redis_args(&self, i: usize) -> Vec<String> {
+        match (
+            &self.redis_overrides[i],
+            &self.sentinels,
+            &self.redis_cluster,
+        ) {
+            (Some(url), _, _) => vec!["--redis-url".into(), url.clone()],
+            (None, Some(s), _) => vec![
+                "--redis-sentinels".into(),
+                s.sentinel_addrs().join(","),
+                "--redis-sentinel-master".into(),
+                s.master_name().to_string(),
+            ],
+            (None, None, Some(c)) => vec!["--redis-cluster".into(), c.node_addrs().join(",")],
+            (None, None, None) => vec!["--redis-url".into(), self.redis_url()],
         }
+    }
+
+    /// Start (or restart) server `i` on its port with its APP_ID and its
+    /// Redis arguments ([`Cluster::server_redis_args`]) and wait until its
+    /// `/healthz` answers 200.
+    pub fn start_server(&mut self, i: usize) -> Result<()> {
         let app_id = self.app_id(i);
         let addr = self.server_addr(i);
         let mut args = vec![
@@ -311,15 +329,7 @@ impl Cluster {
             "--app-id".into(),
             app_id.clone(),
         ];
-        match (&self.sentinels, &self.redis_overrides[i]) {
-            (Some(s), None) => args.extend([
-                "--redis-sentinels".into(),
-                s.sentinel_addrs().join(","),
-                "--redis-sentinel-master".into(),
-                s.master_name().to_string(),
-            ]),
-            _ => args.extend(["--redis-url".into(), self.server_redis_url(i)]),
-        }
+        args.extend(self.server_redis_args(i));
         args.extend(self.opts.server_args.iter().cloned());
         let child = Child::spawn(
             &app_id,

@@ -8,19 +8,23 @@
 //!   by the WebSocket URL, stop, exit with CMD's code. CMD also gets
 //!   `CHAT_URL`, `CLUSTER_SERVER_PIDS`, `CLUSTER_SERVER_ADDRS`,
 //!   `CLUSTER_HAPROXY_PID`, `CLUSTER_REDIS_PID`, `CLUSTER_LOG_DIR`,
-//!   `CLUSTER_STATE`, in sentinel mode `CLUSTER_REDIS_SENTINELS` and
-//!   `CLUSTER_REDIS_SENTINEL_MASTER`, and in sentinel and cluster modes
-//!   `CLUSTER_REDIS_NODE_PIDS`.
+//!   `CLUSTER_STATE`, `CLUSTER_REDIS_TOPOLOGY` (`single`, `sentinel` or
+//!   `cluster`), `CLUSTER_REDIS_NODES` (every Redis data node's
+//!   `host:port`, comma-separated: in cluster mode the six nodes, the list
+//!   the servers get as `--redis-cluster`), `CLUSTER_REDIS_NODE_PIDS` (in
+//!   the same order), and in sentinel mode `CLUSTER_REDIS_SENTINELS` and
+//!   `CLUSTER_REDIS_SENTINEL_MASTER`.
 //! - `cluster haproxy-cfg`: print the compose `haproxy.cfg`.
-//! - `cluster redis-failover --state FILE`: kill -9 the Redis master of a
-//!   running `cluster up --redis sentinel` (found through the state file
-//!   it wrote, `<log dir>/cluster.json`) and time the failover.
+//! - `cluster redis-failover --state FILE [--room NAME]`: kill -9 the Redis
+//!   master of a running `cluster up --redis sentinel` (or, with `--redis
+//!   cluster`, the master of the room's slot), found through the state file
+//!   it wrote, `<log dir>/cluster.json`, and time the failover.
 //!
 //! `--redis sentinel` runs a master, two replicas and three sentinels
 //! instead of one Redis; the servers then get `--redis-sentinels` and
 //! `--redis-sentinel-master`. `--redis cluster` runs a Redis Cluster of six
-//! nodes (three masters, three replicas); the server does not support it
-//! yet, so it needs `--servers 0`.
+//! nodes (three masters, three replicas); the servers then get
+//! `--redis-cluster` with the six nodes' addresses.
 
 mod demo;
 
@@ -64,20 +68,27 @@ enum Cmd {
     /// Print the HAProxy configuration used by docker-compose.yml.
     HaproxyCfg,
     /// Kill -9 the Redis master of a running `cluster up --redis sentinel`
-    /// and print how long the sentinels took to name a new one.
+    /// and print how long the sentinels took to name a new one; with
+    /// `--redis cluster`, kill -9 the master of a room's slot and print how
+    /// long its replica took to take the slot over.
     ///
     /// `cluster up` writes the topology to `<log dir>/cluster.json` and
     /// prints that path ("state:"); pass it here. The master is asked of
-    /// the sentinels, so this works again after a failover; it refuses
-    /// while one is under way (the sentinels disagree or their master is
-    /// not one).
+    /// the sentinels (or of the cluster nodes), so this works again after a
+    /// failover; it refuses while one is under way (the sentinels or nodes
+    /// disagree, or their master is not one) and, in a Redis Cluster, when
+    /// the master has no healthy replica to take over.
     RedisFailover {
         /// The state file printed by `cluster up` (`<log dir>/cluster.json`).
         #[arg(long, env = "CLUSTER_STATE")]
         state: PathBuf,
-        /// How long to wait for the sentinels to name a new master, in seconds.
+        /// How long to wait for a new master, in seconds.
         #[arg(long, default_value_t = 15)]
         timeout: u64,
+        /// Redis Cluster only: kill the master of this room's slot (the
+        /// slot of `chat:{NAME}:msgs`) rather than of slot 0.
+        #[arg(long, value_name = "NAME")]
+        room: Option<String>,
     },
 }
 
@@ -101,7 +112,7 @@ struct Opts {
     /// Redis topology: `single` (one redis-server), `sentinel` (a master,
     /// two replicas, three sentinels; the servers get `--redis-sentinels`)
     /// or `cluster` (a Redis Cluster of three masters and three replicas;
-    /// the server does not support it yet, so only with `--servers 0`).
+    /// the servers get `--redis-cluster` with the six nodes).
     #[arg(
         long,
         env = "CLUSTER_REDIS",
@@ -233,9 +244,30 @@ fn run() -> Result<u8> {
             print!("{}", chat_cluster::haproxy::compose_config());
             Ok(0)
         }
-        Cmd::RedisFailover { state, timeout } => {
+        Cmd::RedisFailover {
+            state,
+            timeout,
+            room,
+        } => {
             let st = State::read(&state)?;
-            let (old, new, took) = st.redis_failover(std::time::Duration::from_secs(timeout))?;
+            let timeout = std::time::Duration::from_secs(timeout);
+            if st.redis == RedisTopology::Cluster {
+                let slot = room.as_deref().map_or(0, chat_cluster::room_slot);
+                let (old, new, took) = st.redis_failover_slot(slot, timeout)?;
+                let room = room.map(|r| format!(", room {r:?}")).unwrap_or_default();
+                println!(
+                    "killed master {old} of slot {slot}{room} (SIGKILL); {new} took the slot over after {} ms",
+                    took.as_millis()
+                );
+                return Ok(0);
+            }
+            if room.is_some() {
+                bail!(
+                    "--room needs a Redis Cluster (`cluster up --redis cluster`); this cluster runs the {} Redis topology",
+                    st.redis
+                );
+            }
+            let (old, new, took) = st.redis_failover(timeout)?;
             println!(
                 "killed master {old} (SIGKILL); the sentinels named {new} after {} ms",
                 took.as_millis()
@@ -304,6 +336,8 @@ fn run() -> Result<u8> {
                 .env("CLUSTER_REDIS_PID", join(c.redis_pid()))
                 .env("CLUSTER_LOG_DIR", c.log_dir())
                 .env("CLUSTER_STATE", &state)
+                .env("CLUSTER_REDIS_TOPOLOGY", c.redis_topology().to_string())
+                .env("CLUSTER_REDIS_NODES", c.redis_node_addrs().join(","))
                 .env("CLUSTER_REDIS_SENTINELS", c.sentinel_addrs().join(","))
                 .env(
                     "CLUSTER_REDIS_SENTINEL_MASTER",

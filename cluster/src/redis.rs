@@ -23,8 +23,8 @@ pub enum RedisTopology {
     /// get `--redis-sentinels` and `--redis-sentinel-master`.
     Sentinel,
     /// Six nodes, three masters and three replicas, in a Redis Cluster
-    /// ([`crate::redis_cluster`]). The server does not support it yet, so
-    /// only `servers: 0` starts.
+    /// ([`crate::redis_cluster`]); servers get `--redis-cluster` with every
+    /// node's address.
     Cluster,
 }
 

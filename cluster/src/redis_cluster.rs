@@ -130,6 +130,140 @@ pub fn cluster_nodes(addr: &str) -> Result<Vec<NodeEntry>> {
     parse_nodes(&r.text().unwrap_or_default())
 }
 
+/// The slot of room `room`'s keys: the server keeps a room under
+/// `chat:{<room>}:...` (its channel is `chat:{<room>}:msgs`), so the hash
+/// tag puts all of a room on one slot.
+pub fn room_slot(room: &str) -> u16 {
+    key_slot(&format!("chat:{{{room}}}:msgs"))
+}
+
+fn check_slot(slot: u16) -> Result<()> {
+    if slot >= SLOTS {
+        bail!("slot {slot} is out of range (0..{SLOTS})");
+    }
+    Ok(())
+}
+
+/// `CLUSTER NODES` as the first of `addrs` that answers sees it.
+pub fn nodes_view(addrs: &[String]) -> Result<Vec<NodeEntry>> {
+    let mut errors = Vec::new();
+    for a in addrs {
+        match cluster_nodes(a) {
+            Ok(v) => return Ok(v),
+            Err(e) => errors.push(format!("{a}: {e:#}")),
+        }
+    }
+    bail!(
+        "no cluster node answers CLUSTER NODES: {}",
+        errors.join("; ")
+    )
+}
+
+/// The healthy master that serves `slot` in one node's `view`.
+fn master_for_slot_in(view: &[NodeEntry], slot: u16) -> Result<String> {
+    view.iter()
+        .find(|e| e.is_live_master() && e.owns(slot))
+        .map(|e| e.addr.clone())
+        .ok_or_else(|| anyhow!("no healthy master serves slot {slot} now"))
+}
+
+/// The healthy master of `slot` that every node of `addrs` that answers
+/// agrees on; an error while they disagree or none serves it (a failover
+/// is under way), or when no node answers.
+pub fn settled_master_for_slot(addrs: &[String], slot: u16) -> Result<String> {
+    check_slot(slot)?;
+    let mut answers = Vec::new();
+    let mut errors = Vec::new();
+    for a in addrs {
+        match cluster_nodes(a) {
+            Ok(view) => answers.push((a, master_for_slot_in(&view, slot))),
+            Err(e) => errors.push(format!("{a}: {e:#}")),
+        }
+    }
+    if answers.is_empty() {
+        bail!(
+            "no cluster node answers CLUSTER NODES: {}",
+            errors.join("; ")
+        );
+    }
+    let masters: Vec<&String> = answers
+        .iter()
+        .filter_map(|(_, m)| m.as_ref().ok())
+        .collect();
+    if masters.len() == answers.len() && masters.iter().all(|m| *m == masters[0]) {
+        return Ok(masters[0].clone());
+    }
+    let views: Vec<String> = answers
+        .iter()
+        .map(|(a, m)| match m {
+            Ok(m) => format!("{a} names {m}"),
+            Err(e) => format!("{a}: {e:#}"),
+        })
+        .collect();
+    bail!(
+        "the cluster nodes do not agree on a healthy master of slot {slot} (a failover is under way?): {}",
+        views.join("; ")
+    )
+}
+
+/// The healthy replicas of the master at `master` in one node's `view`.
+pub fn live_replicas_of(view: &[NodeEntry], master: &str) -> Vec<String> {
+    let Some(id) = view.iter().find(|e| e.addr == master).map(|e| &e.id) else {
+        return Vec::new();
+    };
+    view.iter()
+        .filter(|e| {
+            e.is_replica()
+                && e.master_id.as_ref() == Some(id)
+                && !e.has_flag("fail")
+                && !e.has_flag("fail?")
+        })
+        .map(|e| e.addr.clone())
+        .collect()
+}
+
+/// Wait until a node of `addrs` other than `old` serves `slot` as a
+/// healthy master by its own account (`myself,master` in its `CLUSTER
+/// NODES`: a promoted replica says so as soon as it wins the election),
+/// and return it with the time waited.
+pub fn wait_new_master(
+    addrs: &[String],
+    slot: u16,
+    old: &str,
+    timeout: Duration,
+) -> Result<(String, Duration)> {
+    check_slot(slot)?;
+    let start = Instant::now();
+    loop {
+        for a in addrs.iter().filter(|a| *a != old) {
+            let Ok(view) = cluster_nodes(a) else { continue };
+            if view
+                .iter()
+                .any(|e| e.has_flag("myself") && e.is_live_master() && e.owns(slot))
+            {
+                return Ok((a.clone(), start.elapsed()));
+            }
+        }
+        if start.elapsed() > timeout {
+            let views: Vec<String> = addrs
+                .iter()
+                .filter(|a| *a != old)
+                .map(
+                    |a| match cluster_nodes(a).and_then(|v| master_for_slot_in(&v, slot)) {
+                        Ok(m) => format!("{a} names {m}"),
+                        Err(e) => format!("{a}: {e:#}"),
+                    },
+                )
+                .collect();
+            bail!(
+                "no node other than {old} took slot {slot} over within {timeout:?}: {}",
+                views.join("; ")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Six running cluster nodes. Dropping it kills them all.
 #[derive(Debug)]
 pub struct RedisCluster {
@@ -322,19 +456,17 @@ impl RedisCluster {
             .collect()
     }
 
+    fn running_addrs(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(Node::addr)
+            .collect()
+    }
+
     /// `CLUSTER NODES` as the first running node that answers sees it.
     pub fn nodes_view(&self) -> Result<Vec<NodeEntry>> {
-        let mut errors = Vec::new();
-        for n in self.nodes.iter().filter(|n| n.child.is_some()) {
-            match cluster_nodes(&n.addr()) {
-                Ok(v) => return Ok(v),
-                Err(e) => errors.push(format!("{e:#}")),
-            }
-        }
-        bail!(
-            "no cluster node answers CLUSTER NODES: {}",
-            errors.join("; ")
-        )
+        nodes_view(&self.running_addrs())
     }
 
     /// The healthy masters that serve slots, sorted by address.
@@ -351,16 +483,10 @@ impl RedisCluster {
 
     /// The healthy master that serves `slot`, as the first running node
     /// that answers sees it (for a moment after a failover the nodes can
-    /// disagree).
+    /// disagree; see [`settled_master_for_slot`]).
     pub fn master_for_slot(&self, slot: u16) -> Result<String> {
-        if slot >= SLOTS {
-            bail!("slot {slot} is out of range (0..{SLOTS})");
-        }
-        let view = self.nodes_view()?;
-        view.iter()
-            .find(|e| e.is_live_master() && e.owns(slot))
-            .map(|e| e.addr.clone())
-            .ok_or_else(|| anyhow!("no healthy master serves slot {slot} now"))
+        check_slot(slot)?;
+        master_for_slot_in(&self.nodes_view()?, slot)
     }
 
     /// Kill the master of `slot` with SIGKILL and return its address. Its
@@ -416,6 +542,10 @@ mod tests {
         assert_eq!(key_slot("foo{}{bar}"), crc16_xmodem(b"foo{}{bar}") % SLOTS);
         assert_eq!(key_slot("foo{{bar}}zap"), key_slot("{bar"));
         assert_eq!(key_slot("{foo"), crc16_xmodem(b"{foo") % SLOTS);
+        // A room lives on the slot of its name.
+        assert_eq!(room_slot("lobby"), key_slot("lobby"));
+        assert_eq!(room_slot("lobby"), key_slot("chat:{lobby}:seq"));
+        assert_eq!(room_slot(""), key_slot("chat:{}:msgs"));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! `cluster redis-failover --state <file>`, can find the Redis topology and
 //! act on it. The file is a snapshot taken at start: PIDs are those of the
 //! first processes, and the current master is always asked of the
-//! sentinels, never read from the file.
+//! sentinels (or, in a Redis Cluster, of the nodes), never read from the
+//! file.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,7 +13,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use crate::{sentinel, Cluster, RedisTopology};
+use crate::{redis_cluster, sentinel, Cluster, RedisTopology};
 
 /// The file name under the log directory.
 pub const FILE_NAME: &str = "cluster.json";
@@ -26,7 +27,8 @@ pub struct State {
     pub sentinel_master: Option<String>,
     /// The sentinels' `host:port`s (sentinel mode).
     pub sentinels: Vec<String>,
-    /// Every data node's `host:port` and PID at start.
+    /// Every data node's `host:port` and PID at start (in cluster mode the
+    /// six cluster nodes).
     pub redis_nodes: Vec<(String, Option<u32>)>,
 }
 
@@ -91,35 +93,76 @@ impl State {
 
     /// Kill the current master (as the sentinels name it) with SIGKILL,
     /// wait up to `timeout` for the sentinels to name another, and return
-    /// `(old master, new master, time from the kill to the new name)`.
+    /// `(old master, new master, time from the kill to the new name)`. In
+    /// cluster mode, the master of slot 0 ([`State::redis_failover_slot`]).
     pub fn redis_failover(&self, timeout: Duration) -> Result<(String, String, Duration)> {
+        if self.redis == RedisTopology::Cluster {
+            return self.redis_failover_slot(0, timeout);
+        }
         let Some(name) = self
             .sentinel_master
             .as_deref()
             .filter(|_| self.redis == RedisTopology::Sentinel)
         else {
             bail!(
-                "this cluster runs the {} Redis topology: start it with `cluster up --redis sentinel`",
+                "this cluster runs the {} Redis topology: start it with `cluster up --redis sentinel` (or `--redis cluster`)",
                 self.redis
             );
         };
         let old = sentinel::settled_master(&self.sentinels, name)?;
-        let Some(pid) = self
-            .redis_nodes
-            .iter()
-            .find(|(addr, _)| *addr == old)
-            .and_then(|(_, pid)| *pid)
-        else {
+        let Some(pid) = self.node_pid(&old) else {
             bail!("the sentinels name {old}, whose PID the state file does not have (restarted?)");
         };
-        let st = Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status()
-            .context("running kill")?;
-        if !st.success() {
-            bail!("kill -KILL {pid} (master {old}) failed: {st}");
-        }
+        kill_master(pid, &old)?;
         let (new, took) = sentinel::wait_new_master(&self.sentinels, name, &old, timeout)?;
         Ok((old, new, took))
     }
+
+    /// Kill the Redis Cluster master that serves `slot` (as every node
+    /// that answers agrees; see [`crate::room_slot`] for a room's slot)
+    /// with SIGKILL, wait up to `timeout` until another node, its replica,
+    /// serves the slot, and return `(old master, new master, time from the
+    /// kill to the takeover)`. Refuses while the nodes disagree (a failover
+    /// is under way). Cluster mode only.
+    pub fn redis_failover_slot(
+        &self,
+        slot: u16,
+        timeout: Duration,
+    ) -> Result<(String, String, Duration)> {
+        if self.redis != RedisTopology::Cluster {
+            bail!(
+                "this cluster runs the {} Redis topology, not a Redis Cluster: start it with `cluster up --redis cluster`",
+                self.redis
+            );
+        }
+        let addrs: Vec<String> = self.redis_nodes.iter().map(|(a, _)| a.clone()).collect();
+        let old = redis_cluster::settled_master_for_slot(&addrs, slot)?;
+        if redis_cluster::live_replicas_of(&redis_cluster::nodes_view(&addrs)?, &old).is_empty() {
+            bail!("{old}, the master of slot {slot}, has no healthy replica to take over: killing it would leave the slot unserved");
+        }
+        let Some(pid) = self.node_pid(&old) else {
+            bail!("slot {slot} is served by {old}, whose PID the state file does not have");
+        };
+        kill_master(pid, &old)?;
+        let (new, took) = redis_cluster::wait_new_master(&addrs, slot, &old, timeout)?;
+        Ok((old, new, took))
+    }
+
+    fn node_pid(&self, addr: &str) -> Option<u32> {
+        self.redis_nodes
+            .iter()
+            .find(|(a, _)| a == addr)
+            .and_then(|(_, pid)| *pid)
+    }
+}
+
+fn kill_master(pid: u32, addr: &str) -> Result<()> {
+    let st = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .context("running kill")?;
+    if !st.success() {
+        bail!("kill -KILL {pid} (master {addr}) failed: {st}");
+    }
+    Ok(())
 }
