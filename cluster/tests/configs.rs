@@ -1,7 +1,8 @@
 //! The container files stay correct without a Docker engine: the compose
 //! HAProxy config equals the generator's output and passes `haproxy -c`,
 //! the local one passes too, and docker-compose.yml has the topology the
-//! launcher has.
+//! launcher has, in its default services and in its `sentinel` and
+//! `cluster` profiles.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -289,5 +290,252 @@ fn compose_sentinel_profile_is_consistent() {
     }
     for name in ["redis", "app1", "app2", "app3", "haproxy"] {
         assert!(svc(name).get("networks").is_none(), "{name}");
+    }
+}
+
+/// The host side of every `HOST:CONTAINER` port a service publishes.
+fn host_ports(svc: &serde_yaml::Value) -> Vec<String> {
+    strings(&svc["ports"])
+        .iter()
+        .map(|p| p.split(':').next().unwrap().to_string())
+        .collect()
+}
+
+/// The `cluster` profile: six Redis Cluster nodes that announce their
+/// names, a one-shot service that creates the cluster (three masters with
+/// a replica each) once they all answer, three chat servers given every
+/// node as `REDIS_CLUSTER_NODES`, and an HAProxy with the repository's
+/// (checked) haproxy.cfg on host ports no other service takes.
+#[test]
+fn compose_cluster_profile_is_consistent() {
+    let text = std::fs::read_to_string(repo().join("docker-compose.yml")).unwrap();
+    let mut doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    doc.apply_merge().expect("merge keys resolve");
+    let services = doc["services"].as_mapping().expect("services");
+    let profiled: Vec<&str> = services
+        .iter()
+        .filter(|(_, svc)| strings(&svc["profiles"]) == ["cluster"])
+        .map(|(k, _)| k.as_str().unwrap())
+        .collect();
+    let node_names: Vec<String> = (1..=chat_cluster::redis_cluster::NODES)
+        .map(|i| format!("redis-node{i}"))
+        .collect();
+    let mut expected: Vec<&str> = node_names.iter().map(String::as_str).collect();
+    expected.extend([
+        "redis-cluster-init",
+        "cluster-app1",
+        "cluster-app2",
+        "cluster-app3",
+        "cluster-haproxy",
+    ]);
+    assert_eq!(profiled, expected);
+    let svc = |name: &str| &doc["services"][name];
+
+    // The nodes: cluster mode, the launcher's node timeout, their own name
+    // announced, persisted in a volume of their own.
+    let timeout_ms = chat_cluster::redis_cluster::NODE_TIMEOUT
+        .as_millis()
+        .to_string();
+    let mut node_volumes = Vec::new();
+    for name in &node_names {
+        let s = svc(name);
+        assert!(
+            s["image"].as_str().unwrap().starts_with("redis:7"),
+            "{name}: Redis 7 announces hostnames"
+        );
+        let cmd = strings(&s["command"]);
+        assert_eq!(cmd[0], "redis-server", "{name}");
+        let opt = |flag: &str| {
+            cmd.iter()
+                .position(|a| a == flag)
+                .and_then(|i| cmd.get(i + 1))
+                .map(String::as_str)
+        };
+        assert_eq!(opt("--cluster-enabled"), Some("yes"), "{name}");
+        assert_eq!(
+            opt("--cluster-node-timeout"),
+            Some(timeout_ms.as_str()),
+            "{name}"
+        );
+        assert_eq!(
+            opt("--cluster-announce-hostname"),
+            Some(name.as_str()),
+            "{name} announces its own name"
+        );
+        assert_eq!(
+            opt("--cluster-preferred-endpoint-type"),
+            Some("hostname"),
+            "{name}"
+        );
+        assert!(opt("--cluster-config-file").is_some(), "{name}");
+        assert!(opt("--replicaof").is_none(), "{name}");
+        assert!(opt("--port").is_none(), "{name} listens on 6379");
+        let expose = strings(&s["expose"]);
+        assert!(
+            expose.contains(&"6379".to_string()) && expose.contains(&"16379".to_string()),
+            "{name} exposes the client and bus ports: {expose:?}"
+        );
+        assert_eq!(
+            strings(&s["healthcheck"]["test"]),
+            ["CMD", "redis-cli", "ping"]
+        );
+        let vols = strings(&s["volumes"]);
+        assert_eq!(vols.len(), 1, "{name}: {vols:?}");
+        let (vol, path) = vols[0].split_once(':').unwrap();
+        assert_eq!(path, "/data", "{name}: nodes.conf and the AOF in /data");
+        assert!(
+            doc["volumes"].get(vol).is_some(),
+            "{name}: volume {vol} is declared"
+        );
+        node_volumes.push(vol.to_string());
+    }
+    let mut distinct = node_volumes.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), node_volumes.len(), "{node_volumes:?}");
+
+    // What the servers are told: every node, once, on its client port.
+    let env = &svc("cluster-app1")["environment"];
+    let seeds: Vec<&str> = env["REDIS_CLUSTER_NODES"]
+        .as_str()
+        .unwrap()
+        .split(',')
+        .collect();
+    let expected_seeds: Vec<String> = node_names.iter().map(|n| format!("{n}:6379")).collect();
+    assert_eq!(seeds, expected_seeds);
+
+    // The init service: waits for every node, creates the cluster with one
+    // replica per master, from the same list.
+    let init = svc("redis-cluster-init");
+    assert_eq!(init["restart"].as_str(), Some("no"), "one-shot");
+    assert!(init["image"].as_str().unwrap().starts_with("redis:7"));
+    for name in &node_names {
+        assert_eq!(
+            init["depends_on"][name.as_str()]["condition"].as_str(),
+            Some("service_healthy"),
+            "the init waits for {name}"
+        );
+    }
+    assert_eq!(
+        init["environment"]["REDIS_CLUSTER_NODES"],
+        env["REDIS_CLUSTER_NODES"]
+    );
+    assert!(strings(&init["entrypoint"]).join(" ").contains("sh -c"));
+    let script = strings(&init["command"]).join("\n");
+    for part in [
+        "$$REDIS_CLUSTER_NODES",
+        "ping",
+        "redis-cli --cluster create $$nodes --cluster-replicas 1 --cluster-yes",
+        "cluster_known_nodes:1",
+        "cluster_state:ok",
+    ] {
+        assert!(
+            script.contains(part),
+            "init script lacks {part:?}: {script}"
+        );
+    }
+    // Compose turns `$$` into `$`; a lone `$` would be interpolated by it.
+    assert!(
+        !script.replace("$$", "").contains('$'),
+        "a `$` compose would interpolate: {script}"
+    );
+
+    // The servers: the same image, REDIS_CLUSTER_NODES and no other Redis
+    // setting, reachable under the names haproxy.cfg uses, started once
+    // the cluster is created.
+    for (i, (name, addr)) in compose_settings().servers.iter().enumerate() {
+        let app = format!("cluster-app{}", i + 1);
+        let s = svc(&app);
+        let e = &s["environment"];
+        assert_eq!(e["APP_ID"].as_str(), Some(name.as_str()), "{app}");
+        for absent in ["REDIS_URL", "REDIS_SENTINELS", "REDIS_SENTINEL_MASTER"] {
+            assert!(e.get(absent).is_none(), "{app} has no {absent}");
+        }
+        assert_eq!(e["REDIS_CLUSTER_NODES"], env["REDIS_CLUSTER_NODES"]);
+        let port = addr.rsplit(':').next().unwrap();
+        assert_eq!(
+            e["LISTEN_ADDR"].as_str(),
+            Some(format!("0.0.0.0:{port}").as_str())
+        );
+        assert_eq!(s["build"].as_str(), Some("."));
+        assert_eq!(s["stop_signal"].as_str(), Some("SIGTERM"));
+        assert_eq!(
+            strings(&s["networks"]["cluster"]["aliases"]),
+            std::slice::from_ref(name),
+            "{app} answers to {name} on the cluster network"
+        );
+        assert_eq!(
+            s["depends_on"]["redis-cluster-init"]["condition"].as_str(),
+            Some("service_completed_successfully"),
+            "{app} waits for the cluster to be created"
+        );
+        assert_eq!(
+            s["depends_on"].as_mapping().unwrap().len(),
+            1,
+            "{app} depends on the init only"
+        );
+    }
+    let app_ids: Vec<&str> = (1..=3)
+        .map(|i| {
+            svc(&format!("cluster-app{i}"))["environment"]["APP_ID"]
+                .as_str()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(app_ids, ["app1", "app2", "app3"], "distinct APP_IDs");
+
+    // Its own HAProxy with the repository's haproxy.cfg (which
+    // `compose_haproxy_cfg_is_generated_and_valid` keeps generated), valid,
+    // on host ports no other service publishes.
+    let hap = svc("cluster-haproxy");
+    let ports = strings(&hap["ports"]);
+    let settings = compose_settings();
+    let container_port = |bind: &str| bind.rsplit(':').next().unwrap().to_string();
+    assert_eq!(
+        ports,
+        [
+            format!("8082:{}", container_port(&settings.bind)),
+            format!("8406:{}", container_port(&settings.stats_bind)),
+        ]
+    );
+    let vols = strings(&hap["volumes"]);
+    assert_eq!(
+        vols,
+        ["./haproxy.cfg:/usr/local/etc/haproxy/haproxy.cfg:ro"],
+        "the image's config path"
+    );
+    let cfg = repo().join(vols[0].split(':').next().unwrap());
+    assert_eq!(std::fs::read_to_string(&cfg).unwrap(), compose_config());
+    haproxy_check(&cfg);
+    assert_eq!(
+        strings(&hap["networks"]),
+        ["cluster"],
+        "only on the cluster network, where app1..3 are the cluster servers"
+    );
+    for app in ["cluster-app1", "cluster-app2", "cluster-app3"] {
+        assert!(strings(&hap["depends_on"]).contains(&app.to_string()));
+    }
+    let mut published: Vec<String> = services.values().flat_map(host_ports).collect();
+    let n = published.len();
+    published.sort();
+    published.dedup();
+    assert_eq!(published.len(), n, "a host port is published twice");
+
+    // Every service of the profile is on its network; no default or
+    // sentinel one is.
+    assert!(doc["networks"].get("cluster").is_some());
+    for name in &profiled {
+        let nets = &svc(name)["networks"];
+        let on = strings(nets).contains(&"cluster".to_string()) || nets.get("cluster").is_some();
+        assert!(on, "{name} is on the cluster network");
+    }
+    for (name, s) in services {
+        if strings(&s["profiles"]) != ["cluster"] {
+            let nets = &s["networks"];
+            assert!(
+                !strings(nets).contains(&"cluster".to_string()) && nets.get("cluster").is_none(),
+                "{name:?} is not on the cluster network"
+            );
+        }
     }
 }
