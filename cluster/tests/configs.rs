@@ -358,6 +358,11 @@ fn compose_cluster_profile_is_consistent() {
             "{name}"
         );
         assert_eq!(
+            opt("--cluster-require-full-coverage"),
+            Some("no"),
+            "{name}: one shard's failover must not stop the others"
+        );
+        assert_eq!(
             opt("--cluster-announce-hostname"),
             Some(name.as_str()),
             "{name} announces its own name"

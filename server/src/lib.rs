@@ -105,12 +105,22 @@ impl AppState {
     /// instances, sorted by nick.
     pub async fn members(&self, room: &str) -> StoreResult<Vec<Member>> {
         let live = self.live.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let mut members: Vec<Member> = self
-            .store
-            .members(room)
-            .await?
+        let entries = self.store.members(room).await?;
+        let known = |boot: &str| live.is_empty() || boot == self.boot || live.contains(boot);
+        // An instance that started since the last heartbeat is not in the
+        // live set yet: ask the registry now rather than hide its members.
+        let fresh: HashSet<String> = if entries.iter().all(|(_, e)| known(&e.boot)) {
+            HashSet::new()
+        } else {
+            self.store
+                .instances()
+                .await
+                .map(|l| l.into_iter().map(|i| i.boot).collect())
+                .unwrap_or_default()
+        };
+        let mut members: Vec<Member> = entries
             .into_iter()
-            .filter(|(_, e)| live.is_empty() || e.boot == self.boot || live.contains(&e.boot))
+            .filter(|(_, e)| known(&e.boot) || fresh.contains(&e.boot))
             .map(|(conn_id, e)| Member {
                 conn_id,
                 nick: e.nick,

@@ -636,6 +636,44 @@ async fn check_sentinel_master(linker: &Linker) -> bool {
 mod tests {
     use super::*;
 
+    /// Invariant: every key of a room and its channel share one hash
+    /// slot, so the publish script (which touches them all and publishes
+    /// on the channel) never meets CROSSSLOT on a Redis Cluster, and a
+    /// room's sharded subscription lives on the master holding its keys.
+    /// (Checked against Redis's own `CLUSTER KEYSLOT` in
+    /// `tests/redis_cluster.rs`.)
+    #[test]
+    fn a_rooms_keys_and_channel_share_one_slot() {
+        let alphabet: Vec<char> = ('a'..='z')
+            .chain('A'..='Z')
+            .chain('0'..='9')
+            .chain("-_.#".chars())
+            .collect();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rooms: Vec<String> = vec!["a".into(), "#".into(), "lobby".into(), "x".repeat(64)];
+        for _ in 0..2000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let len = 1 + (x % 64) as usize;
+            let room: String = (0..len)
+                .map(|i| alphabet[((x >> (i % 58)) as usize + i * 7) % alphabet.len()])
+                .collect();
+            rooms.push(room);
+        }
+        for room in rooms {
+            chat_protocol::names::validate_room(&room).expect("a valid room name");
+            let slot = room_slot(&room);
+            for key in room_keys(&room) {
+                assert_eq!(key_slot(&key), slot, "{key} of room {room:?}");
+            }
+            assert_eq!(key_slot(&room), slot, "the hash tag is the room name");
+        }
+        // The registry's keys share one slot too.
+        assert_eq!(key_slot(&instance_key("app1")), registry_slot());
+        assert_eq!(key_slot(&instance_key("z-9")), registry_slot());
+    }
+
     #[test]
     fn channels_round_trip() {
         assert_eq!(channel("lobby"), "chat:{lobby}:msgs");
