@@ -204,6 +204,21 @@ impl Cluster {
         self.sentinels_or_bail()?.hang_master(duration)
     }
 
+    /// In cluster mode: make the master of `slot` sleep for `duration`
+    /// (`DEBUG SLEEP`, sent without waiting for the answer: its
+    /// connections stay open and nothing answers, so the other nodes fail
+    /// it over) and return its address.
+    pub fn redis_hang_slot_master(&self, slot: u16, duration: Duration) -> Result<String> {
+        let master = self.redis_cluster_or_bail()?.master_for_slot(slot)?;
+        let secs = format!("{:.3}", duration.as_secs_f64());
+        crate::resp::send_only(
+            &master,
+            &["DEBUG", "SLEEP", &secs],
+            Duration::from_millis(500),
+        )?;
+        Ok(master)
+    }
+
     /// Start Redis data node `i` (0-based) again after a failover killed
     /// it, as a replica of the current master (sentinel mode only).
     pub fn start_redis_node(&mut self, i: usize) -> Result<()> {
