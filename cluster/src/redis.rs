@@ -204,6 +204,12 @@ impl Cluster {
         self.sentinels_or_bail()?.hang_master(duration)
     }
 
+    /// In cluster mode: move `slot` (keys and all) to another master, as
+    /// a live reshard does; returns `(from, to)`.
+    pub fn redis_migrate_slot(&self, slot: u16) -> Result<(String, String)> {
+        self.redis_cluster_or_bail()?.migrate_slot(slot)
+    }
+
     /// In cluster mode: make the master of `slot` sleep for `duration`
     /// (`DEBUG SLEEP`, sent without waiting for the answer: its
     /// connections stay open and nothing answers, so the other nodes fail

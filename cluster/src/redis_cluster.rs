@@ -509,6 +509,62 @@ impl RedisCluster {
         Ok(master)
     }
 
+    /// Move `slot` to another master, the way `redis-cli --cluster
+    /// reshard` does: the target `IMPORTING`, the owner `MIGRATING`, every
+    /// key `MIGRATE`d in batches, then `SETSLOT NODE` on both and on every
+    /// other master. Returns `(from, to)` addresses.
+    pub fn migrate_slot(&self, slot: u16) -> Result<(String, String)> {
+        let view = self.nodes_view()?;
+        let from = view
+            .iter()
+            .find(|n| n.is_live_master() && n.owns(slot))
+            .ok_or_else(|| anyhow!("no live master serves slot {slot}"))?
+            .clone();
+        let to = view
+            .iter()
+            .find(|n| n.is_live_master() && n.id != from.id)
+            .ok_or_else(|| anyhow!("no other live master"))?
+            .clone();
+        let s = slot.to_string();
+        let t = Duration::from_secs(5);
+        resp::command_ok(
+            &to.addr,
+            &["CLUSTER", "SETSLOT", &s, "IMPORTING", &from.id],
+            t,
+        )?;
+        resp::command_ok(
+            &from.addr,
+            &["CLUSTER", "SETSLOT", &s, "MIGRATING", &to.id],
+            t,
+        )?;
+        let (host, port) = to
+            .addr
+            .rsplit_once(':')
+            .ok_or_else(|| anyhow!("bad address {}", to.addr))?;
+        for _ in 0..10_000 {
+            let keys = resp::command_ok(&from.addr, &["CLUSTER", "GETKEYSINSLOT", &s, "100"], t)?;
+            let keys: Vec<String> = keys.items().iter().filter_map(|k| k.text()).collect();
+            if keys.is_empty() {
+                break;
+            }
+            let mut args = vec!["MIGRATE", host, port, "", "0", "5000", "KEYS"];
+            args.extend(keys.iter().map(String::as_str));
+            resp::command_ok(&from.addr, &args, t)?;
+        }
+        // The new owner first, then the old one, then everyone else (what
+        // redis-cli does), so no node points back at the old owner.
+        for n in [&to, &from] {
+            resp::command_ok(&n.addr, &["CLUSTER", "SETSLOT", &s, "NODE", &to.id], t)?;
+        }
+        for n in view
+            .iter()
+            .filter(|n| n.is_live_master() && n.id != to.id && n.id != from.id)
+        {
+            resp::command_ok(&n.addr, &["CLUSTER", "SETSLOT", &s, "NODE", &to.id], t)?;
+        }
+        Ok((from.addr, to.addr))
+    }
+
     /// Kill every node (SIGKILL).
     pub fn kill_all(&mut self) {
         for n in self.nodes.iter_mut() {
