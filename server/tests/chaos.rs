@@ -398,6 +398,35 @@ async fn sentinel_master_hangs() {
         .await;
 }
 
+/// A Redis Cluster scenario: `fault` hits the master of `c1`'s slot after
+/// the warm-up and returns that master's address; clients go on sending
+/// for `settle`; then another master must serve the slot, and the run is
+/// checked like the Sentinel failovers (announced losses allowed).
+async fn cluster_fault(
+    name: &str,
+    settle: Duration,
+    fault: impl FnOnce(&mut chat_cluster::Cluster, u16) -> String,
+) -> check::Report {
+    let _serial = SERIAL.lock().await;
+    let mut c = block_in_place(|| harness::cluster_on(chat_cluster::RedisTopology::Cluster));
+    let slot = chat_server::store::room_slot("c1");
+    let other = chat_server::store::room_slot("c2");
+    assert_ne!(
+        block_in_place(|| c.cluster_master_for_slot(slot)).unwrap(),
+        block_in_place(|| c.cluster_master_for_slot(other)).unwrap(),
+        "the two rooms live on two masters"
+    );
+    let run = Run::start(&c).await;
+    run.go();
+    sleep(WARMUP).await;
+    let t_fault = Instant::now();
+    let old = block_in_place(|| fault(&mut c, slot));
+    sleep(settle).await;
+    let now = block_in_place(|| c.cluster_master_for_slot(slot)).expect("a master");
+    assert_ne!(now, old, "another master serves c1's slot");
+    run.finish(name, t_fault, true, FAILOVER_RESUME, &c).await
+}
+
 /// (i) Invariant: on a Redis Cluster (three masters, three replicas;
 /// rooms `c1` and `c2` live on two different masters), kill -9 of the
 /// master of `c1`'s slot while clients chat through HAProxy: the servers'
@@ -410,24 +439,10 @@ async fn sentinel_master_hangs() {
 /// such an announcement, and offsets increase within each epoch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_master_killed() {
-    let _serial = SERIAL.lock().await;
-    let mut c = block_in_place(|| harness::cluster_on(chat_cluster::RedisTopology::Cluster));
-    let slot = chat_server::store::room_slot("c1");
-    assert_ne!(
-        block_in_place(|| c.cluster_master_for_slot(slot)).unwrap(),
-        block_in_place(|| c.cluster_master_for_slot(chat_server::store::room_slot("c2"))).unwrap(),
-        "the two rooms live on two masters"
-    );
-    let run = Run::start(&c).await;
-    run.go();
-    sleep(WARMUP).await;
-    let t_fault = Instant::now();
-    let old = block_in_place(|| c.redis_failover_slot(slot)).expect("master killed");
-    sleep(AFTER + Duration::from_secs(4)).await;
-    let now = block_in_place(|| c.cluster_master_for_slot(slot)).expect("a master");
-    assert_ne!(now, old, "a replica took the slot over");
-    run.finish("cluster_kill", t_fault, true, FAILOVER_RESUME, &c)
-        .await;
+    cluster_fault("cluster_kill", AFTER + Duration::from_secs(4), |c, slot| {
+        c.redis_failover_slot(slot).expect("master killed")
+    })
+    .await;
 }
 
 /// (j) Invariant: on a Redis Cluster, the master of `c1`'s slot hangs
@@ -439,20 +454,11 @@ async fn cluster_master_killed() {
 /// must not take anyone back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_master_hangs() {
-    let _serial = SERIAL.lock().await;
-    let c = block_in_place(|| harness::cluster_on(chat_cluster::RedisTopology::Cluster));
-    let slot = chat_server::store::room_slot("c1");
-    let run = Run::start(&c).await;
-    run.go();
-    sleep(WARMUP).await;
-    let t_fault = Instant::now();
-    let old = block_in_place(|| c.redis_hang_slot_master(slot, Duration::from_secs(8)))
-        .expect("master hung");
-    sleep(AFTER + Duration::from_secs(6)).await;
-    let now = block_in_place(|| c.cluster_master_for_slot(slot)).expect("a master");
-    assert_ne!(now, old, "a replica took the slot over");
-    run.finish("cluster_hang", t_fault, true, FAILOVER_RESUME, &c)
-        .await;
+    cluster_fault("cluster_hang", AFTER + Duration::from_secs(6), |c, slot| {
+        c.redis_hang_slot_master(slot, Duration::from_secs(8))
+            .expect("master hung")
+    })
+    .await;
 }
 
 /// (k) Invariant: on a Redis Cluster, `c1`'s slot moves to another master
@@ -468,21 +474,10 @@ async fn cluster_master_hangs() {
 /// Delivery resumes within 10 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_slot_migrates() {
-    let _serial = SERIAL.lock().await;
-    let c = block_in_place(|| harness::cluster_on(chat_cluster::RedisTopology::Cluster));
-    let slot = chat_server::store::room_slot("c1");
-    let run = Run::start(&c).await;
-    run.go();
-    sleep(WARMUP).await;
-    let t_fault = Instant::now();
-    let (from, to) = block_in_place(|| c.redis_migrate_slot(slot)).expect("slot migrated");
-    assert_ne!(from, to);
-    sleep(AFTER).await;
-    let now = block_in_place(|| c.cluster_master_for_slot(slot)).expect("a master");
-    assert_eq!(now, to, "the slot moved");
-    let report = run
-        .finish("cluster_migrate", t_fault, true, FAILOVER_RESUME, &c)
-        .await;
+    let report = cluster_fault("cluster_migrate", AFTER, |c, slot| {
+        c.redis_migrate_slot(slot).expect("slot migrated").0
+    })
+    .await;
     // Keys moved with the slot: nothing may be missing, announced or not.
     for p in &report.peers {
         assert!(
