@@ -7,9 +7,30 @@
 //! several clusters can run at once. Children die with the process that
 //! started them (`PR_SET_PDEATHSIG`) and on [`Drop`].
 //!
+//! # HAProxy processes and sizing
+//! [`ClusterOptions::haproxy_procs`] HAProxy processes (default 1) all
+//! bind the same client port: HAProxy sets `SO_REUSEPORT` on its listeners
+//! on Linux (the generated configuration never says `noreuseport`), so the
+//! kernel spreads new connections over them. Each has its own
+//! configuration file (`haproxy.cfg`, `haproxy2.cfg`...), log
+//! (`haproxy.log`, `haproxy2.log`...) and stats port (process 1 on
+//! [`ClusterOptions::stats_port`], the others on free ports; see
+//! [`Cluster::haproxy_stats_urls`]). One process holds about 10,000
+//! connections under a 20,000 file limit, hence several for more clients.
+//! Their `maxconn` and the servers' `--max-connections` are sized from the
+//! file limit unless chosen ([`sizing`], [`Cluster::sizing`]).
+//!
+//! # Faults
+//! [`faults`] parses fault specs (`kill9:app2@5s`, `redis-stop@8s+5s`...)
+//! and injects them on a schedule into a running cluster; `cluster exec
+//! --fault` uses it.
+//!
 //! # Layout
 //! - [`procs`]: one child process with its log file, readiness probes.
 //! - [`haproxy`]: the HAProxy configuration generator.
+//! - [`sizing`]: HAProxy's `maxconn` and the servers' `--max-connections`
+//!   from the file limit.
+//! - [`faults`]: fault specs, the `LOADGEN_FAULTS` plan, the injector.
 //! - [`http`]: a tiny blocking HTTP/1.0 GET for probes and tests.
 //! - `redis`: the [`Cluster`] methods for Redis, either topology.
 //! - [`resp`]: a tiny blocking RESP2 client for probes and faults.
@@ -21,6 +42,7 @@
 //! - [`state`]: the state file `cluster up` writes, so other commands
 //!   (`cluster redis-failover`) find the running topology.
 
+pub mod faults;
 pub mod haproxy;
 pub mod http;
 pub mod procs;
@@ -28,6 +50,7 @@ mod redis;
 pub mod redis_cluster;
 pub mod resp;
 pub mod sentinel;
+pub mod sizing;
 pub mod state;
 
 use std::path::{Path, PathBuf};
@@ -38,6 +61,7 @@ use anyhow::{bail, Context, Result};
 use crate::procs::{free_port, Child};
 use crate::redis_cluster::RedisCluster;
 use crate::sentinel::Sentinels;
+use crate::sizing::Sizing;
 
 pub use crate::redis::RedisTopology;
 pub use crate::redis_cluster::{key_slot, room_slot};
@@ -47,9 +71,11 @@ pub use crate::redis_cluster::{key_slot, room_slot};
 pub struct ClusterOptions {
     /// How many chat servers (`app1`..`appN`).
     pub servers: usize,
-    /// HAProxy's client port; 0 picks a free one.
+    /// HAProxy's client port; 0 picks a free one. Every HAProxy process
+    /// binds it (`SO_REUSEPORT`).
     pub port: u16,
-    /// HAProxy's stats port; 0 picks a free one.
+    /// The stats port of HAProxy process 1; 0 picks a free one (the other
+    /// processes always get free ones).
     pub stats_port: u16,
     /// Redis port (in sentinel mode: `redis1`'s, the first master; in
     /// cluster mode: `rnode1`'s); 0 picks a free one.
@@ -66,8 +92,13 @@ pub struct ClusterOptions {
     /// The `server` binary; `None` finds it next to the running executable
     /// or through `CHAT_SERVER_BIN`.
     pub server_bin: Option<PathBuf>,
-    /// HAProxy `maxconn` (each proxied connection costs it two files).
+    /// HAProxy `maxconn` of each process (each proxied connection costs
+    /// it two files); 0 (the default) sizes it from the file limit:
+    /// `(limit - 200) / 2` (see [`sizing`]).
     pub haproxy_maxconn: u32,
+    /// HAProxy processes sharing the client port (default 1; 0 is
+    /// refused).
+    pub haproxy_procs: usize,
     /// Where logs go; `None` makes a fresh temporary directory.
     pub log_dir: Option<PathBuf>,
     /// `RUST_LOG` for the servers.
@@ -86,7 +117,8 @@ impl Default for ClusterOptions {
             server_base_port: 0,
             server_args: Vec::new(),
             server_bin: None,
-            haproxy_maxconn: 9000,
+            haproxy_maxconn: 0,
+            haproxy_procs: 1,
             log_dir: None,
             server_log: "info".into(),
         }
@@ -115,8 +147,11 @@ pub struct Cluster {
     /// [`Cluster::set_server_redis_url`]); `None` uses the cluster's Redis.
     redis_overrides: Vec<Option<String>>,
     port: u16,
-    stats_port: u16,
-    haproxy: Option<Child>,
+    /// One stats port per HAProxy process, process 1's first.
+    stats_ports: Vec<u16>,
+    /// The running HAProxy processes, process 1 first (empty once stopped).
+    haproxy: Vec<Child>,
+    sizing: Sizing,
 }
 
 impl Cluster {
@@ -147,6 +182,9 @@ impl Cluster {
 
     fn start_once(opts: ClusterOptions) -> Result<Self> {
         procs::require_tools()?;
+        if opts.haproxy_procs == 0 {
+            bail!("haproxy_procs is 0: the cluster needs at least one HAProxy process");
+        }
         let log_dir = match &opts.log_dir {
             Some(d) => d.clone(),
             None => procs::temp_dir("chat-cluster")?,
@@ -178,7 +216,17 @@ impl Cluster {
             })
             .collect::<Result<Vec<_>>>()?;
         let port = pick(opts.port)?;
-        let stats_port = pick(opts.stats_port)?;
+        let stats_ports = std::iter::once(pick(opts.stats_port))
+            .chain((1..opts.haproxy_procs).map(|_| free_port()))
+            .collect::<Result<Vec<_>>>()?;
+        let sizing = Sizing::compute(
+            sizing::fd_limit(),
+            opts.haproxy_procs,
+            opts.haproxy_maxconn,
+            opts.servers,
+            &opts.server_args,
+            std::env::var("MAX_CONNECTIONS").ok().as_deref(),
+        );
         let mut cluster = Cluster {
             servers: (0..opts.servers).map(|_| None).collect(),
             redis_overrides: vec![None; opts.servers],
@@ -192,8 +240,9 @@ impl Cluster {
             extra_redis_ports,
             server_ports,
             port,
-            stats_port,
-            haproxy: None,
+            stats_ports,
+            haproxy: Vec::new(),
+            sizing,
         };
         cluster.start_redis()?;
         for i in 0..cluster.servers.len() {
@@ -219,9 +268,24 @@ impl Cluster {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// HAProxy's stats page.
+    /// The stats page of HAProxy process 1.
     pub fn stats_url(&self) -> String {
-        format!("http://127.0.0.1:{}/stats", self.stats_port)
+        format!("http://127.0.0.1:{}/stats", self.stats_ports[0])
+    }
+
+    /// The stats page of every HAProxy process, process 1 first.
+    pub fn haproxy_stats_urls(&self) -> Vec<String> {
+        self.stats_ports
+            .iter()
+            .map(|p| format!("http://127.0.0.1:{p}/stats"))
+            .collect()
+    }
+
+    /// The connection limits the cluster runs with (HAProxy's `maxconn`,
+    /// the servers' `--max-connections`), sized from the file limit
+    /// unless chosen.
+    pub fn sizing(&self) -> &Sizing {
+        &self.sizing
     }
 
     /// Number of servers.
@@ -254,9 +318,14 @@ impl Cluster {
         self.servers[i].as_ref().map(Child::pid)
     }
 
-    /// The PIDs of HAProxy and Redis, if they run.
+    /// The PID of HAProxy process 1, if it runs.
     pub fn haproxy_pid(&self) -> Option<u32> {
-        self.haproxy.as_ref().map(Child::pid)
+        self.haproxy.first().map(Child::pid)
+    }
+
+    /// The PIDs of every running HAProxy process, process 1 first.
+    pub fn haproxy_pids(&self) -> Vec<u32> {
+        self.haproxy.iter().map(Child::pid).collect()
     }
 
     /// `redis://127.0.0.1:PORT/` (in sentinel mode: `redis1`, the first
@@ -317,42 +386,56 @@ impl Cluster {
         }
     }
 
-    /// Start (or restart) server `i` on its port with its APP_ID and its
-    /// Redis arguments ([`Cluster::server_redis_args`]) and wait until its
-    /// `/healthz` answers 200.
+    /// Start (or restart) server `i` on its port with its APP_ID, its
+    /// Redis arguments ([`Cluster::server_redis_args`]), `--max-connections`
+    /// when sized ([`Cluster::sizing`]) and the extra server arguments, and
+    /// wait until its `/healthz` answers 200.
     pub fn start_server(&mut self, i: usize) -> Result<()> {
+        let child = self.spawn_server(i)?;
+        wait_healthy(&self.server_addr(i), Duration::from_secs(15))
+            .map_err(|e| anyhow::anyhow!("{}: {e}\n{}", self.app_id(i), child.log_tail(20)))?;
+        self.servers[i] = Some(child);
+        Ok(())
+    }
+
+    /// Spawn server `i` without waiting for it (see [`Cluster::start_server`]).
+    fn spawn_server(&self, i: usize) -> Result<Child> {
         let app_id = self.app_id(i);
-        let addr = self.server_addr(i);
         let mut args = vec![
             "--listen".to_string(),
-            addr.clone(),
+            self.server_addr(i),
             "--app-id".into(),
             app_id.clone(),
         ];
         args.extend(self.server_redis_args(i));
+        args.extend(self.sizing.server_args());
         args.extend(self.opts.server_args.iter().cloned());
-        let child = Child::spawn(
+        Child::spawn(
             &app_id,
             self.server_bin.as_os_str(),
             &args,
             &[("RUST_LOG", self.opts.server_log.as_str())],
             &self.log_dir,
-        )?;
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Ok((200, _)) = http::get(&addr, "/healthz", Duration::from_millis(500)) {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "{app_id} did not become healthy on {addr} within 15s\n{}",
-                    child.log_tail(20)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        )
+    }
+
+    /// Spawn server `i` and count it as running at once, without waiting
+    /// for its health (the fault injector waits without holding the
+    /// cluster); fails if it runs.
+    pub(crate) fn spawn_server_running(&mut self, i: usize) -> Result<u32> {
+        if self.servers[i].is_some() {
+            bail!("{} is running", self.app_id(i));
         }
+        let child = self.spawn_server(i)?;
+        let pid = child.pid();
         self.servers[i] = Some(child);
-        Ok(())
+        Ok(pid)
+    }
+
+    /// Take server `i`'s process out of the cluster (it then counts as
+    /// stopped), e.g. to wait for it elsewhere.
+    pub(crate) fn take_server(&mut self, i: usize) -> Option<Child> {
+        self.servers[i].take()
     }
 
     /// Kill server `i` with SIGKILL: no goodbye to its clients.
@@ -370,34 +453,65 @@ impl Cluster {
         }
     }
 
+    /// The name of HAProxy process `k` (0-based): `haproxy`, `haproxy2`...
+    /// (its log is `<name>.log`, its configuration `<name>.cfg`).
+    fn haproxy_name(k: usize) -> String {
+        if k == 0 {
+            "haproxy".into()
+        } else {
+            format!("haproxy{}", k + 1)
+        }
+    }
+
     fn start_haproxy(&mut self) -> Result<()> {
-        let settings = haproxy::HaproxySettings {
-            bind: format!("127.0.0.1:{}", self.port),
-            servers: (0..self.servers.len())
-                .map(|i| (self.app_id(i), self.server_addr(i)))
-                .collect(),
-            stats_bind: format!("127.0.0.1:{}", self.stats_port),
-            maxconn: self.opts.haproxy_maxconn,
-            docker_dns: false,
-        };
-        let cfg = self.log_dir.join("haproxy.cfg");
-        std::fs::write(&cfg, haproxy::render(&settings))?;
-        let cfg = cfg.to_string_lossy().into_owned();
-        let child = Child::spawn(
-            "haproxy",
-            procs::haproxy_path().as_ref(),
-            &["-db", "-f", &cfg],
-            &[],
-            &self.log_dir,
-        )?;
-        self.haproxy = Some(child);
+        if let Some(w) = self.sizing.warning() {
+            eprintln!("chat-cluster: warning: {w}");
+        }
+        for k in 0..self.stats_ports.len() {
+            let settings = haproxy::HaproxySettings {
+                bind: format!("127.0.0.1:{}", self.port),
+                servers: (0..self.servers.len())
+                    .map(|i| (self.app_id(i), self.server_addr(i)))
+                    .collect(),
+                stats_bind: format!("127.0.0.1:{}", self.stats_ports[k]),
+                maxconn: self.sizing.haproxy_maxconn,
+                docker_dns: false,
+            };
+            let name = Self::haproxy_name(k);
+            let cfg = self.log_dir.join(format!("{name}.cfg"));
+            std::fs::write(&cfg, haproxy::render(&settings))
+                .with_context(|| format!("writing {}", cfg.display()))?;
+            let cfg = cfg.to_string_lossy().into_owned();
+            let child = Child::spawn(
+                &name,
+                procs::haproxy_path().as_ref(),
+                &["-db", "-f", &cfg],
+                &[],
+                &self.log_dir,
+            )?;
+            self.haproxy.push(child);
+        }
         Ok(())
     }
 
-    /// The status HAProxy reports for each server, e.g. `("app1","UP")`.
+    /// The status HAProxy process 1 reports for each server, e.g.
+    /// `("app1","UP")` (every process checks the servers on its own; see
+    /// [`Cluster::haproxy_status_of`]).
     pub fn haproxy_status(&self) -> Result<Vec<(String, String)>> {
+        self.haproxy_status_of(0)
+    }
+
+    /// The status HAProxy process `k` (0-based) reports for each server.
+    pub fn haproxy_status_of(&self, k: usize) -> Result<Vec<(String, String)>> {
+        let Some(port) = self.stats_ports.get(k) else {
+            bail!(
+                "there is no HAProxy process {} (the cluster runs {})",
+                k + 1,
+                self.stats_ports.len()
+            );
+        };
         let (code, body) = http::get(
-            &format!("127.0.0.1:{}", self.stats_port),
+            &format!("127.0.0.1:{port}"),
             "/stats;csv",
             Duration::from_secs(2),
         )?;
@@ -414,30 +528,41 @@ impl Cluster {
             .collect())
     }
 
-    /// Wait until HAProxy sees every running server `UP` and every stopped
-    /// one not `UP`.
+    /// Wait until every HAProxy process sees every running server `UP` and
+    /// every stopped one not `UP`.
     pub fn wait_all_up(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
+        // Processes already seen as expected; a later one is asked next.
+        let mut done = 0;
         loop {
-            let status = self.haproxy_status();
-            if let Ok(st) = &status {
-                let ok = st.len() == self.servers.len()
-                    && st.iter().all(|(name, s)| {
-                        let i: usize = name[3..].parse::<usize>().unwrap_or(1) - 1;
-                        let running = self.servers.get(i).is_some_and(Option::is_some);
-                        running == s.starts_with("UP")
-                    });
-                if ok {
-                    return Ok(());
+            while done < self.stats_ports.len() {
+                let status = self.haproxy_status_of(done);
+                let ok = status.as_ref().is_ok_and(|st| {
+                    st.len() == self.servers.len()
+                        && st.iter().all(|(name, s)| {
+                            let i: usize = name[3..].parse::<usize>().unwrap_or(1) - 1;
+                            let running = self.servers.get(i).is_some_and(Option::is_some);
+                            running == s.starts_with("UP")
+                        })
+                });
+                if !ok {
+                    if Instant::now() > deadline {
+                        let tail = self
+                            .haproxy
+                            .get(done)
+                            .map(|h| h.log_tail(20))
+                            .unwrap_or_default();
+                        bail!(
+                            "HAProxy process {} did not see the expected servers up within {timeout:?}: {status:?}\n{tail}",
+                            done + 1
+                        );
+                    }
+                    break;
                 }
+                done += 1;
             }
-            if Instant::now() > deadline {
-                let tail = self
-                    .haproxy
-                    .as_ref()
-                    .map(|h| h.log_tail(20))
-                    .unwrap_or_default();
-                bail!("HAProxy did not see the expected servers up within {timeout:?}: {status:?}\n{tail}");
+            if done == self.stats_ports.len() {
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -451,7 +576,7 @@ impl Cluster {
                 let _ = c.terminate(Duration::from_secs(10));
             }
         }
-        if let Some(mut h) = self.haproxy.take() {
+        for mut h in self.haproxy.drain(..) {
             h.kill();
         }
         self.kill_redis();
@@ -465,10 +590,24 @@ impl Drop for Cluster {
                 c.kill();
             }
         }
-        if let Some(mut h) = self.haproxy.take() {
+        for mut h in self.haproxy.drain(..) {
             h.kill();
         }
         self.kill_redis();
+    }
+}
+
+/// Poll `addr`'s `/healthz` until it answers 200, for up to `timeout`.
+pub(crate) fn wait_healthy(addr: &str, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok((200, _)) = http::get(addr, "/healthz", Duration::from_millis(500)) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the server on {addr} did not become healthy within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -4,10 +4,15 @@
 //! - `cluster up`: start it, print the URLs, stop everything on Ctrl-C.
 //! - `cluster demo`: the same, plus three bots that land on different
 //!   instances and show a message crossing between them.
-//! - `cluster exec -- CMD ARGS...`: start it, run CMD with `{url}` replaced
-//!   by the WebSocket URL, stop, exit with CMD's code. CMD also gets
+//! - `cluster exec [--fault SPEC]... -- CMD ARGS...`: start it, run CMD
+//!   with `{url}` replaced by the WebSocket URL, stop, exit with CMD's
+//!   code. Each `--fault` (`kill9:app2@5s`, `redis-stop@8s+5s`...; see
+//!   `chat_cluster::faults`) is injected at its time from CMD's start, one
+//!   stderr line each; the plan goes to CMD as `LOADGEN_FAULTS` (a JSON
+//!   array) and CMD's start as `CLUSTER_EXEC_START_UNIX_MS`. CMD also gets
 //!   `CHAT_URL`, `CLUSTER_SERVER_PIDS`, `CLUSTER_SERVER_ADDRS`,
-//!   `CLUSTER_HAPROXY_PID`, `CLUSTER_REDIS_PID`, `CLUSTER_LOG_DIR`,
+//!   `CLUSTER_HAPROXY_PID` (process 1), `CLUSTER_HAPROXY_PIDS` (every
+//!   HAProxy process, space-separated), `CLUSTER_REDIS_PID`, `CLUSTER_LOG_DIR`,
 //!   `CLUSTER_STATE`, `CLUSTER_REDIS_TOPOLOGY` (`single`, `sentinel` or
 //!   `cluster`), `CLUSTER_REDIS_NODES` (every Redis data node's
 //!   `host:port`, comma-separated: in cluster mode the six nodes, the list
@@ -20,6 +25,15 @@
 //!   cluster`, the master of the room's slot), found through the state file
 //!   it wrote, `<log dir>/cluster.json`, and time the failover.
 //!
+//! `--haproxy-procs N` runs N HAProxy processes on the one client port
+//! (`SO_REUSEPORT`: the kernel spreads connections over them), each with
+//! its own stats port (process 1 on `--stats-port`). HAProxy's `maxconn`
+//! (per process) and the servers' `--max-connections` are sized from the
+//! file limit unless given (`--haproxy-maxconn`,
+//! `--server-arg=--max-connections=N`); `up`, `demo` and `exec` print the
+//! sizing, e.g. `haproxy: 6 processes × maxconn 9900 = 59400; servers: 3 ×
+//! max-connections 19800 = 59400`.
+//!
 //! `--redis sentinel` runs a master, two replicas and three sentinels
 //! instead of one Redis; the servers then get `--redis-sentinels` and
 //! `--redis-sentinel-master`. `--redis cluster` runs a Redis Cluster of six
@@ -31,8 +45,11 @@ mod demo;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
+use chat_cluster::faults::{self, FaultSpec};
 use chat_cluster::state::State;
 use chat_cluster::{Cluster, ClusterOptions, RedisTopology};
 use clap::builder::TypedValueParser as _;
@@ -57,10 +74,32 @@ enum Cmd {
     Up(Opts),
     /// Start the cluster, show a message crossing instances, keep it up.
     Demo(Opts),
-    /// Start the cluster, run a command against it, stop it.
+    /// Start the cluster, run a command against it (with faults on a
+    /// schedule), stop it.
+    ///
+    /// The command gets CHAT_URL, CLUSTER_SERVER_PIDS, CLUSTER_SERVER_ADDRS,
+    /// CLUSTER_HAPROXY_PID (process 1), CLUSTER_HAPROXY_PIDS (all,
+    /// space-separated), CLUSTER_REDIS_PID, CLUSTER_LOG_DIR, CLUSTER_STATE,
+    /// CLUSTER_REDIS_TOPOLOGY, CLUSTER_REDIS_NODES, CLUSTER_REDIS_NODE_PIDS,
+    /// CLUSTER_REDIS_SENTINELS, CLUSTER_REDIS_SENTINEL_MASTER,
+    /// LOADGEN_FAULTS (the fault plan: a JSON array of {"name", "kind",
+    /// "target", "at_unix_ms", "end_unix_ms"}) and
+    /// CLUSTER_EXEC_START_UNIX_MS (when it started). The exit code is the
+    /// command's.
     Exec {
         #[command(flatten)]
         opts: Opts,
+        /// A fault to inject while the command runs, at T from its start
+        /// (repeatable): KIND[:TARGET]@T[+D], T and D like 500ms, 5s, 1m.
+        /// kill9:appN@T (SIGKILL), term:appN@T (SIGTERM), stop:appN@T+D
+        /// (SIGSTOP, SIGCONT after D), restart:appN@T (start it again),
+        /// redis-stop[:ROOM]@T+D (SIGSTOP Redis / the master / the master of
+        /// ROOM's slot), redis-kill@T[+D] and redis-restart@T (single
+        /// Redis), redis-failover[:ROOM]@T and redis-hang[:ROOM]@T+D
+        /// (sentinel, cluster; ROOM: cluster only). A fault due after the
+        /// command exited is skipped.
+        #[arg(long = "fault", value_name = "SPEC", value_parser = parse_fault)]
+        faults: Vec<FaultSpec>,
         /// The command; `{url}` in it becomes the cluster's WebSocket URL.
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -97,12 +136,19 @@ struct Opts {
     /// Number of chat servers (app1..appN).
     #[arg(long, env = "CLUSTER_SERVERS", default_value_t = 3)]
     servers: usize,
-    /// HAProxy's client port (0: any free port).
+    /// HAProxy's client port (0: any free port); every HAProxy process binds it.
     #[arg(long, env = "CLUSTER_PORT", default_value_t = 8080)]
     port: u16,
-    /// HAProxy's stats page port (0: any free port).
+    /// The stats page port of HAProxy process 1 (0: any free port; the
+    /// other processes get free ports).
     #[arg(long, env = "CLUSTER_STATS_PORT", default_value_t = 8404)]
     stats_port: u16,
+    /// HAProxy processes sharing the client port (SO_REUSEPORT), each with
+    /// its own maxconn: one holds about 10,000 connections under a 20,000
+    /// file limit.
+    #[arg(long, env = "CLUSTER_HAPROXY_PROCS", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    haproxy_procs: u16,
     /// Port of app1; app2.. follow (0: any free ports).
     #[arg(long, env = "CLUSTER_SERVER_PORT", default_value_t = 9001)]
     server_base_port: u16,
@@ -130,10 +176,13 @@ struct Opts {
     /// Where logs go (default: a fresh temporary directory).
     #[arg(long)]
     log_dir: Option<PathBuf>,
-    /// HAProxy maxconn (two files per connection; keep it under half the file limit).
-    #[arg(long, default_value_t = 9000)]
-    haproxy_maxconn: u32,
-    /// An extra argument for every server, e.g. `--server-arg=--max-rooms=4` (repeatable).
+    /// HAProxy maxconn per process (two files per connection). Default:
+    /// sized from the file limit, (hard limit - 200) / 2.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    haproxy_maxconn: Option<u32>,
+    /// An extra argument for every server, e.g. `--server-arg=--max-rooms=4`
+    /// (repeatable). Without `--max-connections` here (or MAX_CONNECTIONS in
+    /// the environment), servers get `--max-connections` = hard file limit - 200.
     #[arg(long = "server-arg", allow_hyphen_values = true)]
     server_args: Vec<String>,
 }
@@ -173,7 +222,8 @@ impl Opts {
             server_base_port: self.server_base_port,
             server_args: self.server_args.clone(),
             server_bin: self.server_bin.clone(),
-            haproxy_maxconn: self.haproxy_maxconn,
+            haproxy_maxconn: self.haproxy_maxconn.unwrap_or(0),
+            haproxy_procs: self.haproxy_procs.into(),
             log_dir: self.log_dir.clone(),
             server_log: std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
         })?;
@@ -187,7 +237,11 @@ fn print_cluster(c: &Cluster) -> Result<()> {
         RedisTopology::Sentinel => "Redis master + 2 replicas + 3 sentinels".to_string(),
         RedisTopology::Cluster => "Redis Cluster (3 masters + 3 replicas)".to_string(),
     };
-    println!("cluster up: {redis}, {} chat servers, HAProxy", c.len());
+    let haproxy = match c.haproxy_pids().len() {
+        1 => "HAProxy".to_string(),
+        n => format!("{n} HAProxy processes on one port"),
+    };
+    println!("cluster up: {redis}, {} chat servers, {haproxy}", c.len());
     println!("  chat:     {}   (through HAProxy)", c.ws_url());
     for i in 0..c.len() {
         println!("  {}:     {}", c.app_id(i), c.server_ws_url(i));
@@ -209,7 +263,8 @@ fn print_cluster(c: &Cluster) -> Result<()> {
         ),
         None => println!("  redis:    {}", c.redis_url()),
     }
-    println!("  stats:    {}", c.stats_url());
+    println!("  stats:    {}", c.haproxy_stats_urls().join(" "));
+    println!("  sizing:   {}", c.sizing());
     println!(
         "  health:   {}/healthz   cluster view: {}/cluster",
         c.http_url(),
@@ -315,14 +370,20 @@ fn run() -> Result<u8> {
             c.shutdown();
             Ok(0)
         }
-        Cmd::Exec { opts, command } => {
-            let mut c = opts.start()?;
+        Cmd::Exec {
+            opts,
+            faults,
+            command,
+        } => {
+            faults::check_all(&faults, opts.servers, opts.redis)?;
+            let c = opts.start()?;
             let state = chat_cluster::state::write(&c)?;
             let url = c.ws_url();
             let args: Vec<String> = command.iter().map(|a| a.replace("{url}", &url)).collect();
-            eprintln!("cluster up at {url}; running: {}", args.join(" "));
-            let status = std::process::Command::new(&args[0])
-                .args(&args[1..])
+            eprintln!("cluster up at {url}; {}", c.sizing());
+            eprintln!("running: {}", args.join(" "));
+            let mut cmd = std::process::Command::new(&args[0]);
+            cmd.args(&args[1..])
                 .env("CHAT_URL", &url)
                 .env(
                     "CLUSTER_SERVER_PIDS",
@@ -333,6 +394,7 @@ fn run() -> Result<u8> {
                     join((0..c.len()).map(|i| c.server_addr(i))),
                 )
                 .env("CLUSTER_HAPROXY_PID", join(c.haproxy_pid()))
+                .env("CLUSTER_HAPROXY_PIDS", join(c.haproxy_pids()))
                 .env("CLUSTER_REDIS_PID", join(c.redis_pid()))
                 .env("CLUSTER_LOG_DIR", c.log_dir())
                 .env("CLUSTER_STATE", &state)
@@ -346,13 +408,35 @@ fn run() -> Result<u8> {
                 .env(
                     "CLUSTER_REDIS_NODE_PIDS",
                     join(c.redis_node_pids().into_iter().flatten()),
-                )
-                .status()
+                );
+            let cluster = Arc::new(Mutex::new(c));
+            // The schedule's zero: the command's start.
+            let start = Instant::now();
+            let start_unix_ms = faults::unix_ms(SystemTime::now());
+            cmd.env(
+                faults::PLAN_ENV,
+                faults::plan(&faults, start_unix_ms).to_string(),
+            )
+            .env(faults::START_ENV, start_unix_ms.to_string());
+            let mut child = cmd
+                .spawn()
                 .with_context(|| format!("running {}", args[0]))?;
-            c.shutdown();
-            Ok(status.code().map_or(1, |c| c as u8))
+            let schedule = match faults.is_empty() {
+                true => None,
+                false => Some(faults::run_schedule(cluster.clone(), faults, start)?),
+            };
+            let status = child.wait().context("waiting for the command");
+            if let Some(s) = schedule {
+                s.finish();
+            }
+            cluster.lock().unwrap_or_else(|p| p.into_inner()).shutdown();
+            Ok(status?.code().map_or(1, |c| c as u8))
         }
     }
+}
+
+fn parse_fault(s: &str) -> Result<FaultSpec, String> {
+    faults::parse(s).map_err(|e| format!("{e:#}"))
 }
 
 fn join<T: ToString>(items: impl IntoIterator<Item = T>) -> String {

@@ -63,9 +63,13 @@ impl Child {
 
     /// SIGTERM, then wait up to `grace` before SIGKILL.
     pub fn terminate(&mut self, grace: Duration) -> Result<ExitStatus> {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        let _ = signal(self.pid(), libc::SIGTERM);
+        self.wait_or_kill(grace)
+    }
+
+    /// Wait up to `grace` for the process to exit (after a signal), then
+    /// SIGKILL it and fail.
+    pub fn wait_or_kill(&mut self, grace: Duration) -> Result<ExitStatus> {
         let deadline = Instant::now() + grace;
         loop {
             if let Some(st) = self.child.try_wait()? {
@@ -77,6 +81,11 @@ impl Child {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The child's name (`app1`, `haproxy2`, `redis`...).
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// The last `n` lines of the log, for error messages.
@@ -142,6 +151,28 @@ fn die_with_parent(cmd: &mut Command) {
 
 #[cfg(not(target_os = "linux"))]
 fn die_with_parent(_cmd: &mut Command) {}
+
+/// Send signal `sig` (`libc::SIGSTOP`, `SIGCONT`, `SIGTERM`...) to
+/// process `pid`.
+pub fn signal(pid: u32, sig: libc::c_int) -> Result<()> {
+    let Ok(p) = libc::pid_t::try_from(pid) else {
+        bail!("bad pid {pid}");
+    };
+    if p <= 0 {
+        bail!("bad pid {pid}");
+    }
+    #[allow(unsafe_code)]
+    // SAFETY: kill(2) touches no memory of ours; `p` is a single positive
+    // pid, never 0 or -1 (which would signal a whole group).
+    let rc = unsafe { libc::kill(p, sig) };
+    if rc != 0 {
+        bail!(
+            "sending signal {sig} to pid {pid}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
 
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> Result<u16> {

@@ -50,6 +50,8 @@ pub fn write(c: &Cluster) -> Result<PathBuf> {
         "redis_nodes": nodes,
         "server_pids": (0..c.len()).map(|i| c.server_pid(i)).collect::<Vec<_>>(),
         "haproxy_pid": c.haproxy_pid(),
+        "haproxy_pids": c.haproxy_pids(),
+        "haproxy_stats": c.haproxy_stats_urls(),
     });
     std::fs::write(&path, serde_json::to_string_pretty(&doc)? + "\n")
         .with_context(|| format!("writing {}", path.display()))?;
