@@ -12,7 +12,14 @@
 //! after the receiver joined (got `joined`, or the greeting in raw mode), was
 //! not refused, and was written at least `grace` before the receiver's
 //! connection ended (or before the point the run stopped waiting). Anything
-//! expected and never seen is lost.
+//! expected and never seen is lost, unless the server announced it: a `gap`
+//! frame naming its offset, or a `reset` (or a resume answered
+//! `recovered: false`) that says messages after some offset of an epoch
+//! may be gone. Those are *announced lost*, counted apart.
+//!
+//! With `--reconnect` a receiver's window does not end when its socket
+//! drops: it resumes with `since` and `epoch`, and the server replays what
+//! it missed. Offsets are compared only within one epoch.
 
 use std::collections::HashMap;
 
@@ -31,7 +38,52 @@ pub struct SenderLog {
     /// Seqs expected nowhere: the refused ones plus the unconfirmed ones
     /// (see [`confirm`]), sorted. Filled by [`confirm`], read by [`verify`].
     pub excluded: Vec<u32>,
+    /// `--reconnect`: seqs still waiting for a confirmation (own echo or
+    /// `sent`) when the run ended, sorted. The server may not have applied
+    /// them, so they are expected nowhere.
+    pub unconfirmed: Vec<u32>,
+    /// `(epoch hash, offset)` of each seq, when the sender learned it (own
+    /// echo or `sent`); `(0, 0)` when unknown. Tells whether an announced
+    /// loss covers a message another receiver never got.
+    pub offsets: Vec<(u64, u64)>,
 }
+
+impl SenderLog {
+    /// Remember where seq `seq` landed.
+    pub fn learn_offset(&mut self, seq: u32, epoch: u64, offset: u64) {
+        let i = seq as usize;
+        if i >= self.sent_at.len() {
+            return;
+        }
+        if self.offsets.len() <= i {
+            self.offsets.resize(i + 1, (0, 0));
+        }
+        self.offsets[i] = (epoch, offset);
+    }
+}
+
+/// A 64-bit FNV-1a hash of an epoch, never 0 (0 means "unknown").
+pub fn epoch_hash(epoch: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in epoch {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h.max(1)
+}
+
+/// A loss the server announced to one receiver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Announced {
+    /// `gap`: offsets `from..=to` of epoch `epoch` are gone.
+    Gap { epoch: u64, from: u64, to: u64 },
+    /// `reset`, or a resume answered `recovered: false`: what followed
+    /// offset `after` of epoch `epoch` may be gone; announced at `at_us`.
+    Reset { epoch: u64, after: u64, at_us: u64 },
+}
+
+/// Most announcements kept per receiver (each is one frame from the server).
+const MAX_ANNOUNCED: usize = 64;
 
 /// What one receiver saw.
 #[derive(Debug, Clone, Default)]
@@ -47,8 +99,12 @@ pub struct ReceiverLog {
     seen: Vec<Vec<u64>>,
     /// Per room-local sender index: highest seq seen (raw-mode ordering).
     max_seq: Vec<Option<u32>>,
-    /// Highest room offset seen (chat-mode ordering).
+    /// Highest room offset seen in `epoch` (chat-mode ordering).
     last_offset: u64,
+    /// Hash of the epoch `last_offset` belongs to (0: none yet).
+    epoch: u64,
+    /// Losses the server announced to this receiver.
+    pub announced: Vec<Announced>,
     /// Probe deliveries, duplicates included.
     pub received: u64,
     pub duplicated: u64,
@@ -75,8 +131,8 @@ impl ReceiverLog {
     }
 
     /// Record a probe from room-local sender `local` with `seq`; `offset`
-    /// is the room offset in chat mode.
-    pub fn on_delivery(&mut self, local: usize, seq: u32, offset: Option<u64>) -> Verdict {
+    /// is `(epoch hash, room offset)` in chat mode.
+    pub fn on_delivery(&mut self, local: usize, seq: u32, offset: Option<(u64, u64)>) -> Verdict {
         self.received += 1;
         if self.seen.len() <= local {
             self.seen.resize_with(local + 1, Vec::new);
@@ -93,7 +149,8 @@ impl ReceiverLog {
         }
         bits[w] |= 1 << b;
         let late = match offset {
-            Some(o) => {
+            Some((e, o)) => {
+                self.enter_epoch(e);
                 let late = o <= self.last_offset;
                 self.last_offset = self.last_offset.max(o);
                 late
@@ -114,8 +171,39 @@ impl ReceiverLog {
     }
 
     /// A message without our probe still moves the room offset on.
-    pub fn on_foreign_offset(&mut self, offset: u64) {
+    pub fn on_foreign_offset(&mut self, epoch: u64, offset: u64) {
+        self.enter_epoch(epoch);
         self.last_offset = self.last_offset.max(offset);
+    }
+
+    /// Offsets are compared only within one epoch: a new one starts over.
+    fn enter_epoch(&mut self, epoch: u64) {
+        if epoch != self.epoch {
+            self.epoch = epoch;
+            self.last_offset = 0;
+        }
+    }
+
+    /// The server announced a loss (bounded: a flood of announcements
+    /// keeps the first ones, and the last one as a catch-all reset).
+    pub fn announce(&mut self, a: Announced) {
+        if self.announced.len() < MAX_ANNOUNCED {
+            self.announced.push(a);
+        } else if let (Some(last), Announced::Reset { .. }) = (self.announced.last_mut(), a) {
+            *last = a;
+        }
+    }
+
+    /// Whether an announcement covers seq `seq` of a sender, given where
+    /// it landed (`(0, 0)`: unknown) and when it was sent.
+    fn announced_covers(&self, at: (u64, u64), sent_us: u64) -> bool {
+        self.announced.iter().any(|a| match (*a, at) {
+            (Announced::Gap { epoch, from, to }, (e, o)) => e == epoch && (from..=to).contains(&o),
+            (Announced::Reset { epoch, after, .. }, (e, o)) if e != 0 => e == epoch && o > after,
+            // Where it landed is unknown (its sender never heard back):
+            // any reset announced after it was sent may have taken it.
+            (Announced::Reset { at_us, .. }, _) => at_us >= sent_us,
+        })
     }
 
     /// Distinct seqs of sender `local` seen in `lo..hi`.
@@ -163,6 +251,9 @@ pub struct Verification {
     /// Expected deliveries that arrived (at least once).
     pub delivered: u64,
     pub lost: u64,
+    /// Expected, never seen, and covered by a loss the server announced to
+    /// the receiver (`gap`, `reset`, `recovered: false`): not in `lost`.
+    pub announced_lost: u64,
     /// Distinct probes that arrived but were not expected (sent before the
     /// receiver joined, or within `grace` of its disconnect).
     pub unexpected: u64,
@@ -192,6 +283,13 @@ pub fn confirm(
     let mut unconfirmed = 0;
     for s in senders {
         let mut ex = s.rejected.clone();
+        for &q in &s.unconfirmed {
+            if ex.binary_search(&q).is_err() {
+                unconfirmed += 1;
+                ex.push(q);
+            }
+        }
+        ex.sort_unstable();
         let own = by_client.get(&(s.sender as usize));
         if let Some(left) = own.and_then(|r| r.left_at) {
             let local = s.sender as usize / rooms.max(1);
@@ -266,7 +364,24 @@ pub fn verify(
             let expected = (hi - lo - refused.len()) as u64;
             let refused_seen = refused.iter().filter(|&&q| r.has(*local, q)).count() as u64;
             let got = r.seen_in(*local, lo, hi) - refused_seen;
-            let lost = expected - got.min(expected);
+            let mut lost = expected - got.min(expected);
+            if lost > 0 && !r.announced.is_empty() {
+                // Which of the missing ones did the server own up to?
+                let mut announced = 0u64;
+                for q in lo..hi {
+                    let seq = q as u32;
+                    if r.has(*local, seq) || s.excluded.binary_search(&seq).is_ok() {
+                        continue;
+                    }
+                    let at = s.offsets.get(q).copied().unwrap_or((0, 0));
+                    if r.announced_covers(at, s.sent_at[q]) {
+                        announced += 1;
+                    }
+                }
+                let announced = announced.min(lost);
+                lost -= announced;
+                v.announced_lost += announced;
+            }
             v.expected += expected;
             v.delivered += got;
             got_here += got;
@@ -313,10 +428,10 @@ mod tests {
     #[test]
     fn judges_duplicates_and_order() {
         let mut r = ReceiverLog::new(0, 0, 0, 0);
-        assert_eq!(r.on_delivery(0, 0, Some(1)), Verdict::InOrder);
-        assert_eq!(r.on_delivery(0, 2, Some(3)), Verdict::InOrder);
-        assert_eq!(r.on_delivery(0, 1, Some(2)), Verdict::OutOfOrder);
-        assert_eq!(r.on_delivery(0, 2, Some(3)), Verdict::Duplicate);
+        assert_eq!(r.on_delivery(0, 0, Some((1, 1))), Verdict::InOrder);
+        assert_eq!(r.on_delivery(0, 2, Some((1, 3))), Verdict::InOrder);
+        assert_eq!(r.on_delivery(0, 1, Some((1, 2))), Verdict::OutOfOrder);
+        assert_eq!(r.on_delivery(0, 2, Some((1, 3))), Verdict::Duplicate);
         // Raw mode: per-sender sequence.
         let mut r = ReceiverLog::new(0, 0, 0, 0);
         assert_eq!(r.on_delivery(1, 5, None), Verdict::InOrder);
@@ -419,5 +534,62 @@ mod tests {
         assert_eq!(r.seen_in(0, 63, 129), 22);
         assert_eq!(r.seen_in(0, 500, 900), 0);
         assert_eq!(r.seen_in(5, 0, 10), 0);
+    }
+
+    #[test]
+    fn offsets_compare_only_within_an_epoch() {
+        let mut r = ReceiverLog::new(0, 0, 0, 0);
+        assert_eq!(r.on_delivery(0, 0, Some((7, 500))), Verdict::InOrder);
+        // A new epoch may start lower: not out of order.
+        assert_eq!(r.on_delivery(0, 1, Some((8, 100))), Verdict::InOrder);
+        assert_eq!(r.on_delivery(0, 2, Some((8, 99))), Verdict::OutOfOrder);
+        r.on_foreign_offset(9, 5);
+        assert_eq!(r.on_delivery(0, 3, Some((9, 6))), Verdict::InOrder);
+    }
+
+    #[test]
+    fn announced_losses_are_not_silent_losses() {
+        // Sender 0 sent 6 messages; it learned the offsets of seqs 0..=3
+        // (epoch 1, offsets 10..=13); 4 and 5 never came back to it.
+        let mut s0 = sender(0, 0, &[10, 20, 30, 40, 50, 60]);
+        for q in 0..4 {
+            s0.learn_offset(q, 1, 10 + u64::from(q));
+        }
+        // r1 got 0 and 3, was told offsets 11..=12 are gone (gap), and a
+        // reset after offset 13 announced at t=55: seq 4 (sent at 50) is
+        // covered by it, seq 5 (sent at 60, after the reset) is not.
+        let mut r1 = ReceiverLog::new(1, 0, 1, 0);
+        r1.on_delivery(0, 0, Some((1, 10)));
+        r1.on_delivery(0, 3, Some((1, 13)));
+        r1.announce(Announced::Gap {
+            epoch: 1,
+            from: 11,
+            to: 12,
+        });
+        r1.announce(Announced::Reset {
+            epoch: 1,
+            after: 13,
+            at_us: 55,
+        });
+        // r2 got nothing and was told nothing: all six are lost.
+        let r2 = ReceiverLog::new(2, 0, 1, 0);
+        let (_, v) = check(vec![s0], &[r1, r2], 1, 0, u64::MAX);
+        assert_eq!(v.expected, 12);
+        assert_eq!(v.delivered, 2);
+        assert_eq!(v.announced_lost, 3);
+        assert_eq!(v.lost, 1 + 6);
+    }
+
+    #[test]
+    fn sends_unconfirmed_at_the_end_are_expected_nowhere() {
+        let mut s0 = sender(0, 0, &[10, 20, 30]);
+        s0.unconfirmed = vec![2];
+        let mut r = ReceiverLog::new(1, 0, 0, 0);
+        r.on_delivery(0, 0, None);
+        r.on_delivery(0, 1, None);
+        let (u, v) = check(vec![s0], &[r], 1, 0, u64::MAX);
+        assert_eq!((u, v.expected, v.lost), (1, 2, 0));
+        assert_eq!(epoch_hash(b""), epoch_hash(b""));
+        assert_ne!(epoch_hash(b"a"), epoch_hash(b"b"));
     }
 }

@@ -46,6 +46,13 @@ pub struct Config {
     pub workers: usize,
     pub source_ips: Vec<Ipv4Addr>,
     pub threads: usize,
+    /// Reconnect and resume after a close or error (chat mode).
+    pub reconnect: bool,
+    /// Connection attempts per outage before a client gives up.
+    pub reconnect_attempts: u32,
+    /// Time per outage before a client gives up.
+    #[serde(serialize_with = "ser_dur")]
+    pub reconnect_timeout: Duration,
     #[serde(skip)]
     pub thresholds: Thresholds,
 }
@@ -55,6 +62,18 @@ fn ser_dur<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> 
 }
 
 impl Config {
+    /// A one-line description of the run, for the dashboard's title.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} clients · {} rooms · {} senders @ {} msg/s · {}",
+            self.clients,
+            self.rooms,
+            self.senders,
+            self.rate,
+            humantime::format_duration(self.duration)
+        )
+    }
+
     /// The name of room `r`.
     pub fn room_name(&self, r: usize) -> String {
         format!("{}-{r}", self.room_prefix)
@@ -93,7 +112,13 @@ impl Config {
 
     /// The URL client `c` connects to.
     pub fn url_for(&self, c: usize) -> String {
-        let u = &self.urls[self.url_index(c)];
+        self.url_at(c, self.url_index(c))
+    }
+
+    /// The URL client `c` uses when it connects through `--url` number `i`
+    /// (reconnects try the others in turn).
+    pub fn url_at(&self, c: usize, i: usize) -> String {
+        let u = &self.urls[i % self.urls.len()];
         let room = self.room_name(self.room_of(c));
         if u.contains("{room}") {
             return u.replace("{room}", &room);
@@ -105,5 +130,31 @@ impl Config {
                 format!("{u}{sep}room={room}&nick=lg{c}")
             }
         }
+    }
+
+    /// The URL that resumes client `c`'s room after offset `since` of
+    /// `epoch`, through `--url` number `i`. The nick is always `lg<c>`:
+    /// the server scopes a send's idempotency key to the nick, so retries
+    /// must come from the same one.
+    pub fn resume_url(&self, c: usize, i: usize, since: u64, epoch: &str) -> String {
+        let mut u = self.url_at(c, i);
+        let sep = if u.contains('?') { '&' } else { '?' };
+        if !u.contains("nick=") {
+            u = format!("{u}{sep}nick=lg{c}");
+        }
+        let sep = if u.contains('?') { '&' } else { '?' };
+        u.push(sep);
+        u.push_str(&format!("since={since}"));
+        if !epoch.is_empty() {
+            u.push_str("&epoch=");
+            for b in epoch.bytes() {
+                if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                    u.push(char::from(b));
+                } else {
+                    u.push_str(&format!("%{b:02X}"));
+                }
+            }
+        }
+        u
     }
 }

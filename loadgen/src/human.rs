@@ -4,7 +4,8 @@
 use std::fmt::Write as _;
 
 use crate::hist::Percentiles;
-use crate::report::{fmt_us, Report};
+use crate::report::Report;
+use crate::units::{fmt_ms, fmt_us};
 
 /// Render the summary.
 pub fn summary(r: &Report) -> String {
@@ -14,8 +15,8 @@ pub fn summary(r: &Report) -> String {
         o,
         "loadgen {} · {} clients in {} rooms · {} senders at {} msg/s · {} B · {} · {}{}",
         match c.protocol {
-            crate::opts::Protocol::Chat => "chat",
-            crate::opts::Protocol::Raw => "raw",
+            crate::config::Protocol::Chat => "chat",
+            crate::config::Protocol::Raw => "raw",
         },
         c.clients,
         c.rooms,
@@ -164,8 +165,4 @@ fn row(o: &mut String, name: &str, p: &Percentiles) {
         fmt_us(p.mean as u64),
         p.count
     );
-}
-
-fn fmt_ms(ms: u64) -> String {
-    fmt_us(ms * 1000)
 }

@@ -14,15 +14,6 @@ pub(crate) fn frame_type(t: &[u8]) -> Option<&[u8]> {
     Some(&rest[..end])
 }
 
-pub(crate) fn error_code(f: &str) -> String {
-    match serde_json::from_str::<chat_protocol::ServerFrame>(f) {
-        Ok(chat_protocol::ServerFrame::Error { code, .. }) => {
-            format!("error frame {}", code.as_str())
-        }
-        _ => "error frame".into(),
-    }
-}
-
 /// A close frame as a report key, e.g. `1012 service_restart`.
 pub fn close_kind(f: Option<&CloseFrame>) -> String {
     match f {

@@ -23,14 +23,21 @@
 //! - [`worker`]: spreading a run over child processes; merging.
 //! - [`tally`]: mergeable raw results; [`report`]: the JSON report;
 //!   [`human`]: the text summary; [`thresholds`]: CI limits.
-//! - [`live`]: the live view's state and progress lines; [`tui`]: the
-//!   ratatui dashboard.
+//! - [`view`]: the live view's state and progress line; [`tui`]: the
+//!   ratatui dashboard; [`live`]: drives either once a second;
+//!   [`timeline`]: the per-second record kept for the report.
+//! - [`units`]: durations for people.
+//!
+//! Dependencies run one way: `opts` → `config` → `presets`, `thresholds`;
+//! `report` → `config`, `tally`, `thresholds`, `timeline`; `human` →
+//! `report`; `live` → `view`, `tui`, `timeline`; `tui` → `view`.
 //! - [`relay`]: a deliberately faulty relay that tests (and people) use to
 //!   prove the checker catches drops, duplicates and reordering.
 
 pub mod checker;
 pub mod client;
 pub mod config;
+pub mod frames;
 pub mod hist;
 pub mod human;
 pub mod kinds;
@@ -46,8 +53,12 @@ pub mod stats;
 pub mod sys;
 pub mod tally;
 pub mod thresholds;
+pub mod timeline;
 pub mod tui;
+pub mod units;
+pub mod view;
 pub mod worker;
+pub mod ws;
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -57,12 +68,14 @@ use anyhow::{Context, Result};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::live::{Mode, View};
-use crate::opts::{Config, Opts};
+use crate::config::Config;
+use crate::live::Mode;
+use crate::opts::Opts;
 use crate::report::Report;
 use crate::run::{Control, Part};
 use crate::stats::Snapshot;
 use crate::tally::Tally;
+use crate::view::View;
 
 /// Exit code when a threshold failed.
 pub const EXIT_THRESHOLD: u8 = 1;
@@ -146,7 +159,7 @@ pub async fn run_local(
     cfg: Arc<Config>,
     mode: Mode,
     fd: sys::FdLimit,
-    timeline: Arc<std::sync::Mutex<Vec<live::Point>>>,
+    timeline: Arc<std::sync::Mutex<Vec<timeline::Point>>>,
 ) -> Result<Tally> {
     let interrupt = CancellationToken::new();
     let hard_stop = CancellationToken::new();
@@ -161,12 +174,12 @@ pub async fn run_local(
         }
     });
     let done = CancellationToken::new();
-    let view = View::new(config_line(&cfg));
+    let view = View::new(cfg.describe());
     let (stats, phase, clients) = (h.stats.clone(), h.phase.clone(), h.clients);
     let display = tokio::spawn(live::show(
         mode,
         view,
-        live::recording(
+        timeline::recording(
             move || Snapshot::take(&stats, phase.name(), clients, fd.soft),
             timeline,
         ),
@@ -188,24 +201,12 @@ pub async fn run_local(
     result
 }
 
-/// A one-line description of the run for the dashboard title.
-pub fn config_line(cfg: &Config) -> String {
-    format!(
-        "{} clients · {} rooms · {} senders @ {} msg/s · {}",
-        cfg.clients,
-        cfg.rooms,
-        cfg.senders,
-        cfg.rate,
-        humantime::format_duration(cfg.duration)
-    )
-}
-
 /// Print the summary, write `--json` and `--hgrm`, and pick the exit code.
 pub fn finish(
     opts: &Opts,
     cfg: &Config,
     tally: &Tally,
-    timeline: Vec<live::Point>,
+    timeline: Vec<timeline::Point>,
 ) -> Result<ExitCode> {
     let mut report = Report::new(cfg, tally);
     report.timeline = timeline;

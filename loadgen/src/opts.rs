@@ -14,9 +14,8 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use clap::Parser;
 
-pub use crate::config::{Config, Protocol};
-use crate::presets::preset_values;
-pub use crate::presets::Preset;
+use crate::config::{Config, Protocol};
+use crate::presets::{preset_values, Preset};
 use crate::sys::parse_source_ips;
 use crate::thresholds::Thresholds;
 
@@ -159,6 +158,24 @@ pub struct Opts {
     #[arg(long)]
     pub room_prefix: Option<String>,
 
+    /// Chat mode: when a socket closes or fails, reconnect (exponential
+    /// backoff with jitter, trying each --url in turn) and resume the room
+    /// with `since` and `epoch`; senders pause meanwhile and then retry
+    /// unconfirmed sends with the same id. Loss, duplication and order
+    /// are still checked across the outage.
+    #[arg(long)]
+    pub reconnect: bool,
+
+    /// With --reconnect: connection attempts per outage before a client
+    /// gives up (it then counts as dropped).
+    #[arg(long, default_value_t = 20)]
+    pub reconnect_attempts: u32,
+
+    /// With --reconnect: how long one outage may last before a client
+    /// gives up.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    pub reconnect_timeout: Duration,
+
     /// Runtime threads per process [default: number of CPUs].
     #[arg(long)]
     pub threads: Option<usize>,
@@ -262,6 +279,12 @@ impl Opts {
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
             .max(1);
+        if self.reconnect && self.protocol == Protocol::Raw {
+            bail!("--reconnect needs --protocol chat: a raw relay cannot resume a room");
+        }
+        if self.reconnect && self.reconnect_attempts == 0 {
+            bail!("--reconnect-attempts must be at least 1");
+        }
         let mut thresholds = p.thresholds;
         thresholds.overlay(&Thresholds {
             max_p99: self.max_p99,
@@ -291,6 +314,9 @@ impl Opts {
             workers,
             source_ips,
             threads,
+            reconnect: self.reconnect,
+            reconnect_attempts: self.reconnect_attempts,
+            reconnect_timeout: self.reconnect_timeout,
             thresholds,
         })
     }

@@ -143,6 +143,10 @@ static RAW_KEY: LazyLock<memmem::Finder<'static>> =
 /// Keys cannot appear inside string values (a `"` there is escaped as
 /// `\"`), so the last `"id":"` is the id field.
 pub fn scan_chat(frame: &[u8]) -> Option<ChatDelivery<'_>> {
+    // A frame cut short is not a message (the JSON fallback says what it is).
+    if frame.last() != Some(&b'}') {
+        return None;
+    }
     let offset = chat_protocol::splice::peek_offset(frame)?;
     let id_at = ID_KEY.rfind(frame);
     let probe = id_at.and_then(|at| {

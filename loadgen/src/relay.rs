@@ -12,6 +12,10 @@
 //!   accepting "instance"'s app_id and the echoed id), so chat mode and the
 //!   APP_ID matrix can be tested without Redis or the real server.
 //!
+//! With `shuffle`, every chat frame goes out with its fields in another
+//! order (valid JSON, the same fields: PROTOCOL.md does not fix the order),
+//! which a reader that relies on the server's layout would miss.
+//!
 //! Connections are given APP_IDs round-robin from `app_ids`, like HAProxy
 //! spreading sockets over instances.
 
@@ -41,6 +45,42 @@ pub struct RelayConfig {
     /// Hold back every Nth delivery and send it after the next one to the
     /// same socket (0: never).
     pub reorder_every: u64,
+    /// Chat mode: send every frame's fields in a shuffled order (never
+    /// `type` first).
+    pub shuffle: bool,
+}
+
+/// The same JSON object with its fields in another order, picked by
+/// `seed`; never `type` first. Anything that is not an object is returned
+/// as it is.
+pub fn shuffle_fields(frame: &str, seed: u64) -> String {
+    let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(frame)
+    else {
+        return frame.to_string();
+    };
+    let mut fields: Vec<(String, serde_json::Value)> = map.into_iter().collect();
+    let n = fields.len();
+    if n > 1 {
+        // A rotation and, every other seed, a reversal.
+        fields.rotate_left((seed % n as u64) as usize);
+        if seed % 2 == 1 {
+            fields.reverse();
+        }
+        if fields[0].0 == "type" {
+            fields.rotate_left(1);
+        }
+    }
+    let body: Vec<String> = fields
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "{}:{}",
+                serde_json::Value::String(k.clone()),
+                serde_json::to_string(v).unwrap_or_else(|_| "null".into())
+            )
+        })
+        .collect();
+    format!("{{{}}}", body.join(","))
 }
 
 /// What the relay did, for tests to compare with what loadgen reports.
@@ -214,7 +254,12 @@ async fn session(
                 epoch: "relay".into(),
                 recovered: None,
             };
-            vec![welcome.to_json(), joined.to_json()]
+            let (w, j) = (welcome.to_json(), joined.to_json());
+            if cfg.shuffle {
+                vec![shuffle_fields(&w, id), shuffle_fields(&j, id + 1)]
+            } else {
+                vec![w, j]
+            }
         } else {
             vec![format!("Connected successfully to server {app_id}")]
         };
@@ -252,7 +297,12 @@ async fn session(
                 id: cid.as_deref(),
                 action: false,
             });
-            chat_protocol::splice::splice(entry.0, "relay", &tail)
+            let f = chat_protocol::splice::splice(entry.0, "relay", &tail);
+            if cfg.shuffle {
+                shuffle_fields(&f, entry.0)
+            } else {
+                f
+            }
         } else {
             text
         };
@@ -291,4 +341,34 @@ fn deliver(cfg: &RelayConfig, c: &RelayCounters, m: &Member, frame: &str) -> boo
         return m.tx.try_send(Out::Frame(frame.to_string())).is_ok();
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shuffled_frames_keep_their_fields_but_not_their_order() {
+        let f = chat_protocol::splice::splice(
+            7,
+            "relay",
+            &chat_protocol::splice::encode_tail(&chat_protocol::splice::MessageTail {
+                room: "r",
+                nick: "n",
+                text: "a \"quoted\" text",
+                app_id: "app1",
+                ts: 0,
+                id: Some("1.2.3.4"),
+                action: false,
+            }),
+        );
+        let a: serde_json::Value = serde_json::from_str(&f).unwrap();
+        for seed in 0..20 {
+            let s = shuffle_fields(&f, seed);
+            assert!(!s.starts_with("{\"type\""), "{s}");
+            let b: serde_json::Value = serde_json::from_str(&s).unwrap();
+            assert_eq!(a, b);
+        }
+        assert_eq!(shuffle_fields("not json", 1), "not json");
+    }
 }

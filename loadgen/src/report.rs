@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::config::Config;
 use crate::hist::Percentiles;
-use crate::opts::Config;
 use crate::tally::Tally;
-use crate::thresholds::Breach;
+use crate::thresholds::{Breach, Check, Measured};
 
 /// Identifies the JSON layout; bumped only when a field changes meaning.
 pub const SCHEMA: &str = "loadgen.report.v1";
@@ -30,6 +30,13 @@ pub struct Report {
     pub raw_latency_us: Percentiles,
     /// TCP connect + WebSocket upgrade + welcome (or greeting).
     pub connect_us: Percentiles,
+    /// `--reconnect`: from a socket's loss to its first delivery after
+    /// resuming the room.
+    pub recovery_us: Percentiles,
+    /// Losses the server announced (never counted as delivered).
+    pub announced: Announced,
+    /// How frames were read.
+    pub frames: Frames,
     pub matrix: Vec<MatrixCell>,
     pub errors: BTreeMap<String, u64>,
     pub close_codes: BTreeMap<String, u64>,
@@ -37,7 +44,7 @@ pub struct Report {
     pub thresholds: ThresholdResult,
     /// One point per second of the run (filled in by the caller that drove
     /// the live view; empty in library use).
-    pub timeline: Vec<crate::live::Point>,
+    pub timeline: Vec<crate::timeline::Point>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -52,14 +59,56 @@ pub struct Connections {
     pub attempted: u64,
     pub opened: u64,
     pub failed: u64,
+    /// Ended before the run did, for good (not resumed).
     pub dropped: u64,
+    /// Where clients first landed.
     pub per_app_id: BTreeMap<String, u64>,
+    /// Opened connections lost (closed or failed), resumed or not.
+    pub disconnects: u64,
+    /// `--reconnect`: losses that ended with the room resumed.
+    pub reconnects: u64,
+    /// `--reconnect`: attempts that failed along the way.
+    pub reconnect_failures: u64,
+    /// Reconnects that landed on another APP_ID than before.
+    pub app_id_changes: u64,
+    /// The same, per transition: `{"app2→app1": 7}`.
+    pub app_id_transitions: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Announced {
+    /// `gap` frames, and the offsets they named.
+    pub gap_frames: u64,
+    pub gap_offsets: u64,
+    /// `reset` frames (a new epoch: Redis lost or replaced the room).
+    pub resets: u64,
+    /// Resumes answered `recovered: false`.
+    pub unrecovered_resumes: u64,
+    /// Expected deliveries never seen that one of these covers (also
+    /// `deliveries.announced_lost`).
+    pub lost: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Frames {
+    /// Messages read by the JSON fallback (their fields not in the
+    /// server's order).
+    pub fallback_parsed: u64,
+    /// Frames that were neither a message nor a known control frame.
+    pub unrecognized: u64,
+    /// A few of them, `reason: start of the frame`.
+    pub samples: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Sends {
     pub sent: u64,
     pub rejected: u64,
+    /// `--reconnect`: writes of an unconfirmed send again, with its id.
+    pub retried: u64,
+    /// Retries answered `sent` with `duplicate: true` (the original had
+    /// been published).
+    pub confirmed_duplicate: u64,
     /// Sent just before the sender's connection ended, never echoed back
     /// to it: the server may not have accepted them, so they are not
     /// expected anywhere.
@@ -73,6 +122,9 @@ pub struct Deliveries {
     pub received: u64,
     pub delivered: u64,
     pub lost: u64,
+    /// Expected, never seen, and covered by a `gap`, a `reset` or a
+    /// `recovered: false` the server sent that receiver: not in `lost`.
+    pub announced_lost: u64,
     pub duplicated: u64,
     pub out_of_order: u64,
     pub cross_instance: u64,
@@ -113,7 +165,10 @@ pub struct SelfCost {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ThresholdResult {
     pub passed: bool,
+    /// The failed ones (also in `checked`).
     pub failed: Vec<Breach>,
+    /// Every threshold that was set, with its verdict.
+    pub checked: Vec<Check>,
 }
 
 impl Report {
@@ -136,10 +191,17 @@ impl Report {
                 failed: t.failed,
                 dropped: t.dropped,
                 per_app_id: t.per_app_id.clone(),
+                disconnects: t.disconnects,
+                reconnects: t.reconnects,
+                reconnect_failures: t.reconnect_failures,
+                app_id_changes: t.app_id_changes.values().sum(),
+                app_id_transitions: t.app_id_changes.clone(),
             },
             sends: Sends {
                 sent: t.sent,
                 rejected: t.rejected,
+                retried: t.retried,
+                confirmed_duplicate: t.confirmed_duplicate,
                 unconfirmed: t.unconfirmed,
                 per_second: round1(t.sent as f64 / send_s),
             },
@@ -148,6 +210,7 @@ impl Report {
                 received: t.received,
                 delivered: t.delivered,
                 lost: t.lost,
+                announced_lost: t.announced_lost,
                 duplicated: t.duplicated,
                 out_of_order: t.out_of_order,
                 cross_instance: t.cross_instance(),
@@ -158,6 +221,19 @@ impl Report {
             latency_us: t.latency.summary(),
             raw_latency_us: t.raw_latency.summary(),
             connect_us: t.connect.summary(),
+            recovery_us: t.recovery.summary(),
+            announced: Announced {
+                gap_frames: t.gap_frames,
+                gap_offsets: t.gap_offsets,
+                resets: t.resets,
+                unrecovered_resumes: t.unrecovered_joins,
+                lost: t.announced_lost,
+            },
+            frames: Frames {
+                fallback_parsed: t.frames_fallback,
+                unrecognized: t.frames_unrecognized,
+                samples: t.frame_samples.clone(),
+            },
             matrix: t
                 .matrix
                 .iter()
@@ -190,12 +266,37 @@ impl Report {
             thresholds: ThresholdResult::default(),
             timeline: Vec::new(),
         };
-        let failed = cfg.thresholds.check(&r);
+        let checked = cfg.thresholds.check(&r.measured());
+        let failed: Vec<Breach> = checked
+            .iter()
+            .filter(|c| !c.passed)
+            .map(|c| Breach {
+                flag: c.flag,
+                message: c.message.clone(),
+            })
+            .collect();
         r.thresholds = ThresholdResult {
             passed: failed.is_empty(),
             failed,
+            checked,
         };
         r
+    }
+}
+
+impl Report {
+    /// The figures thresholds are checked against.
+    pub fn measured(&self) -> Measured {
+        Measured {
+            lost: self.deliveries.lost,
+            duplicated: self.deliveries.duplicated,
+            out_of_order: self.deliveries.out_of_order,
+            failed_connections: self.connections.failed,
+            p99_us: self.latency_us.p99,
+            latency_count: self.latency_us.count,
+            instances: self.connections.per_app_id.len(),
+            cross_instance: self.deliveries.cross_instance,
+        }
     }
 }
 
@@ -210,15 +311,4 @@ fn per(a: u64, b: u64) -> f64 {
 
 fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
-}
-
-/// A duration in µs for people: `850µs`, `12.3ms`, `1.52s`.
-pub fn fmt_us(us: u64) -> String {
-    if us < 1000 {
-        format!("{us}µs")
-    } else if us < 1_000_000 {
-        format!("{:.2}ms", us as f64 / 1000.0)
-    } else {
-        format!("{:.2}s", us as f64 / 1e6)
-    }
 }

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::checker::{self, ReceiverLog, SenderLog};
 use crate::client::{self, Ctx};
-use crate::opts::{Config, Protocol};
+use crate::config::{Config, Protocol};
 use crate::sched;
 use crate::stats::Stats;
 use crate::tally::{Cost, Tally, Timing};
@@ -76,6 +76,9 @@ pub struct WireSender {
     pub app: String,
     pub sent_at: Vec<u64>,
     pub excluded: Vec<u32>,
+    /// `(epoch hash, offset)` per seq, `(0, 0)` unknown.
+    #[serde(default)]
+    pub offsets: Vec<(u64, u64)>,
 }
 
 /// Hands this process's sender logs out and gets everyone's back (workers);
@@ -109,10 +112,10 @@ pub struct Handle {
 
 /// Create the shared state for a run of `part`. `epoch` aligns probe times
 /// across processes (workers get their parent's).
-pub fn prepare(cfg: &Config, part: Part, epoch: Option<Instant>) -> Handle {
+pub fn prepare(cfg: &Config, part: Part, epoch: Option<(Instant, u64)>) -> Handle {
     let mut stats = Stats::new(cfg.threads * 4);
-    if let Some(e) = epoch {
-        stats.epoch = e;
+    if let Some((e, unix_us)) = epoch {
+        stats.set_epoch(e, unix_us);
     }
     Handle {
         stats: Arc::new(stats),
@@ -180,6 +183,7 @@ pub async fn run(cfg: Arc<Config>, part: Part, h: Handle, mut control: Control) 
             ticks.push(std::sync::Mutex::new(None));
         }
     }
+    let sem = Arc::new(Semaphore::new(cfg.connect_concurrency));
     let ctx = Arc::new(Ctx {
         cfg: cfg.clone(),
         stats: stats.clone(),
@@ -192,14 +196,14 @@ pub async fn run(cfg: Arc<Config>, part: Part, h: Handle, mut control: Control) 
         shutdown: CancellationToken::new(),
         app_re,
         padding: crate::probe::padding(cfg.size),
-        ws_config: client::ws_config(cfg.size),
+        ws_config: crate::ws::ws_config(cfg.size),
+        connect_sem: sem.clone(),
     });
 
     // Ramp: start connections at `ramp` per second (this part's share),
     // with at most `connect_concurrency` handshakes in flight.
     let mine = part.clients(&cfg);
     let ramp = cfg.ramp / part.count as f64;
-    let sem = Arc::new(Semaphore::new(cfg.connect_concurrency));
     let mut tasks = Vec::with_capacity(mine.len());
     let ramp_start = Instant::now();
     let rss_before = crate::sys::rss_bytes().unwrap_or(0);
@@ -219,7 +223,11 @@ pub async fn run(cfg: Arc<Config>, part: Part, h: Handle, mut control: Control) 
     let spawned = tasks.len() as u64;
     let settle_deadline = Instant::now() + cfg.connect_timeout + Duration::from_secs(1);
     let l = &stats.live;
-    while l.connected.load(Relaxed) + l.failed.load(Relaxed) + l.dropped.load(Relaxed) < spawned
+    while l.connected.load(Relaxed)
+        + l.failed.load(Relaxed)
+        + l.dropped.load(Relaxed)
+        + l.down.load(Relaxed)
+        < spawned
         && Instant::now() < settle_deadline
         && !control.interrupt.is_cancelled()
     {
@@ -345,6 +353,7 @@ pub async fn run(cfg: Arc<Config>, part: Part, h: Handle, mut control: Control) 
                     app: stats.apps.name(s.app),
                     sent_at: s.sent_at.clone(),
                     excluded: s.excluded.clone(),
+                    offsets: s.offsets.clone(),
                 })
                 .collect();
             let _ = x.out.send(wire);
@@ -359,6 +368,8 @@ pub async fn run(cfg: Arc<Config>, part: Part, h: Handle, mut control: Control) 
                     sent_at: w.sent_at,
                     rejected: Vec::new(),
                     excluded: w.excluded,
+                    unconfirmed: Vec::new(),
+                    offsets: w.offsets,
                 })
                 .collect()
         }

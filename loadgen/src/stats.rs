@@ -32,6 +32,15 @@ pub struct Live {
     pub errors: AtomicU64,
     /// Client tasks that may hold a socket right now (for the fd estimate).
     pub sockets: AtomicU64,
+    /// Opened connections that were lost (closed by the server or failed),
+    /// whether or not they came back.
+    pub disconnects: AtomicU64,
+    /// `--reconnect`: losses that ended with the room resumed.
+    pub reconnects: AtomicU64,
+    /// `--reconnect`: reconnection attempts that failed.
+    pub reconnect_failures: AtomicU64,
+    /// `--reconnect`: clients between a loss and their resume, right now.
+    pub down: AtomicU64,
     /// Connected clients per APP_ID index.
     pub per_app: [AtomicU64; MAX_APPS],
 }
@@ -47,6 +56,10 @@ impl Default for Live {
             expected: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             sockets: AtomicU64::new(0),
+            disconnects: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            reconnect_failures: AtomicU64::new(0),
+            down: AtomicU64::new(0),
             per_app: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
@@ -104,6 +117,9 @@ pub struct Shard {
     pub connect: Hist,
     /// `sched`, reset every second for the rolling view.
     pub interval: Hist,
+    /// `--reconnect`: from a socket's loss to its first delivery after
+    /// resuming.
+    pub recovery: Hist,
     pub matrix: HashMap<(u16, u16), CellRec>,
     /// Probe deliveries (duplicates included), duplicates, out of order:
     /// counted here under the lock the histograms need anyway, rather than
@@ -111,6 +127,44 @@ pub struct Shard {
     pub received: u64,
     pub duplicated: u64,
     pub out_of_order: u64,
+}
+
+/// Most recovery events kept for per-fault figures.
+pub const MAX_RECOVERY_EVENTS: usize = 100_000;
+/// Samples of unrecognized frames kept for the report.
+pub const MAX_FRAME_SAMPLES: usize = 3;
+
+/// Counters of rare events, touched outside the per-delivery path.
+#[derive(Debug, Default)]
+pub struct Rare {
+    /// Messages read by the JSON fallback (not in the server's layout).
+    pub frames_fallback: AtomicU64,
+    /// Frames that were neither a message nor a known control frame.
+    pub frames_unrecognized: AtomicU64,
+    /// `gap` frames, and the offsets they named.
+    pub gap_frames: AtomicU64,
+    pub gap_offsets: AtomicU64,
+    /// `reset` frames.
+    pub resets: AtomicU64,
+    /// Resumes answered `recovered: false`.
+    pub unrecovered_joins: AtomicU64,
+    /// Sends written again with the same id.
+    pub sends_retried: AtomicU64,
+    /// Sends confirmed by `sent` with `duplicate: true`.
+    pub sends_confirmed_duplicate: AtomicU64,
+    /// Everything below, under one lock.
+    pub lists: Mutex<RareLists>,
+}
+
+/// The rare events' lists.
+#[derive(Debug, Default)]
+pub struct RareLists {
+    /// `(from APP_ID, to APP_ID)` → reconnects that moved a client there.
+    pub app_changes: BTreeMap<(u16, u16), u64>,
+    /// `(lost at µs, recovery µs)` per recovered loss, for per-fault figures.
+    pub recovery_events: Vec<(u64, u64)>,
+    /// A few unrecognized frames: `reason: sample`.
+    pub frame_samples: Vec<String>,
 }
 
 /// The shared state of one run in one process.
@@ -131,6 +185,9 @@ pub struct Stats {
     pub lag: Mutex<Hist>,
     /// The run's time origin: probe times are µs since this.
     pub epoch: Instant,
+    /// `epoch` as µs since the Unix epoch (to place `--faults` in the run).
+    pub epoch_unix_us: u64,
+    pub rare: Rare,
 }
 
 impl Stats {
@@ -145,6 +202,42 @@ impl Stats {
             fd_base: Mutex::new(None),
             lag: Mutex::new(Hist::default()),
             epoch: Instant::now(),
+            epoch_unix_us: unix_us(),
+            rare: Rare::default(),
+        }
+    }
+
+    /// Align this run's clock with a parent's: its epoch, as an `Instant`
+    /// of this process and as µs since the Unix epoch.
+    pub fn set_epoch(&mut self, epoch: Instant, epoch_unix_us: u64) {
+        self.epoch = epoch;
+        self.epoch_unix_us = epoch_unix_us;
+    }
+
+    /// A reconnect moved a client from one APP_ID to another.
+    pub fn app_change(&self, from: u16, to: u16) {
+        let mut l = self.rare.lists.lock().expect("rare lock");
+        *l.app_changes.entry((from, to)).or_default() += 1;
+    }
+
+    /// A socket lost at `lost_at` (µs) had its first delivery after
+    /// resuming `recovery_us` later.
+    pub fn recovered(&self, client: usize, lost_at: u64, recovery_us: u64) {
+        self.shard(client).recovery.record(recovery_us);
+        let mut l = self.rare.lists.lock().expect("rare lock");
+        if l.recovery_events.len() < MAX_RECOVERY_EVENTS {
+            l.recovery_events.push((lost_at, recovery_us));
+        }
+    }
+
+    /// A frame that is neither a message nor a known control frame.
+    pub fn unrecognized(&self, reason: &str, frame: &[u8]) {
+        self.rare.frames_unrecognized.fetch_add(1, Relaxed);
+        self.error(format!("frame: unrecognized ({reason})"));
+        let mut l = self.rare.lists.lock().expect("rare lock");
+        if l.frame_samples.len() < MAX_FRAME_SAMPLES {
+            l.frame_samples
+                .push(format!("{reason}: {}", crate::frames::sample(frame, 120)));
         }
     }
 
@@ -243,6 +336,7 @@ impl Stats {
             out.sched.add(&s.sched);
             out.raw.add(&s.raw);
             out.connect.add(&s.connect);
+            out.recovery.add(&s.recovery);
             for (k, c) in &s.matrix {
                 let o = out.matrix.entry(*k).or_default();
                 o.count += c.count;
@@ -277,6 +371,13 @@ impl Stats {
     }
 }
 
+/// Now, in µs since the Unix epoch.
+pub fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
 /// A point-in-time view of the live counters, for the dashboard and for
 /// workers to send to their parent.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -288,6 +389,12 @@ pub struct Snapshot {
     pub connected: u64,
     pub failed: u64,
     pub dropped: u64,
+    #[serde(default)]
+    pub disconnects: u64,
+    #[serde(default)]
+    pub reconnects: u64,
+    #[serde(default)]
+    pub down: u64,
     pub sent: u64,
     pub received: u64,
     pub expected: u64,
@@ -318,6 +425,9 @@ impl Snapshot {
             connected: l.connected.load(Relaxed),
             failed: l.failed.load(Relaxed),
             dropped: l.dropped.load(Relaxed),
+            disconnects: l.disconnects.load(Relaxed),
+            reconnects: l.reconnects.load(Relaxed),
+            down: l.down.load(Relaxed),
             sent: l.sent.load(Relaxed),
             received,
             expected: l.expected.load(Relaxed),
@@ -345,6 +455,9 @@ impl Snapshot {
             o.connected += p.connected;
             o.failed += p.failed;
             o.dropped += p.dropped;
+            o.disconnects += p.disconnects;
+            o.reconnects += p.reconnects;
+            o.down += p.down;
             o.sent += p.sent;
             o.received += p.received;
             o.expected += p.expected;

@@ -85,6 +85,47 @@ pub struct Tally {
     /// RSS growth during the ramp per connection opened.
     pub mem_per_socket_bytes: u64,
     pub processes: u64,
+    /// Opened connections lost (closed or failed), resumed or not.
+    #[serde(default)]
+    pub disconnects: u64,
+    /// `--reconnect`: losses that ended with the room resumed.
+    #[serde(default)]
+    pub reconnects: u64,
+    #[serde(default)]
+    pub reconnect_failures: u64,
+    /// `"app1→app2"` → reconnects that moved a client between them.
+    #[serde(default)]
+    pub app_id_changes: BTreeMap<String, u64>,
+    /// From a socket's loss to its first delivery after resuming.
+    #[serde(default)]
+    pub recovery: Hist,
+    /// `(lost at µs, recovery µs)` per recovered loss (bounded).
+    #[serde(default)]
+    pub recovery_events: Vec<(u64, u64)>,
+    #[serde(default)]
+    pub frames_fallback: u64,
+    #[serde(default)]
+    pub frames_unrecognized: u64,
+    #[serde(default)]
+    pub frame_samples: Vec<String>,
+    #[serde(default)]
+    pub gap_frames: u64,
+    #[serde(default)]
+    pub gap_offsets: u64,
+    #[serde(default)]
+    pub resets: u64,
+    #[serde(default)]
+    pub unrecovered_joins: u64,
+    /// Expected deliveries never seen but announced lost by the server.
+    #[serde(default)]
+    pub announced_lost: u64,
+    #[serde(default)]
+    pub retried: u64,
+    #[serde(default)]
+    pub confirmed_duplicate: u64,
+    /// The run's time origin, µs since the Unix epoch.
+    #[serde(default)]
+    pub epoch_unix_us: u64,
 }
 
 impl Tally {
@@ -124,6 +165,19 @@ impl Tally {
             e.expected += c.expected;
             e.lost += c.lost;
         }
+        let rare = &stats.rare;
+        let lists = rare.lists.lock().expect("rare lock");
+        let app_id_changes = lists
+            .app_changes
+            .iter()
+            .map(|((a, b), n)| {
+                (
+                    format!("{}→{}", stats.apps.name(*a), stats.apps.name(*b)),
+                    *n,
+                )
+            })
+            .collect();
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
         let mut per_app_id = BTreeMap::new();
         for (k, c) in &v.members_per_app {
             *per_app_id.entry(stats.apps.name(*k)).or_default() += c;
@@ -157,6 +211,23 @@ impl Tally {
             rss_bytes: cost.rss_bytes,
             mem_per_socket_bytes: cost.mem_per_socket_bytes,
             processes: 1,
+            disconnects: load(&live.disconnects),
+            reconnects: load(&live.reconnects),
+            reconnect_failures: load(&live.reconnect_failures),
+            app_id_changes,
+            recovery: merged.recovery,
+            recovery_events: lists.recovery_events.clone(),
+            frames_fallback: load(&rare.frames_fallback),
+            frames_unrecognized: load(&rare.frames_unrecognized),
+            frame_samples: lists.frame_samples.clone(),
+            gap_frames: load(&rare.gap_frames),
+            gap_offsets: load(&rare.gap_offsets),
+            resets: load(&rare.resets),
+            unrecovered_joins: load(&rare.unrecovered_joins),
+            announced_lost: v.announced_lost,
+            retried: load(&rare.sends_retried),
+            confirmed_duplicate: load(&rare.sends_confirmed_duplicate),
+            epoch_unix_us: stats.epoch_unix_us,
         }
     }
 
@@ -189,6 +260,31 @@ impl Tally {
             self.mem_per_socket_bytes = m;
         }
         sum(&mut self.processes, o.processes);
+        sum(&mut self.disconnects, o.disconnects);
+        sum(&mut self.reconnects, o.reconnects);
+        sum(&mut self.reconnect_failures, o.reconnect_failures);
+        sum(&mut self.frames_fallback, o.frames_fallback);
+        sum(&mut self.frames_unrecognized, o.frames_unrecognized);
+        sum(&mut self.gap_frames, o.gap_frames);
+        sum(&mut self.gap_offsets, o.gap_offsets);
+        sum(&mut self.resets, o.resets);
+        sum(&mut self.unrecovered_joins, o.unrecovered_joins);
+        sum(&mut self.announced_lost, o.announced_lost);
+        sum(&mut self.retried, o.retried);
+        sum(&mut self.confirmed_duplicate, o.confirmed_duplicate);
+        for (k, v) in &o.app_id_changes {
+            *self.app_id_changes.entry(k.clone()).or_default() += v;
+        }
+        self.recovery.add(&o.recovery);
+        let room = crate::stats::MAX_RECOVERY_EVENTS.saturating_sub(self.recovery_events.len());
+        self.recovery_events
+            .extend(o.recovery_events.iter().take(room).copied());
+        let room = crate::stats::MAX_FRAME_SAMPLES.saturating_sub(self.frame_samples.len());
+        self.frame_samples
+            .extend(o.frame_samples.iter().take(room).cloned());
+        if self.epoch_unix_us == 0 {
+            self.epoch_unix_us = o.epoch_unix_us;
+        }
         for (k, v) in &o.per_app_id {
             *self.per_app_id.entry(k.clone()).or_default() += v;
         }

@@ -1,9 +1,10 @@
-//! CI thresholds: each breach is reported by name and makes the exit code
-//! non-zero.
+//! CI thresholds: every limit that is set is checked and listed with pass
+//! or fail; each failure makes the exit code non-zero. This module knows
+//! nothing of the report: the report hands it the [`Measured`] figures.
 
 use std::time::Duration;
 
-use crate::report::Report;
+use crate::units::fmt_us;
 
 /// Limits a run must stay inside. `None` means "not checked".
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -17,6 +18,42 @@ pub struct Thresholds {
     /// Distinct APP_IDs the clients must have landed on.
     pub min_instances: Option<usize>,
     pub min_cross_instance: Option<u64>,
+}
+
+/// What a run measured, as far as thresholds are concerned.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Measured {
+    pub lost: u64,
+    pub duplicated: u64,
+    pub out_of_order: u64,
+    pub failed_connections: u64,
+    /// Fan-out p99 from the scheduled send time, µs.
+    pub p99_us: u64,
+    /// Deliveries behind `p99_us` (0: p99 unknown).
+    pub latency_count: u64,
+    /// Distinct APP_IDs clients landed on.
+    pub instances: usize,
+    pub cross_instance: u64,
+}
+
+/// One checked threshold.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Check {
+    pub flag: &'static str,
+    /// The limit, as given (`0`, `50ms`).
+    pub limit: String,
+    /// What the run measured, in the same unit.
+    pub value: String,
+    pub passed: bool,
+    /// One line: what was compared (`lost deliveries: 24 > 0`).
+    pub message: String,
+}
+
+/// One failed threshold (the JSON's `thresholds.failed[]`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Breach {
+    pub flag: &'static str,
+    pub message: String,
 }
 
 impl Thresholds {
@@ -41,82 +78,132 @@ impl Thresholds {
         );
     }
 
-    /// Every breached limit, as `(flag, what happened)`.
-    pub fn check(&self, r: &Report) -> Vec<Breach> {
+    /// Every limit that is set, checked, in a fixed order.
+    pub fn check(&self, m: &Measured) -> Vec<Check> {
         let mut out = Vec::new();
         let mut max = |flag: &'static str, limit: Option<u64>, got: u64, what: &str| {
             if let Some(l) = limit {
-                if got > l {
-                    out.push(Breach {
-                        flag,
-                        message: format!("{what}: {got} > {l}"),
-                    });
-                }
+                let passed = got <= l;
+                out.push(Check {
+                    flag,
+                    limit: l.to_string(),
+                    value: got.to_string(),
+                    passed,
+                    message: format!("{what}: {got} {} {l}", if passed { "≤" } else { ">" }),
+                });
             }
         };
-        let d = &r.deliveries;
-        max("--max-lost", self.max_lost, d.lost, "lost deliveries");
+        max("--max-lost", self.max_lost, m.lost, "lost deliveries");
         max(
             "--max-duplicated",
             self.max_duplicated,
-            d.duplicated,
+            m.duplicated,
             "duplicated deliveries",
         );
         max(
             "--max-out-of-order",
             self.max_out_of_order,
-            d.out_of_order,
+            m.out_of_order,
             "out-of-order deliveries",
         );
         max(
             "--max-failed-connections",
             self.max_failed_connections,
-            r.connections.failed,
+            m.failed_connections,
             "failed connections",
         );
         if let Some(l) = self.max_p99 {
-            let p99 = r.latency_us.p99;
-            let limit_us = l.as_micros() as u64;
-            if r.latency_us.count == 0 {
-                out.push(Breach {
+            let limit_us = u64::try_from(l.as_micros()).unwrap_or(u64::MAX);
+            let limit = humantime::format_duration(l).to_string();
+            out.push(if m.latency_count == 0 {
+                Check {
                     flag: "--max-p99",
+                    limit,
+                    value: "-".into(),
+                    passed: false,
                     message: "no deliveries were measured, so p99 is unknown".into(),
-                });
-            } else if p99 > limit_us {
-                out.push(Breach {
+                }
+            } else {
+                let passed = m.p99_us <= limit_us;
+                Check {
                     flag: "--max-p99",
                     message: format!(
-                        "fan-out p99 {} > {}",
-                        crate::report::fmt_us(p99),
-                        humantime::format_duration(l)
+                        "fan-out p99 {} {} {limit}",
+                        fmt_us(m.p99_us),
+                        if passed { "≤" } else { ">" }
                     ),
-                });
-            }
+                    limit,
+                    value: fmt_us(m.p99_us),
+                    passed,
+                }
+            });
         }
         if let Some(l) = self.min_instances {
-            let got = r.connections.per_app_id.len();
-            if got < l {
-                out.push(Breach {
-                    flag: "--min-instances",
-                    message: format!("clients landed on {got} APP_IDs < {l}"),
-                });
-            }
+            let passed = m.instances >= l;
+            out.push(Check {
+                flag: "--min-instances",
+                limit: l.to_string(),
+                value: m.instances.to_string(),
+                passed,
+                message: format!(
+                    "clients landed on {} APP_IDs {} {l}",
+                    m.instances,
+                    if passed { "≥" } else { "<" }
+                ),
+            });
         }
         if let Some(l) = self.min_cross_instance {
-            if d.cross_instance < l {
-                out.push(Breach {
-                    flag: "--min-cross-instance",
-                    message: format!("cross-instance deliveries: {} < {l}", d.cross_instance),
-                });
-            }
+            let passed = m.cross_instance >= l;
+            out.push(Check {
+                flag: "--min-cross-instance",
+                limit: l.to_string(),
+                value: m.cross_instance.to_string(),
+                passed,
+                message: format!(
+                    "cross-instance deliveries: {} {} {l}",
+                    m.cross_instance,
+                    if passed { "≥" } else { "<" }
+                ),
+            });
         }
         out
     }
 }
 
-/// One failed threshold.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Breach {
-    pub flag: &'static str,
-    pub message: String,
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_set_limit_is_listed_with_its_verdict() {
+        let t = Thresholds {
+            max_lost: Some(0),
+            max_duplicated: Some(5),
+            max_p99: Some(Duration::from_millis(20)),
+            min_instances: Some(3),
+            ..Thresholds::default()
+        };
+        let m = Measured {
+            lost: 24,
+            duplicated: 5,
+            p99_us: 12_000,
+            latency_count: 10,
+            instances: 2,
+            ..Measured::default()
+        };
+        let c = t.check(&m);
+        let got: Vec<(&str, bool)> = c.iter().map(|c| (c.flag, c.passed)).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("--max-lost", false),
+                ("--max-duplicated", true),
+                ("--max-p99", true),
+                ("--min-instances", false)
+            ]
+        );
+        assert_eq!(c[0].message, "lost deliveries: 24 > 0");
+        assert_eq!(c[2].message, "fan-out p99 12.00ms ≤ 20ms");
+        assert!(Thresholds::default().check(&m).is_empty());
+    }
 }

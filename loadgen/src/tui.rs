@@ -14,9 +14,9 @@ use ratatui::widgets::{Block, Borders, Gauge, Paragraph, Row, Sparkline, Table};
 use ratatui::Frame;
 use tokio_util::sync::CancellationToken;
 
-use crate::live::View;
-use crate::report::fmt_us;
 use crate::stats::Snapshot;
+use crate::units::fmt_us;
+use crate::view::View;
 
 /// Draw the whole dashboard.
 pub fn render(v: &View, f: &mut Frame<'_>) {

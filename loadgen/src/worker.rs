@@ -24,18 +24,21 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::live::{self, Mode, View};
-use crate::opts::{Config, Protocol};
+use crate::config::{Config, Protocol};
+use crate::live::{self, Mode};
 use crate::run::{self, Control, Exchange, Part, WireSender};
+use crate::stats::unix_us;
 use crate::stats::Snapshot;
 use crate::sys::FdLimit;
 use crate::tally::Tally;
+use crate::timeline;
+use crate::view::View;
 
 /// A line from a worker to its parent.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ToParent {
-    Progress(Snapshot),
+    Progress(Box<Snapshot>),
     Ramped,
     /// This worker's sender logs, after closing.
     Senders(Vec<WireSender>),
@@ -48,45 +51,70 @@ pub enum ToParent {
 /// part.
 pub fn child_args(cfg: &Config, index: usize, epoch_unix_us: u64) -> Vec<String> {
     let mut a: Vec<String> = Vec::new();
-    let mut kv = |k: &str, v: String| {
+    fn kv(a: &mut Vec<String>, k: &str, v: String) {
         a.push(format!("--{k}"));
         a.push(v);
-    };
-    for u in &cfg.urls {
-        kv("url", u.clone());
     }
-    kv("clients", cfg.clients.to_string());
-    kv("rooms", cfg.rooms.to_string());
-    kv("senders", cfg.senders.to_string());
-    kv("rate", cfg.rate.to_string());
-    kv("size", cfg.size.to_string());
-    kv("duration", format!("{}us", cfg.duration.as_micros()));
-    kv("ramp", cfg.ramp.to_string());
+    for u in &cfg.urls {
+        kv(&mut a, "url", u.clone());
+    }
+    kv(&mut a, "clients", cfg.clients.to_string());
+    kv(&mut a, "rooms", cfg.rooms.to_string());
+    kv(&mut a, "senders", cfg.senders.to_string());
+    kv(&mut a, "rate", cfg.rate.to_string());
+    kv(&mut a, "size", cfg.size.to_string());
     kv(
+        &mut a,
+        "duration",
+        format!("{}us", cfg.duration.as_micros()),
+    );
+    kv(&mut a, "ramp", cfg.ramp.to_string());
+    kv(
+        &mut a,
         "protocol",
         match cfg.protocol {
             Protocol::Chat => "chat".into(),
             Protocol::Raw => "raw".into(),
         },
     );
-    kv("app-id-regex", cfg.app_id_regex.clone());
-    kv("grace", format!("{}us", cfg.grace.as_micros()));
+    kv(&mut a, "app-id-regex", cfg.app_id_regex.clone());
+    kv(&mut a, "grace", format!("{}us", cfg.grace.as_micros()));
     kv(
+        &mut a,
         "connect-timeout",
         format!("{}us", cfg.connect_timeout.as_micros()),
     );
     kv(
+        &mut a,
         "connect-concurrency",
         cfg.connect_concurrency.div_ceil(cfg.workers).to_string(),
     );
-    kv("room-prefix", cfg.room_prefix.clone());
-    kv("threads", (cfg.threads / cfg.workers).max(1).to_string());
-    kv("workers", cfg.workers.to_string());
+    kv(&mut a, "room-prefix", cfg.room_prefix.clone());
+    kv(
+        &mut a,
+        "threads",
+        (cfg.threads / cfg.workers).max(1).to_string(),
+    );
+    kv(&mut a, "workers", cfg.workers.to_string());
+    if cfg.reconnect {
+        a.push("--reconnect".into());
+        kv(
+            &mut a,
+            "reconnect-attempts",
+            cfg.reconnect_attempts.to_string(),
+        );
+        kv(
+            &mut a,
+            "reconnect-timeout",
+            format!("{}us", cfg.reconnect_timeout.as_micros()),
+        );
+    }
     if !cfg.source_ips.is_empty() {
         let ips: Vec<String> = cfg.source_ips.iter().map(|i| i.to_string()).collect();
-        kv("source-ips", ips.join(","));
+        kv(&mut a, "source-ips", ips.join(","));
     }
     kv(
+        &mut a,
         "worker-of",
         format!("{index}/{}/{epoch_unix_us}", cfg.workers),
     );
@@ -99,7 +127,7 @@ pub fn child_args(cfg: &Config, index: usize, epoch_unix_us: u64) -> Vec<String>
 pub async fn parent_main(
     cfg: Arc<Config>,
     mode: Mode,
-    timeline: Arc<Mutex<Vec<live::Point>>>,
+    timeline: Arc<Mutex<Vec<timeline::Point>>>,
 ) -> Result<Tally> {
     let exe = std::env::current_exe().context("finding my own executable to start workers")?;
     let epoch_unix_us = unix_us();
@@ -151,8 +179,8 @@ pub async fn parent_main(
     let snaps2 = snaps.clone();
     let display = tokio::spawn(live::show(
         mode,
-        View::new(crate::config_line(&cfg)),
-        live::recording(
+        View::new(cfg.describe()),
+        timeline::recording(
             move || Snapshot::merge(&snaps2.lock().expect("snaps lock")),
             timeline,
         ),
@@ -186,7 +214,7 @@ pub async fn parent_main(
         };
         let Some((i, m)) = ev else { break };
         match m {
-            ToParent::Progress(s) => snaps.lock().expect("snaps lock")[i] = s,
+            ToParent::Progress(s) => snaps.lock().expect("snaps lock")[i] = *s,
             ToParent::Ramped => ramped[i] = true,
             ToParent::Senders(w) => wire[i] = Some(w),
             ToParent::Done(t) => {
@@ -243,13 +271,6 @@ async fn broadcast(stdins: &mut [tokio::process::ChildStdin], cmd: &str) {
     }
 }
 
-/// Now, in µs since the Unix epoch.
-fn unix_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
-
 fn emit(m: &ToParent) {
     use std::io::Write as _;
     let line = serde_json::to_string(m).expect("worker messages serialise");
@@ -281,7 +302,7 @@ pub async fn child_main(cfg: Config, spec: &str, fd: FdLimit) -> Result<std::pro
 
     let cfg = Arc::new(cfg);
     let part = Part { index: i, count: n };
-    let h = run::prepare(&cfg, part, Some(epoch));
+    let h = run::prepare(&cfg, part, Some((epoch, epoch_unix_us)));
     let interrupt = CancellationToken::new();
     let hard_stop = CancellationToken::new();
     let (ramped_tx, ramped_rx) = oneshot::channel();
@@ -340,12 +361,12 @@ pub async fn child_main(cfg: Config, spec: &str, fd: FdLimit) -> Result<std::pro
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
-            emit(&ToParent::Progress(Snapshot::take(
+            emit(&ToParent::Progress(Box::new(Snapshot::take(
                 &stats,
                 phase.name(),
                 clients,
                 fd.soft,
-            )));
+            ))));
         }
     });
     let control = Control {

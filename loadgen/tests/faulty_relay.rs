@@ -113,6 +113,7 @@ async fn chat_faults_are_each_reported_and_fail_thresholds() {
         drop_every: 97,
         dup_every: 89,
         reorder_every: 83,
+        shuffle: false,
     })
     .await;
     let url = r.ws_url();
@@ -172,6 +173,92 @@ async fn chat_faults_are_each_reported_and_fail_thresholds() {
     assert!(!rep.thresholds.passed);
 }
 
+/// The chat run both shuffled-relay tests use: 30 clients in 3 rooms, 120
+/// messages, 1200 deliveries owed.
+async fn shuffled_run(url: &str) -> Report {
+    run(&[
+        "--url",
+        url,
+        "--clients",
+        "30",
+        "--rooms",
+        "3",
+        "--senders",
+        "6",
+        "--rate",
+        "120",
+        "--duration",
+        "1s",
+        "--grace",
+        "2s",
+        "--max-lost",
+        "0",
+        "--max-duplicated",
+        "0",
+        "--max-out-of-order",
+        "0",
+    ])
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shuffled_field_order_is_read_and_clean() {
+    // The same fields in another order (valid JSON, no faults): every
+    // message misses the fast path and must still be read.
+    let (r, stop) = start_relay(RelayConfig {
+        chat: true,
+        app_ids: apps3(),
+        shuffle: true,
+        ..RelayConfig::default()
+    })
+    .await;
+    let rep = shuffled_run(&r.ws_url()).await;
+    stop.cancel();
+    let d = &rep.deliveries;
+    assert_eq!(rep.connections.opened, 30, "{:?}", rep.errors);
+    assert_eq!(d.expected, 1200);
+    assert_eq!(
+        (
+            d.received,
+            d.delivered,
+            d.lost,
+            d.duplicated,
+            d.out_of_order
+        ),
+        (1200, 1200, 0, 0, 0)
+    );
+    assert_eq!(rep.frames.fallback_parsed, 1200);
+    assert_eq!(rep.frames.unrecognized, 0, "{:?}", rep.frames.samples);
+    assert!(rep.thresholds.passed, "{:?}", rep.thresholds.failed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shuffled_field_order_with_faults_fails_with_them_counted() {
+    let (r, stop) = start_relay(RelayConfig {
+        chat: true,
+        app_ids: apps3(),
+        shuffle: true,
+        drop_every: 97,
+        dup_every: 89,
+        ..RelayConfig::default()
+    })
+    .await;
+    let rep = shuffled_run(&r.ws_url()).await;
+    stop.cancel();
+    let c = &r.counters;
+    let (dropped, dup) = (c.dropped.load(Relaxed), c.duplicated.load(Relaxed));
+    assert!(dropped >= 12 && dup >= 13, "{dropped} {dup}");
+    let d = &rep.deliveries;
+    assert_eq!(d.expected, 1200);
+    assert_eq!(d.lost, dropped, "every dropped delivery is reported lost");
+    assert_eq!(d.duplicated, dup, "every duplicate is reported");
+    assert_eq!(d.out_of_order, 0);
+    assert_eq!(d.received, 1200 - dropped + dup);
+    assert_eq!(rep.frames.unrecognized, 0);
+    let failed: Vec<&str> = rep.thresholds.failed.iter().map(|b| b.flag).collect();
+    assert_eq!(failed, vec!["--max-lost", "--max-duplicated"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_mode_reads_the_greeting_and_catches_faults() {
     // One sender, so that every swap is a per-sender order violation (raw
@@ -182,6 +269,7 @@ async fn raw_mode_reads_the_greeting_and_catches_faults() {
         drop_every: 40,
         dup_every: 45,
         reorder_every: 0,
+        shuffle: false,
     })
     .await;
     let url = r.ws_url();

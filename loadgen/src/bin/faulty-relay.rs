@@ -33,6 +33,10 @@ struct Args {
     /// Swap every Nth delivery with the next one to the same socket (0: never).
     #[arg(long, default_value_t = 0)]
     reorder_every: u64,
+    /// With --chat: send every frame's fields in a shuffled order (valid
+    /// JSON, never `type` first).
+    #[arg(long)]
+    shuffle: bool,
 }
 
 #[tokio::main]
@@ -51,6 +55,7 @@ async fn main() -> anyhow::Result<()> {
             drop_every: a.drop_every,
             dup_every: a.dup_every,
             reorder_every: a.reorder_every,
+            shuffle: a.shuffle,
         },
         stop.clone(),
     )?;

@@ -1,0 +1,32 @@
+//! Numbers for people: durations in µs, ms or s. A leaf module that every
+//! view (report, summary, live lines, dashboard, thresholds) may use.
+
+/// A duration in µs for people: `850µs`, `12.30ms`, `1.52s`.
+pub fn fmt_us(us: u64) -> String {
+    if us < 1000 {
+        format!("{us}µs")
+    } else if us < 1_000_000 {
+        format!("{:.2}ms", us as f64 / 1000.0)
+    } else {
+        format!("{:.2}s", us as f64 / 1e6)
+    }
+}
+
+/// A duration in ms for people (see [`fmt_us`]).
+pub fn fmt_ms(ms: u64) -> String {
+    fmt_us(ms.saturating_mul(1000))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units() {
+        assert_eq!(fmt_us(850), "850µs");
+        assert_eq!(fmt_us(12_300), "12.30ms");
+        assert_eq!(fmt_us(1_520_000), "1.52s");
+        assert_eq!(fmt_ms(3), "3.00ms");
+        assert_eq!(fmt_ms(u64::MAX), fmt_us(u64::MAX));
+    }
+}
