@@ -46,9 +46,21 @@ pub struct SenderLog {
     /// echo or `sent`); `(0, 0)` when unknown. Tells whether an announced
     /// loss covers a message another receiver never got.
     pub offsets: Vec<(u64, u64)>,
+    /// `(first seq, APP_ID)` from each reconnect that moved the sender to
+    /// another instance (`app` before the first).
+    pub moves: Vec<(u32, u16)>,
 }
 
 impl SenderLog {
+    /// The APP_ID the sender was connected to when it wrote seq `q`.
+    pub fn app_at(&self, q: usize) -> u16 {
+        self.moves
+            .iter()
+            .rev()
+            .find(|(from, _)| *from as usize <= q)
+            .map_or(self.app, |m| m.1)
+    }
+
     /// Remember where seq `seq` landed.
     pub fn learn_offset(&mut self, seq: u32, epoch: u64, offset: u64) {
         let i = seq as usize;
@@ -95,6 +107,10 @@ pub struct ReceiverLog {
     pub joined_at: u64,
     /// When its connection ended early, if it did.
     pub left_at: Option<u64>,
+    /// `(from µs, APP_ID)` from each reconnect that moved it to another
+    /// instance (`app` before the first): messages sent after the loss
+    /// reached it through the new one.
+    pub moves: Vec<(u64, u16)>,
     /// Per room-local sender index: one bit per seq seen.
     seen: Vec<Vec<u64>>,
     /// Per room-local sender index: highest seq seen (raw-mode ordering).
@@ -174,6 +190,19 @@ impl ReceiverLog {
     pub fn on_foreign_offset(&mut self, epoch: u64, offset: u64) {
         self.enter_epoch(epoch);
         self.last_offset = self.last_offset.max(offset);
+    }
+
+    /// The APP_ID this receiver got messages sent at `t` (µs) through.
+    #[inline]
+    pub fn app_at(&self, t: u64) -> u16 {
+        if self.moves.is_empty() {
+            return self.app;
+        }
+        self.moves
+            .iter()
+            .rev()
+            .find(|(from, _)| *from <= t)
+            .map_or(self.app, |m| m.1)
     }
 
     /// Offsets are compared only within one epoch: a new one starts over.
@@ -310,6 +339,50 @@ pub fn confirm(
     unconfirmed
 }
 
+/// Expected, delivered, lost and announced-lost deliveries of seqs
+/// `a..b` of sender `s` (room-local index `local`) at receiver `r`.
+struct Judged {
+    expected: u64,
+    got: u64,
+    lost: u64,
+    announced: u64,
+}
+
+fn judge(r: &ReceiverLog, local: usize, s: &SenderLog, a: usize, b: usize) -> Judged {
+    let refused: Vec<u32> = s
+        .excluded
+        .iter()
+        .copied()
+        .filter(|&q| (a..b).contains(&(q as usize)))
+        .collect();
+    let expected = (b - a - refused.len()) as u64;
+    let refused_seen = refused.iter().filter(|&&q| r.has(local, q)).count() as u64;
+    let got = r.seen_in(local, a, b).saturating_sub(refused_seen);
+    let mut lost = expected - got.min(expected);
+    let mut announced = 0u64;
+    if lost > 0 && !r.announced.is_empty() {
+        // Which of the missing ones did the server own up to?
+        for q in a..b {
+            let seq = q as u32;
+            if r.has(local, seq) || s.excluded.binary_search(&seq).is_ok() {
+                continue;
+            }
+            let at = s.offsets.get(q).copied().unwrap_or((0, 0));
+            if r.announced_covers(at, s.sent_at[q]) {
+                announced += 1;
+            }
+        }
+        announced = announced.min(lost);
+        lost -= announced;
+    }
+    Judged {
+        expected,
+        got,
+        lost,
+        announced,
+    }
+}
+
 /// Check every receiver against the senders of its room (after
 /// [`confirm`]). `rooms` maps a
 /// global sender index to its room-local index (`sender / rooms`).
@@ -355,41 +428,39 @@ pub fn verify(
             } else {
                 s.sent_at.partition_point(|&t| t <= end)
             };
-            let refused: Vec<u32> = s
-                .excluded
+            // Split where the sender or the receiver moved to another
+            // instance, so each cell of the APP_ID matrix gets its part.
+            let mut cuts: Vec<usize> = s
+                .moves
                 .iter()
-                .copied()
-                .filter(|&q| (lo..hi).contains(&(q as usize)))
+                .map(|m| m.0 as usize)
+                .chain(
+                    r.moves
+                        .iter()
+                        .map(|m| s.sent_at.partition_point(|&t| t < m.0)),
+                )
+                .filter(|&q| q > lo && q < hi)
                 .collect();
-            let expected = (hi - lo - refused.len()) as u64;
-            let refused_seen = refused.iter().filter(|&&q| r.has(*local, q)).count() as u64;
-            let got = r.seen_in(*local, lo, hi) - refused_seen;
-            let mut lost = expected - got.min(expected);
-            if lost > 0 && !r.announced.is_empty() {
-                // Which of the missing ones did the server own up to?
-                let mut announced = 0u64;
-                for q in lo..hi {
-                    let seq = q as u32;
-                    if r.has(*local, seq) || s.excluded.binary_search(&seq).is_ok() {
-                        continue;
-                    }
-                    let at = s.offsets.get(q).copied().unwrap_or((0, 0));
-                    if r.announced_covers(at, s.sent_at[q]) {
-                        announced += 1;
-                    }
-                }
-                let announced = announced.min(lost);
-                lost -= announced;
-                v.announced_lost += announced;
+            cuts.push(lo);
+            cuts.push(hi);
+            cuts.sort_unstable();
+            cuts.dedup();
+            for w in cuts.windows(2) {
+                let (a, b) = (w[0], w[1]);
+                let j = judge(r, *local, s, a, b);
+                v.expected += j.expected;
+                v.delivered += j.got;
+                got_here += j.got;
+                v.lost += j.lost;
+                lost_here += j.lost;
+                v.announced_lost += j.announced;
+                let c = v
+                    .cells
+                    .entry((s.app_at(a), r.app_at(s.sent_at[a])))
+                    .or_default();
+                c.expected += j.expected;
+                c.lost += j.lost;
             }
-            v.expected += expected;
-            v.delivered += got;
-            got_here += got;
-            v.lost += lost;
-            lost_here += lost;
-            let c = v.cells.entry((s.app, r.app)).or_default();
-            c.expected += expected;
-            c.lost += lost;
         }
         v.unexpected += distinct_seen.saturating_sub(got_here);
         if lost_here > 0 {

@@ -32,7 +32,7 @@ use crate::config::{Config, Protocol};
 use crate::frames::{self, Incoming};
 use crate::probe::{self, Probe};
 use crate::sched::Tick;
-use crate::stats::Stats;
+use crate::stats::{Delivery, Stats};
 use crate::ws::{Conn, Recv};
 
 /// Everything the clients of one run share.
@@ -181,7 +181,7 @@ pub async fn run(ctx: Arc<Ctx>, c: usize, permit: OwnedSemaphorePermit) -> Outco
                 };
                 match resumed {
                     Some(j) => {
-                        conn = s.resumed(j);
+                        conn = s.resumed(j, lost_at);
                         if s.retry_pending(&mut conn).await.is_err() {
                             // Lost again at once: the next turn reconnects.
                             continue;
@@ -476,11 +476,16 @@ impl Session<'_> {
 
     /// Back in after a loss: count it, note an APP_ID change and an
     /// unrecoverable resume, and schedule every unconfirmed send.
-    fn resumed(&mut self, j: Joined) -> Conn {
+    fn resumed(&mut self, j: Joined, lost_at: u64) -> Conn {
         let stats = &self.ctx.stats;
         stats.live.reconnects.fetch_add(1, Relaxed);
         if j.app != self.app {
             stats.app_change(self.app, j.app);
+            // What was sent since the loss comes through the new instance.
+            self.recv.moves.push((lost_at, j.app));
+            if let Some(log) = &mut self.send {
+                log.moves.push((log.sent_at.len() as u32, j.app));
+            }
         }
         self.connected(j.app);
         if j.recovered == Some(false) {
@@ -609,6 +614,7 @@ impl Session<'_> {
             );
         }
         ctx.stats.live.sent.fetch_add(1, Relaxed);
+        ctx.stats.live.last_sent_us.fetch_max(sent_us, Relaxed);
         ctx.stats
             .live
             .expected
@@ -794,11 +800,14 @@ impl Session<'_> {
             .on_delivery(probe.sender as usize / rooms, probe.seq, offset);
         ctx.stats.record_delivery(
             self.c,
-            v,
-            sender_app,
-            self.app,
-            now.saturating_sub(probe.sched_us),
-            now.saturating_sub(probe.sent_us),
+            Delivery {
+                verdict: v,
+                sender_app,
+                receiver_app: self.recv.app_at(probe.sent_us),
+                sched_lat: now.saturating_sub(probe.sched_us),
+                raw_lat: now.saturating_sub(probe.sent_us),
+                now_us: now,
+            },
         );
     }
 

@@ -53,6 +53,8 @@ pub struct Config {
     /// Time per outage before a client gives up.
     #[serde(serialize_with = "ser_dur")]
     pub reconnect_timeout: Duration,
+    /// The launcher's fault plan (`--faults`, `LOADGEN_FAULTS`).
+    pub faults: Vec<crate::faults::Fault>,
     #[serde(skip)]
     pub thresholds: Thresholds,
 }

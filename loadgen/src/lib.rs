@@ -37,6 +37,7 @@
 pub mod checker;
 pub mod client;
 pub mod config;
+pub mod faults;
 pub mod frames;
 pub mod hist;
 pub mod human;
@@ -209,7 +210,7 @@ pub fn finish(
     timeline: Vec<timeline::Point>,
 ) -> Result<ExitCode> {
     let mut report = Report::new(cfg, tally);
-    report.timeline = timeline;
+    report.set_timeline(timeline, tally);
     let text = human::summary(&report);
     let json = serde_json::to_string_pretty(&report)?;
     match opts.json.as_deref() {

@@ -176,6 +176,13 @@ pub struct Opts {
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     pub reconnect_timeout: Duration,
 
+    /// Faults injected while loadgen runs, to show on the timeline with
+    /// the recovery after each: a JSON array of `{"name", "kind",
+    /// "target", "at_unix_ms", "end_unix_ms"}` (what `cluster exec
+    /// --fault ...` passes in LOADGEN_FAULTS).
+    #[arg(long, env = "LOADGEN_FAULTS", hide_env_values = true)]
+    pub faults: Option<String>,
+
     /// Runtime threads per process [default: number of CPUs].
     #[arg(long)]
     pub threads: Option<usize>,
@@ -285,6 +292,10 @@ impl Opts {
         if self.reconnect && self.reconnect_attempts == 0 {
             bail!("--reconnect-attempts must be at least 1");
         }
+        let faults = match &self.faults {
+            Some(j) => crate::faults::parse(j).map_err(|e| anyhow::anyhow!(e))?,
+            None => Vec::new(),
+        };
         let mut thresholds = p.thresholds;
         thresholds.overlay(&Thresholds {
             max_p99: self.max_p99,
@@ -317,6 +328,7 @@ impl Opts {
             reconnect: self.reconnect,
             reconnect_attempts: self.reconnect_attempts,
             reconnect_timeout: self.reconnect_timeout,
+            faults,
             thresholds,
         })
     }

@@ -20,6 +20,7 @@ pub struct Report {
     pub config: Config,
     pub interrupted: bool,
     pub phases_ms: Phases,
+    pub drain: Drain,
     pub connections: Connections,
     pub sends: Sends,
     pub deliveries: Deliveries,
@@ -45,6 +46,8 @@ pub struct Report {
     /// One point per second of the run (filled in by the caller that drove
     /// the live view; empty in library use).
     pub timeline: Vec<crate::timeline::Point>,
+    /// Each `--faults` entry: when it hit and the recovery after it.
+    pub faults: Vec<crate::faults::FaultReport>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -52,6 +55,18 @@ pub struct Phases {
     pub ramp: u64,
     pub send: u64,
     pub drain: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Drain {
+    /// How long the drain waited (it ends once every delivery counted
+    /// live as expected has arrived, or after `--grace`).
+    pub waited_us: u64,
+    /// How long after the last send was written the last delivery arrived:
+    /// the tail of the in-flight messages.
+    pub last_delivery_after_send_us: u64,
+    /// Every delivery counted live as expected arrived within `--grace`.
+    pub all_arrived: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -185,6 +200,11 @@ impl Report {
                 send: t.timing.send_ms,
                 drain: t.timing.drain_ms,
             },
+            drain: Drain {
+                waited_us: t.timing.drain_us,
+                last_delivery_after_send_us: t.timing.last_delivery_after_send_us,
+                all_arrived: t.timing.all_arrived,
+            },
             connections: Connections {
                 attempted: t.attempted,
                 opened: t.opened,
@@ -265,7 +285,12 @@ impl Report {
             },
             thresholds: ThresholdResult::default(),
             timeline: Vec::new(),
+            faults: Vec::new(),
         };
+        r.matrix.sort_by(|a, b| {
+            crate::units::natural(&a.sender, &b.sender)
+                .then_with(|| crate::units::natural(&a.receiver, &b.receiver))
+        });
         let checked = cfg.thresholds.check(&r.measured());
         let failed: Vec<Breach> = checked
             .iter()
@@ -285,6 +310,18 @@ impl Report {
 }
 
 impl Report {
+    /// Attach the per-second timeline, mark the faults on it and work out
+    /// the recovery after each.
+    pub fn set_timeline(&mut self, mut timeline: Vec<crate::timeline::Point>, t: &Tally) {
+        self.faults = crate::faults::analyse(
+            &self.config.faults,
+            t.epoch_unix_us,
+            &mut timeline,
+            &t.recovery_events,
+        );
+        self.timeline = timeline;
+    }
+
     /// The figures thresholds are checked against.
     pub fn measured(&self) -> Measured {
         Measured {

@@ -79,6 +79,9 @@ pub struct WireSender {
     /// `(epoch hash, offset)` per seq, `(0, 0)` unknown.
     #[serde(default)]
     pub offsets: Vec<(u64, u64)>,
+    /// `(first seq, APP_ID)` per move to another instance.
+    #[serde(default)]
+    pub moves: Vec<(u32, String)>,
 }
 
 /// Hands this process's sender logs out and gets everyone's back (workers);
@@ -318,6 +321,9 @@ pub async fn run(cfg: Arc<Config>, part: Part, h: Handle, mut control: Control) 
         stats.now_us().saturating_sub(cfg.grace.as_micros() as u64)
     };
     let drain_time = drain_start.elapsed();
+    let last_delivery_after_send_us = stats
+        .last_delivery_us()
+        .saturating_sub(stats.live.last_sent_us.load(Relaxed));
     let cpu_end = crate::sys::cpu_time_us().unwrap_or((0, 0));
 
     lag_stop.cancel();
@@ -354,6 +360,11 @@ pub async fn run(cfg: Arc<Config>, part: Part, h: Handle, mut control: Control) 
                     sent_at: s.sent_at.clone(),
                     excluded: s.excluded.clone(),
                     offsets: s.offsets.clone(),
+                    moves: s
+                        .moves
+                        .iter()
+                        .map(|(q, a)| (*q, stats.apps.name(*a)))
+                        .collect(),
                 })
                 .collect();
             let _ = x.out.send(wire);
@@ -370,6 +381,11 @@ pub async fn run(cfg: Arc<Config>, part: Part, h: Handle, mut control: Control) 
                     excluded: w.excluded,
                     unconfirmed: Vec::new(),
                     offsets: w.offsets,
+                    moves: w
+                        .moves
+                        .iter()
+                        .map(|(q, a)| (*q, stats.apps.intern(a)))
+                        .collect(),
                 })
                 .collect()
         }
@@ -379,6 +395,8 @@ pub async fn run(cfg: Arc<Config>, part: Part, h: Handle, mut control: Control) 
         ramp_ms: ramp_time.as_millis() as u64,
         send_ms: send_end.saturating_duration_since(start).as_millis() as u64,
         drain_ms: drain_time.as_millis() as u64,
+        drain_us: drain_time.as_micros() as u64,
+        last_delivery_after_send_us,
         interrupted: interrupted || control.interrupt.is_cancelled(),
         all_arrived,
     };

@@ -26,6 +26,8 @@ pub struct Live {
     /// Connections that ended before the run did (server close or error).
     pub dropped: AtomicU64,
     pub sent: AtomicU64,
+    /// When the latest send was written, µs since the epoch.
+    pub last_sent_us: AtomicU64,
     /// Deliveries the run should see by now: each send adds the members its
     /// room had when it went out. Used to end the grace period early.
     pub expected: AtomicU64,
@@ -53,6 +55,7 @@ impl Default for Live {
             failed: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             sent: AtomicU64::new(0),
+            last_sent_us: AtomicU64::new(0),
             expected: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             sockets: AtomicU64::new(0),
@@ -127,6 +130,23 @@ pub struct Shard {
     pub received: u64,
     pub duplicated: u64,
     pub out_of_order: u64,
+    /// When the latest probe delivery arrived, µs since the epoch.
+    pub last_delivery_us: u64,
+}
+
+/// One probe delivery, as [`Stats::record_delivery`] records it.
+#[derive(Debug, Clone, Copy)]
+pub struct Delivery {
+    pub verdict: Verdict,
+    /// The instance that accepted the message.
+    pub sender_app: u16,
+    /// The instance the receiver got it through.
+    pub receiver_app: u16,
+    /// Latency from the scheduled send time, and from the actual write, µs.
+    pub sched_lat: u64,
+    pub raw_lat: u64,
+    /// Now, µs since the epoch.
+    pub now_us: u64,
 }
 
 /// Most recovery events kept for per-fault figures.
@@ -263,17 +283,18 @@ impl Stats {
     /// Record one probe delivery: counted always, latency only for first
     /// copies.
     #[inline]
-    pub fn record_delivery(
-        &self,
-        client: usize,
-        verdict: Verdict,
-        sender_app: u16,
-        receiver_app: u16,
-        sched_lat: u64,
-        raw_lat: u64,
-    ) {
+    pub fn record_delivery(&self, client: usize, d: Delivery) {
+        let Delivery {
+            verdict,
+            sender_app,
+            receiver_app,
+            sched_lat,
+            raw_lat,
+            now_us,
+        } = d;
         let mut s = self.shard(client);
         s.received += 1;
+        s.last_delivery_us = s.last_delivery_us.max(now_us);
         match verdict {
             Verdict::Duplicate => {
                 s.duplicated += 1;
@@ -315,6 +336,15 @@ impl Stats {
             t.2 += s.out_of_order;
         }
         t
+    }
+
+    /// When the latest probe delivery arrived (µs since the epoch; 0: none).
+    pub fn last_delivery_us(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| s.lock().expect("shard lock").last_delivery_us)
+            .max()
+            .unwrap_or(0)
     }
 
     /// Take the rolling histogram of the last interval from every shard.

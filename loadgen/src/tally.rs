@@ -17,6 +17,13 @@ pub struct Timing {
     pub ramp_ms: u64,
     pub send_ms: u64,
     pub drain_ms: u64,
+    /// The drain's wait in µs (`drain_ms` rounds a quick drain to 0).
+    #[serde(default)]
+    pub drain_us: u64,
+    /// How long after the last send was written the last delivery
+    /// arrived, µs.
+    #[serde(default)]
+    pub last_delivery_after_send_us: u64,
     /// Stopped by Ctrl-C (or the parent).
     pub interrupted: bool,
     /// Every delivery counted live as expected arrived before the grace
@@ -316,6 +323,10 @@ impl Tally {
         t.ramp_ms = t.ramp_ms.max(u.ramp_ms);
         t.send_ms = t.send_ms.max(u.send_ms);
         t.drain_ms = t.drain_ms.max(u.drain_ms);
+        t.drain_us = t.drain_us.max(u.drain_us);
+        t.last_delivery_after_send_us = t
+            .last_delivery_after_send_us
+            .max(u.last_delivery_after_send_us);
         t.interrupted |= u.interrupted;
         t.all_arrived &= u.all_arrived;
     }
