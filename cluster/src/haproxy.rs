@@ -44,6 +44,11 @@ defaults
     timeout tunnel 1h
     timeout client-fin 5s
     timeout http-request 10s
+    # A health check may take 3s to answer: an instance (or this HAProxy,
+    # whose own timers run late) under a ramp of thousands of connections
+    # is slow, not dead, and marking every instance down at once would
+    # refuse everyone. A dead instance refuses the connection at once.
+    timeout check 3s
     # A refused upgrade (503: instance full) or a dead server is retried
     # on another server.
     retries 3
