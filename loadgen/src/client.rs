@@ -24,7 +24,6 @@ use std::time::{Duration, Instant};
 use chat_protocol::ErrorCode;
 use regex::Regex;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::checker::{epoch_hash, Announced, ReceiverLog, SenderLog};
@@ -56,7 +55,8 @@ pub struct Ctx {
     /// Raw mode: finds the APP_ID in the greeting; `None` waits for no greeting.
     pub app_re: Option<Regex>,
     pub padding: String,
-    pub ws_config: WebSocketConfig,
+    /// Largest WebSocket message accepted.
+    pub max_message: usize,
     /// Bounds connection attempts in flight (the ramp's and reconnects').
     pub connect_sem: Arc<Semaphore>,
 }
@@ -265,7 +265,7 @@ async fn connect(
         Some(r) => ctx.cfg.resume_url(c, url_idx, r.since, r.epoch),
         None => ctx.cfg.url_at(c, url_idx),
     };
-    let mut conn = Conn::open(addr, src, url, ctx.ws_config).await?;
+    let mut conn = Conn::open(addr, src, &url, ctx.max_message).await?;
     match ctx.cfg.protocol {
         Protocol::Chat => {
             let (app, rate) = match frames::classify(next_text(&mut conn).await?.as_bytes()) {

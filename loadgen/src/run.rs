@@ -199,7 +199,8 @@ pub async fn run(cfg: Arc<Config>, part: Part, h: Handle, mut control: Control) 
         shutdown: CancellationToken::new(),
         app_re,
         padding: crate::probe::padding(cfg.size),
-        ws_config: crate::ws::ws_config(cfg.size),
+        // Room for a big `members` list and any --size.
+        max_message: cfg.size.saturating_mul(2).max(1 << 20),
         connect_sem: sem.clone(),
     });
 
