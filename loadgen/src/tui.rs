@@ -132,8 +132,8 @@ pub fn render(v: &View, f: &mut Frame<'_>) {
             lat(s.interval_p99)
         )),
         Line::from(format!(
-            "in flight  {in_flight:>10}    dropped conns {}",
-            s.dropped
+            "in flight  {in_flight:>10}    dropped conns {}  reconnects {}/{}",
+            s.dropped, s.reconnects, s.disconnects
         )),
         Line::from(vec![
             Span::raw(format!("duplicated {:>10}    ", s.duplicated)),

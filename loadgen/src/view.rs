@@ -47,13 +47,18 @@ impl View {
         let s = &self.last;
         let apps: Vec<String> = s.per_app.iter().map(|(a, n)| format!("{a}:{n}")).collect();
         format!(
-            "[{:>6.1}s] {:<7} conn {}/{} fail {} drop {} [{}] | sent {} ({:.0}/s) recv {} ({:.0}/s) | p50 {} p99 {} | dup {} ooo {} err {} | fds {}/{}",
+            "[{:>6.1}s] {:<7} conn {}/{} fail {} drop {}{} [{}] | sent {} ({:.0}/s) recv {} ({:.0}/s) | p50 {} p99 {} | dup {} ooo {} err {} | fds {}/{}",
             s.elapsed_ms as f64 / 1000.0,
             s.phase,
             s.connected,
             s.clients,
             s.failed,
             s.dropped,
+            if s.disconnects > 0 {
+                format!(" lost {} back {} down {}", s.disconnects, s.reconnects, s.down)
+            } else {
+                String::new()
+            },
             apps.join(" "),
             s.sent,
             self.send_rate,
