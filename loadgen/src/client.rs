@@ -158,6 +158,7 @@ pub async fn run(ctx: Arc<Ctx>, c: usize, permit: OwnedSemaphorePermit) -> Outco
     ctx.members[room].fetch_add(1, Relaxed);
     s.connected(first.app);
     let mut conn = first.conn;
+    let mut losses = 0u32;
     loop {
         match s.main_loop(&mut conn).await {
             Ended::Shutdown => {
@@ -170,7 +171,11 @@ pub async fn run(ctx: Arc<Ctx>, c: usize, permit: OwnedSemaphorePermit) -> Outco
                 s.disconnected();
                 stats.live.disconnects.fetch_add(1, Relaxed);
                 drop(conn);
-                let resumed = if ctx.cfg.reconnect && reconnect {
+                losses = losses.saturating_add(1);
+                if losses > MAX_LOSSES {
+                    stats.error(format!("reconnect: gave up after {MAX_LOSSES} losses"));
+                }
+                let resumed = if ctx.cfg.reconnect && reconnect && losses <= MAX_LOSSES {
                     s.lost_at.get_or_insert(lost_at);
                     stats.live.down.fetch_add(1, Relaxed);
                     let r = s.reconnect().await;
@@ -239,6 +244,11 @@ struct Joined {
     recovered: Option<bool>,
 }
 
+/// Most frames read while waiting for `joined` (or a raw greeting).
+const MAX_HANDSHAKE_FRAMES: usize = 1000;
+/// Most times one client is lost and comes back before it gives up.
+const MAX_LOSSES: u32 = 1000;
+
 /// Where a resume starts: after offset `since` of `epoch`.
 struct Resume<'a> {
     since: u64,
@@ -283,8 +293,8 @@ async fn connect(
             }
             let app = stats.apps.intern(&app);
             let room = ctx.cfg.room_name(ctx.cfg.room_of(c));
-            // Bounded by the caller's timeout.
-            loop {
+            // Bounded by the caller's timeout, and in frames.
+            for _ in 0..MAX_HANDSHAKE_FRAMES {
                 let f = next_text(&mut conn).await?;
                 match frames::classify(f.as_bytes()) {
                     Incoming::Joined {
@@ -308,21 +318,31 @@ async fn connect(
                     _ => continue,
                 }
             }
+            Err(format!(
+                "join: no joined within {MAX_HANDSHAKE_FRAMES} frames"
+            ))
         }
         Protocol::Raw => {
             let app = match &ctx.app_re {
                 None => "unknown".to_string(),
-                // Bounded by the caller's timeout.
-                Some(re) => loop {
-                    let f = next_text(&mut conn).await?;
-                    if let Some(caps) = re.captures(&f) {
-                        let m = caps
-                            .name("app_id")
-                            .or_else(|| caps.get(1))
-                            .or_else(|| caps.get(0));
-                        break m.map_or("unknown", |m| m.as_str()).to_string();
+                // Bounded by the caller's timeout, and in frames.
+                Some(re) => {
+                    let mut found = None;
+                    for _ in 0..MAX_HANDSHAKE_FRAMES {
+                        let f = next_text(&mut conn).await?;
+                        if let Some(caps) = re.captures(&f) {
+                            let m = caps
+                                .name("app_id")
+                                .or_else(|| caps.get(1))
+                                .or_else(|| caps.get(0));
+                            found = Some(m.map_or("unknown", |m| m.as_str()).to_string());
+                            break;
+                        }
                     }
-                },
+                    found.ok_or_else(|| {
+                        format!("greeting: none matched within {MAX_HANDSHAKE_FRAMES} frames")
+                    })?
+                }
             };
             stats
                 .shard(c)
@@ -342,14 +362,17 @@ async fn connect(
 
 /// The next text message; anything else during the handshake is an error.
 async fn next_text(conn: &mut Conn) -> Result<String, String> {
-    loop {
+    for _ in 0..MAX_HANDSHAKE_FRAMES {
         match conn.recv().await {
             Ok(Recv::Text(t)) => return Ok(String::from_utf8_lossy(t).into_owned()),
             Ok(Recv::Closed { kind, .. }) => return Err(format!("join: {kind}")),
-            Ok(Recv::Binary(_)) => continue,
+            Ok(Recv::Binary(_) | Recv::Control) => continue,
             Err(e) => return Err(format!("join: {}", e.trim_start_matches("read: "))),
         }
     }
+    Err(format!(
+        "join: no text frame within {MAX_HANDSHAKE_FRAMES} frames"
+    ))
 }
 
 async fn recv_tick(q: &mut Option<mpsc::Receiver<Tick>>) -> Option<Tick> {
@@ -537,6 +560,7 @@ impl Session<'_> {
                 m = conn.recv() => match m {
                     Ok(Recv::Text(t)) => self.on_text(t),
                     Ok(Recv::Binary(n)) => ctx.stats.unrecognized("binary frame", format!("<{n} bytes>").as_bytes()),
+                    Ok(Recv::Control) => {}
                     Ok(Recv::Closed { kind, code }) => {
                         ctx.stats.error(format!("close: {kind}"));
                         return Ended::Lost { reconnect: close_allows_reconnect(code) };
@@ -767,6 +791,11 @@ impl Session<'_> {
             // Another loadgen run's probe, or a room mix-up by the server.
             ctx.stats
                 .error("deliver: probe from a sender not in this room");
+            return;
+        }
+        if probe.seq > ctx.cfg.max_seq() {
+            ctx.stats
+                .error("deliver: probe with a seq this run never reaches");
             return;
         }
         if probe.sender as usize == self.c {

@@ -95,6 +95,14 @@ impl Config {
         (self.senders + self.rooms - 1 - r) / self.rooms
     }
 
+    /// The highest seq any sender can reach, with room to spare: a probe
+    /// beyond it did not come from this run (its bitset is not grown for it).
+    pub fn max_seq(&self) -> u32 {
+        let per_sender = self.rate * self.duration.as_secs_f64() / self.senders.max(1) as f64;
+        let m = (per_sender * 2.0 + 1024.0).min(f64::from(u32::MAX));
+        m as u32
+    }
+
     /// Messages per second of one sender.
     pub fn per_sender_rate(&self) -> f64 {
         if self.senders == 0 {

@@ -217,11 +217,7 @@ fn deliveries(o: &mut String, r: &Report) {
     wrap(o, "", &items);
     let _ = writeln!(
         o,
-        "             (not expected: arrived outside the receiver's window:"
-    );
-    let _ = writeln!(
-        o,
-        "             sent before it joined or in its last --grace; no error)"
+        "             (not expected: sent before the receiver joined or as it left)"
     );
     if a.gap_frames + a.resets + a.unrecovered_resumes > 0 || r.config.reconnect {
         wrap(

@@ -48,6 +48,11 @@ pub struct RelayConfig {
     /// Chat mode: send every frame's fields in a shuffled order (never
     /// `type` first).
     pub shuffle: bool,
+    /// Chat mode: publish every Nth send to everyone but its sender, then
+    /// cut the sender's connection (no close frame), as an instance that
+    /// dies after publishing would (0: never). The sender must resume and
+    /// retry with the same id, which is answered `sent {duplicate: true}`.
+    pub cut_sender_every: u64,
 }
 
 /// The same JSON object with its fields in another order, picked by
@@ -90,6 +95,14 @@ pub struct RelayCounters {
     pub dropped: AtomicU64,
     pub duplicated: AtomicU64,
     pub reordered: AtomicU64,
+    /// Sends received (chat: new ones, not retries answered `sent`).
+    pub sends: AtomicU64,
+    /// Connections cut (`cut_sender_every`).
+    pub cut: AtomicU64,
+    /// Retried sends answered `sent {duplicate: true}`.
+    pub duplicates_answered: AtomicU64,
+    /// Resumes (joins with `since`).
+    pub resumes: AtomicU64,
 }
 
 enum Out {
@@ -103,9 +116,24 @@ struct Member {
     tx: mpsc::Sender<Out>,
 }
 
+/// Chat mode: most messages a room keeps for resumes.
+const HISTORY: usize = 100_000;
+
+#[derive(Default)]
+struct Room {
+    /// The last offset given out.
+    seq: u64,
+    members: Vec<Member>,
+    /// Chat mode: `(offset, frame)` for resumes with `since`.
+    history: std::collections::VecDeque<(u64, String)>,
+    /// Chat mode: `<nick> <id>` → offset, so a retried send is answered
+    /// `sent {duplicate: true}` instead of being published again.
+    ids: HashMap<String, u64>,
+}
+
 #[derive(Default)]
 struct Hub {
-    rooms: HashMap<String, (u64, Vec<Member>)>,
+    rooms: HashMap<String, Room>,
 }
 
 /// A running relay.
@@ -226,7 +254,13 @@ async fn session(
         }
         let _ = sink.close().await;
     });
-    // Greet and join under the hub lock, so no message slips in between.
+    let since: Option<u64> = if cfg.chat {
+        param("since").and_then(|s| s.parse().ok())
+    } else {
+        None
+    };
+    // Greet, join and replay under the hub lock, so no message slips in
+    // between.
     {
         let mut h = hub.lock().expect("hub lock");
         let entry = h.rooms.entry(room.clone()).or_default();
@@ -250,24 +284,36 @@ async fn session(
             };
             let joined = chat_protocol::ServerFrame::Joined {
                 room: room.clone(),
-                head: entry.0,
+                head: entry.seq,
                 epoch: "relay".into(),
-                recovered: None,
+                recovered: since.map(|_| true),
             };
             let (w, j) = (welcome.to_json(), joined.to_json());
-            if cfg.shuffle {
+            let mut g = if cfg.shuffle {
                 vec![shuffle_fields(&w, id), shuffle_fields(&j, id + 1)]
             } else {
                 vec![w, j]
+            };
+            if let Some(since) = since {
+                counters.resumes.fetch_add(1, Relaxed);
+                g.extend(
+                    entry
+                        .history
+                        .iter()
+                        .filter(|(o, _)| *o > since)
+                        .map(|(_, f)| f.clone()),
+                );
             }
+            g
         } else {
             vec![format!("Connected successfully to server {app_id}")]
         };
         for g in greet {
             let _ = tx.try_send(Out::Frame(g));
         }
-        entry.1.push(Member { id, tx: tx.clone() });
+        entry.members.push(Member { id, tx: tx.clone() });
     }
+    let mut cut = false;
     loop {
         let msg = tokio::select! {
             m = stream.next() => m,
@@ -287,7 +333,23 @@ async fn session(
                 Ok(chat_protocol::ClientFrame::Send { text, id, .. }) => (text, id),
                 _ => continue,
             };
-            entry.0 += 1;
+            let key = cid.as_ref().map(|c| format!("{nick} {c}"));
+            if let Some(offset) = key.as_ref().and_then(|k| entry.ids.get(k)) {
+                counters.duplicates_answered.fetch_add(1, Relaxed);
+                let sent = chat_protocol::ServerFrame::Sent {
+                    room: room.clone(),
+                    id: cid.clone().unwrap_or_default(),
+                    offset: *offset,
+                    epoch: "relay".into(),
+                    duplicate: true,
+                };
+                let _ = tx.try_send(Out::Frame(sent.to_json()));
+                continue;
+            }
+            entry.seq += 1;
+            if let Some(k) = key {
+                entry.ids.insert(k, entry.seq);
+            }
             let tail = chat_protocol::splice::encode_tail(&chat_protocol::splice::MessageTail {
                 room: &room,
                 nick: &nick,
@@ -297,25 +359,49 @@ async fn session(
                 id: cid.as_deref(),
                 action: false,
             });
-            let f = chat_protocol::splice::splice(entry.0, "relay", &tail);
-            if cfg.shuffle {
-                shuffle_fields(&f, entry.0)
+            let f = chat_protocol::splice::splice(entry.seq, "relay", &tail);
+            let f = if cfg.shuffle {
+                shuffle_fields(&f, entry.seq)
             } else {
                 f
+            };
+            if entry.history.len() == HISTORY {
+                entry.history.pop_front();
             }
+            entry.history.push_back((entry.seq, f.clone()));
+            f
         } else {
             text
         };
-        entry.1.retain(|m| deliver(&cfg, &counters, m, &frame));
+        let n = counters.sends.fetch_add(1, Relaxed) + 1;
+        if cfg.chat && cfg.cut_sender_every > 0 && n.is_multiple_of(cfg.cut_sender_every) {
+            // Published, but the sender never hears of it: its connection
+            // is cut right after.
+            entry
+                .members
+                .retain(|m| m.id == id || deliver(&cfg, &counters, m, &frame));
+            counters.cut.fetch_add(1, Relaxed);
+            cut = true;
+            break;
+        }
+        entry
+            .members
+            .retain(|m| deliver(&cfg, &counters, m, &frame));
     }
     {
         let mut h = hub.lock().expect("hub lock");
         if let Some(entry) = h.rooms.get_mut(&room) {
-            entry.1.retain(|m| m.id != id);
+            entry.members.retain(|m| m.id != id);
         }
     }
     drop(tx);
-    let _ = writer.await;
+    if cut {
+        // No close frame: the TCP connection just ends.
+        writer.abort();
+        drop(stream);
+    } else {
+        let _ = writer.await;
+    }
 }
 
 /// Deliver one frame to one member with the configured faults; false if

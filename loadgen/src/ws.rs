@@ -51,7 +51,14 @@ pub enum Recv<'a> {
         kind: String,
         code: Option<u16>,
     },
+    /// Only control frames or fragments so far ([`MAX_QUIET_FRAMES`] of
+    /// them): nothing to hand out yet; call again.
+    Control,
 }
+
+/// Frames `recv` handles by itself (pings, pongs, fragments) before it
+/// returns [`Recv::Control`], so that a flood of them cannot hold it.
+pub const MAX_QUIET_FRAMES: usize = 64;
 
 /// One open WebSocket.
 #[derive(Debug)]
@@ -359,7 +366,11 @@ impl Conn {
         self.release();
         self.flush_out();
         // Which message to hand out: a range of `buf`, or `assembled`.
+        let mut quiet = 0usize;
         let (opcode, range) = loop {
+            if quiet >= MAX_QUIET_FRAMES {
+                return Ok(Recv::Control);
+            }
             let head = match parse_head(&self.buf, self.max_message)? {
                 Some(h) => h,
                 None => {
@@ -377,6 +388,7 @@ impl Conn {
                 start,
                 end,
             } = head;
+            quiet += 1;
             match opcode {
                 OP_PING => {
                     let mask = self.next_mask();
@@ -646,6 +658,7 @@ mod tests {
                     texts.push(t);
                 }
                 Recv::Binary(n) => texts.push(format!("binary {n}")),
+                Recv::Control => {}
                 Recv::Closed { kind, code } => {
                     assert_eq!((kind.as_str(), code), ("1012 service_restart", Some(1012)));
                     break;

@@ -62,6 +62,11 @@ fn help_lists_every_flag_scripts_rely_on() {
         "--source-ips",
         "--grace",
         "--no-tui",
+        "--reconnect",
+        "--reconnect-attempts",
+        "--reconnect-timeout",
+        "--faults",
+        "LOADGEN_FAULTS",
     ] {
         assert!(help.contains(flag), "{flag} missing from --help:\n{help}");
     }
@@ -350,4 +355,82 @@ async fn one_room_spread_over_two_workers_is_checked_as_a_whole() {
         "aligned clocks: {}",
         j["latency_us"]
     );
+}
+
+#[test]
+fn an_unparsable_fault_plan_exits_2_and_says_why() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["--clients", "1", "--quiet"])
+        .env("LOADGEN_FAULTS", "kill9:app2@5s")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("LOADGEN_FAULTS is not a JSON array of faults"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_from_the_environment_are_marked_on_the_timeline() {
+    let (r, stop) = start_relay(chat()).await;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let plan = format!(
+        r#"[{{"name":"kill9:app9@2s","kind":"kill9","target":"app9","at_unix_ms":{},"end_unix_ms":null}}]"#,
+        now_ms + 2_000
+    );
+    let url = r.ws_url();
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        Command::new(env!("CARGO_BIN_EXE_loadgen"))
+            .args([
+                "--url",
+                &url,
+                "--clients",
+                "12",
+                "--rooms",
+                "2",
+                "--rate",
+                "40",
+                "--duration",
+                "4s",
+                "--reconnect",
+                "--json",
+                "-",
+                "--no-tui",
+            ])
+            .env("LOADGEN_FAULTS", plan)
+            .output(),
+    )
+    .await
+    .expect("loadgen finishes")
+    .unwrap();
+    stop.cancel();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let f = &j["faults"][0];
+    assert_eq!(f["name"], "kill9:app9@2s", "{j}");
+    let at = f["at_s"].as_f64().unwrap();
+    assert!((1.0..3.0).contains(&at), "{f}");
+    // Nothing failed: deliveries never dipped, no socket was lost.
+    assert!(f["before_per_s"].as_f64().unwrap() > 0.0, "{f}");
+    assert!(f["back_to_90pct_ms"].as_u64().unwrap() <= 2_000, "{f}");
+    assert_eq!(f["sockets_lost"], 0);
+    let marked: Vec<&serde_json::Value> = j["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["faults"].is_array())
+        .collect();
+    assert_eq!(marked.len(), 1, "{}", j["timeline"]);
+    assert_eq!(marked[0]["t_s"], f["timeline_t_s"]);
+    assert!(stderr.contains("▼ kill9:app9@2s"), "{stderr}");
+    assert!(stderr.contains("Faults ("), "{stderr}");
+    assert_eq!(j["config"]["reconnect"], true);
+    assert_eq!(j["connections"]["reconnects"], 0);
 }

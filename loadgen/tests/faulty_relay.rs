@@ -113,7 +113,7 @@ async fn chat_faults_are_each_reported_and_fail_thresholds() {
         drop_every: 97,
         dup_every: 89,
         reorder_every: 83,
-        shuffle: false,
+        ..RelayConfig::default()
     })
     .await;
     let url = r.ws_url();
@@ -260,6 +260,113 @@ async fn shuffled_field_order_with_faults_fails_with_them_counted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnect_resumes_and_retries_with_the_same_id() {
+    // Every 40th send is published to everyone but its sender, whose
+    // connection is then cut: the sender must resume (getting its own
+    // message from the replay) and retry with the same id, which the relay
+    // answers `sent {duplicate: true}`. Nothing may be lost or doubled.
+    let (r, stop) = start_relay(RelayConfig {
+        chat: true,
+        app_ids: apps3(),
+        cut_sender_every: 40,
+        ..RelayConfig::default()
+    })
+    .await;
+    let rep = run(&[
+        "--url",
+        &r.ws_url(),
+        "--clients",
+        "30",
+        "--rooms",
+        "3",
+        "--senders",
+        "6",
+        "--rate",
+        "120",
+        "--duration",
+        "2s",
+        "--grace",
+        "2s",
+        "--reconnect",
+        "--max-lost",
+        "0",
+        "--max-duplicated",
+        "0",
+        "--max-out-of-order",
+        "0",
+    ])
+    .await;
+    stop.cancel();
+    let c = &r.counters;
+    let cut = c.cut.load(Relaxed);
+    assert!(cut >= 5, "{cut}");
+    let k = &rep.connections;
+    assert_eq!(
+        (k.disconnects, k.reconnects, k.dropped),
+        (cut, cut, 0),
+        "{:?}",
+        rep.errors
+    );
+    assert_eq!(c.resumes.load(Relaxed), cut);
+    let d = &rep.deliveries;
+    assert_eq!(d.expected, 2400, "{:?}", rep.errors);
+    assert_eq!((d.lost, d.duplicated, d.out_of_order), (0, 0, 0));
+    assert_eq!(rep.sends.unconfirmed, 0);
+    // Each cut send went out unanswered and came back in the replay; a
+    // retry of it found the original. (An answer can be lost when the
+    // sender is cut again before it went out; the replay confirmed it.)
+    assert!(rep.sends.retried >= cut, "{:?}", rep.sends);
+    let answered = c.duplicates_answered.load(Relaxed);
+    assert!(
+        rep.sends.confirmed_duplicate > 0 && rep.sends.confirmed_duplicate <= answered,
+        "{} of {answered}",
+        rep.sends.confirmed_duplicate
+    );
+    // One recovery per loss, unless a sender was cut again before its
+    // first delivery after resuming (then the first loss counts).
+    assert!(
+        rep.recovery_us.count > 0 && rep.recovery_us.count <= cut,
+        "{:?}",
+        rep.recovery_us
+    );
+    assert!(rep.thresholds.passed, "{:?}", rep.thresholds.failed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_reconnect_a_cut_sender_is_dropped_not_blamed() {
+    let (r, stop) = start_relay(RelayConfig {
+        chat: true,
+        app_ids: apps3(),
+        cut_sender_every: 100,
+        ..RelayConfig::default()
+    })
+    .await;
+    let rep = run(&[
+        "--url",
+        &r.ws_url(),
+        "--clients",
+        "30",
+        "--rooms",
+        "3",
+        "--senders",
+        "6",
+        "--rate",
+        "120",
+        "--duration",
+        "1s",
+        "--grace",
+        "1s",
+    ])
+    .await;
+    stop.cancel();
+    let cut = r.counters.cut.load(Relaxed);
+    assert!(cut >= 1);
+    assert_eq!(rep.connections.dropped, cut);
+    assert_eq!(rep.connections.reconnects, 0);
+    assert_eq!(rep.deliveries.lost, 0, "{:?}", rep.errors);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_mode_reads_the_greeting_and_catches_faults() {
     // One sender, so that every swap is a per-sender order violation (raw
     // relays have no offsets).
@@ -269,7 +376,7 @@ async fn raw_mode_reads_the_greeting_and_catches_faults() {
         drop_every: 40,
         dup_every: 45,
         reorder_every: 0,
-        shuffle: false,
+        ..RelayConfig::default()
     })
     .await;
     let url = r.ws_url();

@@ -37,6 +37,11 @@ struct Args {
     /// JSON, never `type` first).
     #[arg(long)]
     shuffle: bool,
+    /// With --chat: publish every Nth send to everyone but its sender,
+    /// then cut the sender's connection without a close frame (0: never).
+    /// The relay resumes `since` and answers retried ids with `sent`.
+    #[arg(long, default_value_t = 0)]
+    cut_sender_every: u64,
 }
 
 #[tokio::main]
@@ -56,6 +61,7 @@ async fn main() -> anyhow::Result<()> {
             dup_every: a.dup_every,
             reorder_every: a.reorder_every,
             shuffle: a.shuffle,
+            cut_sender_every: a.cut_sender_every,
         },
         stop.clone(),
     )?;
