@@ -151,6 +151,24 @@ fn parse_head(b: &[u8], max: usize) -> Result<Option<Head>, String> {
     }))
 }
 
+/// The frame parser, for tests (`tests/ws_differential.rs`): the frame at
+/// the start of `b` as `(fin, opcode, payload range, frame length)`,
+/// `Ok(None)` until it is complete, `Err` with the report kind [`Conn::recv`]
+/// would end with.
+#[doc(hidden)]
+pub fn parse_frame(
+    b: &[u8],
+    max: usize,
+) -> Result<Option<(bool, u8, std::ops::Range<usize>)>, String> {
+    Ok(parse_head(b, max)?.map(|h| (h.fin, h.opcode, h.start..h.end)))
+}
+
+/// The client frame encoder, for tests: a final frame, masked with `mask`.
+#[doc(hidden)]
+pub fn encode_client_frame(opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    client_frame(opcode, payload, mask)
+}
+
 /// A masked client frame.
 fn client_frame(opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
     let len = payload.len();
