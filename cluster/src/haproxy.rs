@@ -71,6 +71,9 @@ resolvers docker
 frontend chat
     bind {bind}
     maxconn {maxconn}
+    # The admin endpoints are not public: read them on each instance (its
+    # --admin-listen address when set).
+    http-request deny deny_status 404 if {{ path -m beg /metrics /cluster }}
     default_backend chat_servers
 
 backend chat_servers

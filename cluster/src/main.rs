@@ -266,9 +266,9 @@ fn print_cluster(c: &Cluster) -> Result<()> {
     println!("  stats:    {}", c.haproxy_stats_urls().join(" "));
     println!("  sizing:   {}", c.sizing());
     println!(
-        "  health:   {}/healthz   cluster view: {}/cluster",
+        "  health:   {}/healthz   cluster view: http://{}/cluster (on each instance, not through HAProxy)",
         c.http_url(),
-        c.http_url()
+        c.server_addr(0)
     );
     println!("  logs:     {}", c.log_dir().display());
     println!(

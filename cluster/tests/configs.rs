@@ -49,6 +49,7 @@ fn compose_haproxy_cfg_is_generated_and_valid() {
         "timeout tunnel",
         "option httpchk GET /healthz",
         "bind :8080",
+        "http-request deny deny_status 404 if { path -m beg /metrics /cluster }",
     ] {
         assert!(on_disk.contains(key), "{key}");
     }

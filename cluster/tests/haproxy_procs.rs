@@ -91,6 +91,14 @@ fn three_haproxy_processes_share_the_port() {
         per_proc.iter().all(|n| *n > 0),
         "every process took connections: {per_proc:?}"
     );
+    // Invariant: the admin endpoints are not served through the public
+    // port, only on each instance.
+    for path in ["/metrics", "/cluster", "/cluster?x=1", "/metrics/"] {
+        let (code, _) = http::get(&c.addr(), path, T).unwrap();
+        assert_eq!(code, 404, "{path} through HAProxy");
+    }
+    let (code, _) = http::get(&c.server_addr(0), "/metrics", T).unwrap();
+    assert_eq!(code, 200, "/metrics on the instance");
     // Clean start: no HAProxy alert (e.g. about the file limit).
     for name in ["haproxy.log", "haproxy2.log", "haproxy3.log"] {
         let log = std::fs::read_to_string(c.log_dir().join(name)).unwrap();

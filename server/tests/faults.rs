@@ -272,7 +272,7 @@ async fn presence_and_cluster_view_across_instances_and_kill_9() {
     // /cluster lists every live instance with its connections.
     let _c3 = Client::joined(&format!("{}?room=q", c.server_ws_url(2))).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let (code, body) = get(c.addr(), "/cluster").await;
+    let (code, body) = get(c.server_addr(0), "/cluster").await;
     assert_eq!(code, 200);
     let v: Value = serde_json::from_str(&body).unwrap();
     let inst: Vec<(String, u64)> = v["instances"]
@@ -308,7 +308,7 @@ async fn presence_and_cluster_view_across_instances_and_kill_9() {
     a.send(json!({"type":"who"})).await;
     let m = a.until("members").await;
     assert_eq!(m["members"].as_array().unwrap().len(), 1, "{m}");
-    let (_, body) = get(c.addr(), "/cluster").await;
+    let (_, body) = get(c.server_addr(0), "/cluster").await;
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["instances"].as_array().unwrap().len(), 2, "{body}");
 }
