@@ -19,6 +19,10 @@ pub struct HaproxySettings {
     /// Resolve server names through Docker's embedded DNS, so HAProxy
     /// starts even when a server container is not up yet.
     pub docker_dns: bool,
+    /// Most concurrent connections from one client address (a stick table
+    /// counts them; more are refused at accept). `None`: no cap (the local
+    /// launcher, whose load tests come from a few loopback addresses).
+    pub max_conn_per_ip: Option<u32>,
 }
 
 /// Render the configuration.
@@ -74,7 +78,9 @@ frontend chat
     # The admin endpoints are not public: read them on each instance (its
     # --admin-listen address when set).
     http-request deny deny_status 404 if {{ path -m beg /metrics /cluster }}
-    default_backend chat_servers
+    # The servers see the client's address in X-Forwarded-For.
+    option forwardfor
+{per_ip}    default_backend chat_servers
 
 backend chat_servers
     # Long-lived sockets: send each new one to the least loaded server.
@@ -82,7 +88,17 @@ backend chat_servers
     option httpchk GET /healthz
     http-check expect status 200
 ",
-        bind = s.bind
+        bind = s.bind,
+        per_ip = match s.max_conn_per_ip {
+            Some(n) => format!(
+                "    # One address must not take every slot: at most {n} connections each.
+    stick-table type ipv6 size 100k expire 60s store conn_cur
+    tcp-request connection track-sc0 src
+    tcp-request connection reject if {{ sc0_conn_cur gt {n} }}
+"
+            ),
+            None => String::new(),
+        }
     );
     let extra = if s.docker_dns {
         " resolvers docker init-addr last,libc,none"
@@ -107,6 +123,10 @@ listen stats
     c
 }
 
+/// Connections one client address may hold through the shipped
+/// `haproxy.cfg`.
+pub const MAX_CONN_PER_IP: u32 = 200;
+
 /// The settings of `docker-compose.yml`: three servers named `app1..app3`
 /// on port 9001, HAProxy on 8080, stats on 8404.
 pub fn compose_settings() -> HaproxySettings {
@@ -118,6 +138,7 @@ pub fn compose_settings() -> HaproxySettings {
         stats_bind: ":8404".into(),
         maxconn: 9000,
         docker_dns: true,
+        max_conn_per_ip: Some(MAX_CONN_PER_IP),
     }
 }
 

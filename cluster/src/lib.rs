@@ -103,6 +103,9 @@ pub struct ClusterOptions {
     pub log_dir: Option<PathBuf>,
     /// `RUST_LOG` for the servers.
     pub server_log: String,
+    /// Most connections one client address may hold through HAProxy
+    /// (`None`: no cap, the default for local load tests).
+    pub haproxy_max_conn_per_ip: Option<u32>,
 }
 
 impl Default for ClusterOptions {
@@ -121,6 +124,7 @@ impl Default for ClusterOptions {
             haproxy_procs: 1,
             log_dir: None,
             server_log: "info".into(),
+            haproxy_max_conn_per_ip: None,
         }
     }
 }
@@ -476,6 +480,7 @@ impl Cluster {
                 stats_bind: format!("127.0.0.1:{}", self.stats_ports[k]),
                 maxconn: self.sizing.haproxy_maxconn,
                 docker_dns: false,
+                max_conn_per_ip: self.opts.haproxy_max_conn_per_ip,
             };
             let name = Self::haproxy_name(k);
             let cfg = self.log_dir.join(format!("{name}.cfg"));

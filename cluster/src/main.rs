@@ -149,6 +149,12 @@ struct Opts {
     #[arg(long, env = "CLUSTER_HAPROXY_PROCS", default_value_t = 1,
           value_parser = clap::value_parser!(u16).range(1..=64))]
     haproxy_procs: u16,
+    /// Most connections one client address may hold through HAProxy (a
+    /// stick table; more are refused at accept). Unset: no cap, since
+    /// local load tests come from a few loopback addresses. The shipped
+    /// `haproxy.cfg` caps at 200.
+    #[arg(long, env = "CLUSTER_HAPROXY_MAX_CONN_PER_IP")]
+    haproxy_max_conn_per_ip: Option<u32>,
     /// Port of app1; app2.. follow (0: any free ports).
     #[arg(long, env = "CLUSTER_SERVER_PORT", default_value_t = 9001)]
     server_base_port: u16,
@@ -226,6 +232,7 @@ impl Opts {
             haproxy_procs: self.haproxy_procs.into(),
             log_dir: self.log_dir.clone(),
             server_log: std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            haproxy_max_conn_per_ip: self.haproxy_max_conn_per_ip,
         })?;
         Ok(cluster)
     }

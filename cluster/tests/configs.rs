@@ -50,6 +50,9 @@ fn compose_haproxy_cfg_is_generated_and_valid() {
         "option httpchk GET /healthz",
         "bind :8080",
         "http-request deny deny_status 404 if { path -m beg /metrics /cluster }",
+        "option forwardfor",
+        "tcp-request connection track-sc0 src",
+        "tcp-request connection reject if { sc0_conn_cur gt 200 }",
     ] {
         assert!(on_disk.contains(key), "{key}");
     }
@@ -66,6 +69,7 @@ fn local_haproxy_cfg_is_valid() {
         stats_bind: "127.0.0.1:18404".into(),
         maxconn: 9000,
         docker_dns: false,
+        max_conn_per_ip: Some(5),
     });
     let dir = chat_cluster::procs::temp_dir("haproxy-cfg-test").unwrap();
     let path = dir.join("haproxy.cfg");

@@ -202,3 +202,32 @@ sleep 3
         "stopped with the launcher: {pids:?}"
     );
 }
+
+/// Invariant: with a per-address cap, one client address cannot hold more
+/// than N connections through HAProxy (the N+1st is refused at accept),
+/// and a slot frees as soon as one of them closes.
+#[test]
+fn one_address_holds_at_most_the_cap() {
+    let c = Cluster::start(ClusterOptions {
+        servers: 1,
+        haproxy_max_conn_per_ip: Some(3),
+        server_log: "warn".into(),
+        ..Default::default()
+    })
+    .expect("cluster starts (needs redis-server and haproxy installed)");
+    let cfg = std::fs::read_to_string(c.log_dir().join("haproxy.cfg")).unwrap();
+    assert!(cfg.contains("sc0_conn_cur gt 3"), "{cfg}");
+    let mut held: Vec<std::net::TcpStream> = (0..3)
+        .map(|_| std::net::TcpStream::connect(c.addr()).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let refused = http::get(&c.addr(), "/healthz", T);
+    assert!(
+        !matches!(refused, Ok((200, _))),
+        "a 4th connection from the same address is refused: {refused:?}"
+    );
+    held.pop();
+    std::thread::sleep(Duration::from_millis(200));
+    let (code, body) = http::get(&c.addr(), "/healthz", T).unwrap();
+    assert_eq!(code, 200, "{body}");
+}
