@@ -42,6 +42,16 @@ pub enum ErrorCode {
     Timeout,
     /// An unexpected server fault; the request was not carried out.
     Internal,
+    /// Not allowed for this connection: a private or direct-message room
+    /// its token does not grant, a `nick` frame on an authenticated
+    /// connection (the nick is the token's), a `refresh` with another
+    /// subject's token.
+    Forbidden,
+    /// An anonymous client asked for a nick an authenticated member holds
+    /// in the room.
+    NickTaken,
+    /// A `refresh` token that is invalid or expired.
+    Unauthorized,
     /// A code this version of the protocol crate does not know.
     #[serde(other)]
     Unknown,
@@ -65,6 +75,9 @@ impl ErrorCode {
             Self::Unavailable => "unavailable",
             Self::Timeout => "timeout",
             Self::Internal => "internal",
+            Self::Forbidden => "forbidden",
+            Self::NickTaken => "nick_taken",
+            Self::Unauthorized => "unauthorized",
             Self::Unknown => "unknown",
         }
     }
@@ -94,6 +107,9 @@ pub mod close {
     pub const SLOW_CONSUMER: u16 = 4000;
     /// Nothing (not even a pong) arrived within the idle timeout.
     pub const IDLE_TIMEOUT: u16 = 4001;
+    /// The connection's token expired: get a new token and reconnect (or
+    /// send a `refresh` frame before it expires).
+    pub const TOKEN_EXPIRED: u16 = 4003;
 
     /// A short name for a close code, for logs and load-generator reports.
     pub fn name(code: u16) -> &'static str {
@@ -108,6 +124,7 @@ pub mod close {
             SERVICE_RESTART => "service_restart",
             SLOW_CONSUMER => "slow_consumer",
             IDLE_TIMEOUT => "idle_timeout",
+            TOKEN_EXPIRED => "token_expired",
             1005 => "no_status",
             1006 => "abnormal",
             _ => "other",

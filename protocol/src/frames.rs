@@ -73,12 +73,16 @@ pub enum ClientFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ts: Option<u64>,
     },
+    /// A new token for the same subject, before the current one expires:
+    /// the connection then lives until the new token's `exp`.
+    Refresh { token: String },
 }
 
 impl ClientFrame {
     /// Every `type` a client may send, for "unknown type" errors.
-    pub const TYPES: &'static [&'static str] =
-        &["join", "leave", "send", "message", "nick", "who", "ping"];
+    pub const TYPES: &'static [&'static str] = &[
+        "join", "leave", "send", "message", "nick", "who", "ping", "refresh",
+    ];
 }
 
 /// Per-connection limits of the instance, announced in the welcome frame so
@@ -130,6 +134,10 @@ pub struct Member {
     pub conn_id: String,
     pub nick: String,
     pub app_id: String,
+    /// The token subject of an authenticated member; absent for anonymous
+    /// ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
 }
 
 /// A chat message as every member of the room receives it.
@@ -245,6 +253,9 @@ pub enum ServerFrame {
         ts: u64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         old_nick: Option<String>,
+        /// The token subject of an authenticated member.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sub: Option<String>,
     },
     /// The members of a room across all instances (on join and on `who`),
     /// sorted by nick. A big room lists only the first ones: `total` says
@@ -265,6 +276,9 @@ pub enum ServerFrame {
         ts: Option<u64>,
         server_ts: u64,
     },
+    /// A `refresh` succeeded: the connection now lives until `exp`
+    /// (seconds since the Unix epoch).
+    Refreshed { exp: u64 },
     /// A request failed; the connection stays open.
     Error {
         code: ErrorCode,

@@ -69,6 +69,12 @@ fn client_frames() {
     );
     check_client(ClientFrame::Who { room: None }, r#"{"type":"who"}"#);
     check_client(
+        ClientFrame::Refresh {
+            token: "a.b.c".into(),
+        },
+        r#"{"type":"refresh","token":"a.b.c"}"#,
+    );
+    check_client(
         ClientFrame::Ping {
             id: Some("p".into()),
             ts: Some(5),
@@ -182,8 +188,22 @@ fn server_frames() {
             app_id: "app3".into(),
             ts: 1,
             old_nick: Some("old".into()),
+            sub: None,
         },
         r#"{"type":"presence","room":"r","event":"nick","conn_id":"c","nick":"new","app_id":"app3","ts":1,"old_nick":"old"}"#,
+    );
+    check_server(
+        ServerFrame::Presence {
+            room: "r".into(),
+            event: PresenceEvent::Join,
+            conn_id: "c".into(),
+            nick: "Ann".into(),
+            app_id: "app3".into(),
+            ts: 1,
+            old_nick: None,
+            sub: Some("ann".into()),
+        },
+        r#"{"type":"presence","room":"r","event":"join","conn_id":"c","nick":"Ann","app_id":"app3","ts":1,"sub":"ann"}"#,
     );
     check_server(
         ServerFrame::Members {
@@ -192,10 +212,40 @@ fn server_frames() {
                 conn_id: "c".into(),
                 nick: "n".into(),
                 app_id: "app1".into(),
+                sub: None,
             }],
             total: 1,
         },
         r#"{"type":"members","room":"r","members":[{"conn_id":"c","nick":"n","app_id":"app1"}],"total":1}"#,
+    );
+    check_server(
+        ServerFrame::Members {
+            room: "r".into(),
+            members: vec![Member {
+                conn_id: "c".into(),
+                nick: "Ann".into(),
+                app_id: "app1".into(),
+                sub: Some("ann".into()),
+            }],
+            total: 1,
+        },
+        r#"{"type":"members","room":"r","members":[{"conn_id":"c","nick":"Ann","app_id":"app1","sub":"ann"}],"total":1}"#,
+    );
+    check_server(
+        ServerFrame::Refreshed { exp: 1700000000 },
+        r#"{"type":"refreshed","exp":1700000000}"#,
+    );
+    check_server(
+        ServerFrame::error(ErrorCode::Forbidden, "private", None),
+        r#"{"type":"error","code":"forbidden","message":"private"}"#,
+    );
+    check_server(
+        ServerFrame::error(ErrorCode::NickTaken, "taken", None),
+        r#"{"type":"error","code":"nick_taken","message":"taken"}"#,
+    );
+    check_server(
+        ServerFrame::error(ErrorCode::Unauthorized, "bad token", None),
+        r#"{"type":"error","code":"unauthorized","message":"bad token"}"#,
     );
     check_server(
         ServerFrame::Nick {
@@ -313,10 +363,16 @@ fn close_codes() {
     assert_eq!(close::name(close::SLOW_CONSUMER), "slow_consumer");
     assert!(close::should_reconnect(close::SERVICE_RESTART));
     assert!(!close::should_reconnect(close::POLICY));
+    assert_eq!(close::TOKEN_EXPIRED, 4003);
+    assert_eq!(close::name(close::TOKEN_EXPIRED), "token_expired");
+    assert!(close::should_reconnect(close::TOKEN_EXPIRED));
     for code in [
         ErrorCode::BadJson,
         ErrorCode::RateLimited,
         ErrorCode::Unavailable,
+        ErrorCode::Forbidden,
+        ErrorCode::NickTaken,
+        ErrorCode::Unauthorized,
     ] {
         assert_eq!(
             serde_json::to_string(&code).unwrap(),

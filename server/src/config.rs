@@ -170,6 +170,42 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+
+    /// Tokens at the upgrade: `off` ignores them, `optional` checks any
+    /// given and lets anonymous clients in, `required` refuses an upgrade
+    /// without a valid one (401).
+    #[arg(long, env = "AUTH_MODE", value_enum, default_value = "optional")]
+    pub auth: AuthMode,
+
+    /// The HS256 secret tokens are signed with.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// The secret before the last rotation: tokens signed with it are still
+    /// accepted until they expire.
+    #[arg(long, env = "JWT_PREVIOUS_SECRET", hide_env_values = true)]
+    pub jwt_previous_secret: Option<String>,
+
+    /// `Origin` values allowed to upgrade (comma-separated); others get 403.
+    /// Empty: any. Requests without `Origin` (non-browser clients) pass.
+    #[arg(long, env = "ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// Serve `/metrics` and `/cluster` only on this address (a second
+    /// listener); the public one then answers 404 for them.
+    #[arg(long, env = "ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+}
+
+/// How tokens are treated at the upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthMode {
+    /// Tokens are ignored: everyone is anonymous.
+    Off,
+    /// A token, if given, must be valid; anonymous clients are let in.
+    Optional,
+    /// Every upgrade needs a valid token.
+    Required,
 }
 
 /// How logs are written to stderr.

@@ -20,11 +20,25 @@ use crate::ws::handshake::check_request;
 use crate::ws::{accept_key, WsStream};
 use crate::AppState;
 
-/// Every route of the server.
-pub fn router(state: AppState) -> Router {
-    Router::new()
+/// Every public route of the server; `/metrics` and `/cluster` only
+/// when `with_admin` (no `--admin-listen`).
+pub fn router(state: AppState, with_admin: bool) -> Router {
+    let r = Router::new()
         .route("/", get(index))
         .route("/ws", get(upgrade))
+        .route("/healthz", get(healthz));
+    let r = if with_admin {
+        r.route("/metrics", get(metrics))
+            .route("/cluster", get(cluster))
+    } else {
+        r
+    };
+    r.with_state(state)
+}
+
+/// The routes of `--admin-listen`.
+pub fn admin_router(state: AppState) -> Router {
+    Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/cluster", get(cluster))
@@ -33,7 +47,7 @@ pub fn router(state: AppState) -> Router {
 
 async fn upgrade(
     State(state): State<AppState>,
-    Query(params): Query<ConnectParams>,
+    Query(mut params): Query<ConnectParams>,
     mut req: Request,
 ) -> Response {
     use std::sync::atomic::Ordering::Relaxed;
@@ -47,6 +61,40 @@ async fn upgrade(
             "instance is shutting down; reconnect\n",
         )
             .into_response();
+    }
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    if !state.auth.origin_allowed(origin.as_deref()) {
+        state
+            .metrics
+            .connections_rejected_bad_request
+            .fetch_add(1, Relaxed);
+        let origin = origin.unwrap_or_default();
+        return (
+            StatusCode::FORBIDDEN,
+            format!("origin {origin:?} is not allowed\n"),
+        )
+            .into_response();
+    }
+    let token = params
+        .token
+        .take()
+        .or_else(|| bearer(req.headers()).map(str::to_owned));
+    match state.auth.identify(token.as_deref()) {
+        Ok(identity) => params.identity = identity.map(Box::new),
+        Err(why) => {
+            state
+                .metrics
+                .connections_rejected_bad_request
+                .fetch_add(1, Relaxed);
+            return (StatusCode::UNAUTHORIZED, format!("401 {why}\n")).into_response();
+        }
+    }
+    if params.identity.is_some() {
+        // The nick is the token's; a `?nick=` is ignored.
+        params.nick = None;
     }
     let bad = params
         .room
@@ -115,6 +163,16 @@ async fn upgrade(
         .header(header::SEC_WEBSOCKET_ACCEPT, accept_key(key.as_bytes()))
         .body(Body::empty())
         .expect("static response parts are valid")
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+fn bearer(h: &HeaderMap) -> Option<&str> {
+    let v = h.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 /// Fix the socket's kernel send buffer (`--socket-send-buffer`; 0 keeps

@@ -6,6 +6,7 @@
 //!
 //! # Layout
 //! - [`config`]: clap flags with env fallbacks.
+//! - [`auth`]: tokens, the Origin allow-list, private and DM rooms.
 //! - [`http`]: routes (`/ws`, `/healthz`, `/metrics`, `/cluster`).
 //! - [`session`]: one connection's task: read, batched writes, ping, close.
 //! - [`ws`]: RFC 6455 framing on the raw socket (no buffers while idle).
@@ -16,6 +17,7 @@
 //! - [`registry`]: the instance heartbeat and dead-instance cleanup.
 //! - [`metrics`]: counters for `/metrics`.
 
+pub mod auth;
 pub mod commands;
 pub mod config;
 pub mod http;
@@ -60,6 +62,8 @@ pub struct AppState(Arc<Inner>);
 #[derive(Debug)]
 pub struct Inner {
     pub config: Config,
+    /// Token checks, allowed origins, room access.
+    pub auth: auth::Auth,
     pub app_id: String,
     /// Distinguishes this run of `app_id` from earlier ones, so presence
     /// entries of a killed predecessor count as stale.
@@ -125,6 +129,7 @@ impl AppState {
                 conn_id,
                 nick: e.nick,
                 app_id: e.app_id,
+                sub: e.sub,
             })
             .collect();
         members.sort_by(|a, b| a.nick.cmp(&b.nick).then(a.conn_id.cmp(&b.conn_id)));
@@ -174,6 +179,15 @@ pub async fn run(
             "the file limit caps connections; raise `ulimit -n` (nofile) to allow more"
         );
     }
+    let auth = auth::Auth::from_config(&config)?;
+    let admin = match config.admin_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on --admin-listen {addr}"))?,
+        ),
+        None => None,
+    };
     let metrics = Arc::new(Metrics::default());
     let store = match config.redis_sentinel_master.as_deref() {
         _ if !config.redis_cluster.is_empty() => Store::with_cluster(
@@ -223,6 +237,7 @@ pub async fn run(
         started_ms: now_ms(),
         next_session: AtomicU64::new(1),
         live: RwLock::new(Arc::new(HashSet::new())),
+        auth,
         config,
     }));
     tracing::info!(
@@ -247,7 +262,15 @@ pub async fn run(
         state.shutdown.clone(),
     ));
     let registry = tokio::spawn(registry::run(state.clone()));
-    let app = http::router(state.clone());
+    let app = http::router(state.clone(), admin.is_none());
+    let admin = admin.map(|listener| {
+        tracing::info!(addr = ?listener.local_addr().ok(), "admin listener (/metrics, /cluster)");
+        tokio::spawn(serve_admin(
+            listener,
+            http::admin_router(state.clone()),
+            state.shutdown.clone(),
+        ))
+    });
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -281,6 +304,9 @@ pub async fn run(
     let _ = registry.await;
     subscriber.abort();
     prober.abort();
+    if let Some(admin) = admin {
+        admin.abort();
+    }
     tracing::info!("shut down");
     Ok(())
 }
@@ -301,6 +327,22 @@ fn serve_http(tcp: tokio::net::TcpStream, app: axum::Router) {
             tracing::debug!(error = %e, "http connection ended with an error");
         }
     });
+}
+
+/// Serve the admin routes on their own listener until shutdown.
+async fn serve_admin(listener: TcpListener, app: axum::Router, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _peer)) => serve_http(tcp, app.clone()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -125,6 +125,7 @@ async fn sweep(state: &AppState, live: &HashSet<String>) {
                     app_id: e.app_id.clone(),
                     ts: crate::now_ms(),
                     old_nick: None,
+                    sub: e.sub.clone(),
                 }
                 .to_json();
                 let _ = state.store.publish_raw(&room, &frame).await;

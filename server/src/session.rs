@@ -32,6 +32,11 @@ pub struct ConnectParams {
     /// The epoch `since` belongs to.
     pub epoch: Option<String>,
     pub history: Option<u32>,
+    /// A token (else `Authorization: Bearer`).
+    pub token: Option<String>,
+    /// What the upgrade's token said; set by the upgrade, never the query.
+    #[serde(skip)]
+    pub identity: Option<Box<crate::auth::Identity>>,
 }
 
 /// How a connection ends.
@@ -173,6 +178,7 @@ pub async fn run(
             outbox: outbox.clone(),
         },
         params.nick.take(),
+        params.identity.take(),
     );
     let end = session_loop(&mut session, &mut conn, params).await;
     outbox.close();
@@ -252,7 +258,13 @@ async fn session_loop(session: &mut Session, conn: &mut Conn, params: Box<Connec
     }
     let ping_every = state.config.ping_interval;
     let idle = state.config.idle_timeout;
-    let ping = tokio::time::sleep(ping_every);
+    // One timer for pings and the token's expiry: whichever comes first.
+    let mut next_ping = Instant::now() + ping_every;
+    let mut expiry = expiry_instant(session.expires());
+    let wake = |next_ping: Instant, expiry: Option<Instant>| {
+        expiry.map_or(next_ping, |e| e.min(next_ping))
+    };
+    let ping = tokio::time::sleep_until(wake(next_ping, expiry));
     tokio::pin!(ping);
     let mut last_seen = Instant::now();
     let mut batch: Vec<Out> = Vec::new();
@@ -293,22 +305,36 @@ async fn session_loop(session: &mut Session, conn: &mut Conn, params: Box<Connec
             msg = conn.ws.recv(), if busy < MAX_IN_FLIGHT => {
                 last_seen = Instant::now();
                 match msg {
-                    Ok(msg) => match Box::pin(inbound(session, conn, msg)).await {
-                        Ok(Some(job)) => {
-                            in_flight.get_or_insert_with(Default::default).push_back(job);
-                            Ok(())
+                    Ok(msg) => {
+                        let r = match Box::pin(inbound(session, conn, msg)).await {
+                            Ok(Some(job)) => {
+                                in_flight.get_or_insert_with(Default::default).push_back(job);
+                                Ok(())
+                            }
+                            Ok(None) => Ok(()),
+                            Err(end) => Err(end),
+                        };
+                        if session.take_expiry_changed() {
+                            expiry = expiry_instant(session.expires());
+                            ping.as_mut().reset(wake(next_ping, expiry));
                         }
-                        Ok(None) => Ok(()),
-                        Err(end) => Err(end),
-                    },
+                        r
+                    }
                     Err(e) => Err(read_error(e)),
                 }
             }
             _ = ping.as_mut() => {
-                if last_seen.elapsed() >= idle {
+                let now = Instant::now();
+                if expiry.is_some_and(|e| now >= e) {
+                    Err(End::Close(close::TOKEN_EXPIRED, "token_expired".into()))
+                } else if now < next_ping {
+                    ping.as_mut().reset(wake(next_ping, expiry));
+                    Ok(())
+                } else if last_seen.elapsed() >= idle {
                     Err(End::Close(close::IDLE_TIMEOUT, format!("idle timeout: nothing received for {}s", idle.as_secs())))
                 } else {
-                    ping.as_mut().reset(Instant::now() + ping_every);
+                    next_ping = now + ping_every;
+                    ping.as_mut().reset(wake(next_ping, expiry));
                     guarded(&conn.outbox, conn.ws.ping()).await
                 }
             }
@@ -317,6 +343,12 @@ async fn session_loop(session: &mut Session, conn: &mut Conn, params: Box<Connec
             return end;
         }
     }
+}
+
+/// When a token expiring at `exp` (seconds since the Unix epoch) runs out.
+fn expiry_instant(exp: Option<u64>) -> Option<Instant> {
+    let exp_ms = exp?.saturating_mul(1000);
+    Some(Instant::now() + Duration::from_millis(exp_ms.saturating_sub(crate::now_ms())))
 }
 
 /// The next answer of a send in flight; frees the queue once empty.
@@ -414,6 +446,7 @@ mod tests {
             started_ms: 0,
             next_session: Default::default(),
             live: Default::default(),
+            auth: crate::auth::Auth::from_config(&cfg).unwrap(),
             config: cfg,
         }));
         let permit = state.conn_limit.clone().try_acquire_owned().unwrap();

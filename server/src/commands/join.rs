@@ -28,6 +28,9 @@ impl Session {
         if let Err(e) = validate_room(room) {
             return conn.error(ErrorCode::InvalidRoom, e, None).await;
         }
+        if let Err(e) = crate::auth::may_enter(self.identity.as_deref(), room) {
+            return conn.error(ErrorCode::Forbidden, e, None).await;
+        }
         if let Some(i) = self.position(room) {
             let j = self.rooms.remove(i);
             self.rooms.push(j);
@@ -38,6 +41,9 @@ impl Session {
                     self.state.config.max_rooms
                 );
                 return conn.error(ErrorCode::TooManyRooms, msg, None).await;
+            }
+            if !self.check_nick_free(conn, room, &self.nick.clone()).await? {
+                return Ok(());
             }
             let key = match self.state.hub.join(room, self.member.clone()).await {
                 Ok(k) => k,

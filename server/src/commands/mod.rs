@@ -18,6 +18,8 @@ use std::time::Instant;
 use chat_protocol::names::validate_nick;
 use chat_protocol::{ClientFrame, ErrorCode, PresenceEvent, ServerFrame, PROTOCOL_VERSION};
 
+use crate::auth::{may_enter, Identity};
+use crate::config::AuthMode;
 use crate::hub::{Delivery, Member, RoomKey};
 use crate::session::{Conn, End};
 use crate::AppState;
@@ -57,6 +59,10 @@ pub struct Session {
     bucket: Bucket,
     /// Frames rejected for rate in a row.
     strikes: u32,
+    /// What the upgrade's token said; `None`: anonymous.
+    identity: Option<Box<Identity>>,
+    /// A `refresh` moved the expiry since the session loop last looked.
+    expiry_changed: bool,
 }
 
 impl std::fmt::Debug for Session {
@@ -71,9 +77,18 @@ impl std::fmt::Debug for Session {
 
 impl Session {
     /// A new session for `member`; `nick` was validated by the upgrade.
-    pub fn new(state: AppState, member: Member, nick: Option<String>) -> Self {
+    /// With an identity the nick is the token's and `nick` is ignored.
+    pub fn new(
+        state: AppState,
+        member: Member,
+        nick: Option<String>,
+        identity: Option<Box<Identity>>,
+    ) -> Self {
         let conn_id = format!("{}-{}-{}", state.app_id, state.boot, member.id);
-        let nick = nick.unwrap_or_else(|| format!("guest{}", member.id));
+        let nick = match &identity {
+            Some(id) => id.nick.clone(),
+            None => nick.unwrap_or_else(|| format!("guest{}", member.id)),
+        };
         let burst = state.config.burst as f32;
         Self {
             state,
@@ -86,6 +101,84 @@ impl Session {
                 at: Instant::now(),
             },
             strikes: 0,
+            identity,
+            expiry_changed: false,
+        }
+    }
+
+    /// The token subject, for an authenticated connection.
+    pub fn sub(&self) -> Option<&str> {
+        self.identity.as_deref().map(|id| id.sub.as_str())
+    }
+
+    /// When the connection's token expires (seconds since the Unix epoch).
+    pub fn expires(&self) -> Option<u64> {
+        self.identity.as_deref().map(|id| id.exp)
+    }
+
+    /// Whether a `refresh` moved the expiry since the last call.
+    pub fn take_expiry_changed(&mut self) -> bool {
+        std::mem::take(&mut self.expiry_changed)
+    }
+
+    /// For an anonymous connection where tokens are in use: whether an
+    /// authenticated member of `room` (on any instance) holds `nick`.
+    async fn nick_held(&self, room: &str, nick: &str) -> Result<bool, crate::store::StoreError> {
+        if self.identity.is_some() || self.state.auth.mode == AuthMode::Off {
+            return Ok(false);
+        }
+        let members = self.state.members(room).await?;
+        Ok(members
+            .iter()
+            .any(|m| m.sub.is_some() && m.nick == nick && m.conn_id != self.conn_id))
+    }
+
+    /// Refuse an anonymous nick an authenticated member of `room` holds;
+    /// `Ok(false)` when refused (the client got the error).
+    async fn check_nick_free(&self, conn: &mut Conn, room: &str, nick: &str) -> Result<bool, End> {
+        match self.nick_held(room, nick).await {
+            Ok(false) => Ok(true),
+            Ok(true) => {
+                let msg = format!(
+                    "nick {nick:?} belongs to an authenticated member of {room:?}; pick another"
+                );
+                conn.error(ErrorCode::NickTaken, msg, None).await?;
+                Ok(false)
+            }
+            Err(e) => {
+                let msg = format!("cannot check the nick: {e}");
+                conn.error(ErrorCode::Unavailable, msg, None).await?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// A `refresh` frame: a new token for the same subject moves the
+    /// connection's expiry. Name and rooms stay those of the first token.
+    async fn refresh(&mut self, conn: &mut Conn, token: String) -> Result<(), End> {
+        let verified = self.state.auth.verify(&token);
+        let Some(current) = self.identity.as_deref_mut() else {
+            let msg = "this connection has no token: reconnect with one";
+            return conn.error(ErrorCode::Forbidden, msg, None).await;
+        };
+        match verified {
+            Err(e) => {
+                conn.error(ErrorCode::Unauthorized, e.to_string(), None)
+                    .await
+            }
+            Ok(new) if new.sub != current.sub => {
+                let msg = format!(
+                    "the token is for {:?}, this connection is {:?}",
+                    new.sub, current.sub
+                );
+                conn.error(ErrorCode::Forbidden, msg, None).await
+            }
+            Ok(new) => {
+                current.exp = current.exp.max(new.exp);
+                let exp = current.exp;
+                self.expiry_changed = true;
+                conn.frame(&ServerFrame::Refreshed { exp }).await
+            }
         }
     }
 
@@ -182,6 +275,7 @@ impl Session {
             ClientFrame::Send { .. } => Ok(()),
             ClientFrame::Nick { nick } => self.rename(conn, nick).await,
             ClientFrame::Who { room } => self.who(conn, room).await,
+            ClientFrame::Refresh { token } => self.refresh(conn, token).await,
             ClientFrame::Ping { id, ts } => {
                 conn.frame(&ServerFrame::Pong {
                     id,
@@ -218,11 +312,20 @@ impl Session {
     }
 
     async fn rename(&mut self, conn: &mut Conn, nick: String) -> Result<(), End> {
+        if self.identity.is_some() {
+            let msg = "your nick is your token's name: it cannot be changed";
+            return conn.error(ErrorCode::Forbidden, msg, None).await;
+        }
         if let Err(e) = validate_nick(&nick) {
             return conn.error(ErrorCode::InvalidNick, e, None).await;
         }
-        let old = std::mem::replace(&mut self.nick, nick.clone());
         let rooms: Vec<String> = self.rooms.iter().map(|j| j.name.clone()).collect();
+        for room in &rooms {
+            if !self.check_nick_free(conn, room, &nick).await? {
+                return Ok(());
+            }
+        }
+        let old = std::mem::replace(&mut self.nick, nick.clone());
         for room in rooms {
             self.announce(&room, PresenceEvent::Nick, Some(old.clone()))
                 .await;
@@ -231,7 +334,14 @@ impl Session {
     }
 
     async fn who(&mut self, conn: &mut Conn, room: Option<String>) -> Result<(), End> {
-        let room = match room.or_else(|| self.current().map(|j| j.name.clone())) {
+        let room = room.or_else(|| self.current().map(|j| j.name.clone()));
+        if let Some(Err(msg)) = room
+            .as_deref()
+            .map(|r| may_enter(self.identity.as_deref(), r))
+        {
+            return conn.error(ErrorCode::Forbidden, msg, None).await;
+        }
+        let room = match room {
             Some(r) if self.position(&r).is_some() => r,
             Some(r) => {
                 return conn

@@ -10,7 +10,7 @@ use crate::store::MemberEntry;
 impl Session {
     /// Remove our presence entry and announce the leave.
     pub(super) async fn depart(&self, room: &str) {
-        depart(&self.state, room, &self.conn_id, &self.nick).await;
+        depart(&self.state, room, &self.conn_id, &self.nick, self.sub()).await;
     }
 
     pub(super) fn presence(
@@ -26,6 +26,7 @@ impl Session {
             &self.conn_id,
             &self.nick,
             old_nick,
+            self.sub(),
         )
     }
 
@@ -36,6 +37,7 @@ impl Session {
             nick: self.nick.clone(),
             app_id: self.state.app_id.clone(),
             boot: self.state.boot.clone(),
+            sub: self.sub().map(str::to_owned),
         };
         for j in &self.rooms {
             if let Err(e) = self
@@ -60,6 +62,7 @@ impl Session {
             nick: self.nick.clone(),
             app_id: self.state.app_id.clone(),
             boot: self.state.boot.clone(),
+            sub: self.sub().map(str::to_owned),
         };
         let store = &self.state.store;
         let res = match store.add_member(room, &self.conn_id, &entry).await {
@@ -95,20 +98,21 @@ impl Drop for Session {
         let state = self.state.clone();
         let conn_id = std::mem::take(&mut self.conn_id);
         let nick = std::mem::take(&mut self.nick);
+        let sub = self.identity.take().map(|id| id.sub);
         self.state.tracker.spawn(async move {
             for j in rooms {
-                depart(&state, &j.name, &conn_id, &nick).await;
+                depart(&state, &j.name, &conn_id, &nick, sub.as_deref()).await;
             }
         });
     }
 }
 
 /// Remove a connection's presence entry from `room` and announce its leave.
-async fn depart(state: &crate::AppState, room: &str, conn_id: &str, nick: &str) {
+async fn depart(state: &crate::AppState, room: &str, conn_id: &str, nick: &str, sub: Option<&str>) {
     match state.store.remove_member(room, conn_id).await {
         // Big rooms do not broadcast presence (see --presence-max-members).
         Ok((true, left)) if left < state.config.presence_max_members => {
-            let frame = presence_frame(state, room, PresenceEvent::Leave, conn_id, nick, None);
+            let frame = presence_frame(state, room, PresenceEvent::Leave, conn_id, nick, None, sub);
             if let Err(e) = state.store.publish_raw(room, &frame).await {
                 tracing::debug!(room, error = %e, "cannot announce leave");
             }
@@ -125,6 +129,7 @@ fn presence_frame(
     conn_id: &str,
     nick: &str,
     old_nick: Option<String>,
+    sub: Option<&str>,
 ) -> String {
     ServerFrame::Presence {
         room: room.to_string(),
@@ -134,6 +139,7 @@ fn presence_frame(
         app_id: state.app_id.clone(),
         ts: crate::now_ms(),
         old_nick,
+        sub: sub.map(str::to_owned),
     }
     .to_json()
 }

@@ -11,7 +11,7 @@
 //! | `chat:{room}:epoch` | hash | the room's epoch, the `run_id` of the Redis that started it, its start offset (see [`lua`]) |
 //! | `chat:{room}:idem:<bucket>` | hash, TTL | `<n>:<nick>:<id>` → `"<offset> <epoch>"` of each send with an id in that time bucket |
 //! | `chat:{room}:log` | stream | bounded history; entry id `<offset>-0`, field `f` = the frame |
-//! | `chat:{room}:members` | hash | conn_id → `{"nick","app_id","boot"}` |
+//! | `chat:{room}:members` | hash | conn_id → `{"nick","app_id","boot"}` (and `"sub"` for an authenticated member) |
 //! | `chat:{room}:msgs` | channel | every message and presence frame of the room |
 //! | `chat:{registry}:instance:<app_id>` | string, TTL | the instance's heartbeat (JSON) |
 //! | `chat:{registry}:instances` | set | every app_id ever seen, for `/cluster` |
@@ -196,6 +196,9 @@ pub struct MemberEntry {
     /// The boot id of the instance holding the connection; an entry whose
     /// instance boot is no longer alive is stale.
     pub boot: String,
+    /// The token subject of an authenticated member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
 }
 
 /// An instance's heartbeat, as stored in the registry and shown by `/cluster`.
