@@ -347,8 +347,11 @@ async fn session_loop(session: &mut Session, conn: &mut Conn, params: Box<Connec
 
 /// When a token expiring at `exp` (seconds since the Unix epoch) runs out.
 fn expiry_instant(exp: Option<u64>) -> Option<Instant> {
+    // Capped: a far-future `exp` must not overflow the clock.
+    const MAX_MS: u64 = 10 * 365 * 24 * 3600 * 1000;
     let exp_ms = exp?.saturating_mul(1000);
-    Some(Instant::now() + Duration::from_millis(exp_ms.saturating_sub(crate::now_ms())))
+    let left = exp_ms.saturating_sub(crate::now_ms()).min(MAX_MS);
+    Some(Instant::now() + Duration::from_millis(left))
 }
 
 /// The next answer of a send in flight; frees the queue once empty.
