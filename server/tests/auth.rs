@@ -383,3 +383,22 @@ async fn admin_listen_moves_metrics_and_cluster_off_the_public_port() {
     assert_eq!(code, 200);
     assert!(body.contains("app1"), "{body}");
 }
+
+#[test]
+fn auth_required_without_a_secret_refuses_to_start() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_server"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--app-id",
+            "x",
+            "--auth",
+            "required",
+        ])
+        .env_remove("JWT_SECRET")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--auth required needs --jwt-secret"), "{err}");
+}
