@@ -102,6 +102,12 @@ fn compose_file_matches_the_launcher_topology() {
             env["LISTEN_ADDR"].as_str(),
             Some(format!("0.0.0.0:{port}").as_str())
         );
+        assert_eq!(
+            env["ADMIN_LISTEN"].as_str(),
+            Some("0.0.0.0:9100"),
+            "{name}: /metrics and /cluster only on the unpublished admin port"
+        );
+        assert!(svc["ports"].is_null(), "{name} publishes no port");
         assert_eq!(env["REDIS_URL"].as_str(), Some("redis://redis:6379/"));
         assert_eq!(
             svc["build"].as_str(),
@@ -251,6 +257,7 @@ fn compose_sentinel_profile_is_consistent() {
             e["LISTEN_ADDR"].as_str(),
             Some(format!("0.0.0.0:{port}").as_str())
         );
+        assert_eq!(e["ADMIN_LISTEN"].as_str(), Some("0.0.0.0:9100"));
         assert_eq!(s["build"].as_str(), Some("."));
         assert_eq!(
             strings(&s["networks"]["sentinel"]["aliases"]),
@@ -467,6 +474,7 @@ fn compose_cluster_profile_is_consistent() {
             e["LISTEN_ADDR"].as_str(),
             Some(format!("0.0.0.0:{port}").as_str())
         );
+        assert_eq!(e["ADMIN_LISTEN"].as_str(), Some("0.0.0.0:9100"));
         assert_eq!(s["build"].as_str(), Some("."));
         assert_eq!(s["stop_signal"].as_str(), Some("SIGTERM"));
         assert_eq!(
