@@ -275,7 +275,9 @@ async fn connect(
         Some(r) => ctx.cfg.resume_url(c, url_idx, r.since, r.epoch),
         None => ctx.cfg.url_at(c, url_idx),
     };
-    let mut conn = Conn::open(addr, src, &url, ctx.max_message).await?;
+    let token = ctx.cfg.token_for(c).transpose()?;
+    let mut conn =
+        Conn::open_with_token(addr, src, &url, ctx.max_message, token.as_deref()).await?;
     match ctx.cfg.protocol {
         Protocol::Chat => {
             let (app, rate) = match frames::classify(next_text(&mut conn).await?.as_bytes()) {

@@ -55,8 +55,21 @@ pub struct Config {
     pub reconnect_timeout: Duration,
     /// The launcher's fault plan (`--faults`, `LOADGEN_FAULTS`).
     pub faults: Vec<crate::faults::Fault>,
+    /// HS256 secret for one token per client (`--jwt-secret`); the report
+    /// says only `set` or `unset`.
+    #[serde(serialize_with = "ser_secret")]
+    pub jwt_secret: Option<crate::jwt::Secret>,
+    /// Put each client's room in its token's `rooms` claim.
+    pub jwt_rooms: bool,
     #[serde(skip)]
     pub thresholds: Thresholds,
+}
+
+fn ser_secret<S: serde::Serializer>(
+    v: &Option<crate::jwt::Secret>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.serialize_str(if v.is_some() { "set" } else { "unset" })
 }
 
 fn ser_dur<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -140,6 +153,26 @@ impl Config {
                 format!("{u}{sep}room={room}&nick=lg{c}")
             }
         }
+    }
+
+    /// How long client tokens live: the whole run (ramp, duration, grace,
+    /// a reconnect outage) plus [`crate::jwt::EXP_MARGIN`].
+    pub fn token_lifetime(&self) -> Duration {
+        let ramp = Duration::from_secs_f64((self.clients as f64 / self.ramp).min(1e6));
+        ramp + self.duration
+            + self.grace
+            + self.connect_timeout
+            + self.reconnect_timeout
+            + crate::jwt::EXP_MARGIN
+    }
+
+    /// Client `c`'s token, with `--jwt-secret` (`None` without).
+    pub fn token_for(&self, c: usize) -> Option<Result<String, String>> {
+        let secret = self.jwt_secret.as_ref()?;
+        let rooms = self
+            .jwt_rooms
+            .then(|| vec![self.room_name(self.room_of(c))]);
+        Some(crate::jwt::mint(secret, c, self.token_lifetime(), rooms))
     }
 
     /// The URL that resumes client `c`'s room after offset `since` of

@@ -27,6 +27,7 @@
 //!   ratatui dashboard; [`live`]: drives either once a second;
 //!   [`timeline`]: the per-second record kept for the report.
 //! - [`units`]: durations for people.
+//! - [`jwt`]: HS256 tokens per client (`--jwt-secret`).
 //!
 //! Dependencies run one way: `opts` → `config` → `presets`, `thresholds`;
 //! `report` → `config`, `tally`, `thresholds`, `timeline`; `human` →
@@ -41,6 +42,7 @@ pub mod faults;
 pub mod frames;
 pub mod hist;
 pub mod human;
+pub mod jwt;
 pub mod kinds;
 pub mod live;
 pub mod opts;

@@ -183,6 +183,17 @@ pub struct Opts {
     #[arg(long, env = "LOADGEN_FAULTS", hide_env_values = true)]
     pub faults: Option<String>,
 
+    /// HS256 secret: mint one JWT per client (`sub` and `name` = its nick
+    /// `lg<i>`, `exp` = the run plus an hour) and send it on every upgrade
+    /// as `Authorization: Bearer`. Never printed (the report says `set`).
+    #[arg(long, env = "LOADGEN_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// With --jwt-secret: list each client's room in its token's `rooms`
+    /// claim (for servers that keep rooms private to token holders).
+    #[arg(long)]
+    pub jwt_rooms: bool,
+
     /// Runtime threads per process [default: number of CPUs].
     #[arg(long)]
     pub threads: Option<usize>,
@@ -296,6 +307,12 @@ impl Opts {
             Some(j) => crate::faults::parse(j).map_err(|e| anyhow::anyhow!(e))?,
             None => Vec::new(),
         };
+        if self.jwt_secret.as_deref() == Some("") {
+            bail!("--jwt-secret/LOADGEN_JWT_SECRET is empty");
+        }
+        if self.jwt_rooms && self.jwt_secret.is_none() {
+            bail!("--jwt-rooms needs --jwt-secret (or LOADGEN_JWT_SECRET)");
+        }
         let mut thresholds = p.thresholds;
         thresholds.overlay(&Thresholds {
             max_p99: self.max_p99,
@@ -329,6 +346,8 @@ impl Opts {
             reconnect_attempts: self.reconnect_attempts,
             reconnect_timeout: self.reconnect_timeout,
             faults,
+            jwt_secret: self.jwt_secret.clone().map(crate::jwt::Secret),
+            jwt_rooms: self.jwt_rooms,
             thresholds,
         })
     }
@@ -490,6 +509,47 @@ mod tests {
             urls.dedup();
             assert_eq!(urls.len(), 3, "room {r} is on every URL");
         }
+    }
+
+    #[test]
+    fn jwt_secret_is_kept_but_never_shown() {
+        let c = cfg(&[
+            "--jwt-secret",
+            "hunter2",
+            "--jwt-rooms",
+            "--rooms",
+            "2",
+            "--clients",
+            "4",
+        ])
+        .unwrap();
+        assert_eq!(c.jwt_secret, Some(crate::jwt::Secret("hunter2".into())));
+        let json = serde_json::to_string(&c).unwrap();
+        assert!(json.contains(r#""jwt_secret":"set""#), "{json}");
+        assert!(json.contains(r#""jwt_rooms":true"#), "{json}");
+        assert!(!json.contains("hunter2"));
+        assert!(!format!("{c:?}").contains("hunter2"));
+        let t = c.token_for(3).unwrap().unwrap();
+        let claims = jsonwebtoken::decode::<crate::jwt::Claims>(
+            &t,
+            &jsonwebtoken::DecodingKey::from_secret(b"hunter2"),
+            &jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256),
+        )
+        .unwrap()
+        .claims;
+        // The token's subject is the nick of the URL.
+        assert_eq!(claims.sub, "lg3");
+        assert!(c.url_for(3).ends_with("&nick=lg3"));
+        assert_eq!(claims.rooms, Some(vec![c.room_name(1)]));
+        assert!(claims.exp >= crate::jwt::now_unix() + 3600 + 10);
+
+        let c = cfg(&[]).unwrap();
+        assert!(c.token_for(0).is_none());
+        assert!(serde_json::to_string(&c)
+            .unwrap()
+            .contains(r#""jwt_secret":"unset""#));
+        assert!(cfg(&["--jwt-rooms"]).is_err());
+        assert!(cfg(&["--jwt-secret", ""]).is_err());
     }
 
     #[test]

@@ -109,6 +109,11 @@ pub fn child_args(cfg: &Config, index: usize, epoch_unix_us: u64) -> Vec<String>
             format!("{}us", cfg.reconnect_timeout.as_micros()),
         );
     }
+    if cfg.jwt_rooms {
+        a.push("--jwt-rooms".into());
+    }
+    // The secret itself goes in the environment (see `parent_main`), not
+    // on a command line that `ps` shows.
     if !cfg.source_ips.is_empty() {
         let ips: Vec<String> = cfg.source_ips.iter().map(|i| i.to_string()).collect();
         kv(&mut a, "source-ips", ips.join(","));
@@ -140,8 +145,12 @@ pub async fn parent_main(
     let mut stdins = Vec::new();
     let mut children = Vec::new();
     for i in 0..n {
-        let mut child = tokio::process::Command::new(&exe)
-            .args(child_args(&cfg, i, epoch_unix_us))
+        let mut cmd = tokio::process::Command::new(&exe);
+        cmd.args(child_args(&cfg, i, epoch_unix_us));
+        if let Some(secret) = &cfg.jwt_secret {
+            cmd.env("LOADGEN_JWT_SECRET", &secret.0);
+        }
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -196,6 +196,30 @@ pub fn close_kind(code: Option<u16>) -> String {
     }
 }
 
+/// Most bytes of a refused upgrade's body read for its reason.
+const MAX_REFUSAL_BODY: usize = 512;
+/// How long a refused upgrade's body is waited for.
+const REFUSAL_BODY_WAIT: Duration = Duration::from_secs(2);
+/// Longest reason kept from a refusal's body (report kinds stay short).
+const MAX_REFUSAL_REASON: usize = 80;
+
+/// The first non-empty line of a refusal's body, printable and short.
+fn refusal_line(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("");
+    let mut out: String = line
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX_REFUSAL_REASON)
+        .collect();
+    out.truncate(out.trim_end().len());
+    out
+}
+
 /// `host[:port]` and `/path?query` of a `ws://` URL.
 fn split_url(url: &str) -> Result<(String, String), String> {
     let uri: tokio_tungstenite::tungstenite::http::Uri =
@@ -212,12 +236,24 @@ fn split_url(url: &str) -> Result<(String, String), String> {
 impl Conn {
     /// TCP connect (from `src` when given) and upgrade at `url`. Errors are
     /// short report kinds (`connect: connection refused`, `upgrade: http
-    /// 503`).
+    /// 503`, `upgrade: http 401 token expired`).
     pub async fn open(
         addr: SocketAddr,
         src: Option<Ipv4Addr>,
         url: &str,
         max_message: usize,
+    ) -> Result<Conn, String> {
+        Self::open_with_token(addr, src, url, max_message, None).await
+    }
+
+    /// [`Conn::open`], with `Authorization: Bearer <token>` on the upgrade
+    /// when a token is given (it stays out of the URL, so out of logs).
+    pub async fn open_with_token(
+        addr: SocketAddr,
+        src: Option<Ipv4Addr>,
+        url: &str,
+        max_message: usize,
+        token: Option<&str>,
     ) -> Result<Conn, String> {
         let (host, path) = split_url(url)?;
         let sock = crate::sys::bound_socket(src, &addr)
@@ -237,16 +273,20 @@ impl Conn {
             max_message,
             mask_state: rand::random::<u32>() | 1,
         };
-        c.upgrade(&host, &path).await?;
+        c.upgrade(&host, &path, token).await?;
         Ok(c)
     }
 
-    async fn upgrade(&mut self, host: &str, path: &str) -> Result<(), String> {
+    async fn upgrade(&mut self, host: &str, path: &str, token: Option<&str>) -> Result<(), String> {
         let key = tokio_tungstenite::tungstenite::handshake::client::generate_key();
+        let auth = match token {
+            Some(t) => format!("Authorization: Bearer {t}\r\n"),
+            None => String::new(),
+        };
         let req = format!(
             "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\n\
              Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
-             Sec-WebSocket-Key: {key}\r\n\r\n"
+             Sec-WebSocket-Key: {key}\r\n{auth}\r\n"
         );
         self.tcp
             .write_all(req.as_bytes())
@@ -276,6 +316,16 @@ impl Conn {
             .nth(1)
             .and_then(|c| c.parse::<u16>().ok())
             .ok_or("upgrade: not an HTTP response")?;
+        if code == 401 || code == 403 {
+            // The reason (`token expired`, `bad signature`, `bad origin`)
+            // is the kind: a refusal by token is not one by overload.
+            let why = self.refusal_reason(&head).await;
+            return Err(if why.is_empty() {
+                format!("upgrade: http {code}")
+            } else {
+                format!("upgrade: http {code} {why}")
+            });
+        }
         if code != 101 {
             return Err(format!("upgrade: http {code}"));
         }
@@ -297,6 +347,66 @@ impl Conn {
             return Err("upgrade: protocol: bad upgrade response".into());
         }
         Ok(())
+    }
+
+    /// The first line of a refusal's body (after the response `head`), for
+    /// the report: read until the body's `Content-Length`, its first line
+    /// or the end of the stream, at most [`MAX_REFUSAL_BODY`] bytes and
+    /// [`REFUSAL_BODY_WAIT`]. Empty when there is none.
+    async fn refusal_reason(&mut self, head: &str) -> String {
+        let mut length = None;
+        let mut chunked = false;
+        for l in head.split("\r\n").skip(1) {
+            let Some((k, v)) = l.split_once(':') else {
+                continue;
+            };
+            let (k, v) = (k.trim(), v.trim());
+            if k.eq_ignore_ascii_case("content-length") {
+                length = v.parse::<usize>().ok();
+            } else if k.eq_ignore_ascii_case("transfer-encoding") {
+                chunked = v.to_ascii_lowercase().contains("chunked");
+            }
+        }
+        let want = length.unwrap_or(MAX_REFUSAL_BODY).min(MAX_REFUSAL_BODY);
+        let _ = tokio::time::timeout(REFUSAL_BODY_WAIT, async {
+            loop {
+                let body = if chunked {
+                    // After the first chunk's size line.
+                    match memchr::memmem::find(&self.buf, b"\r\n") {
+                        Some(i) => &self.buf[i + 2..],
+                        None => &[][..],
+                    }
+                } else {
+                    &self.buf[..]
+                };
+                if body.len() >= want || body.contains(&b'\n') {
+                    break;
+                }
+                match self.read_some().await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        let mut body = &self.buf[..self.buf.len().min(want + 16)];
+        if chunked {
+            body = match memchr::memmem::find(body, b"\r\n") {
+                Some(i) => &body[i + 2..],
+                None => &[],
+            };
+        }
+        let body = &body[..body.len().min(want)];
+        let line = refusal_line(body);
+        // The chat server starts the body with the status (`401 token
+        // expired`): once in the kind is enough.
+        let code = head.split(' ').nth(1).unwrap_or("");
+        match line.strip_prefix(code) {
+            Some(rest) if !code.is_empty() && (rest.is_empty() || rest.starts_with([' ', ':'])) => {
+                rest.trim_start_matches([' ', ':']).to_string()
+            }
+            _ => line,
+        }
     }
 
     /// Wait until the socket is readable and append what it has to `buf`:
@@ -694,5 +804,95 @@ mod tests {
         let got = server.await.unwrap();
         assert!(got.contains(&"hi there".to_string()), "{got:?}");
         assert!(got.contains(&"pong 3".to_string()), "{got:?}");
+    }
+
+    /// A one-shot HTTP server: answers the first request with `response`
+    /// and hands back the request head it read.
+    async fn refuse_with(response: &'static str) -> (SocketAddr, tokio::task::JoinHandle<String>) {
+        use tokio::io::AsyncReadExt;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut req = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while memchr::memmem::find(&req, b"\r\n\r\n").is_none() {
+                let n = s.read(&mut chunk).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                req.extend_from_slice(&chunk[..n]);
+            }
+            s.write_all(response.as_bytes()).await.unwrap();
+            s.shutdown().await.unwrap();
+            String::from_utf8_lossy(&req).into_owned()
+        });
+        (addr, task)
+    }
+
+    #[tokio::test]
+    async fn a_refusal_by_token_is_reported_with_the_reason_of_its_body() {
+        for (response, want) in [
+            (
+                "HTTP/1.1 401 Unauthorized\r\ncontent-type: text/plain\r\ncontent-length: 14\r\n\r\ntoken expired\n",
+                "upgrade: http 401 token expired",
+            ),
+            // As the chat server says it: the status again in the body.
+            (
+                "HTTP/1.1 401 Unauthorized\r\ncontent-length: 18\r\n\r\n401 token expired\n",
+                "upgrade: http 401 token expired",
+            ),
+            (
+                "HTTP/1.1 401 Unauthorized\r\ntransfer-encoding: chunked\r\n\r\nd\r\nbad signature\r\n0\r\n\r\n",
+                "upgrade: http 401 bad signature",
+            ),
+            // No length: up to the end of the stream; only the first line.
+            (
+                "HTTP/1.1 403 Forbidden\r\nconnection: close\r\n\r\nbad origin\nmore detail\n",
+                "upgrade: http 403 bad origin",
+            ),
+            ("HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n", "upgrade: http 401"),
+            // Other refusals stay by status only.
+            (
+                "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\n\r\nbusy",
+                "upgrade: http 503",
+            ),
+        ] {
+            let (addr, server) = refuse_with(response).await;
+            let err = Conn::open(addr, None, &format!("ws://{addr}/ws"), 1 << 20)
+                .await
+                .unwrap_err();
+            assert_eq!(err, want);
+            let req = server.await.unwrap();
+            assert!(!req.to_ascii_lowercase().contains("authorization"), "{req}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_token_goes_in_the_authorization_header() {
+        let (addr, server) =
+            refuse_with("HTTP/1.1 401 Unauthorized\r\ncontent-length: 14\r\n\r\ntoken required")
+                .await;
+        let err = Conn::open_with_token(
+            addr,
+            None,
+            &format!("ws://{addr}/ws?room=r"),
+            1 << 20,
+            Some("a.b.c"),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err, "upgrade: http 401 token required");
+        let req = server.await.unwrap();
+        assert!(req.starts_with("GET /ws?room=r HTTP/1.1\r\n"), "{req}");
+        assert!(req.contains("\r\nAuthorization: Bearer a.b.c\r\n"), "{req}");
+    }
+
+    #[test]
+    fn refusal_lines_are_short_and_printable() {
+        assert_eq!(refusal_line(b"\n\n  token expired  \r\nx"), "token expired");
+        assert_eq!(refusal_line(b"a\tb"), "a b");
+        assert_eq!(refusal_line(&[b'x'; 500]).len(), MAX_REFUSAL_REASON);
+        assert_eq!(refusal_line(b""), "");
     }
 }

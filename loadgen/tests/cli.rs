@@ -67,6 +67,9 @@ fn help_lists_every_flag_scripts_rely_on() {
         "--reconnect-timeout",
         "--faults",
         "LOADGEN_FAULTS",
+        "--jwt-secret",
+        "LOADGEN_JWT_SECRET",
+        "--jwt-rooms",
     ] {
         assert!(help.contains(flag), "{flag} missing from --help:\n{help}");
     }
@@ -433,4 +436,86 @@ async fn faults_from_the_environment_are_marked_on_the_timeline() {
     assert!(stderr.contains("Faults ("), "{stderr}");
     assert_eq!(j["config"]["reconnect"], true);
     assert_eq!(j["connections"]["reconnects"], 0);
+}
+
+/// A server that refuses every upgrade with `401` and `body`, and hands
+/// back the request heads it read.
+async fn refusing_server(
+    body: &'static str,
+) -> (String, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/ws", l.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut req = Vec::new();
+                let mut chunk = [0u8; 2048];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = tx.send(String::from_utf8_lossy(&req).into_owned());
+                let resp = format!(
+                    "HTTP/1.1 401 Unauthorized\r\ncontent-type: text/plain; charset=utf-8\r\n\
+                     content-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    (url, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_refusal_is_reported_by_its_reason_and_the_secret_never_shows() {
+    let (url, mut requests) = refusing_server("401 token expired\n").await;
+    let fut = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["--url", &url, "--clients", "3", "--duration", "100ms"])
+        .args(["--quiet", "--json", "-"])
+        .env("LOADGEN_JWT_SECRET", "hunter2")
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), fut)
+        .await
+        .expect("loadgen finishes")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("3 × upgrade: http 401 token expired"),
+        "{stderr}"
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout).expect("JSON report on stdout");
+    assert_eq!(
+        report["errors"]["upgrade: http 401 token expired"], 3,
+        "{stdout}"
+    );
+    assert_eq!(report["config"]["jwt_secret"], "set");
+    assert!(!stdout.contains("hunter2") && !stderr.contains("hunter2"));
+    // Each client sent its own token, signed with the secret.
+    let mut subs = Vec::new();
+    while let Ok(req) = requests.try_recv() {
+        let token = req
+            .lines()
+            .find_map(|l| l.strip_prefix("Authorization: Bearer "))
+            .unwrap_or_else(|| panic!("no bearer token in {req}"));
+        let claims = jsonwebtoken::decode::<loadgen::jwt::Claims>(
+            token.trim(),
+            &jsonwebtoken::DecodingKey::from_secret(b"hunter2"),
+            &jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256),
+        )
+        .unwrap()
+        .claims;
+        assert!(req.contains(&format!("nick={}", claims.sub)), "{req}");
+        subs.push(claims.sub);
+    }
+    subs.sort();
+    assert_eq!(subs, ["lg0", "lg1", "lg2"]);
 }
