@@ -43,6 +43,21 @@ pub struct Opts {
     #[arg(long, env = "CHAT_NICK")]
     pub nick: Option<String>,
 
+    /// A JWT for servers that require one: sent on every connection and
+    /// reconnection as `?token=`. The nick then comes from the token.
+    #[arg(
+        long,
+        env = "CHAT_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
+    pub token: Option<String>,
+
+    /// Read the JWT from this file instead (re-read on every connection
+    /// attempt: replace the file when the token expires, then /reconnect).
+    #[arg(long, env = "CHAT_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+
     /// The room(s) to join, comma-separated (`lobby,rust,ops`): all are
     /// joined at start, the first is shown.
     #[arg(long, env = "CHAT_ROOM", default_value = "lobby")]
@@ -127,6 +142,13 @@ impl Opts {
                 self.url
             ));
         }
+        if self.token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            return Err("--token/CHAT_TOKEN is empty".into());
+        }
+        if let Some(p) = &self.token_file {
+            crate::net::read_token_file(p)
+                .map_err(|e| format!("--token-file/CHAT_TOKEN_FILE: {e}"))?;
+        }
         if self.scrollback == 0 {
             return Err("--scrollback/CHAT_SCROLLBACK must be at least 1".into());
         }
@@ -194,6 +216,23 @@ mod tests {
     }
 
     #[test]
+    fn tokens_from_the_flag_or_a_file() {
+        let o = Opts::try_parse_from(["tui-client", "--token", "a.b.c"]).unwrap();
+        assert_eq!(o.token.as_deref(), Some("a.b.c"));
+        assert!(o.validate().is_ok());
+        let o = Opts::try_parse_from(["tui-client", "--token", " "]).unwrap();
+        assert!(o.validate().unwrap_err().contains("--token"));
+        let path = std::env::temp_dir().join(format!("tui-token-{}", std::process::id()));
+        std::fs::write(&path, "x.y.z\n").unwrap();
+        let o =
+            Opts::try_parse_from(["tui-client", "--token-file", path.to_str().unwrap()]).unwrap();
+        assert!(o.validate().is_ok());
+        std::fs::remove_file(&path).unwrap();
+        assert!(o.validate().unwrap_err().contains("--token-file"));
+        assert!(Opts::try_parse_from(["tui-client", "--token", "a", "--token-file", "f"]).is_err());
+    }
+
+    #[test]
     fn help_documents_the_keys_and_the_env_vars() {
         let help = <Opts as clap::CommandFactory>::command()
             .render_long_help()
@@ -205,6 +244,8 @@ mod tests {
             "CHAT_URL",
             "CHAT_NICK",
             "CHAT_ROOM",
+            "CHAT_TOKEN",
+            "--token-file",
             "/join",
         ] {
             assert!(help.contains(needle), "--help lacks {needle}");

@@ -43,6 +43,11 @@ pub async fn run(opts: Opts) -> anyhow::Result<()> {
     let mut cfg = NetConfig::new(&opts.url, &nick, &rooms[0]);
     cfg.more_rooms = rooms[1..].to_vec();
     cfg.history = opts.history;
+    cfg.token = match (&opts.token, &opts.token_file) {
+        (Some(t), _) => Some(net::Token::Fixed(t.clone())),
+        (None, Some(p)) => Some(net::Token::File(p.clone())),
+        (None, None) => None,
+    };
     let (net, mut events) = net::spawn(cfg);
 
     let mut guard = TerminalGuard::new(!opts.no_mouse)?;

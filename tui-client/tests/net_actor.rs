@@ -2,7 +2,9 @@
 //! resume with `since` after a drop, deduplication of the replay overlap,
 //! the outbox sent once after catch-up, refused sends retried with the same
 //! id, a `reset` to a new epoch, offline on a policy close or a refused
-//! upgrade, and a silent server taken for dead.
+//! upgrade, and a silent server taken for dead; the token on every
+//! connect (from the flag or re-read from a file), a 401 that says why,
+//! and close 4003 (token expired) that stops the retries.
 
 use std::time::Duration;
 
@@ -570,4 +572,101 @@ async fn a_reset_passes_and_the_next_offsets_of_the_new_epoch_are_not_duplicates
     drop(a);
     let (_b, uri) = accept(&l).await;
     assert!(uri.contains("since=7&epoch=e2"), "{uri}");
+}
+
+#[tokio::test]
+async fn the_token_goes_on_every_connect_and_an_expired_one_stops_the_retries() {
+    let (l, addr) = listen().await;
+    let mut cfg = config(&addr);
+    cfg.token = Some(net::Token::Fixed("eyJ.a+b/c=.sig".into()));
+    let (handle, mut rx) = net::spawn(cfg);
+    let (mut a, uri) = accept(&l).await;
+    assert!(uri.contains("token=eyJ.a%2Bb%2Fc%3D.sig"), "{uri}");
+    send(&mut a, welcome("app1")).await;
+    // A restart: the reconnect carries the token again.
+    a.send(Message::Close(Some(CloseFrame {
+        code: CloseCode::Restart,
+        reason: "restart".into(),
+    })))
+    .await
+    .unwrap();
+    let (mut b, uri) = accept(&l).await;
+    assert!(uri.contains("token=eyJ.a%2Bb%2Fc%3D.sig"), "{uri}");
+    send(&mut b, welcome("app2")).await;
+    events_until(
+        &mut rx,
+        |e| matches!(e, NetEvent::Connected { app_id, .. } if app_id == "app2"),
+    )
+    .await;
+    b.send(Message::Close(Some(CloseFrame {
+        code: CloseCode::from(4003),
+        reason: "token_expired".into(),
+    })))
+    .await
+    .unwrap();
+    let evs = events_until(&mut rx, |e| matches!(e, NetEvent::Disconnected { .. })).await;
+    match evs.last().unwrap() {
+        NetEvent::Disconnected {
+            retry_in: None,
+            reason,
+            ..
+        } => assert!(
+            reason.starts_with("token expired: get a new token"),
+            "{reason}"
+        ),
+        other => panic!("expected offline, got {other:?}"),
+    }
+    assert!(
+        timeout(Duration::from_millis(400), l.accept())
+            .await
+            .is_err(),
+        "retried with the expired token"
+    );
+    handle.shutdown(LIMIT).await;
+}
+
+#[tokio::test]
+async fn a_token_file_is_read_again_on_every_connect() {
+    let (l, addr) = listen().await;
+    let path = std::env::temp_dir().join(format!("tui-net-token-{}", std::process::id()));
+    std::fs::write(&path, "first\n").unwrap();
+    let mut cfg = config(&addr);
+    cfg.token = Some(net::Token::File(path.clone()));
+    let (handle, mut rx) = net::spawn(cfg);
+    let (mut a, uri) = accept(&l).await;
+    assert!(uri.ends_with("token=first"), "{uri}");
+    send(&mut a, welcome("app1")).await;
+    events_until(&mut rx, |e| matches!(e, NetEvent::Connected { .. })).await;
+    std::fs::write(&path, "second\n").unwrap();
+    handle.request(Request::Reconnect).unwrap();
+    let (_b, uri) = accept(&l).await;
+    assert!(uri.ends_with("token=second"), "{uri}");
+    std::fs::remove_file(&path).unwrap();
+    handle.shutdown(LIMIT).await;
+}
+
+#[tokio::test]
+async fn a_refused_token_says_why_from_the_body() {
+    let (l, addr) = listen().await;
+    let mut cfg = config(&addr);
+    cfg.token = Some(net::Token::Fixed("old".into()));
+    let (_handle, mut rx) = net::spawn(cfg);
+    let (mut tcp, _) = timeout(LIMIT, l.accept()).await.unwrap().unwrap();
+    let mut buf = [0u8; 2048];
+    let _ = tcp.read(&mut buf).await.unwrap();
+    let body = "401 token expired\n";
+    let resp = format!(
+        "HTTP/1.1 401 Unauthorized\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    tcp.write_all(resp.as_bytes()).await.unwrap();
+    let evs = events_until(&mut rx, |e| matches!(e, NetEvent::Disconnected { .. })).await;
+    match evs.last().unwrap() {
+        NetEvent::Disconnected {
+            retry_in: None,
+            reason,
+            ..
+        } => assert_eq!(reason, "not authorized (401): token expired"),
+        other => panic!("expected offline, got {other:?}"),
+    }
 }

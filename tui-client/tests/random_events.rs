@@ -128,6 +128,7 @@ fn server(rng: &mut StdRng, offsets: &mut [u64; 4]) -> Event {
             app_id: "app2".into(),
             ts: 1_700_000_000_000,
             old_nick: Some("old".into()),
+            sub: rng.random_bool(0.5).then(|| "s1".into()),
         },
         6 => ServerFrame::Members {
             room,
@@ -136,6 +137,7 @@ fn server(rng: &mut StdRng, offsets: &mut [u64; 4]) -> Event {
                     conn_id: format!("c{i}"),
                     nick: format!("m{i}"),
                     app_id: "app1".into(),
+                    sub: None,
                 })
                 .collect(),
             total: 0,

@@ -95,6 +95,7 @@ fn busy() -> App {
         conn_id: c.into(),
         nick: n.into(),
         app_id: app.into(),
+        sub: None,
     };
     a.update(frame(ServerFrame::Members {
         room: "lobby".into(),
@@ -199,6 +200,10 @@ fn reconnecting_and_then_landing_elsewhere() {
         "{status}"
     );
     assert!(status.contains("rtt –"), "{status}");
+    assert!(
+        status.contains("alice in lobby │ connection lost"),
+        "{status}"
+    );
     assert!(status.starts_with(" was on app1 │"), "{status}");
     // Lines typed now wait, and the status bar says so.
     a.update(Event::Paste("queued while away".into()));
@@ -208,6 +213,12 @@ fn reconnecting_and_then_landing_elsewhere() {
     )));
     let t = draw(&a, 120, 30);
     assert!(row(&t, 28).contains("1 waiting to send"), "{}", row(&t, 28));
+    // Last, why: never in the way of the rest.
+    assert!(
+        row(&t, 28).contains("1 waiting to send │ connection lo"),
+        "{}",
+        row(&t, 28)
+    );
     assert!(
         screen(&t)
             .lines()
@@ -242,6 +253,7 @@ fn a_failover_with_a_reset_and_a_retried_line() {
         conn_id: c.into(),
         nick: n.into(),
         app_id: app.into(),
+        sub: None,
     };
     // app1 died; we and bob are back through app3 and app2, and the
     // members frame still lists the dead connections beside the new ones.

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use chat_protocol::{close, ClientFrame, ServerFrame};
+use chat_protocol::{close, ClientFrame, ErrorCode, ServerFrame};
 use futures_util::{SinkExt, StreamExt};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -80,8 +80,40 @@ impl Actor {
             if !self.emit(NetEvent::Connecting { attempt: failures }).await {
                 return;
             }
-            let target = url::with_params(&self.cfg.url, &self.session.connect_params());
-            tracing::info!(url = %target, attempt = failures, "connecting");
+            let token = match self
+                .cfg
+                .token
+                .as_ref()
+                .map(super::Token::current)
+                .transpose()
+            {
+                Ok(t) => t,
+                Err(e) => {
+                    // A token file that cannot be read will not fix itself
+                    // within a backoff: wait for /reconnect.
+                    let ev = NetEvent::Disconnected {
+                        reason: format!("no token: {e}"),
+                        retry_in: None,
+                        attempt: failures + 1,
+                    };
+                    if !self.emit(ev).await {
+                        return;
+                    }
+                    if let Some(Exit::Shutdown(done)) = self.wait(None).await {
+                        if let Some(done) = done {
+                            let _ = done.send(());
+                        }
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let target = url::connect_url(
+                &self.cfg.url,
+                &self.session.connect_params(),
+                token.as_deref(),
+            );
+            tracing::info!(url = %url::redact(&target), attempt = failures, "connecting");
             let exit = match self.connect(&target).await {
                 Ok(ws) => {
                     let started = Instant::now();
@@ -385,9 +417,18 @@ impl Actor {
                 self.emit(NetEvent::Rtt(rtt)).await
             }
             ServerFrame::Pong { .. } => true,
-            frame => {
-                if let ServerFrame::Error { code, message, id } = &frame {
+            mut frame => {
+                if let ServerFrame::Error { code, message, id } = &mut frame {
                     tracing::info!(code = code.as_str(), %message, ?id, "error from the server");
+                    if *code == ErrorCode::Unknown {
+                        // A code newer than the protocol crate (e.g.
+                        // `forbidden`, `nick_taken`): keep its name for
+                        // the UI, which reads it back with
+                        // `crate::state::split_unknown_code`.
+                        if let Some(raw) = raw_error_code(text) {
+                            *message = format!("{raw}: {message}");
+                        }
+                    }
                 }
                 if self.session.observe(&frame) {
                     self.emit(NetEvent::Frame(frame)).await
@@ -408,12 +449,38 @@ where
     sink.send(Message::Text(json.into())).await
 }
 
+/// The `code` of an error frame, as sent.
+fn raw_error_code(text: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    let code = v.get("code")?.as_str()?;
+    let plain = !code.is_empty()
+        && code.len() <= 64
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b == b'_' || b.is_ascii_digit());
+    plain.then(|| code.to_string())
+}
+
+/// The close code the server sends when the connection's token expires.
+pub(crate) const TOKEN_EXPIRED: u16 = 4003;
+
+/// What the user reads when the token expired: retrying with the same
+/// token cannot work, so the client waits for a new one and /reconnect.
+pub(crate) const TOKEN_EXPIRED_REASON: &str =
+    "token expired: get a new token (update --token-file, or restart with a new --token), then /reconnect";
+
 /// What a close frame from the server means for us.
 fn close_exit(cf: Option<CloseFrame>) -> Exit {
     let Some(cf) = cf else {
         return Exit::Retry("the server closed the connection".into());
     };
     let code = u16::from(cf.code);
+    if code == TOKEN_EXPIRED {
+        return Exit::Offline(format!(
+            "{TOKEN_EXPIRED_REASON} (closed with {code} {})",
+            cf.reason
+        ));
+    }
     let detail = if cf.reason.is_empty() {
         String::new()
     } else {
@@ -441,7 +508,26 @@ fn connect_error(e: WsError) -> Exit {
                 .map(|b| String::from_utf8_lossy(b).trim().to_string())
                 .unwrap_or_default();
             let status = resp.status();
-            let reason = format!("the server refused the connection: {status} {body}");
+            // The first line only: the status bar has one.
+            let body = body.lines().next().unwrap_or("").trim();
+            // The chat server starts the body with the status (`401 token
+            // expired`): once is enough.
+            let code = status.as_str();
+            let body = match body.strip_prefix(code) {
+                Some(rest) if rest.is_empty() || rest.starts_with([' ', ':']) => {
+                    rest.trim_start_matches([' ', ':'])
+                }
+                _ => body,
+            };
+            let reason = match status.as_u16() {
+                401 if body.is_empty() => {
+                    "not authorized (401): the server wants a valid token (--token)".to_string()
+                }
+                401 => format!("not authorized (401): {body}"),
+                403 if body.is_empty() => "forbidden (403)".to_string(),
+                403 => format!("forbidden (403): {body}"),
+                _ => format!("the server refused the connection: {status} {body}"),
+            };
             if status.is_client_error() && status.as_u16() != 429 {
                 Exit::Offline(reason)
             } else {
@@ -461,5 +547,89 @@ fn lost(e: &WsError) -> String {
         }
         WsError::Io(io) => format!("connection lost: {io}"),
         other => format!("connection lost: {other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_tungstenite::tungstenite::http;
+
+    fn exit_text(e: Exit) -> (bool, String) {
+        match e {
+            Exit::Retry(r) => (true, r),
+            Exit::Offline(r) => (false, r),
+            Exit::Now | Exit::Shutdown(_) => panic!("not a disconnect"),
+        }
+    }
+
+    #[test]
+    fn an_expired_token_stops_the_retries_and_says_why() {
+        let cf = CloseFrame {
+            code: CloseCode::from(TOKEN_EXPIRED),
+            reason: "token_expired".into(),
+        };
+        let (retry, reason) = exit_text(close_exit(Some(cf)));
+        assert!(!retry, "same expired token: no retry");
+        assert!(
+            reason.starts_with("token expired: get a new token"),
+            "{reason}"
+        );
+        assert!(reason.contains("4003 token_expired"), "{reason}");
+        // A restart still reconnects by itself.
+        let cf = CloseFrame {
+            code: CloseCode::Restart,
+            reason: "restart".into(),
+        };
+        assert!(exit_text(close_exit(Some(cf))).0);
+    }
+
+    fn refused(status: u16, body: &str) -> (bool, String) {
+        let resp = http::Response::builder()
+            .status(status)
+            .body(Some(body.as_bytes().to_vec()))
+            .unwrap();
+        exit_text(connect_error(WsError::Http(Box::new(resp))))
+    }
+
+    #[test]
+    fn refusals_by_token_or_origin_say_why_and_wait_for_the_user() {
+        assert_eq!(
+            refused(401, "token expired\n"),
+            (false, "not authorized (401): token expired".to_string())
+        );
+        assert_eq!(
+            refused(401, ""),
+            (
+                false,
+                "not authorized (401): the server wants a valid token (--token)".to_string()
+            )
+        );
+        assert_eq!(
+            refused(401, "401 token signature invalid\n"),
+            (
+                false,
+                "not authorized (401): token signature invalid".to_string()
+            )
+        );
+        assert_eq!(
+            refused(403, "bad origin"),
+            (false, "forbidden (403): bad origin".to_string())
+        );
+        let (retry, reason) = refused(503, "busy");
+        assert!(
+            retry && reason.contains("503") && reason.contains("busy"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn new_error_codes_keep_their_name() {
+        assert_eq!(
+            raw_error_code(r#"{"type":"error","code":"nick_taken","message":"x"}"#).as_deref(),
+            Some("nick_taken")
+        );
+        assert_eq!(raw_error_code(r#"{"type":"error","code":"<b>"}"#), None);
+        assert_eq!(raw_error_code("nope"), None);
     }
 }

@@ -98,6 +98,49 @@ pub struct NetConfig {
     pub connect_timeout: Duration,
     /// A connection that lasted this long resets the backoff.
     pub stable_after: Duration,
+    /// Where the JWT for `?token=` comes from, if the server wants one.
+    pub token: Option<Token>,
+}
+
+/// The JWT sent on every connection attempt.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Token {
+    /// Given on the command line (`--token`, `CHAT_TOKEN`).
+    Fixed(String),
+    /// Read from this file on every attempt (`--token-file`), so that a
+    /// renewed token is picked up by the next (re)connect.
+    File(std::path::PathBuf),
+}
+
+impl std::fmt::Debug for Token {
+    // Never the token itself: it would land in logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Fixed(_) => f.write_str("Fixed(***)"),
+            Self::File(p) => f.debug_tuple("File").field(p).finish(),
+        }
+    }
+}
+
+impl Token {
+    /// The token to send now.
+    pub fn current(&self) -> Result<String, String> {
+        match self {
+            Self::Fixed(t) => Ok(t.trim().to_string()),
+            Self::File(p) => read_token_file(p),
+        }
+    }
+}
+
+/// The token in a file: its first non-empty line.
+pub fn read_token_file(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(str::to_string)
+        .ok_or_else(|| format!("{} holds no token", path.display()))
 }
 
 impl NetConfig {
@@ -113,6 +156,7 @@ impl NetConfig {
             dead_after: Duration::from_secs(20),
             connect_timeout: Duration::from_secs(10),
             stable_after: Duration::from_secs(10),
+            token: None,
         }
     }
 }

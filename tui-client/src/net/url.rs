@@ -40,9 +40,61 @@ pub fn with_params(base: &str, params: &[(&str, String)]) -> String {
     }
 }
 
+/// The URL of one connection attempt: the session's parameters, and the
+/// token (percent-encoded) when there is one.
+pub fn connect_url(base: &str, params: &[(&str, String)], token: Option<&str>) -> String {
+    let mut all = params.to_vec();
+    if let Some(t) = token {
+        all.push(("token", t.to_string()));
+    }
+    with_params(base, &all)
+}
+
+/// `url` with the value of any `token` parameter hidden, for logs.
+pub fn redact(url: &str) -> String {
+    let Some((path, query)) = url.split_once('?') else {
+        return url.to_string();
+    };
+    let parts: Vec<String> = query
+        .split('&')
+        .map(|kv| match kv.split_once('=') {
+            Some(("token", _)) => "token=***".to_string(),
+            _ => kv.to_string(),
+        })
+        .collect();
+    format!("{path}?{}", parts.join("&"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_token_is_encoded_replaces_one_in_the_url_and_is_hidden_in_logs() {
+        let p = [("room", "lobby".to_string()), ("nick", "ann".to_string())];
+        let u = connect_url("ws://h:1/ws", &p, Some("eyJh.eyJz+/=.sig"));
+        assert_eq!(
+            u,
+            "ws://h:1/ws?room=lobby&nick=ann&token=eyJh.eyJz%2B%2F%3D.sig"
+        );
+        // A token already in --url is replaced, not sent twice.
+        let u = connect_url("ws://h:1/ws?token=old&x=1", &p, Some("new"));
+        assert_eq!(u, "ws://h:1/ws?x=1&room=lobby&nick=ann&token=new");
+        // Without a token the URL is as before (one in --url is kept).
+        assert_eq!(
+            connect_url("ws://h:1/ws", &p, None),
+            "ws://h:1/ws?room=lobby&nick=ann"
+        );
+        assert_eq!(
+            connect_url("ws://h:1/ws?token=t", &[], None),
+            "ws://h:1/ws?token=t"
+        );
+        assert_eq!(
+            redact("ws://h:1/ws?room=lobby&token=secret.jwt&since=3"),
+            "ws://h:1/ws?room=lobby&token=***&since=3"
+        );
+        assert_eq!(redact("ws://h:1/ws"), "ws://h:1/ws");
+    }
 
     #[test]
     fn encodes_what_must_be() {

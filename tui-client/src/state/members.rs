@@ -161,6 +161,7 @@ mod tests {
             conn_id: c.into(),
             nick: n.into(),
             app_id: app.into(),
+            sub: None,
         }
     }
 

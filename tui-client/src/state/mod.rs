@@ -114,6 +114,9 @@ pub struct App {
     /// Index of the room shown.
     pub current: usize,
     pub conn: ConnStatus,
+    /// Why the last connection or attempt failed, until the next welcome:
+    /// the status bar shows it next to the attempts.
+    pub last_failure: Option<String>,
     /// The instance the connection landed on.
     pub app_id: Option<String>,
     /// The instance before the last reconnect, when it was another one.
@@ -158,6 +161,7 @@ impl App {
                 .collect(),
             current: 0,
             conn: ConnStatus::Connecting { attempt: 0 },
+            last_failure: None,
             app_id: None,
             prev_app_id: None,
             conn_id: None,

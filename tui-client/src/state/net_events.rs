@@ -11,6 +11,33 @@ use crate::net::NetEvent;
 pub(super) const SMART_FILTER_MEMBERS: usize = 100;
 use crate::wrap;
 
+/// An error frame in words: the codes of authenticated servers get a
+/// sentence, the others stay `code: message`.
+pub(super) fn error_text(code: &str, message: &str) -> String {
+    let label = match code {
+        "forbidden" => "not allowed",
+        "nick_taken" => "nick taken",
+        "unauthorized" => "not authorized (bad or expired token)",
+        _ => return format!("{code}: {message}"),
+    };
+    if message.is_empty() {
+        label.to_string()
+    } else {
+        format!("{label}: {message}")
+    }
+}
+
+/// The network keeps the name of an error code the protocol crate does not
+/// know by putting it before the message (`nick_taken: …`): read it back.
+pub(super) fn split_unknown_code(message: &str) -> Option<(&str, &str)> {
+    let (code, rest) = message.split_once(": ")?;
+    let plain = !code.is_empty()
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b == b'_' || b.is_ascii_digit());
+    plain.then_some((code, rest))
+}
+
 impl App {
     pub(super) fn on_net(&mut self, ev: NetEvent) {
         match ev {
@@ -20,7 +47,10 @@ impl App {
                 conn_id,
                 nick,
                 limits,
-            } => self.on_connected(app_id, conn_id, nick, limits),
+            } => {
+                self.last_failure = None;
+                self.on_connected(app_id, conn_id, nick, limits);
+            }
             NetEvent::Frame(f) => self.on_frame(f),
             NetEvent::Rtt(rtt) => self.rtt = Some(rtt),
             NetEvent::Disconnected {
@@ -29,6 +59,7 @@ impl App {
                 attempt,
             } => {
                 let was_up = self.conn == ConnStatus::Connected;
+                self.last_failure = Some(reason.clone());
                 let from = self.app_id.clone().unwrap_or_else(|| "the server".into());
                 self.rtt = None;
                 for r in &mut self.rooms {
@@ -106,6 +137,8 @@ impl App {
     fn on_frame(&mut self, frame: ServerFrame) {
         match frame {
             ServerFrame::Welcome { .. } | ServerFrame::Pong { .. } => {}
+            // The answer to a `refresh`, which this client does not send.
+            ServerFrame::Refreshed { .. } => {}
             ServerFrame::Joined {
                 room,
                 head,
@@ -232,6 +265,7 @@ impl App {
                 app_id,
                 ts,
                 old_nick,
+                sub,
             } => {
                 let Some(i) = self.room_index(&room) else {
                     return;
@@ -247,6 +281,7 @@ impl App {
                             conn_id,
                             nick: nick.clone(),
                             app_id: app_id.clone(),
+                            sub,
                         });
                         // Another connection of someone already here (a
                         // reconnect to another instance) is no news.
@@ -337,7 +372,13 @@ impl App {
                         .enumerate()
                         .find_map(|(i, r)| r.take_pending(id).map(|l| (i, l.text)))
                 });
-                let text = format!("{}: {message}", code.as_str());
+                let text = match code {
+                    ErrorCode::Unknown => match split_unknown_code(&message) {
+                        Some((raw, rest)) => error_text(raw, rest),
+                        None => error_text(code.as_str(), &message),
+                    },
+                    _ => error_text(code.as_str(), &message),
+                };
                 match failed {
                     // The network gave up retrying a send that may have
                     // gone through: do not claim it did not.

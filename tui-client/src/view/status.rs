@@ -14,6 +14,28 @@ fn secs(d: Duration) -> String {
     format!("{:.1}s", d.as_secs_f64())
 }
 
+/// Longest failure reason shown in the status bar (the whole of it is in
+/// the room's lines and the log).
+const MAX_REASON: usize = 60;
+
+/// Why the connection is down (shortened), while it is: the status bar
+/// shows it last, so that it never hides the rest.
+pub fn conn_reason(app: &App) -> Option<String> {
+    let r = match &app.conn {
+        ConnStatus::Connected | ConnStatus::Connecting { attempt: 0 } => return None,
+        ConnStatus::Reconnecting { reason, .. } | ConnStatus::Offline { reason } => reason,
+        ConnStatus::Connecting { .. } => app.last_failure.as_ref()?,
+    };
+    if r.is_empty() {
+        return None;
+    }
+    let mut short: String = r.chars().take(MAX_REASON).collect();
+    if r.chars().count() > MAX_REASON {
+        short.push('…');
+    }
+    Some(short)
+}
+
 /// The connection state in words, with its colour.
 pub fn conn_text(app: &App) -> (String, Color) {
     match &app.conn {
@@ -145,6 +167,10 @@ pub fn render(app: &App, area: Rect, buf: &mut Buffer) {
     if app.show_app_ids {
         spans.push(sep());
         spans.push(Span::raw("APP_IDs shown"));
+    }
+    if let Some(reason) = conn_reason(app) {
+        spans.push(sep());
+        spans.push(Span::styled(reason, Style::new().fg(Color::LightRed)));
     }
     buf.set_line(area.x, area.y, &Line::from(spans), area.width);
 }

@@ -298,6 +298,7 @@ fn presence_across_a_failover_shows_each_person_once() {
         conn_id: c.into(),
         nick: n.into(),
         app_id: app.into(),
+        sub: None,
     };
     let presence = |event, conn: &str, nick: &str, app: &str| {
         frame(ServerFrame::Presence {
@@ -308,6 +309,7 @@ fn presence_across_a_failover_shows_each_person_once() {
             app_id: app.into(),
             ts: 1_700_000_000_000,
             old_nick: None,
+            sub: None,
         })
     };
     a.update(frame(ServerFrame::Members {

@@ -317,6 +317,7 @@ fn tab_completes_member_nicks() {
             conn_id: "c9".into(),
             nick: "bartholomew".into(),
             app_id: "app1".into(),
+            sub: None,
         }],
         total: 0,
     }));

@@ -149,6 +149,7 @@ fn presence_updates_members_and_shows_lines() {
         conn_id: c.into(),
         nick: n.into(),
         app_id: "app3".into(),
+        sub: None,
     };
     a.update(frame(ServerFrame::Members {
         room: "lobby".into(),
@@ -164,6 +165,7 @@ fn presence_updates_members_and_shows_lines() {
             app_id: "app3".into(),
             ts: 1_700_000_000_000,
             old_nick: old.map(str::to_string),
+            sub: None,
         })
     };
     a.update(presence(PresenceEvent::Join, "c3", "carol", None));
@@ -284,6 +286,7 @@ fn big_rooms_hide_joins_and_leaves_of_silent_people() {
             conn_id: format!("c{i}"),
             nick: format!("bot{i}"),
             app_id: "app2".into(),
+            sub: None,
         })
         .collect();
     a.update(frame(ServerFrame::Members {
@@ -300,6 +303,7 @@ fn big_rooms_hide_joins_and_leaves_of_silent_people() {
             app_id: "app2".into(),
             ts: 1_700_000_000_000,
             old_nick: None,
+            sub: None,
         })
     };
     let n = a.room().lines.len();
@@ -413,4 +417,68 @@ fn date_separators_name_the_day_of_the_lines_that_follow() {
         days,
         vec!["Saturday, 11 November 2023", "Tuesday, 14 November 2023"]
     );
+}
+
+#[test]
+fn the_status_bar_says_why_it_is_not_connected() {
+    use crate::view::status::{conn_reason, conn_text};
+    let mut a = app();
+    a.update(Event::Net(NetEvent::Disconnected {
+        reason: "not authorized (401): token expired".into(),
+        retry_in: None,
+        attempt: 1,
+    }));
+    assert_eq!(conn_text(&a).0, "○ offline (/reconnect)");
+    assert_eq!(
+        conn_reason(&a).as_deref(),
+        Some("not authorized (401): token expired")
+    );
+    a.update(Event::Net(NetEvent::Disconnected {
+        reason: "connection lost".into(),
+        retry_in: Some(Duration::from_secs(2)),
+        attempt: 3,
+    }));
+    assert_eq!(conn_reason(&a).as_deref(), Some("connection lost"));
+    // While the next attempt runs, the last failure stays in view.
+    a.update(Event::Net(NetEvent::Connecting { attempt: 3 }));
+    assert_eq!(conn_reason(&a).as_deref(), Some("connection lost"));
+    a.update(Event::Net(welcome("app1")));
+    assert_eq!(conn_reason(&a), None);
+    assert!(a.last_failure.is_none());
+    // Long reasons are cut.
+    a.update(Event::Net(NetEvent::Disconnected {
+        reason: "x".repeat(200),
+        retry_in: None,
+        attempt: 1,
+    }));
+    assert_eq!(conn_reason(&a), Some(format!("{}…", "x".repeat(60))));
+}
+
+#[test]
+fn errors_of_authenticated_servers_read_as_sentences() {
+    let mut a = app();
+    let err = |code, message: &str| {
+        frame(ServerFrame::Error {
+            code,
+            message: message.into(),
+            id: None,
+        })
+    };
+    a.update(err(ErrorCode::Forbidden, "room vip is private"));
+    assert_eq!(last_text(&a), "not allowed: room vip is private");
+    a.update(err(ErrorCode::NickTaken, "ann is taken in lobby"));
+    assert_eq!(last_text(&a), "nick taken: ann is taken in lobby");
+    a.update(err(ErrorCode::Unauthorized, "token expired"));
+    assert_eq!(
+        last_text(&a),
+        "not authorized (bad or expired token): token expired"
+    );
+    // A code newer than the protocol crate, as the network passes it on.
+    a.update(err(ErrorCode::Unknown, "nick_taken: bob is taken"));
+    assert_eq!(last_text(&a), "nick taken: bob is taken");
+    a.update(err(ErrorCode::Unknown, "something odd"));
+    assert_eq!(last_text(&a), "unknown: something odd");
+    // The others as before.
+    a.update(err(ErrorCode::NotInRoom, "join it first"));
+    assert_eq!(last_text(&a), "not_in_room: join it first");
 }
