@@ -91,6 +91,40 @@ pub struct Config {
     #[arg(long, env = "FLOOD_STRIKES", default_value_t = 50)]
     pub flood_strikes: u32,
 
+    /// Live WebSocket connections one client address may hold on this
+    /// instance; further upgrades from it get 429. Unset: half of
+    /// `--max-connections` (after the file-limit cap), so one address never
+    /// takes every slot while a load test's few source addresses, spread
+    /// over the instances, still fit. 0: no cap. The address is the TCP
+    /// peer, or, when the peer is one of `--trusted-proxies`, the last
+    /// address of `X-Forwarded-For`; a trusted proxy's connection without
+    /// that header is not counted (the proxy is not one client).
+    #[arg(long, env = "MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<usize>,
+
+    /// Peers whose `X-Forwarded-For` names the client (comma-separated IP
+    /// addresses), e.g. the shipped HAProxy (`option forwardfor`). From
+    /// any other peer the header is ignored.
+    #[arg(
+        long,
+        env = "TRUSTED_PROXIES",
+        value_delimiter = ',',
+        default_value = "127.0.0.1,::1"
+    )]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+
+    /// Sustained `join`, `leave` and `nick` frames per second per
+    /// connection (each also counts as a frame for `--rate`); over it the
+    /// frame is not applied and gets `rate_limited`. The joins in the
+    /// upgrade's query count once. Each such frame can broadcast presence
+    /// to a whole room and writes Redis, hence a tighter limit.
+    #[arg(long, env = "MEMBERSHIP_RATE", default_value_t = 5)]
+    pub membership_rate: u32,
+
+    /// `join`, `leave` and `nick` frames a connection may send in one burst.
+    #[arg(long, env = "MEMBERSHIP_BURST", default_value_t = 20)]
+    pub membership_burst: u32,
+
     /// Rooms one connection may be in at once.
     #[arg(long, env = "MAX_ROOMS", default_value_t = Limits::DEFAULT.max_rooms as usize)]
     pub max_rooms: usize,

@@ -115,6 +115,36 @@ async fn upgrade(
             .fetch_add(1, Relaxed);
         return (StatusCode::BAD_REQUEST, format!("{why}\n")).into_response();
     }
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0);
+    let client = match peer {
+        Some(peer) if state.per_ip.cap() > 0 => {
+            crate::per_ip::client_ip(peer, req.headers(), &state.config.trusted_proxies)
+        }
+        _ => None,
+    };
+    let ip_slot = match client.map(|ip| (ip, state.per_ip.acquire(ip))) {
+        None => None,
+        Some((_, Ok(slot))) => slot,
+        Some((ip, Err(()))) => {
+            state
+                .metrics
+                .connections_rejected_per_ip
+                .fetch_add(1, Relaxed);
+            let msg = format!(
+                "too many connections from {ip}: at most {} per address on this instance\n",
+                state.per_ip.cap()
+            );
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, "5")],
+                msg,
+            )
+                .into_response();
+        }
+    };
     let Ok(permit) = state.conn_limit.clone().try_acquire_owned() else {
         state
             .metrics
@@ -151,6 +181,8 @@ async fn upgrade(
                 limit_send_buffer(&tcp, state.config.socket_send_buffer);
                 let ws = WsStream::new(tcp, parts.read_buf, state.config.max_frame_bytes);
                 session::run(state, ws, params, permit).await;
+                // The address's slot is held as long as the connection.
+                drop(ip_slot);
             }
             Err(_) => tracing::error!("upgraded connection is not a TCP stream; closing it"),
         }

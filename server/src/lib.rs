@@ -12,6 +12,7 @@
 //! - [`ws`]: RFC 6455 framing on the raw socket (no buffers while idle).
 //! - [`commands`]: what a session does with each request (join, send, ...).
 //! - [`hub`]: local rooms, the pub/sub connection, fan-out to sockets.
+//! - [`per_ip`]: connections per client address, trusted proxies.
 //! - [`outbox`]: a connection's bounded outbound queue and kick switch.
 //! - [`store`]: Redis commands: publish script, history, presence, registry.
 //! - [`registry`]: the instance heartbeat and dead-instance cleanup.
@@ -24,6 +25,7 @@ pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod outbox;
+pub mod per_ip;
 pub mod registry;
 pub mod session;
 pub mod store;
@@ -74,6 +76,8 @@ pub struct Inner {
     /// One permit per connection.
     pub conn_limit: Arc<Semaphore>,
     pub max_connections: usize,
+    /// Live connections per client address.
+    pub per_ip: Arc<per_ip::PerIp>,
     /// Cancelled on SIGTERM: sessions close with 1012.
     pub shutdown: CancellationToken,
     /// Every session, so shutdown can wait for them to close.
@@ -230,6 +234,7 @@ pub async fn run(
         store: store.clone(),
         hub: hub.clone(),
         conn_limit: Arc::new(Semaphore::new(max_connections)),
+        per_ip: per_ip::PerIp::new(config.max_connections_per_ip.unwrap_or(max_connections / 2)),
         max_connections,
         shutdown: CancellationToken::new(),
         tracker: TaskTracker::new(),
@@ -276,7 +281,7 @@ pub async fn run(
         tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _peer)) => serve_http(tcp, app.clone()),
+                Ok((tcp, peer)) => serve_http(tcp, peer, app.clone()),
                 Err(e) => {
                     // Usually EMFILE: out of file descriptors. Back off
                     // instead of spinning; sessions ending free some.
@@ -315,8 +320,15 @@ pub async fn run(
 /// `axum::serve`, so that an upgraded connection's IO is the bare
 /// `TcpStream` (see [`ws`]). Plain requests (health checks, metrics) are not
 /// tracked: they end with the process.
-fn serve_http(tcp: tokio::net::TcpStream, app: axum::Router) {
-    let service = hyper_util::service::TowerToHyperService::new(app);
+fn serve_http(tcp: tokio::net::TcpStream, peer: std::net::SocketAddr, app: axum::Router) {
+    use hyper::service::Service as _;
+    let inner = hyper_util::service::TowerToHyperService::new(app);
+    // Every request carries the TCP peer, for the per-address cap.
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
+        inner.call(req)
+    });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(Duration::from_secs(10))
@@ -335,7 +347,7 @@ async fn serve_admin(listener: TcpListener, app: axum::Router, stop: Cancellatio
         tokio::select! {
             _ = stop.cancelled() => return,
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _peer)) => serve_http(tcp, app.clone()),
+                Ok((tcp, peer)) => serve_http(tcp, peer, app.clone()),
                 Err(e) => {
                     tracing::warn!(error = %e, "admin accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;

@@ -19,6 +19,8 @@ pub struct Metrics {
     pub connections_rejected_full: AtomicU64,
     /// Upgrades refused for a bad room or nick.
     pub connections_rejected_bad_request: AtomicU64,
+    /// Upgrades refused because the client address held its cap.
+    pub connections_rejected_per_ip: AtomicU64,
     /// Chat messages accepted from local clients and published.
     pub messages_in: AtomicU64,
     /// Frames received from Redis pub/sub for local rooms.
@@ -153,6 +155,12 @@ impl Metrics {
             "counter",
             "Upgrades refused with 400: bad room or nick.",
             &self.connections_rejected_bad_request,
+        );
+        one(
+            "chat_connections_rejected_per_ip_total",
+            "counter",
+            "Upgrades refused with 429: the client address held --max-connections-per-ip.",
+            &self.connections_rejected_per_ip,
         );
         one(
             "chat_messages_in_total",

@@ -443,6 +443,7 @@ mod tests {
             hub,
             conn_limit: Arc::new(tokio::sync::Semaphore::new(1)),
             max_connections: 1,
+            per_ip: crate::per_ip::PerIp::new(0),
             shutdown: Default::default(),
             tracker: Default::default(),
             sessions: Default::default(),

@@ -48,6 +48,30 @@ struct Bucket {
     at: Instant,
 }
 
+impl Bucket {
+    fn full(burst: u32) -> Self {
+        Self {
+            tokens: burst as f32,
+            at: Instant::now(),
+        }
+    }
+
+    /// Refill at `rate` per second up to `burst`, then take one token if
+    /// there is one.
+    fn take(&mut self, rate: u32, burst: u32) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.at).as_secs_f32() * rate as f32;
+        self.tokens = (self.tokens + refill).min(burst as f32);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// The state of one connection.
 pub struct Session {
     state: AppState,
@@ -57,6 +81,8 @@ pub struct Session {
     /// Joined rooms, most recently joined (the current room) last.
     rooms: Vec<Joined>,
     bucket: Bucket,
+    /// `join`, `leave` and `nick` frames (`--membership-rate`).
+    membership: Bucket,
     /// Frames rejected for rate in a row.
     strikes: u32,
     /// What the upgrade's token said; `None`: anonymous.
@@ -89,17 +115,18 @@ impl Session {
             Some(id) => id.nick.clone(),
             None => nick.unwrap_or_else(|| format!("guest{}", member.id)),
         };
-        let burst = state.config.burst as f32;
+        let burst = state.config.burst;
+        // The upgrade's join (from the query) is the first membership change.
+        let mut membership = Bucket::full(state.config.membership_burst);
+        membership.take(state.config.membership_rate, state.config.membership_burst);
         Self {
             state,
             member,
             conn_id,
             nick,
             rooms: Vec::new(),
-            bucket: Bucket {
-                tokens: burst,
-                at: Instant::now(),
-            },
+            bucket: Bucket::full(burst),
+            membership,
             strikes: 0,
             identity,
             expiry_changed: false,
@@ -199,12 +226,7 @@ impl Session {
     /// client got `rate_limited`), `Err` once the client floods.
     pub async fn admit(&mut self, conn: &mut Conn, id: Option<String>) -> Result<bool, End> {
         let cfg = &self.state.config;
-        let now = Instant::now();
-        let refill = now.duration_since(self.bucket.at).as_secs_f32() * cfg.rate_per_sec as f32;
-        self.bucket.tokens = (self.bucket.tokens + refill).min(cfg.burst as f32);
-        self.bucket.at = now;
-        if self.bucket.tokens >= 1.0 {
-            self.bucket.tokens -= 1.0;
+        if self.bucket.take(cfg.rate_per_sec, cfg.burst) {
             self.strikes = 0;
             return Ok(true);
         }
@@ -223,6 +245,26 @@ impl Session {
             cfg.rate_per_sec, cfg.burst
         );
         conn.error(ErrorCode::RateLimited, msg, id).await?;
+        Ok(false)
+    }
+
+    /// Rate-limit a `join`, `leave` or `nick` frame (`--membership-rate`):
+    /// `Ok(false)` if it was rejected (the client got `rate_limited` and
+    /// the frame is not applied). Not a flood strike: the frame passed the
+    /// per-frame limit, and the client is not closed for it.
+    async fn admit_membership(&mut self, conn: &mut Conn) -> Result<bool, End> {
+        let (rate, burst) = (
+            self.state.config.membership_rate,
+            self.state.config.membership_burst,
+        );
+        if self.membership.take(rate, burst) {
+            return Ok(true);
+        }
+        let msg = format!(
+            "rate limit: at most {rate}/s join, leave and nick frames with bursts of {burst}; \
+             this frame was not applied"
+        );
+        conn.error(ErrorCode::RateLimited, msg, None).await?;
         Ok(false)
     }
 
@@ -263,6 +305,13 @@ impl Session {
         } = frame
         {
             return self.send_chat(conn, room, text, id, action).await;
+        }
+        if matches!(
+            frame,
+            ClientFrame::Join { .. } | ClientFrame::Leave { .. } | ClientFrame::Nick { .. }
+        ) && !self.admit_membership(conn).await?
+        {
+            return Ok(None);
         }
         match frame {
             ClientFrame::Join {
