@@ -235,15 +235,25 @@ pub fn finish(
     // A run that opened nothing measured nothing: say so, and do not let a
     // CI job without thresholds pass on it.
     if tally.attempted > 0 && tally.opened == 0 {
-        let top = tally
-            .errors
-            .iter()
-            .max_by_key(|(_, n)| **n)
-            .map(|(k, n)| format!(" ({n} × {k})"));
+        let top = tally.errors.iter().max_by_key(|(_, n)| **n);
+        // A server that refused the token is running: say what to check.
+        let hint = match top {
+            Some((k, _)) if k.starts_with("upgrade: http 401") => {
+                if cfg.jwt_secret.is_some() {
+                    "is --jwt-secret the server's?".to_string()
+                } else {
+                    "does the server want a token (--jwt-secret)?".to_string()
+                }
+            }
+            Some((k, _)) if k.starts_with("upgrade: http 403") => {
+                "the server refused this client (Origin?)".to_string()
+            }
+            _ => format!("is the server running at {}?", cfg.urls.join(" ")),
+        };
         eprintln!(
-            "loadgen: error: no connection could be opened{}: is the server running at {}?",
-            top.unwrap_or_default(),
-            cfg.urls.join(" ")
+            "loadgen: error: no connection could be opened{}: {hint}",
+            top.map(|(k, n)| format!(" ({n} × {k})"))
+                .unwrap_or_default(),
         );
         return Ok(ExitCode::from(EXIT_ERROR));
     }

@@ -489,7 +489,7 @@ async fn a_token_refusal_is_reported_by_its_reason_and_the_secret_never_shows() 
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains("3 × upgrade: http 401 token expired"),
+        stderr.contains("3 × upgrade: http 401 token expired): is --jwt-secret the server's?"),
         "{stderr}"
     );
     let report: serde_json::Value = serde_json::from_str(&stdout).expect("JSON report on stdout");
