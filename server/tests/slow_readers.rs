@@ -146,8 +146,12 @@ async fn read_all(mut c: Client, total: u64) -> Seen {
     let mut next = 0u64;
     let mut latencies_us = Vec::with_capacity(total as usize);
     while next < total {
+        // Traffic starts only once 1,000+ non-readers have joined, which
+        // on a loaded machine takes a while (and past 200 members no
+        // presence event comes meanwhile): wait longer for the first.
+        let wait = Duration::from_secs(if next == 0 { 90 } else { 10 });
         let f = c
-            .try_next(Duration::from_secs(10))
+            .try_next(wait)
             .await
             .unwrap_or_else(|| panic!("reader stalled before message {next} of {total}"));
         if f["type"] != "message" {
