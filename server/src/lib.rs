@@ -141,6 +141,84 @@ impl AppState {
     }
 }
 
+/// At most this many `HSCAN` steps for one page of members: a room full
+/// of stale entries (a dead instance not swept yet) costs a bounded amount.
+const MEMBER_SCAN_STEPS: usize = 16;
+
+impl AppState {
+    /// At most `max` live members of a room, sorted by nick, and the
+    /// room's member count, at a cost of O(`max`) rather than O(members):
+    /// `HSCAN` steps of `COUNT max` (at most [`MEMBER_SCAN_STEPS`]) until
+    /// `max` live entries are found, and `HLEN` for the count. The count
+    /// is exact when the scan saw the whole hash; otherwise it is `HLEN`
+    /// less the stale entries seen. Which members fill the page of a room
+    /// larger than `max` is Redis's scan order.
+    pub async fn members_page(&self, room: &str, max: usize) -> StoreResult<(Vec<Member>, u64)> {
+        let live = self.live.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let known = |boot: &str| live.is_empty() || boot == self.boot || live.contains(boot);
+        // An instance that started since the last heartbeat is not in the
+        // live set yet: ask the registry (once) rather than hide its members.
+        let mut fresh: Option<HashSet<String>> = None;
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut members: Vec<Member> = Vec::new();
+        let mut stale = 0u64;
+        let mut cursor = 0u64;
+        let count = max.clamp(10, 1000);
+        let mut complete = false;
+        for _ in 0..MEMBER_SCAN_STEPS {
+            let (next, entries) = self.store.scan_members(room, cursor, count).await?;
+            for (conn_id, e) in entries {
+                // HSCAN may return an entry twice.
+                if !seen.insert(conn_id.clone()) {
+                    continue;
+                }
+                let alive = known(&e.boot) || {
+                    if fresh.is_none() {
+                        fresh = Some(
+                            self.store
+                                .instances()
+                                .await
+                                .map(|l| l.into_iter().map(|i| i.boot).collect())
+                                .unwrap_or_default(),
+                        );
+                    }
+                    fresh.as_ref().is_some_and(|f| f.contains(&e.boot))
+                };
+                if !alive {
+                    stale += 1;
+                    continue;
+                }
+                members.push(Member {
+                    conn_id,
+                    nick: e.nick,
+                    app_id: e.app_id,
+                    sub: e.sub,
+                });
+            }
+            cursor = next;
+            if cursor == 0 {
+                complete = true;
+                break;
+            }
+            if members.len() >= max {
+                break;
+            }
+        }
+        let total = if complete {
+            members.len() as u64
+        } else {
+            self.store
+                .member_count(room)
+                .await?
+                .saturating_sub(stale)
+                .max(members.len() as u64)
+        };
+        members.sort_by(|a, b| a.nick.cmp(&b.nick).then(a.conn_id.cmp(&b.conn_id)));
+        members.truncate(max);
+        Ok((members, total))
+    }
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     SystemTime::now()

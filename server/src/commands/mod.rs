@@ -411,12 +411,14 @@ impl Session {
     }
 
     async fn send_members(&self, conn: &mut Conn, room: &str) -> Result<(), End> {
-        match self.state.members(room).await {
-            Ok(mut members) => {
-                // A full list of a big room would be O(members) bytes to
-                // every joiner; the first ones and the count are enough.
-                let total = members.len() as u64;
-                members.truncate(self.state.config.members_list_max);
+        // A full list of a big room would be O(members) bytes to every
+        // joiner and a full HGETALL: one page and the count are enough.
+        match self
+            .state
+            .members_page(room, self.state.config.members_list_max)
+            .await
+        {
+            Ok((members, total)) => {
                 conn.frame(&ServerFrame::Members {
                     room: room.to_string(),
                     members,

@@ -42,18 +42,59 @@ impl Store {
         Ok((removed > 0, left))
     }
 
-    /// Every entry of a room's presence hash, stale ones included.
+    /// Every entry of a room's presence hash, stale ones included: O(members),
+    /// for the sweep of dead instances' entries and the nick check of
+    /// anonymous joins. Read with `HSCAN` in steps of 1000, so a big room is
+    /// never one long `HGETALL` that blocks Redis.
     pub async fn members(&self, room: &str) -> StoreResult<Vec<(String, MemberEntry)>> {
-        let raw: Vec<(String, String)> = self
+        let mut out = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut cursor = 0;
+        loop {
+            let (next, entries) = self.scan_members(room, cursor, 1000).await?;
+            out.extend(
+                entries
+                    .into_iter()
+                    .filter(|(id, _)| seen.insert(id.clone())),
+            );
+            if next == 0 {
+                return Ok(out);
+            }
+            cursor = next;
+        }
+    }
+
+    /// One `HSCAN` step over a room's presence hash: the next cursor (0
+    /// when the scan is complete) and the entries of this step (stale ones
+    /// included; an entry that is not valid JSON is skipped). `count` is
+    /// Redis's hint of how many entries to look at.
+    pub async fn scan_members(
+        &self,
+        room: &str,
+        cursor: u64,
+        count: usize,
+    ) -> StoreResult<(u64, Vec<(String, MemberEntry)>)> {
+        let (next, raw): (u64, Vec<(String, String)>) = self
             .query(
                 room_slot(room),
-                redis::cmd("HGETALL").arg(members_key(room)),
+                redis::cmd("HSCAN")
+                    .arg(members_key(room))
+                    .arg(cursor)
+                    .arg("COUNT")
+                    .arg(count),
             )
             .await?;
-        Ok(raw
+        let entries = raw
             .into_iter()
             .filter_map(|(id, json)| serde_json::from_str(&json).ok().map(|e| (id, e)))
-            .collect())
+            .collect();
+        Ok((next, entries))
+    }
+
+    /// How many entries a room's presence hash holds (stale ones included).
+    pub async fn member_count(&self, room: &str) -> StoreResult<u64> {
+        self.query(room_slot(room), redis::cmd("HLEN").arg(members_key(room)))
+            .await
     }
 
     /// Refresh this instance's registry entry.
