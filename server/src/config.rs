@@ -163,6 +163,13 @@ pub struct Config {
     #[arg(long = "history", env = "HISTORY_LEN", default_value_t = Limits::DEFAULT.history_len)]
     pub history_len: u32,
 
+    /// Most history entries replayed for one `join` with `since` or
+    /// `history` (default: `--history`). A resume from further back is told
+    /// with a `gap` for what lies beyond the cap and gets the latest ones.
+    /// Replay reads history in pages of 100, each sent before the next read.
+    #[arg(long, env = "MAX_REPLAY", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_replay: Option<u32>,
+
     /// How long a send's `id` is remembered as its idempotency key (per
     /// room and nick): a retry within this time is never published twice.
     /// 0 turns idempotency off.
@@ -264,6 +271,11 @@ impl Config {
             idle_timeout_ms: self.idle_timeout.as_millis() as u64,
             ping_interval_ms: self.ping_interval.as_millis() as u64,
         }
+    }
+
+    /// Most entries one join replays (`--max-replay`, else `--history`).
+    pub fn max_replay(&self) -> u32 {
+        self.max_replay.unwrap_or(self.history_len).max(1)
     }
 
     /// A configuration for tests: defaults plus the three required settings.

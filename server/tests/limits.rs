@@ -87,3 +87,95 @@ async fn who_in_a_big_room_is_one_page_without_hgetall() {
     let got = b.until("message").await;
     assert_eq!(got["text"], "still here");
 }
+
+/// Everything a resume gets until `n` messages arrived: frame types in
+/// order, and the messages.
+async fn resume_frames(c: &mut Client, n: usize) -> (Vec<Value>, Vec<Value>) {
+    let mut frames = Vec::new();
+    let mut msgs = Vec::new();
+    while msgs.len() < n {
+        let f = c.next().await;
+        if f["type"] == "message" {
+            msgs.push(f.clone());
+        }
+        frames.push(f);
+    }
+    (frames, msgs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_is_paged_and_capped_with_a_gap_first() {
+    let c = cluster_async(
+        1,
+        &[
+            "--history",
+            "1000",
+            "--max-replay",
+            "150",
+            "--rate",
+            "1000",
+            "--burst",
+            "1000",
+        ],
+    )
+    .await;
+    let url = c.server_ws_url(0);
+    let mut a = Client::joined(&format!("{url}?room=far&nick=ann")).await;
+    for i in 0..300 {
+        a.say(&format!("m{i}"), &format!("a{i}")).await;
+    }
+    let msgs = a.messages(300).await;
+    let first = msgs[0]["offset"].as_u64().unwrap();
+    let head = msgs[299]["offset"].as_u64().unwrap();
+    let epoch = msgs[0]["epoch"].as_str().unwrap().to_string();
+
+    // From far back: a gap for what lies beyond the cap, then the last 150
+    // (two pages), in order, and nothing else.
+    let mut late = Client::connect(&format!(
+        "{url}?room=far&nick=bob&since={first}&epoch={epoch}"
+    ))
+    .await;
+    let (frames, got) = resume_frames(&mut late, 150).await;
+    let joined = frames.iter().find(|f| f["type"] == "joined").unwrap();
+    assert_eq!(joined["recovered"], true);
+    let gaps: Vec<&Value> = frames.iter().filter(|f| f["type"] == "gap").collect();
+    assert_eq!(gaps.len(), 1, "{frames:?}");
+    assert_eq!(gaps[0]["from"].as_u64().unwrap(), first + 1);
+    assert_eq!(gaps[0]["to"].as_u64().unwrap(), head - 150);
+    let gap_at = frames.iter().position(|f| f["type"] == "gap").unwrap();
+    let first_msg = frames.iter().position(|f| f["type"] == "message").unwrap();
+    assert!(gap_at < first_msg, "the gap comes before the messages");
+    assert_increasing(&got);
+    assert_eq!(got[0]["offset"].as_u64().unwrap(), head - 149);
+    assert_eq!(got[149]["text"], "m299");
+    assert!(late
+        .try_next(std::time::Duration::from_millis(300))
+        .await
+        .is_none_or(|f| f["type"] != "message"));
+
+    // Within the cap: no gap, every message after `since` (a page and a
+    // bit), exactly as before.
+    let since = head - 120;
+    let mut near = Client::connect(&format!(
+        "{url}?room=far&nick=cat&since={since}&epoch={epoch}"
+    ))
+    .await;
+    let (frames, got) = resume_frames(&mut near, 120).await;
+    assert!(frames.iter().all(|f| f["type"] != "gap"), "{frames:?}");
+    assert_eq!(got[0]["offset"].as_u64().unwrap(), since + 1);
+    assert_eq!(got[119]["text"], "m299");
+    assert_increasing(&got);
+
+    // history=N is capped too.
+    let mut h = Client::connect(&format!("{url}?room=far&nick=dan&history=500")).await;
+    let (_, got) = resume_frames(&mut h, 150).await;
+    assert_eq!(got[149]["text"], "m299");
+    assert!(h
+        .try_next(std::time::Duration::from_millis(300))
+        .await
+        .is_none_or(|f| f["type"] != "message"));
+
+    // A bystander still chats, live after the replay.
+    a.say("live", "live1").await;
+    assert_eq!(late.until("message").await["text"], "live");
+}

@@ -62,6 +62,7 @@ impl Session {
             self.announce(room, PresenceEvent::Join, None).await;
         }
         let store = &self.state.store;
+        let max_replay = self.state.config.max_replay();
         let read = async {
             let head = store.head(room).await?;
             match (since, history) {
@@ -70,19 +71,36 @@ impl Session {
                     // sit below `since`: replay from there too.
                     let same = epoch.as_deref().is_none_or(|e| e == head.epoch);
                     let after = if same { since } else { since.min(head.start) };
-                    Ok((store.history_after(room, head, after).await?, Some(same)))
+                    // Offsets are distinct integers, so at most `max_replay`
+                    // entries lie above the cutoff (up to the head): start
+                    // there, and announce what lies below it with a gap.
+                    let cutoff = head.head.saturating_sub(u64::from(max_replay));
+                    let paging = Paging {
+                        capped: (cutoff > after).then_some(cutoff),
+                        budget: max_replay,
+                    };
+                    let page = REPLAY_PAGE.min(max_replay);
+                    let hist = store
+                        .history_after_n(room, head, after.max(cutoff), page)
+                        .await?;
+                    Ok((hist, Some(same), Some(paging)))
                 }
-                (None, Some(n)) if n > 0 => Ok((store.history_last(room, head, n).await?, None)),
+                (None, Some(n)) if n > 0 => Ok((
+                    store.history_last(room, head, n.min(max_replay)).await?,
+                    None,
+                    None,
+                )),
                 (None, _) => Ok((
                     History {
                         head,
                         ..Default::default()
                     },
                     None,
+                    None,
                 )),
             }
         };
-        let (hist, recovered) = match read.await {
+        let (hist, recovered, paging) = match read.await {
             Ok(r) => r,
             Err(e) => {
                 let e: crate::store::StoreError = e;
@@ -109,34 +127,56 @@ impl Session {
         .await?;
         self.send_members(conn, room).await?;
         let from = since.map(|s| (epoch.unwrap_or_else(|| hist.head.epoch.clone()), s));
-        self.replay(conn, room, from, hist).await
+        self.replay(conn, room, from, hist, paging).await
     }
 
     /// Send history entries after `from` (the client's epoch and offset),
-    /// a gap notice for what history lost, and set where live delivery
-    /// takes over.
+    /// a gap notice for what history lost (or what lies beyond
+    /// `--max-replay`), and set where live delivery takes over. With
+    /// `paging`, `hist` holds the first page: each page is sent before the
+    /// next is read, up to the budget.
     async fn replay(
         &mut self,
         conn: &mut Conn,
         room: &str,
         from: Option<(String, u64)>,
         hist: History,
+        paging: Option<Paging>,
     ) -> Result<(), End> {
         let Head {
             epoch: head_epoch,
             head,
-            ..
+            start,
         } = hist.head;
-        // `since: 0` asks for everything history holds: nothing is missing.
-        if let Some((epoch, since)) = from.as_ref().filter(|(_, s)| *s > 0) {
+        let capped = paging.as_ref().and_then(|p| p.capped);
+        if let Some((epoch, since)) = from.as_ref() {
             let wanted_from = since.saturating_add(1);
-            let have_from = hist.first.unwrap_or(head.saturating_add(1));
-            if *epoch == head_epoch && head >= wanted_from && have_from > wanted_from {
+            let held_from = hist.first.unwrap_or(head.saturating_add(1));
+            // `since: 0` asks for everything history holds: nothing is
+            // missing but what the cap leaves out.
+            let gap = if *since > 0 && *epoch == head_epoch {
+                let to = held_from
+                    .saturating_sub(1)
+                    .max(capped.unwrap_or(0))
+                    .min(head);
+                (to >= wanted_from).then_some((wanted_from, to))
+            } else if let Some(cut) = capped {
+                // Another epoch (`recovered: false` said so) or `since: 0`:
+                // announce what the cap leaves out of what history holds
+                // (of the current epoch).
+                let mut f = wanted_from.max(held_from);
+                if *epoch != head_epoch {
+                    f = f.max(start.saturating_add(1));
+                }
+                (cut >= f).then_some((f, cut))
+            } else {
+                None
+            };
+            if let Some((from, to)) = gap {
                 self.state.metrics.gaps.fetch_add(1, Relaxed);
-                let to = (have_from - 1).min(head);
                 conn.frame(&ServerFrame::Gap {
                     room: room.to_string(),
-                    from: wanted_from,
+                    from,
                     to,
                 })
                 .await?;
@@ -153,34 +193,83 @@ impl Session {
             None if !fresh => (self.rooms[i].epoch.clone(), self.rooms[i].last),
             None => (self.state.hub.epoch_arc(room, &head_epoch), 0),
         };
-        let mut frames = Vec::with_capacity(hist.entries.len());
-        for (off, f) in hist.entries {
-            let Some(e) = peek_epoch(&f) else { continue };
-            if *e == *epoch && off <= last {
-                continue;
+        let mut entries = hist.entries;
+        let mut page_len = paging
+            .as_ref()
+            .map_or(0, |p| REPLAY_PAGE.min(p.budget) as usize);
+        let mut budget = paging.as_ref().map_or(0, |p| p.budget);
+        let mut sent = 0u64;
+        let mut stopped = None;
+        loop {
+            budget = budget.saturating_sub(entries.len() as u32);
+            let full = page_len > 0 && entries.len() >= page_len;
+            let read_to = entries.last().map(|(o, _)| *o);
+            let mut frames = Vec::with_capacity(entries.len());
+            for (off, f) in entries {
+                let Some(e) = peek_epoch(&f) else { continue };
+                if *e == *epoch && off <= last {
+                    continue;
+                }
+                if *e != *epoch {
+                    epoch = self.state.hub.epoch_arc(room, e);
+                }
+                last = off;
+                if std::str::from_utf8(&f).is_ok() {
+                    frames.push(f);
+                }
             }
-            if *e != *epoch {
-                epoch = self.state.hub.epoch_arc(room, e);
-            }
-            last = off;
-            if std::str::from_utf8(&f).is_ok() {
-                frames.push(f);
+            sent += frames.len() as u64;
+            self.rooms[i].epoch = epoch.clone();
+            self.rooms[i].last = last;
+            conn.send_texts(&frames).await?;
+            let Some(after) = read_to.filter(|_| full && budget > 0) else {
+                break;
+            };
+            page_len = REPLAY_PAGE.min(budget) as usize;
+            match self
+                .state
+                .store
+                .history_page(room, after, page_len as u32)
+                .await
+            {
+                Ok(next) => entries = next,
+                Err(e) => {
+                    stopped = Some(e);
+                    break;
+                }
             }
         }
         if from.is_none() && fresh && *epoch == *head_epoch {
             // Live delivery takes over after the head this client joined at.
             last = last.max(head);
-        } else if frames.is_empty() && *epoch != *head_epoch {
+        } else if sent == 0 && *epoch != *head_epoch {
             // A new epoch with nothing of it in history yet: live delivery
             // takes over after its head.
             epoch = self.state.hub.epoch_arc(room, &head_epoch);
             last = head;
         }
-        let sent = frames.len() as u64;
         self.rooms[i].epoch = epoch;
         self.rooms[i].last = last;
         self.state.metrics.history_replayed.fetch_add(sent, Relaxed);
-        conn.send_texts(&frames).await?;
+        if let Some(e) = stopped {
+            tracing::warn!(room, error = %e, "history replay stopped");
+            let msg = format!(
+                "history replay stopped after offset {last} ({e}); resume from there to get the rest"
+            );
+            return conn.error(ErrorCode::Unavailable, msg, None).await;
+        }
         Ok(())
     }
+}
+
+/// Entries read from history at once during a replay.
+const REPLAY_PAGE: u32 = 100;
+
+/// A paged replay (`join` with `since`).
+struct Paging {
+    /// The cutoff below which `--max-replay` leaves entries out (a gap
+    /// announces them), if it does.
+    capped: Option<u64>,
+    /// Most entries this replay reads, the first page included.
+    budget: u32,
 }

@@ -138,13 +138,26 @@ impl Store {
     /// Entries after offset `after` (at most `history_len`), the room's
     /// head, and the oldest offset history still holds.
     pub async fn history_after(&self, room: &str, head: Head, after: u64) -> StoreResult<History> {
+        self.history_after_n(room, head, after, self.history_len)
+            .await
+    }
+
+    /// Like [`Store::history_after`], at most `count` entries (one page of
+    /// a replay; the next page is [`Store::history_page`]).
+    pub async fn history_after_n(
+        &self,
+        room: &str,
+        head: Head,
+        after: u64,
+        count: u32,
+    ) -> StoreResult<History> {
         let mut pipe = redis::pipe();
         pipe.cmd("XRANGE")
             .arg(log_key(room))
             .arg(format!("{}-0", after.saturating_add(1)))
             .arg("+")
             .arg("COUNT")
-            .arg(self.history_len)
+            .arg(count.max(1))
             .cmd("XRANGE")
             .arg(log_key(room))
             .arg("-")
@@ -157,6 +170,27 @@ impl Store {
             entries: parse_entries(entries)?,
             first: parse_entries(first)?.first().map(|(o, _)| *o),
         })
+    }
+
+    /// At most `count` entries after offset `after`, in offset order.
+    pub async fn history_page(
+        &self,
+        room: &str,
+        after: u64,
+        count: u32,
+    ) -> StoreResult<Vec<(u64, Bytes)>> {
+        let v: Value = self
+            .query(
+                room_slot(room),
+                redis::cmd("XRANGE")
+                    .arg(log_key(room))
+                    .arg(format!("{}-0", after.saturating_add(1)))
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(count.max(1)),
+            )
+            .await?;
+        parse_entries(v)
     }
 
     /// The last `n` messages, oldest first, and the head.
