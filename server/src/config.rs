@@ -170,6 +170,12 @@ pub struct Config {
     #[arg(long, env = "MAX_REPLAY", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_replay: Option<u32>,
 
+    /// A room's message keys (seq, history, epoch) expire after this long
+    /// without a message; the room then starts a new epoch, so a resume is
+    /// told `recovered: false`. 0 keeps them forever.
+    #[arg(long, env = "ROOM_TTL", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub room_ttl: Duration,
+
     /// How long a send's `id` is remembered as its idempotency key (per
     /// room and nick): a retry within this time is never published twice.
     /// 0 turns idempotency off.

@@ -295,7 +295,8 @@ pub async fn run(
         ),
     }
     .with_context(|| format!("bad redis settings (url {})", config.redis_url))?
-    .with_wait(config.redis_wait_replicas, config.redis_wait_timeout);
+    .with_wait(config.redis_wait_replicas, config.redis_wait_timeout)
+    .with_room_ttl(config.room_ttl);
     let hub = Hub::new(
         metrics.clone(),
         Duration::from_secs(3),

@@ -179,3 +179,59 @@ async fn replay_is_paged_and_capped_with_a_gap_first() {
     a.say("live", "live1").await;
     assert_eq!(late.until("message").await["text"], "live");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_rooms_expire_and_a_resume_is_told() {
+    let c = cluster_async(1, &["--room-ttl", "2s"]).await;
+    let url = c.server_ws_url(0);
+    let mut r = redis_conn(&c.redis_url()).await;
+    let keys = ["chat:{idle}:seq", "chat:{idle}:log", "chat:{idle}:epoch"];
+    let mut a = Client::joined(&format!("{url}?room=idle&nick=ann")).await;
+    a.say("before", "b1").await;
+    let m = a.until("message").await;
+    let (offset, epoch) = (
+        m["offset"].as_u64().unwrap(),
+        m["epoch"].as_str().unwrap().to_string(),
+    );
+    for k in keys {
+        let ttl: i64 = redis::cmd("PTTL").arg(k).query_async(&mut r).await.unwrap();
+        assert!(
+            ttl > 0 && ttl <= 2000,
+            "{k} expires within --room-ttl: {ttl}"
+        );
+    }
+    // A room that is used keeps its keys.
+    let mut bystander = Client::joined(&format!("{url}?room=busy&nick=bob")).await;
+    drop(a);
+    for i in 0..6 {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        bystander.say(&format!("b{i}"), &format!("b{i}")).await;
+        assert_eq!(bystander.until("message").await["text"], format!("b{i}"));
+    }
+    for k in keys {
+        let n: u64 = redis::cmd("EXISTS")
+            .arg(k)
+            .query_async(&mut r)
+            .await
+            .unwrap();
+        assert_eq!(n, 0, "{k} expired");
+    }
+    let n: u64 = redis::cmd("EXISTS")
+        .arg("chat:{busy}:log")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert_eq!(n, 1, "a room with messages keeps its history");
+    // The old epoch is gone: a resume is told so.
+    let mut back = Client::connect(&format!(
+        "{url}?room=idle&nick=ann&since={offset}&epoch={epoch}"
+    ))
+    .await;
+    let j = back.until("joined").await;
+    assert_eq!(j["recovered"], false, "{j}");
+    assert_ne!(j["epoch"], epoch.as_str());
+    back.say("after", "a1").await;
+    let m = back.until("message").await;
+    assert_eq!(m["text"], "after");
+    assert_ne!(m["epoch"], epoch.as_str());
+}

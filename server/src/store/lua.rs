@@ -29,12 +29,15 @@
 //! back instead of publishing again. Fields in a few hashes cost Redis far
 //! less than one key with its own expiry per send.
 
-/// KEYS: seq, log, epoch. ARGV: run_id, new epoch, clock base.
+/// KEYS: seq, log, epoch. ARGV: run_id, new epoch, clock base; `ttl` is
+/// the room's idle life in ms (`--room-ttl`, 0: forever), set on the keys
+/// of a new epoch. An epoch whose seq is gone (it expired first) is not
+/// continued: offsets would start again at 1 in the same epoch.
 /// Returns the room's epoch after making sure it belongs to this Redis.
 const ENSURE: &str = r#"
-local function ensure()
+local function ensure(ttl)
   local m = redis.call('HMGET', KEYS[3], 'epoch', 'inc')
-  if m[1] and m[2] == ARGV[1] then return m[1] end
+  if m[1] and m[2] == ARGV[1] and redis.call('EXISTS', KEYS[1]) == 1 then return m[1] end
   local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
   local top = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
   if top[1] then
@@ -46,6 +49,9 @@ local function ensure()
   local s = string.format('%d', seq)
   redis.call('SET', KEYS[1], s)
   redis.call('HSET', KEYS[3], 'epoch', ARGV[2], 'inc', ARGV[1], 'start', s)
+  if ttl > 0 then
+    for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ttl) end
+  end
   return ARGV[2]
 end
 "#;
@@ -58,7 +64,10 @@ end
 /// channel, the send's field ("" if it has no id), a bucket's life in ms,
 /// "1" to append only and return the frame for the caller to publish
 /// after `WAIT` (`--redis-wait-replicas`), the publish command (`PUBLISH`,
-/// or `SPUBLISH` on a Redis Cluster: the channel is in the keys' slot).
+/// or `SPUBLISH` on a Redis Cluster: the channel is in the keys' slot),
+/// the room's idle life in ms (`--room-ttl`; 0 or absent: forever): every
+/// publish sets it again on seq, log and epoch, so a room without messages
+/// for that long loses them and starts a new epoch.
 /// Returns `{"<offset> <epoch>", duplicate[, frame]}`.
 const PUBLISH: &str = r#"
 local field = ARGV[7]
@@ -71,10 +80,14 @@ if field ~= '' then
     end
   end
 end
-local epoch = ensure()
+local ttl = tonumber(ARGV[11] or '0') or 0
+local epoch = ensure(ttl)
 local id = string.format('%d', redis.call('INCR', KEYS[1]))
 local frame = '{"type":"message","offset":' .. id .. ',"epoch":"' .. epoch .. '",' .. ARGV[4]
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[5], id .. '-0', 'f', frame)
+if ttl > 0 then
+  for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ttl) end
+end
 local deferred = ARGV[9] == '1'
 if not deferred then redis.call(ARGV[10], ARGV[6], frame) end
 local res = id .. ' ' .. epoch
@@ -89,10 +102,11 @@ return {res, 0}
 
 /// The room's epoch, head and the offset its epoch started after.
 ///
-/// KEYS: seq, log, epoch. ARGV: run_id, new epoch, clock base.
+/// KEYS: seq, log, epoch. ARGV: run_id, new epoch, clock base, the room's
+/// idle life in ms (for a new epoch's keys; reading never extends it).
 /// Returns `{epoch, head, start}`.
 const HEAD: &str = r#"
-local epoch = ensure()
+local epoch = ensure(tonumber(ARGV[4] or '0') or 0)
 local start = redis.call('HGET', KEYS[3], 'start') or '0'
 return {epoch, redis.call('GET', KEYS[1]) or '0', start}
 "#;

@@ -54,7 +54,8 @@ impl Store {
                 .arg(field)
                 .arg(width.saturating_mul(2))
                 .arg(if defer { "1" } else { "0" })
-                .arg(publish_cmd);
+                .arg(publish_cmd)
+                .arg(self.room_ttl.as_millis() as u64);
             let mut conn = c.link.conn.clone();
             // The scripts are loaded on every new connection (see `link`),
             // so EVALSHA finds them.
@@ -126,7 +127,8 @@ impl Store {
                 .key(epoch_key(room))
                 .arg(&*c.link.run_id)
                 .arg(new_epoch())
-                .arg(base);
+                .arg(base)
+                .arg(self.room_ttl.as_millis() as u64);
             let mut conn = c.link.conn.clone();
             let (epoch, head, start): (String, u64, u64) =
                 self.timed(c, inv.invoke_async(&mut conn)).await?;

@@ -7,14 +7,18 @@
 //!
 //! | key | type | what |
 //! |---|---|---|
-//! | `chat:{room}:seq` | string | the room's last offset |
-//! | `chat:{room}:epoch` | hash | the room's epoch, the `run_id` of the Redis that started it, its start offset (see [`lua`]) |
+//! | `chat:{room}:seq` | string, TTL | the room's last offset |
+//! | `chat:{room}:epoch` | hash, TTL | the room's epoch, the `run_id` of the Redis that started it, its start offset (see [`lua`]) |
 //! | `chat:{room}:idem:<bucket>` | hash, TTL | `<n>:<nick>:<id>` → `"<offset> <epoch>"` of each send with an id in that time bucket |
-//! | `chat:{room}:log` | stream | bounded history; entry id `<offset>-0`, field `f` = the frame |
+//! | `chat:{room}:log` | stream, TTL | bounded history; entry id `<offset>-0`, field `f` = the frame |
 //! | `chat:{room}:members` | hash | conn_id → `{"nick","app_id","boot"}` (and `"sub"` for an authenticated member) |
 //! | `chat:{room}:msgs` | channel | every message and presence frame of the room |
 //! | `chat:{registry}:instance:<app_id>` | string, TTL | the instance's heartbeat (JSON) |
 //! | `chat:{registry}:instances` | set | every app_id ever seen, for `/cluster` |
+//!
+//! With `--room-ttl`, seq, log and epoch expire together after that long
+//! without a message (every publish sets the TTL again); the room then
+//! starts a new epoch, so a resume is told `recovered: false`.
 //!
 //! The registry's keys share one hash tag too, so `/cluster`'s `MGET`
 //! never spans slots. With `--redis-cluster` a room's channel is a shard
@@ -253,6 +257,9 @@ pub struct Store {
     /// publish at once).
     wait_replicas: u32,
     wait_timeout: Duration,
+    /// How long a room's message keys live without a message (zero:
+    /// forever).
+    room_ttl: Duration,
     /// Times the sentinels named another master than the one connected,
     /// or the cluster's slot map changed: the pub/sub connection must move
     /// too.
@@ -341,6 +348,7 @@ impl Store {
             master_moves: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             wait_replicas: 0,
             wait_timeout: Duration::from_millis(200),
+            room_ttl: Duration::ZERO,
         }
     }
 
@@ -350,6 +358,13 @@ impl Store {
     pub fn with_wait(mut self, replicas: u32, timeout: Duration) -> Self {
         self.wait_replicas = replicas;
         self.wait_timeout = timeout;
+        self
+    }
+
+    /// A room's seq, log and epoch expire after `ttl` without a message
+    /// (zero: never); the next publish or join starts a new epoch.
+    pub fn with_room_ttl(mut self, ttl: Duration) -> Self {
+        self.room_ttl = ttl;
         self
     }
 
