@@ -163,6 +163,12 @@ pub struct Config {
     #[arg(long = "history", env = "HISTORY_LEN", default_value_t = Limits::DEFAULT.history_len)]
     pub history_len: u32,
 
+    /// Most bytes of message frames each room keeps in history, besides
+    /// `--history` entries: the oldest go first (the newest always stays).
+    /// A resume from before them gets a `gap`. 0: no byte cap.
+    #[arg(long, env = "HISTORY_BYTES", default_value = "1MiB", value_parser = parse_bytes)]
+    pub history_bytes: usize,
+
     /// Most history entries replayed for one `join` with `since` or
     /// `history` (default: `--history`). A resume from further back is told
     /// with a `gap` for what lies beyond the cap and gets the latest ones.

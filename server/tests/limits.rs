@@ -147,7 +147,11 @@ async fn replay_is_paged_and_capped_with_a_gap_first() {
     assert!(gap_at < first_msg, "the gap comes before the messages");
     assert_increasing(&got);
     assert_eq!(got[0]["offset"].as_u64().unwrap(), head - 149);
-    assert_eq!(got[149]["text"], "m299");
+    // Sends of one connection may be published out of send order; what
+    // counts is offset order, as the sender saw it live.
+    let offsets = |v: &[Value]| v.iter().map(|m| m["offset"].clone()).collect::<Vec<_>>();
+    assert_eq!(offsets(&got), offsets(&msgs[150..]));
+    assert_eq!(texts(&got), texts(&msgs[150..]));
     assert!(late
         .try_next(std::time::Duration::from_millis(300))
         .await
@@ -163,13 +167,13 @@ async fn replay_is_paged_and_capped_with_a_gap_first() {
     let (frames, got) = resume_frames(&mut near, 120).await;
     assert!(frames.iter().all(|f| f["type"] != "gap"), "{frames:?}");
     assert_eq!(got[0]["offset"].as_u64().unwrap(), since + 1);
-    assert_eq!(got[119]["text"], "m299");
+    assert_eq!(texts(&got), texts(&msgs[180..]));
     assert_increasing(&got);
 
     // history=N is capped too.
     let mut h = Client::connect(&format!("{url}?room=far&nick=dan&history=500")).await;
     let (_, got) = resume_frames(&mut h, 150).await;
-    assert_eq!(got[149]["text"], "m299");
+    assert_eq!(texts(&got), texts(&msgs[150..]));
     assert!(h
         .try_next(std::time::Duration::from_millis(300))
         .await
@@ -234,4 +238,77 @@ async fn idle_rooms_expire_and_a_resume_is_told() {
     let m = back.until("message").await;
     assert_eq!(m["text"], "after");
     assert_ne!(m["epoch"], epoch.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_is_capped_by_bytes_with_a_gap_on_resume() {
+    let c = cluster_async(
+        1,
+        &[
+            "--history",
+            "1000",
+            "--history-bytes",
+            "4KiB",
+            "--rate",
+            "1000",
+            "--burst",
+            "1000",
+        ],
+    )
+    .await;
+    let url = c.server_ws_url(0);
+    let mut r = redis_conn(&c.redis_url()).await;
+    let mut a = Client::joined(&format!("{url}?room=fat&nick=ann")).await;
+    let mut bystander = Client::joined(&format!("{url}?room=fat&nick=bob")).await;
+    let text = "x".repeat(300);
+    for i in 0..100 {
+        a.say(&format!("{i:03}{text}"), &format!("a{i}")).await;
+    }
+    let msgs = a.messages(100).await;
+    assert_eq!(
+        bystander.messages(100).await.len(),
+        100,
+        "the bystander got them all"
+    );
+    let first = msgs[0]["offset"].as_u64().unwrap();
+    let epoch = msgs[0]["epoch"].as_str().unwrap().to_string();
+
+    let len: u64 = redis::cmd("XLEN")
+        .arg("chat:{fat}:log")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert!(
+        (1..=13).contains(&len),
+        "about 4 KiB of ~400-byte frames: {len}"
+    );
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg("chat:{fat}:log")
+        .arg("-")
+        .arg("+")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let held: usize = entries.iter().map(|(_, f)| f[0].1.len()).sum();
+    assert!(held <= 4096, "{held} bytes held");
+    let counted: usize = redis::cmd("HGET")
+        .arg("chat:{fat}:epoch")
+        .arg("bytes")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert_eq!(counted, held, "the running count matches the log");
+
+    // A resume from before what history holds gets a gap, then the rest.
+    let mut late = Client::connect(&format!(
+        "{url}?room=fat&nick=cat&since={first}&epoch={epoch}"
+    ))
+    .await;
+    let gap = late.until("gap").await;
+    assert_eq!(gap["from"].as_u64().unwrap(), first + 1);
+    let kept = gap["to"].as_u64().unwrap();
+    assert_eq!(kept + len, first + 99, "the gap ends where history begins");
+    let rest = late.messages(len as usize).await;
+    assert_eq!(rest[0]["offset"].as_u64().unwrap(), kept + 1);
+    assert_eq!(texts(&rest), texts(&msgs[100 - len as usize..]));
 }

@@ -56,6 +56,42 @@ local function ensure(ttl)
 end
 "#;
 
+/// Append `frame` to the log (KEYS[2]) and trim the oldest entries while
+/// it holds more than `maxlen` entries or more than `cap` bytes of frames
+/// (the newest always stays). The byte count is field `bytes` of the epoch
+/// hash (KEYS[3]); when it is missing (a new room, or Redis lost the hash)
+/// the log is measured once, at most `--history` entries. At most 100
+/// entries go per publish; past that `XTRIM` still bounds the count (the
+/// byte count then overestimates, which trims more, until the log empties
+/// and the count starts again from 0).
+const APPEND: &str = r#"
+local function append(frame, id, maxlen, cap)
+  local bytes = tonumber(redis.call('HGET', KEYS[3], 'bytes') or '')
+  if not bytes then
+    bytes = 0
+    for _, e in ipairs(redis.call('XRANGE', KEYS[2], '-', '+')) do
+      bytes = bytes + #(e[2][2] or '')
+    end
+  end
+  redis.call('XADD', KEYS[2], id .. '-0', 'f', frame)
+  bytes = bytes + #frame
+  local len = redis.call('XLEN', KEYS[2])
+  local n = 0
+  while (len > maxlen or (bytes > cap and len > 1)) and n < 100 do
+    local old = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+    if not old[1] then break end
+    redis.call('XDEL', KEYS[2], old[1][1])
+    bytes = bytes - #(old[1][2][2] or '')
+    len = len - 1
+    n = n + 1
+  end
+  if len > maxlen then redis.call('XTRIM', KEYS[2], 'MAXLEN', maxlen) end
+  if len <= 1 then bytes = #frame end
+  if bytes < 0 then bytes = 0 end
+  redis.call('HSET', KEYS[3], 'bytes', string.format('%d', bytes))
+end
+"#;
+
 /// Append to history and publish, atomically, so that offset order is
 /// publish order across every instance.
 ///
@@ -67,7 +103,9 @@ end
 /// or `SPUBLISH` on a Redis Cluster: the channel is in the keys' slot),
 /// the room's idle life in ms (`--room-ttl`; 0 or absent: forever): every
 /// publish sets it again on seq, log and epoch, so a room without messages
-/// for that long loses them and starts a new epoch.
+/// for that long loses them and starts a new epoch; the most bytes of
+/// frames the log keeps (`--history-bytes`; 0 or absent: no byte cap, the
+/// log is trimmed by `XADD MAXLEN` alone).
 /// Returns `{"<offset> <epoch>", duplicate[, frame]}`.
 const PUBLISH: &str = r#"
 local field = ARGV[7]
@@ -84,7 +122,12 @@ local ttl = tonumber(ARGV[11] or '0') or 0
 local epoch = ensure(ttl)
 local id = string.format('%d', redis.call('INCR', KEYS[1]))
 local frame = '{"type":"message","offset":' .. id .. ',"epoch":"' .. epoch .. '",' .. ARGV[4]
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[5], id .. '-0', 'f', frame)
+local cap = tonumber(ARGV[12] or '0') or 0
+if cap > 0 then
+  append(frame, id, tonumber(ARGV[5]), cap)
+else
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[5], id .. '-0', 'f', frame)
+end
 if ttl > 0 then
   for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ttl) end
 end
@@ -113,7 +156,7 @@ return {epoch, redis.call('GET', KEYS[1]) or '0', start}
 
 /// The publish script's source.
 pub(crate) fn publish() -> String {
-    format!("{ENSURE}{PUBLISH}")
+    format!("{ENSURE}{APPEND}{PUBLISH}")
 }
 
 /// The head script's source.

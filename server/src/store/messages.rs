@@ -55,7 +55,8 @@ impl Store {
                 .arg(width.saturating_mul(2))
                 .arg(if defer { "1" } else { "0" })
                 .arg(publish_cmd)
-                .arg(self.room_ttl.as_millis() as u64);
+                .arg(self.room_ttl.as_millis() as u64)
+                .arg(self.history_bytes);
             let mut conn = c.link.conn.clone();
             // The scripts are loaded on every new connection (see `link`),
             // so EVALSHA finds them.

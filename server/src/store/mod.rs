@@ -8,7 +8,7 @@
 //! | key | type | what |
 //! |---|---|---|
 //! | `chat:{room}:seq` | string, TTL | the room's last offset |
-//! | `chat:{room}:epoch` | hash, TTL | the room's epoch, the `run_id` of the Redis that started it, its start offset (see [`lua`]) |
+//! | `chat:{room}:epoch` | hash, TTL | the room's epoch, the `run_id` of the Redis that started it, its start offset (see [`lua`]), and `bytes`: the bytes of frames the log holds (`--history-bytes`) |
 //! | `chat:{room}:idem:<bucket>` | hash, TTL | `<n>:<nick>:<id>` → `"<offset> <epoch>"` of each send with an id in that time bucket |
 //! | `chat:{room}:log` | stream, TTL | bounded history; entry id `<offset>-0`, field `f` = the frame |
 //! | `chat:{room}:members` | hash | conn_id → `{"nick","app_id","boot"}` (and `"sub"` for an authenticated member) |
@@ -260,6 +260,8 @@ pub struct Store {
     /// How long a room's message keys live without a message (zero:
     /// forever).
     room_ttl: Duration,
+    /// Most bytes of frames a room's history keeps (zero: no byte cap).
+    history_bytes: u64,
     /// Times the sentinels named another master than the one connected,
     /// or the cluster's slot map changed: the pub/sub connection must move
     /// too.
@@ -349,6 +351,7 @@ impl Store {
             wait_replicas: 0,
             wait_timeout: Duration::from_millis(200),
             room_ttl: Duration::ZERO,
+            history_bytes: 0,
         }
     }
 
@@ -365,6 +368,13 @@ impl Store {
     /// (zero: never); the next publish or join starts a new epoch.
     pub fn with_room_ttl(mut self, ttl: Duration) -> Self {
         self.room_ttl = ttl;
+        self
+    }
+
+    /// A room's history keeps at most `bytes` of frames besides at most
+    /// `--history` entries (zero: no byte cap); the newest always stays.
+    pub fn with_history_bytes(mut self, bytes: u64) -> Self {
+        self.history_bytes = bytes;
         self
     }
 
