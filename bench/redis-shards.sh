@@ -67,7 +67,7 @@ for i in "${!rooms[@]}"; do
   r=${rooms[$i]}; o=${owners[$i]}
   redis-benchmark -h "${o%:*}" -p "${o##*:}" -n "$N" -c "$CONC" -P "$PIPE" EVALSHA "$sha" 5 \
     "chat:{$r}:seq" "chat:{$r}:log" "chat:{$r}:epoch" "chat:{$r}:idem:3" "chat:{$r}:idem:2" \
-    run-bench abcdef 1700000000000000 "$tail" 1000 "chat:{$r}:msgs" '' 240000 0 "$pub" > "$OUT/bench$i.log" 2>&1 & bench+=($!)
+    run-bench abcdef 1700000000000000 "$tail" 1000 "chat:{$r}:msgs" '' 240000 0 "$pub" 604800000 1048576 > "$OUT/bench$i.log" 2>&1 & bench+=($!)
 done
 wait "${bench[@]}"
 t1=$(date +%s%N)
