@@ -31,7 +31,7 @@ python3 - "$dir/new.lua" <<'PY'
 import re, sys
 s = open("server/src/store/lua.rs").read()
 get = lambda n: re.search(r"const " + n + r': &str = r#"(.*?)"#;', s, re.S).group(1)
-open(sys.argv[1], "w").write(get("ENSURE") + get("PUBLISH"))
+open(sys.argv[1], "w").write(get("ENSURE") + get("APPEND") + get("PUBLISH"))
 PY
 old=$(redis-cli -p "$port" SCRIPT LOAD "$(cat "$dir/old.lua")")
 new=$(redis-cli -p "$port" SCRIPT LOAD "$(cat "$dir/new.lua")")
@@ -50,8 +50,8 @@ echo "nproc $(nproc), $(free -g | awk '/Mem:/{print $2}') GiB, $(redis-server --
 printf '%-4s %22s %22s %22s\n' rep "first release (us)" "epoch, no id (us)" "epoch + id key (us)"
 for r in $(seq "$reps"); do
   a=$(bench EVALSHA "$old" 2 'chat:{b1}:seq' 'chat:{b1}:log' "$tail" 1000 "$base" 'chat:{b1}:msgs')
-  b=$(bench EVALSHA "$new" 5 'chat:{b2}:seq' 'chat:{b2}:log' 'chat:{b2}:epoch' 'chat:{b2}:idem:3' 'chat:{b2}:idem:2' "$run_id" abcdef "$base" "$tail" 1000 'chat:{b2}:msgs' '' 240000 0 PUBLISH 604800000 1048576)
-  c=$(bench EVALSHA "$new" 5 'chat:{b3}:seq' 'chat:{b3}:log' 'chat:{b3}:epoch' 'chat:{b3}:idem:3' 'chat:{b3}:idem:2' "$run_id" abcdef "$base" "$tail" 1000 'chat:{b3}:msgs' '3:ann:__rand_int__' 240000 0 PUBLISH 604800000 1048576)
+  b=$(bench EVALSHA "$new" 5 'chat:{b2}:seq' 'chat:{b2}:log' 'chat:{b2}:epoch' 'chat:{b2}:idem:3' 'chat:{b2}:idem:2' "$run_id" abcdef "$base" "$tail" 1000 'chat:{b2}:msgs' '' 240000 0 PUBLISH 604800000 0)
+  c=$(bench EVALSHA "$new" 5 'chat:{b3}:seq' 'chat:{b3}:log' 'chat:{b3}:epoch' 'chat:{b3}:idem:3' 'chat:{b3}:idem:2' "$run_id" abcdef "$base" "$tail" 1000 'chat:{b3}:msgs' '3:ann:__rand_int__' 240000 0 PUBLISH 604800000 0)
   printf '%-4s %22s %22s %22s\n' "$r" "$a" "$b" "$c"
 done
 echo "idempotency entries held: $(redis-cli -p "$port" HLEN 'chat:{b3}:idem:3'), $(redis-cli -p "$port" INFO memory | sed -n 's/^used_memory_human:\(.*\)\r/\1/p') used in all"

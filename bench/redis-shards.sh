@@ -19,7 +19,7 @@ python3 - "$out/publish.lua" <<'PY'
 import re, sys
 s = open("server/src/store/lua.rs").read()
 get = lambda n: re.search(r"const " + n + r': &str = r#"(.*?)"#;', s, re.S).group(1)
-open(sys.argv[1], "w").write(get("ENSURE") + get("PUBLISH"))
+open(sys.argv[1], "w").write(get("ENSURE") + get("APPEND") + get("PUBLISH"))
 PY
 echo "nproc $(nproc), $(free -g | awk '/Mem:/{print $2}') GiB, $(redis-server --version | cut -d' ' -f3), $(date -u +%FT%TZ)"
 echo "3 rooms x 3 subscribers, $n publishes per room, $conc clients per room, pipeline $pipe"

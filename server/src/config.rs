@@ -165,8 +165,13 @@ pub struct Config {
 
     /// Most bytes of message frames each room keeps in history, besides
     /// `--history` entries: the oldest go first (the newest always stays).
-    /// A resume from before them gets a `gap`. 0: no byte cap.
-    #[arg(long, env = "HISTORY_BYTES", default_value = "1MiB", value_parser = parse_bytes)]
+    /// A resume from before them gets a `gap`. 0 (the default): no byte
+    /// cap. The cap costs Redis about 10 µs more per message (every
+    /// publish then trims the oldest entry itself to count its bytes;
+    /// `bench/publish-script.sh`), so it is off unless asked for: with
+    /// `--max-message-bytes` 4096 and `--history` 1000 a room holds at
+    /// most about 4.5 MB anyway.
+    #[arg(long, env = "HISTORY_BYTES", default_value = "0", value_parser = parse_bytes)]
     pub history_bytes: usize,
 
     /// Most history entries replayed for one `join` with `since` or
