@@ -183,3 +183,28 @@ async fn big_rooms_list_the_first_members_and_the_total() {
     assert_eq!(nicks, ["ann", "bob"], "sorted by nick, capped: {m}");
     assert_eq!(m["total"], 4);
 }
+
+/// Invariant (DELIVERY.md rule 9): one connection's sends are published in
+/// the order it sent them, even when hundreds are in flight at once
+/// (pipelined past the in-flight window, so the session stops reading and
+/// resumes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connections_pipelined_sends_keep_their_order() {
+    let c = cluster_async(1, &["--rate", "5000", "--burst", "5000"]).await;
+    let url = c.server_ws_url(0);
+    let mut a = Client::joined(&format!("{url}?room=order&nick=ann")).await;
+    for round in 0..3 {
+        for i in 0..300 {
+            a.say(&format!("m{i}"), &format!("r{round}-{i}")).await;
+        }
+        let msgs = a.messages(300).await;
+        assert_increasing(&msgs);
+        let got: Vec<String> = msgs
+            .iter()
+            .map(|v| v["text"].as_str().unwrap().to_string())
+            .collect();
+        let want: Vec<String> = (0..300).map(|i| format!("m{i}")).collect();
+        let first_bad = got.iter().zip(&want).position(|(g, w)| g != w);
+        assert_eq!(first_bad, None, "round {round}: published out of send order: {got:?}");
+    }
+}

@@ -73,7 +73,15 @@ impl Session {
         });
         let state = self.state.clone();
         let nick = self.nick.clone();
-        Ok(Some(Box::pin(publish(state, room, tail, nick, id))))
+        // Unconstrained: the session polls many of these at once, and a
+        // job that tokio's cooperative budget stops before its command is
+        // queued on the Redis connection would be queued after later ones,
+        // publishing a connection's sends out of order (DELIVERY.md rule 9;
+        // `tests/delivery.rs` sends 300 at once). Each job does a bounded
+        // amount of work, so it cannot starve the task.
+        Ok(Some(Box::pin(tokio::task::coop::unconstrained(publish(
+            state, room, tail, nick, id,
+        )))))
     }
 }
 
