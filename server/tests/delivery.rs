@@ -205,6 +205,9 @@ async fn a_connections_pipelined_sends_keep_their_order() {
             .collect();
         let want: Vec<String> = (0..300).map(|i| format!("m{i}")).collect();
         let first_bad = got.iter().zip(&want).position(|(g, w)| g != w);
-        assert_eq!(first_bad, None, "round {round}: published out of send order: {got:?}");
+        assert_eq!(
+            first_bad, None,
+            "round {round}: published out of send order: {got:?}"
+        );
     }
 }
