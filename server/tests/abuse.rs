@@ -9,61 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-
-/// A raw upgrade from source address `src` with extra header lines: the
-/// status and body of the answer.
-async fn upgrade_raw(addr: &str, src: &str, extra_headers: &str) -> (u16, String) {
-    let sock = tokio::net::TcpSocket::new_v4().unwrap();
-    sock.bind(format!("{src}:0").parse().unwrap()).unwrap();
-    let mut tcp = sock.connect(addr.parse().unwrap()).await.unwrap();
-    let req = format!(
-        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra_headers}\r\n"
-    );
-    tcp.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let read = async {
-        loop {
-            let n = tcp.read(&mut chunk).await.unwrap();
-            if n == 0 {
-                break;
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            let text = String::from_utf8_lossy(&buf).to_string();
-            let Some(end) = text.find("\r\n\r\n") else {
-                continue;
-            };
-            let head = text[..end].to_ascii_lowercase();
-            if head.starts_with("http/1.1 101") {
-                break;
-            }
-            let len = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .map_or(0, |v| v.trim().parse::<usize>().unwrap());
-            if buf.len() >= end + 4 + len {
-                break;
-            }
-        }
-    };
-    tokio::time::timeout(T, read)
-        .await
-        .expect("an answer in time");
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let status: u16 = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {text:?}"));
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
 
 /// A WebSocket client connecting from source address `src`, with an
 /// optional `X-Forwarded-For`.
@@ -115,7 +61,7 @@ async fn chat(a: &mut Client, b: &mut Client, text: &str) {
 async fn upgrade_until_101(addr: &str, src: &str, headers: &str) {
     let deadline = Instant::now() + T;
     loop {
-        let (status, body) = upgrade_raw(addr, src, headers).await;
+        let (status, body) = upgrade_raw(addr, Some(src), "", headers).await;
         if status == 101 {
             return;
         }
@@ -145,14 +91,20 @@ async fn connections_per_peer_address_are_capped() {
     let _b = connect_from(&url, "127.0.0.1", None).await;
     let c = connect_from(&url, "127.0.0.1", None).await;
 
-    let (status, body) = upgrade_raw(&addr, "127.0.0.1", "").await;
+    let (status, body) = upgrade_raw(&addr, Some("127.0.0.1"), "", "").await;
     assert_eq!(status, 429, "the 4th connection of 127.0.0.1: {body}");
     assert!(
         body.contains("too many connections from 127.0.0.1") && body.contains("at most 3"),
         "the body says why: {body:?}"
     );
     // A forged X-Forwarded-For from an untrusted peer changes nothing.
-    let (status, _) = upgrade_raw(&addr, "127.0.0.1", "X-Forwarded-For: 203.0.113.7\r\n").await;
+    let (status, _) = upgrade_raw(
+        &addr,
+        Some("127.0.0.1"),
+        "",
+        "X-Forwarded-For: 203.0.113.7\r\n",
+    )
+    .await;
     assert_eq!(
         status, 429,
         "X-Forwarded-For of an untrusted peer is ignored"
@@ -192,7 +144,13 @@ async fn a_trusted_proxy_forwards_the_client_address() {
     for _ in 0..3 {
         held.push(connect_from(&url, "127.0.0.1", Some("198.51.100.1, 203.0.113.7")).await);
     }
-    let (status, body) = upgrade_raw(&addr, "127.0.0.1", "X-Forwarded-For: 203.0.113.7\r\n").await;
+    let (status, body) = upgrade_raw(
+        &addr,
+        Some("127.0.0.1"),
+        "",
+        "X-Forwarded-For: 203.0.113.7\r\n",
+    )
+    .await;
     assert_eq!(status, 429, "the 4th of 203.0.113.7: {body}");
     assert!(body.contains("203.0.113.7"), "{body:?}");
     // Only the last address counts: 198.51.100.1 holds nothing.
@@ -210,7 +168,7 @@ async fn a_trusted_proxy_forwards_the_client_address() {
     for _ in 0..3 {
         through.push(Client::joined(&format!("{}?room=abuse", cluster.ws_url())).await);
     }
-    let (status, body) = upgrade_raw(&cluster.addr(), "127.0.0.1", "").await;
+    let (status, body) = upgrade_raw(&cluster.addr(), Some("127.0.0.1"), "", "").await;
     assert_eq!(status, 429, "the 4th through HAProxy: {body}");
     chat(&mut through[0], &mut bystander, "via haproxy").await;
     chat(&mut bystander, &mut held[0], "straight").await;

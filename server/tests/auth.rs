@@ -9,7 +9,6 @@ use std::time::Duration;
 use common::*;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const SECRET: &str = "current-secret";
@@ -65,53 +64,6 @@ fn token(sub: &str, extra: Value) -> String {
 fn b64(v: &Value) -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
-}
-
-/// A raw upgrade request: the status and body of the answer.
-async fn upgrade_raw(addr: &str, query: &str, extra_headers: &str) -> (u16, String) {
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!(
-        "GET /ws{query} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra_headers}\r\n"
-    );
-    tcp.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let read = async {
-        loop {
-            let n = tcp.read(&mut chunk).await.unwrap();
-            if n == 0 {
-                break;
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            let text = String::from_utf8_lossy(&buf).to_string();
-            let Some(end) = text.find("\r\n\r\n") else {
-                continue;
-            };
-            let head = text[..end].to_ascii_lowercase();
-            let len = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .map_or(0, |v| v.trim().parse::<usize>().unwrap());
-            if buf.len() >= end + 4 + len {
-                break;
-            }
-        }
-    };
-    tokio::time::timeout(T, read)
-        .await
-        .expect("an answer in time");
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let status: u16 = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {text:?}"));
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
 }
 
 /// Read frames for `t`; every one that mentions `room` is a leak.
@@ -186,36 +138,40 @@ async fn every_bad_token_is_refused_with_401_and_its_reason_and_origin_with_403(
         ),
     ];
     for (query, why) in &cases {
-        let (status, body) = upgrade_raw(&addr, query, "").await;
+        let (status, body) = upgrade_raw(&addr, None, query, "").await;
         assert_eq!(status, 401, "{query}: {body}");
         assert!(body.starts_with("401 "), "{query}: {body:?}");
         assert!(body.contains(why), "{query}: {body:?} should say {why:?}");
     }
     // Bearer header with a bad token.
-    let (status, body) = upgrade_raw(&addr, "", "Authorization: Bearer nonsense\r\n").await;
+    let (status, body) = upgrade_raw(&addr, None, "", "Authorization: Bearer nonsense\r\n").await;
     assert_eq!((status, body.contains("malformed")), (401, true), "{body}");
 
     // Good tokens: current secret, previous secret (rotation), Bearer.
     let good = token("ann", json!({}));
     assert_eq!(
-        upgrade_raw(&addr, &format!("?token={good}"), "").await.0,
+        upgrade_raw(&addr, None, &format!("?token={good}"), "")
+            .await
+            .0,
         101
     );
     let old = mint(PREVIOUS, json!({"sub":"old","exp":exp}));
     assert_eq!(
-        upgrade_raw(&addr, &format!("?token={old}"), "").await.0,
+        upgrade_raw(&addr, None, &format!("?token={old}"), "")
+            .await
+            .0,
         101
     );
     let hdr = format!("Authorization: Bearer {good}\r\n");
-    assert_eq!(upgrade_raw(&addr, "", &hdr).await.0, 101);
+    assert_eq!(upgrade_raw(&addr, None, "", &hdr).await.0, 101);
 
     // Origin: a foreign one is 403 even with a good token; the allowed one
     // and none at all get 101.
     let q = format!("?token={good}");
-    let (status, body) = upgrade_raw(&addr, &q, "Origin: http://evil.example\r\n").await;
+    let (status, body) = upgrade_raw(&addr, None, &q, "Origin: http://evil.example\r\n").await;
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("evil.example"), "{body}");
-    let (status, _) = upgrade_raw(&addr, &q, "Origin: http://good.example\r\n").await;
+    let (status, _) = upgrade_raw(&addr, None, &q, "Origin: http://good.example\r\n").await;
     assert_eq!(status, 101);
     // Through a WebSocket client too: the welcome names the token's nick.
     let mut req = format!("{}?token={old}", c.server_ws_url(0))

@@ -167,3 +167,64 @@ pub async fn get(addr: String, path: &'static str) -> (u16, String) {
     .await
     .unwrap()
 }
+
+/// A raw upgrade request to `/ws{query}` (from source address `src` when
+/// given) with extra header lines: the status and body of the answer.
+pub async fn upgrade_raw(
+    addr: &str,
+    src: Option<&str>,
+    query: &str,
+    extra_headers: &str,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    if let Some(src) = src {
+        sock.bind(format!("{src}:0").parse().unwrap()).unwrap();
+    }
+    let mut tcp = sock.connect(addr.parse().unwrap()).await.unwrap();
+    let req = format!(
+        "GET /ws{query} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra_headers}\r\n"
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let read = async {
+        loop {
+            let n = tcp.read(&mut chunk).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf).to_string();
+            let Some(end) = text.find("\r\n\r\n") else {
+                continue;
+            };
+            let head = text[..end].to_ascii_lowercase();
+            if head.starts_with("http/1.1 101") {
+                break;
+            }
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+            if buf.len() >= end + 4 + len {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(T, read)
+        .await
+        .expect("an answer in time");
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status: u16 = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
