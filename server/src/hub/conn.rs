@@ -21,7 +21,10 @@ use crate::store::{router::key_slot, Store};
 /// What the connection heard.
 #[derive(Debug)]
 pub(super) enum Incoming {
-    /// A message on a channel.
+    /// A message on a channel (classic pub/sub: as redis-rs parsed it, so
+    /// nothing is copied before the hub copies the payload once).
+    Msg(redis::Msg),
+    /// A message on a shard channel (a RESP3 push).
     Message { channel: Vec<u8>, payload: Vec<u8> },
     /// The library subscribed `channel` again (after a reconnect or a
     /// slot move) without our asking: whatever was published meanwhile
@@ -31,6 +34,17 @@ pub(super) enum Incoming {
     Dropped(Vec<u8>),
     /// One node's connection broke (the library reconnects it).
     Disconnected,
+}
+
+impl Incoming {
+    /// The channel and payload of a message (`None` for other events).
+    pub(super) fn channel_and_payload(&self) -> Option<(&[u8], &[u8])> {
+        match self {
+            Self::Msg(m) => Some((m.get_channel_name().as_bytes(), m.get_payload_bytes())),
+            Self::Message { channel, payload } => Some((channel, payload)),
+            _ => None,
+        }
+    }
 }
 
 /// Subscriptions in flight whose confirmations come back as pushes too
@@ -148,13 +162,7 @@ impl SubConn {
     /// The next thing heard; `None` when the connection is gone.
     pub(super) async fn next(&mut self) -> Option<Incoming> {
         match self {
-            Self::Classic { stream, .. } => {
-                let msg = stream.next().await?;
-                Some(Incoming::Message {
-                    channel: msg.get_channel_name().as_bytes().to_vec(),
-                    payload: msg.get_payload_bytes().to_vec(),
-                })
-            }
+            Self::Classic { stream, .. } => stream.next().await.map(Incoming::Msg),
             Self::Sharded {
                 pushes,
                 subscribing,

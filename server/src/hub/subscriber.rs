@@ -147,9 +147,9 @@ impl Hub {
             tokio::select! {
                 _ = shutdown.cancelled() => return None,
                 msg = conn.next() => {
-                    let (channel, payload) = match msg {
+                    let incoming = match msg {
                         None => return Some("connection closed".into()),
-                        Some(Incoming::Message { channel, payload }) => (channel, payload),
+                        Some(m @ (Incoming::Msg(_) | Incoming::Message { .. })) => m,
                         Some(Incoming::Resubscribed(channel)) => {
                             // Subscribed again by redis-rs after a reconnect
                             // or a slot move: anything published meanwhile
@@ -175,7 +175,10 @@ impl Hub {
                             continue;
                         }
                     };
-                    let Ok(channel) = std::str::from_utf8(&channel) else {
+                    let Some((channel, payload)) = incoming.channel_and_payload() else {
+                        continue;
+                    };
+                    let Ok(channel) = std::str::from_utf8(channel) else {
                         continue;
                     };
                     if let Some(i) = probes.iter().position(|p| p == channel) {
@@ -191,7 +194,7 @@ impl Hub {
                     let Some(room) = store::room_of_channel(channel) else {
                         continue;
                     };
-                    let payload = Bytes::from(payload);
+                    let payload = Bytes::copy_from_slice(payload);
                     if std::str::from_utf8(&payload).is_err() {
                         tracing::warn!(room, "dropping a non-UTF-8 frame from redis");
                         continue;
