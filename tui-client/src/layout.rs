@@ -15,14 +15,12 @@ use crate::wrap;
 /// Widths of the room list (left) and the member list (right) on a wide
 /// terminal...
 const WIDE_SIDEBARS: (u16, u16) = (18, 20);
-/// ...and below [`WIDE_MIN_WIDTH`] (an 80-column terminal keeps both lists
-/// and still gets a message pane over 50 columns wide).
+/// ...and on a middling one.
 const NARROW_SIDEBARS: (u16, u16) = (14, 14);
-/// From this width on, the side lists get their full width.
-pub const WIDE_MIN_WIDTH: u16 = 110;
-/// Below this terminal width the side panes are hidden so the messages keep
-/// a usable width.
-pub const SIDEBARS_MIN_WIDTH: u16 = 70;
+/// The fewest cells the text of a message keeps: the side lists collapse
+/// (members first, then rooms) rather than squeeze it. At 80 columns both
+/// go: 80 - 24 = 56 cells of text, where both lists left 28.
+pub const MIN_TEXT_WIDTH: u16 = 50;
 /// Cells for the nick column (right-aligned, cut with `…`).
 pub const NICK_COL: usize = 12;
 /// Cells for the `HH:MM:SS` column.
@@ -53,7 +51,15 @@ pub fn panes(area: Rect) -> Panes {
     let input = Rect::new(area.x, area.y + body_h + status_h, area.width, input_h);
     let status = Rect::new(area.x, area.y + body_h, area.width, status_h);
     let body = Rect::new(area.x, area.y, area.width, body_h);
-    if area.width < SIDEBARS_MIN_WIDTH {
+    let prefix = prefix_width(false) as u16;
+    let fits = |(rooms_w, members_w): (u16, u16)| {
+        area.width.saturating_sub(rooms_w + members_w) >= prefix + MIN_TEXT_WIDTH
+    };
+    // Widest lists first; the first choice that leaves the text its room.
+    let choice = [WIDE_SIDEBARS, NARROW_SIDEBARS, (NARROW_SIDEBARS.0, 0)]
+        .into_iter()
+        .find(|c| fits(*c));
+    let Some((rooms_w, members_w)) = choice else {
         return Panes {
             rooms: None,
             messages: body,
@@ -61,11 +67,6 @@ pub fn panes(area: Rect) -> Panes {
             status,
             input,
         };
-    }
-    let (rooms_w, members_w) = if area.width >= WIDE_MIN_WIDTH {
-        WIDE_SIDEBARS
-    } else {
-        NARROW_SIDEBARS
     };
     let rooms = Rect::new(body.x, body.y, rooms_w, body.height);
     let members = Rect::new(
@@ -83,7 +84,7 @@ pub fn panes(area: Rect) -> Panes {
     Panes {
         rooms: Some(rooms),
         messages,
-        members: Some(members),
+        members: (members_w > 0).then_some(members),
         status,
         input,
     }
@@ -140,10 +141,24 @@ mod tests {
     }
 
     #[test]
-    fn an_80_column_terminal_keeps_both_lists_and_room_to_talk() {
+    fn the_text_keeps_fifty_cells_and_the_lists_collapse_first() {
+        // At 80x24 both lists left 28 cells of text: now they go.
         let p = panes(Rect::new(0, 0, 80, 24));
+        assert!(p.rooms.is_none() && p.members.is_none());
+        assert_eq!(p.messages.width, 80);
+        for w in 0..300u16 {
+            let p = panes(Rect::new(0, 0, w, 24));
+            let text = (p.messages.width as usize).saturating_sub(prefix_width(false));
+            if p.rooms.is_some() || p.members.is_some() {
+                assert!(text >= MIN_TEXT_WIDTH as usize, "width {w}: text {text}");
+            }
+            // The member list goes before the room list.
+            assert!(p.members.is_none() || p.rooms.is_some(), "width {w}");
+        }
+        let p = panes(Rect::new(0, 0, 90, 24));
+        assert!(p.rooms.is_some() && p.members.is_none());
+        let p = panes(Rect::new(0, 0, 104, 24));
         assert!(p.rooms.is_some() && p.members.is_some());
-        assert_eq!(p.messages.width, 52);
     }
 
     #[test]

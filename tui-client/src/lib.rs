@@ -5,6 +5,9 @@
 //!
 //! # Layout
 //! - [`opts`] — command-line options, environment variables, the key list.
+//! - [`config`] — the TOML config file under the options.
+//! - [`room_log`] — per-room logs and notifications: the run loop's side
+//!   effects of what the state decided.
 //! - [`run`] — the `select!` loop tying terminal, network and state together.
 //! - [`terminal`] — the guard that restores the terminal on exit and panic.
 //! - [`logging`] — logs to a file, never to the screen.
@@ -15,10 +18,12 @@
 //! - [`layout`] — screen geometry shared by `state` and `view`.
 //! - [`wrap`] — terminal-safe text and wrapping by display width.
 
+pub mod config;
 pub mod layout;
 pub mod logging;
 pub mod net;
 pub mod opts;
+pub mod room_log;
 pub mod run;
 pub mod state;
 pub mod terminal;

@@ -4,7 +4,10 @@
 use std::path::PathBuf;
 
 use clap::builder::BoolishValueParser;
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser};
+
+use crate::config::{self, Loaded};
 
 /// The keys, for `--help` and `/help`.
 pub const KEYS: &str = "\
@@ -20,6 +23,8 @@ Ctrl+Home        top of the scrollback; Esc or Ctrl+End back to the bottom
 Alt+1..9, Alt+0  show room 1..10; Ctrl+N/Ctrl+P or Alt+←/→ next/previous
 Alt+A            next room that mentions you, else next with unread lines
                  (a click on a room in the list shows it)
+Ctrl+R           search this room's scrollback (n/N next/previous, Esc back)
+Alt+M            the mentions of you across rooms
 F1               help;  F2 show/hide the APP_ID each message came through
 Ctrl+L           redraw;  Ctrl+C (or Ctrl+D on an empty line) quit
 ";
@@ -34,6 +39,17 @@ Ctrl+L           redraw;  Ctrl+C (or Ctrl+D on an empty line) quit
 #[derive(Debug, Clone, Parser)]
 #[command(name = "tui-client", version, after_help = after_help())]
 pub struct Opts {
+    /// The config file (TOML). Default: $XDG_CONFIG_HOME/wschat/config.toml
+    /// or ~/.config/wschat/config.toml, when it exists. Flags and
+    /// environment variables override what it says.
+    #[arg(long, env = "CHAT_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Print the effective configuration (file, environment and flags
+    /// together, the token hidden) as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+
     /// The server's WebSocket URL (normally HAProxy in front of the cluster).
     #[arg(long, env = "CHAT_URL", default_value = "ws://127.0.0.1:8080/ws")]
     pub url: String,
@@ -58,6 +74,12 @@ pub struct Opts {
     #[arg(long, env = "CHAT_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
 
+    /// Ask this registry (`GET URL`, plain http://) before every connect
+    /// which instance to connect to directly, bypassing HAProxy; `--url` is
+    /// the fallback when the registry is down or names dead instances.
+    #[arg(long, env = "CHAT_REGISTRY")]
+    pub registry: Option<String>,
+
     /// The room(s) to join, comma-separated (`lobby,rust,ops`): all are
     /// joined at start, the first is shown.
     #[arg(long, env = "CHAT_ROOM", default_value = "lobby")]
@@ -71,11 +93,28 @@ pub struct Opts {
     #[arg(long, env = "CHAT_SCROLLBACK", default_value_t = crate::state::DEFAULT_SCROLLBACK)]
     pub scrollback: usize,
 
-    /// The log file (logs never go to the screen). Default:
-    /// $XDG_STATE_HOME/tui-client/tui-client.log or
-    /// ~/.local/state/tui-client/tui-client.log.
+    /// The diagnostics log (logs never go to the screen). Default: one
+    /// file per process, $XDG_STATE_HOME/wschat/diag/tui-client-<time>-<pid>.log
+    /// (~/.local/state/wschat/... without XDG_STATE_HOME); the newest 20
+    /// are kept.
     #[arg(long, env = "CHAT_LOG_FILE")]
     pub log_file: Option<PathBuf>,
+
+    /// Where each room's log (<room>.log, with dates) and /save files go.
+    /// Default: $XDG_STATE_HOME/wschat/logs.
+    #[arg(long, env = "CHAT_LOG_DIR")]
+    pub log_dir: Option<PathBuf>,
+
+    /// Do not write room logs.
+    #[arg(long, env = "CHAT_NO_ROOM_LOGS", value_parser = BoolishValueParser::new())]
+    pub no_room_logs: bool,
+
+    /// A shell command run for each notification (a mention or a direct
+    /// message while the terminal is unfocused), with the title as $1 and
+    /// the text as $2, e.g. 'notify-send "$1" "$2"'. Without it the
+    /// terminal is asked to notify (OSC 777 and OSC 9).
+    #[arg(long, env = "CHAT_NOTIFY_COMMAND")]
+    pub notify_command: Option<String>,
 
     /// Log filter, in `RUST_LOG` syntax.
     #[arg(long, env = "CHAT_LOG", default_value = "info")]
@@ -108,7 +147,7 @@ pub struct Opts {
 
 fn after_help() -> String {
     format!(
-        "Keys:\n{}\nCommands: /join /leave /switch /nick /who /me /appids /reconnect /clear /lastlog /save /help /quit\n",
+        "Keys:\n{}\nCommands: /join /leave /switch /nick /who /me /msg /query /search /lastlog /mentions /appids /reconnect /clear /save /help /quit\n",
         KEYS.lines()
             .map(|l| format!("  {l}"))
             .collect::<Vec<_>>()
@@ -167,16 +206,141 @@ impl Opts {
         rooms
     }
 
-    /// Where the log goes.
+    /// Where the diagnostics log goes: `--log-file`, else a file of this
+    /// process's own (two clients never share one).
     pub fn log_path(&self) -> PathBuf {
         if let Some(p) = &self.log_file {
             return p.clone();
         }
-        let base = std::env::var_os("XDG_STATE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
-            .unwrap_or_else(std::env::temp_dir);
-        base.join("tui-client").join("tui-client.log")
+        let stamp = chrono::Utc::now().format("%Y%m%d-%H%M%S");
+        config::state_dir()
+            .join("diag")
+            .join(format!("tui-client-{stamp}-{}.log", std::process::id()))
+    }
+
+    /// Where room logs and `/save` files go.
+    pub fn log_dir(&self) -> PathBuf {
+        match &self.log_dir {
+            Some(d) => config::expand_home(d),
+            None => config::state_dir().join("logs"),
+        }
+    }
+
+    /// Parse the command line (and environment) and merge the config file
+    /// under it: a flag or variable given wins over the file.
+    pub fn load_from<I, T>(args: I) -> Result<(Opts, Loaded), clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = Opts::command().try_get_matches_from(args)?;
+        let mut opts = Opts::from_arg_matches(&matches)?;
+        let loaded = config::load(opts.config.as_deref())
+            .map_err(|e| clap::Error::raw(clap::error::ErrorKind::ValueValidation, e + "\n"))?;
+        opts.merge(&matches, &loaded);
+        Ok((opts, loaded))
+    }
+
+    fn merge(&mut self, m: &clap::ArgMatches, loaded: &Loaded) {
+        let given = |id: &str| {
+            matches!(
+                m.value_source(id),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            )
+        };
+        let f = &loaded.file;
+        if !given("url") {
+            if let Some(v) = &f.url {
+                self.url.clone_from(v);
+            }
+        }
+        if !given("nick") && f.nick.is_some() {
+            self.nick.clone_from(&f.nick);
+        }
+        // A token given by flag or environment replaces the file's, in
+        // either form.
+        if !given("token") && !given("token_file") {
+            if let Some(t) = &f.token {
+                self.token = Some(t.clone());
+            } else if let Some(p) = &f.token_file {
+                self.token_file = Some(config::expand_home(p));
+            }
+        }
+        if !given("registry") && f.registry.is_some() {
+            self.registry.clone_from(&f.registry);
+        }
+        if !given("room") {
+            if let Some(r) = &f.rooms {
+                self.room = r.join(",");
+            }
+        }
+        if !given("history") {
+            if let Some(h) = f.history {
+                self.history = h;
+            }
+        }
+        if !given("utc") {
+            if let Some(u) = f.utc {
+                self.utc = u;
+            }
+        }
+        if !given("bell") {
+            if let Some(b) = f.bell {
+                self.bell = b;
+            }
+        }
+        if !given("notify_command") && f.notify_command.is_some() {
+            self.notify_command.clone_from(&f.notify_command);
+        }
+        if !given("log_dir") && f.log_dir.is_some() {
+            self.log_dir.clone_from(&f.log_dir);
+        }
+    }
+
+    /// The effective configuration as TOML (`--print-config`); the token
+    /// is hidden.
+    pub fn effective_toml(&self, loaded: &Loaded) -> String {
+        let rooms = self.rooms();
+        let file = config::FileConfig {
+            url: Some(self.url.clone()),
+            nick: self.nick.clone(),
+            token: self.token.as_ref().map(|_| "***".to_string()),
+            token_file: self.token_file.clone(),
+            registry: self.registry.clone(),
+            rooms: Some(rooms),
+            history: Some(self.history),
+            timestamp_format: Some(
+                loaded
+                    .file
+                    .timestamp_format
+                    .clone()
+                    .unwrap_or_else(|| "%H:%M:%S".into()),
+            ),
+            utc: Some(self.utc),
+            highlight: Some(loaded.file.highlight.clone().unwrap_or_default()),
+            bell: Some(self.bell),
+            notify_command: self.notify_command.clone(),
+            log_dir: Some(self.log_dir()),
+            colors: Some(config::ColorConfig {
+                mention: Some(format!("{}", loaded.theme.mention).to_lowercase()),
+                own: loaded.theme.own.map(|c| format!("{c}").to_lowercase()),
+                timestamp: Some(format!("{}", loaded.theme.timestamp).to_lowercase()),
+                status_bg: Some(loaded.theme.status_bg),
+            }),
+            keys: Some(
+                loaded
+                    .keys
+                    .bindings
+                    .iter()
+                    .map(|(k, a)| (a.name().to_string(), config::key_name(k)))
+                    .collect(),
+            ),
+        };
+        let source = match &loaded.path {
+            Some(p) => format!("# config file: {}\n", p.display()),
+            None => "# no config file\n".to_string(),
+        };
+        source + &toml::to_string(&file).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
     }
 }
 
@@ -232,6 +396,87 @@ mod tests {
         assert!(Opts::try_parse_from(["tui-client", "--token", "a", "--token-file", "f"]).is_err());
     }
 
+    use std::path::Path;
+
+    fn write(name: &str, text: &str) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("tui-cfg-{}-{name}.toml", std::process::id()));
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn the_config_file_fills_in_and_flags_override_it() {
+        let p = write(
+            "merge",
+            "nick = \"fromfile\"\nurl = \"ws://file:1/ws\"\nrooms = [\"a\", \"b\"]\nbell = true\n\n[keys]\nsearch = \"alt+s\"\n",
+        );
+        let path = p.to_str().unwrap();
+        let (o, l) = Opts::load_from(["tui-client", "--config", path]).unwrap();
+        assert_eq!(o.nick.as_deref(), Some("fromfile"));
+        assert_eq!(o.url, "ws://file:1/ws");
+        assert_eq!(o.rooms(), vec!["a", "b"]);
+        assert!(o.bell);
+        let (o, _) = Opts::load_from([
+            "tui-client",
+            "--config",
+            path,
+            "--nick",
+            "flag",
+            "--room",
+            "c",
+        ])
+        .unwrap();
+        assert_eq!(o.nick.as_deref(), Some("flag"));
+        assert_eq!(o.rooms(), vec!["c"]);
+        assert_eq!(o.url, "ws://file:1/ws");
+        let printed = o.effective_toml(&l);
+        assert!(printed.contains("nick = \"flag\""), "{printed}");
+        assert!(printed.contains("search = \"alt+s\""), "{printed}");
+        // What it prints reads back as a config file.
+        let back = config::parse(&printed, Path::new("printed")).unwrap();
+        assert_eq!(back.file.nick.as_deref(), Some("flag"));
+        std::fs::write(&p, "nick = \"ok\"\nrooms = [\"x\"\n").unwrap();
+        let e = Opts::load_from(["tui-client", "--config", path])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line"), "{e}");
+        std::fs::remove_file(&p).unwrap();
+    }
+
+    #[test]
+    fn the_token_is_hidden_in_the_printed_config() {
+        // An empty file: the user's own config plays no part.
+        let p = write("empty", "");
+        let (o, l) = Opts::load_from([
+            "tui-client",
+            "--config",
+            p.to_str().unwrap(),
+            "--token",
+            "secret.jwt.sig",
+        ])
+        .unwrap();
+        let printed = o.effective_toml(&l);
+        assert!(!printed.contains("secret"), "{printed}");
+        assert!(printed.contains("token = \"***\""), "{printed}");
+    }
+
+    #[test]
+    fn each_process_gets_its_own_diagnostics_log() {
+        let o = Opts::try_parse_from(["tui-client"]).unwrap();
+        let p = o.log_path();
+        let name = p.file_name().unwrap().to_str().unwrap().to_string();
+        assert!(
+            name.ends_with(&format!("-{}.log", std::process::id())),
+            "{name}"
+        );
+        assert!(
+            p.parent().unwrap().ends_with("wschat/diag"),
+            "{}",
+            p.display()
+        );
+        assert!(o.log_dir().ends_with("wschat/logs"));
+    }
+
     #[test]
     fn help_documents_the_keys_and_the_env_vars() {
         let help = <Opts as clap::CommandFactory>::command()
@@ -246,7 +491,12 @@ mod tests {
             "CHAT_ROOM",
             "CHAT_TOKEN",
             "--token-file",
+            "--config",
+            "--print-config",
+            "CHAT_REGISTRY",
             "/join",
+            "/search",
+            "Ctrl+R",
         ] {
             assert!(help.contains(needle), "--help lacks {needle}");
         }

@@ -11,8 +11,10 @@ use ratatui::layout::Rect;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::time::MissedTickBehavior;
 
+use crate::config::Loaded;
 use crate::net::{self, NetConfig, NetHandle};
 use crate::opts::Opts;
+use crate::room_log::{Notifier, RoomLogs};
 use crate::state::clock::Clock;
 use crate::state::{Action, App, ConnStatus, Event, Settings};
 use crate::terminal::TerminalGuard;
@@ -37,17 +39,24 @@ pub fn default_nick(opts: &Opts) -> String {
 }
 
 /// Run the client until the user quits.
-pub async fn run(opts: Opts) -> anyhow::Result<()> {
+pub async fn run(opts: Opts, loaded: Loaded) -> anyhow::Result<()> {
     let nick = default_nick(&opts);
     let rooms = opts.rooms();
     let mut cfg = NetConfig::new(&opts.url, &nick, &rooms[0]);
     cfg.more_rooms = rooms[1..].to_vec();
     cfg.history = opts.history;
+    cfg.registry.clone_from(&opts.registry);
     cfg.token = match (&opts.token, &opts.token_file) {
         (Some(t), _) => Some(net::Token::Fixed(t.clone())),
         (None, Some(p)) => Some(net::Token::File(p.clone())),
         (None, None) => None,
     };
+    // The subject names this client's side of `dm.<a>.<b>` rooms.
+    let my_sub = cfg
+        .token
+        .as_ref()
+        .and_then(|t| t.current().ok())
+        .and_then(|t| net::jwt::sub(&t));
     let (net, mut events) = net::spawn(cfg);
 
     let mut guard = TerminalGuard::new(!opts.no_mouse)?;
@@ -61,12 +70,26 @@ pub async fn run(opts: Opts) -> anyhow::Result<()> {
         clock: Clock {
             utc: opts.utc,
             fixed_ms: None,
+            // Checked when the config was read; leaked once, so the clock
+            // stays `Copy`.
+            format: loaded
+                .file
+                .timestamp_format
+                .clone()
+                .map(|f| &*Box::leak(f.into_boxed_str())),
         },
         id_prefix: crate::state::new_id_prefix(),
     };
     let area = Rect::new(0, 0, size.width, size.height);
     let mut app = App::new(settings, area, Instant::now());
     app.show_app_ids = opts.show_app_ids;
+    app.theme = loaded.theme;
+    app.keys = loaded.keys.clone();
+    app.highlights = loaded.file.highlight.clone().unwrap_or_default();
+    app.my_sub = my_sub;
+    app.save_dir = Some(opts.log_dir());
+    let mut room_logs = (!opts.no_room_logs).then(|| RoomLogs::new(&opts.log_dir()));
+    let notifier = Notifier::new(opts.notify_command.clone());
 
     // SIGTERM (kill, systemd, tmux kill-session) and SIGHUP end the
     // program the same way as /quit, so the terminal is given back and the
@@ -88,6 +111,11 @@ pub async fn run(opts: Opts) -> anyhow::Result<()> {
             }
             if std::mem::take(&mut app.mentioned) && opts.bell {
                 guard.bell();
+            }
+            for n in std::mem::take(&mut app.notify_out) {
+                if let Some(osc) = notifier.deliver(&n) {
+                    guard.write_raw(&osc);
+                }
             }
             guard.terminal.draw(|f| view::render(&app, f))?;
             last_draw = Instant::now();
@@ -143,6 +171,13 @@ pub async fn run(opts: Opts) -> anyhow::Result<()> {
                 break Ok(());
             }
         }
+        let entries = std::mem::take(&mut app.log_out);
+        if let Some(logs) = room_logs.as_mut().filter(|_| !entries.is_empty()) {
+            if let Some(e) = logs.write(&entries) {
+                tracing::warn!(error = %e, "room log");
+                app.error(&e);
+            }
+        }
         if app.quit {
             break Ok(());
         }
@@ -158,7 +193,8 @@ fn from_terminal(ev: TermEvent) -> Option<Event> {
         TermEvent::Mouse(m) => Some(Event::Mouse(m)),
         TermEvent::Paste(s) => Some(Event::Paste(s)),
         TermEvent::Resize(w, h) => Some(Event::Resize(w, h)),
-        TermEvent::FocusGained | TermEvent::FocusLost => None,
+        TermEvent::FocusGained => Some(Event::Focus(true)),
+        TermEvent::FocusLost => Some(Event::Focus(false)),
     }
 }
 
@@ -176,7 +212,7 @@ fn perform(
                 }
             }
             Action::Redraw => guard.terminal.clear()?,
-            Action::Save { path, text } => match std::fs::write(&path, &text) {
+            Action::Save { path, text } => match save(&path, &text) {
                 Ok(()) => app.info(&format!("saved {} lines to {path}", text.lines().count())),
                 Err(e) => app.error(&format!("cannot save to {path}: {e}")),
             },
@@ -184,4 +220,15 @@ fn perform(
         }
     }
     Ok(())
+}
+
+/// Write a `/save` file, making its directory first.
+fn save(path: &str, text: &str) -> std::io::Result<()> {
+    if let Some(dir) = std::path::Path::new(path)
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, text)
 }

@@ -9,7 +9,8 @@
 use std::io::{stdout, Write};
 
 use crossterm::event::{
-    DisableBracketedPaste, DisableMouseCapture, EnableBracketedPaste, EnableMouseCapture,
+    DisableBracketedPaste, DisableFocusChange, DisableMouseCapture, EnableBracketedPaste,
+    EnableFocusChange, EnableMouseCapture,
 };
 use crossterm::execute;
 use crossterm::terminal::SetTitle;
@@ -30,7 +31,12 @@ pub struct TerminalGuard {
 /// while exiting or panicking, with nowhere left to report them.
 fn undo_extras() {
     let mut out = stdout();
-    let _ = execute!(out, DisableMouseCapture, DisableBracketedPaste);
+    let _ = execute!(
+        out,
+        DisableMouseCapture,
+        DisableBracketedPaste,
+        DisableFocusChange
+    );
     let _ = out.flush();
 }
 
@@ -46,7 +52,8 @@ impl TerminalGuard {
         }));
         let mut out = stdout();
         out.write_all(PUSH_TITLE)?;
-        execute!(out, EnableBracketedPaste)?;
+        // Focus reports tell when to send desktop notifications.
+        execute!(out, EnableBracketedPaste, EnableFocusChange)?;
         if mouse {
             execute!(out, EnableMouseCapture)?;
         }
@@ -59,6 +66,12 @@ impl TerminalGuard {
     /// a terminal that does not take it loses nothing.
     pub fn set_title(&self, title: &str) {
         let _ = execute!(stdout(), SetTitle(crate::wrap::sanitize(title)));
+    }
+
+    /// Write bytes the terminal interprets (an OSC notification).
+    pub fn write_raw(&self, bytes: &[u8]) {
+        let mut out = stdout();
+        let _ = out.write_all(bytes).and_then(|()| out.flush());
     }
 
     /// Ring the terminal bell (tmux marks the window).

@@ -2,25 +2,41 @@
 //!
 //! Both the state (scroll arithmetic) and the view (drawing) wrap through
 //! these functions, so the number of rows a line takes is the same number in
-//! both places. Widths come from `unicode-width`: a CJK character or most
-//! emoji take two cells, combining marks take none.
+//! both places.
+//!
+//! Text is measured and cut by grapheme cluster, exactly as ratatui's
+//! buffer measures it (its `CellWidth`): a flag (`🇫🇷`, two regional
+//! indicators) or an emoji with a skin tone is one two-cell glyph. Counting
+//! code points instead (two one-cell indicators), or cutting a row between
+//! them, makes the client and the terminal disagree about where the cells
+//! are, which leaves ghost glyphs behind as lines scroll.
 
 use std::ops::Range;
 
+use ratatui::buffer::CellWidth;
+use unicode_segmentation::UnicodeSegmentation;
 use unicode_width::UnicodeWidthChar;
 
-/// Cells a character takes on screen. Control characters never reach the
-/// screen (see [`sanitize`]), so they count as zero here.
+/// Cells a character takes on screen, alone. Control characters never
+/// reach the screen (see [`sanitize`]), so they count as zero here.
 pub fn char_width(c: char) -> usize {
-    if c == '\n' {
+    if c.is_control() {
         return 0;
     }
     c.width().unwrap_or(0)
 }
 
+/// Cells one grapheme cluster takes on screen: the number ratatui uses.
+pub fn grapheme_width(g: &str) -> usize {
+    if g.chars().all(char::is_control) {
+        return 0;
+    }
+    usize::from(g.cell_width())
+}
+
 /// Cells a string takes on screen (on one row).
 pub fn str_width(s: &str) -> usize {
-    s.chars().map(char_width).sum()
+    s.graphemes(true).map(grapheme_width).sum()
 }
 
 /// Make untrusted text safe to put in terminal cells: a message that holds
@@ -51,13 +67,13 @@ pub fn truncate(s: &str, width: usize) -> String {
     }
     let mut out = String::new();
     let mut used = 0;
-    for c in s.chars() {
-        let w = char_width(c);
+    for g in s.graphemes(true) {
+        let w = grapheme_width(g);
         if used + w + 1 > width {
             break;
         }
         used += w;
-        out.push(c);
+        out.push_str(g);
     }
     if width > 0 {
         out.push('…');
@@ -68,8 +84,8 @@ pub fn truncate(s: &str, width: usize) -> String {
 /// Split `text` into rows: the first row is `first` cells wide, every later
 /// row `rest` cells wide. Returns byte ranges into `text` (without the
 /// newline characters). Rows break after white space when the row holds a
-/// break opportunity, otherwise between characters; a wide character never
-/// straddles two rows. Every paragraph (text between newlines) takes at
+/// break opportunity, otherwise between grapheme clusters; a wide cluster
+/// never straddles two rows and a cluster is never split. Every paragraph (text between newlines) takes at
 /// least one row, so an empty text takes one row.
 pub fn wrap(text: &str, first: usize, rest: usize) -> Vec<Range<usize>> {
     let first = first.max(1);
@@ -97,13 +113,14 @@ fn wrap_paragraph(
     // width of what follows it: where a soft break would go.
     let mut last_break: Option<usize> = None;
     let mut since_break = 0;
-    for (i, c) in para.char_indices() {
-        let w = char_width(c);
-        if c.is_whitespace() && row_width + w > cap(rows) {
+    for (i, c) in para.grapheme_indices(true) {
+        let w = grapheme_width(c);
+        let space = c.chars().all(char::is_whitespace);
+        if space && row_width + w > cap(rows) {
             // White space where the row is full: it ends the row (drawn
             // past the edge, so invisible) rather than indenting the next.
-            rows.push(base + row_start..base + i + c.len_utf8());
-            row_start = i + c.len_utf8();
+            rows.push(base + row_start..base + i + c.len());
+            row_start = i + c.len();
             row_width = 0;
             last_break = None;
             since_break = 0;
@@ -126,8 +143,8 @@ fn wrap_paragraph(
             last_break = None;
         }
         row_width += w;
-        if c.is_whitespace() {
-            last_break = Some(i + c.len_utf8());
+        if space {
+            last_break = Some(i + c.len());
             since_break = 0;
         } else {
             since_break += w;
@@ -194,6 +211,30 @@ mod tests {
     #[test]
     fn a_wide_char_in_a_one_cell_row_still_makes_progress() {
         assert_eq!(rows("日本", 1, 1), vec!["日", "本"]);
+    }
+
+    #[test]
+    fn flags_and_emoji_sequences_are_one_glyph_never_split() {
+        // Two regional indicators make one two-cell flag, as ratatui (and
+        // the terminal) draw it; four code points are not four cells.
+        assert_eq!(str_width("🇫🇷"), 2);
+        assert_eq!(str_width("🇫🇷🇩🇪"), 4);
+        assert_eq!(str_width("👍🏽"), 2);
+        // A row boundary never falls between the two halves of a flag.
+        let text = "🇫🇷🇩🇪🇯🇵🇧🇷🇮🇹";
+        for w in 1..12 {
+            for row in rows(text, w, w) {
+                assert_eq!(
+                    row.chars().count() % 2,
+                    0,
+                    "width {w}: a row with half a flag: {row:?}"
+                );
+                assert!(str_width(row) <= w.max(2), "{row:?} wider than {w}");
+            }
+        }
+        assert_eq!(rows(text, 4, 4), vec!["🇫🇷🇩🇪", "🇯🇵🇧🇷", "🇮🇹"]);
+        // Cutting keeps whole clusters too.
+        assert_eq!(truncate("🇫🇷🇩🇪🇯🇵", 5), "🇫🇷🇩🇪…");
     }
 
     #[test]

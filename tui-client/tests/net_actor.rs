@@ -611,7 +611,7 @@ async fn the_token_goes_on_every_connect_and_an_expired_one_stops_the_retries() 
             reason,
             ..
         } => assert!(
-            reason.starts_with("token expired: get a new token"),
+            reason.starts_with("token expired: give a new token"),
             "{reason}"
         ),
         other => panic!("expected offline, got {other:?}"),

@@ -18,8 +18,9 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::bucket::Bucket;
+use super::registry::{self, Chooser, Decision};
 use super::session::{Outgoing, Session};
-use super::{url, Command, NetConfig, NetEvent, Request};
+use super::{jwt, url, Command, NetConfig, NetEvent, Request, Token};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -44,6 +45,13 @@ pub(super) struct Actor {
     /// The zero of the ping timestamps.
     epoch: Instant,
     next_ping: u64,
+    /// The `exp` of the token the connection lives on (seconds since the
+    /// Unix epoch), when known.
+    token_exp: Option<u64>,
+    /// The token last sent (on connect or in a `refresh`).
+    token_sent: Option<String>,
+    /// Registry answers against `--url`.
+    chooser: Chooser,
 }
 
 impl Actor {
@@ -64,6 +72,31 @@ impl Actor {
             rng: StdRng::from_os_rng(),
             epoch: Instant::now(),
             next_ping: 0,
+            token_exp: None,
+            token_sent: None,
+            chooser: Chooser::default(),
+        }
+    }
+
+    fn has_token_file(&self) -> bool {
+        matches!(self.cfg.token, Some(Token::File(_)))
+    }
+
+    /// Where this attempt connects: the registry's instance, or `--url`.
+    /// `None`: the registry named the instance that just failed; wait and
+    /// ask again.
+    async fn target_base(&mut self) -> Option<(String, bool)> {
+        let Some(reg) = self.cfg.registry.clone() else {
+            return Some((self.cfg.url.clone(), false));
+        };
+        let answer = registry::ask(&reg, self.cfg.connect_timeout).await;
+        if let Ok(a) = &answer {
+            tracing::info!(url = %a.url, app_id = ?a.app_id, "registry answered");
+        }
+        match self.chooser.decide(answer, &self.cfg.url) {
+            Decision::Direct(u) => Some((u, true)),
+            Decision::Fallback(u) => Some((u, false)),
+            Decision::AskAgain => None,
         }
     }
 
@@ -108,22 +141,49 @@ impl Actor {
                     continue;
                 }
             };
-            let target = url::connect_url(
-                &self.cfg.url,
-                &self.session.connect_params(),
-                token.as_deref(),
-            );
-            tracing::info!(url = %url::redact(&target), attempt = failures, "connecting");
-            let exit = match self.connect(&target).await {
-                Ok(ws) => {
-                    let started = Instant::now();
-                    let exit = self.connected(ws).await;
-                    if started.elapsed() >= self.cfg.stable_after {
-                        failures = 0;
+            self.token_exp = token.as_deref().and_then(jwt::exp);
+            self.token_sent.clone_from(&token);
+            let expired = self.token_exp.is_some_and(|e| e <= unix_now());
+            let route = if expired {
+                None
+            } else {
+                self.target_base().await
+            };
+            let exit = match route {
+                // A token already past its `exp` cannot connect: say so
+                // rather than collect a 401.
+                _ if expired => Exit::Offline(self.token_expired_reason()),
+                None => Exit::Retry(
+                    "the registry named the instance that just failed; asking again".into(),
+                ),
+                Some((base, direct)) => {
+                    if !self.emit(NetEvent::Via { direct }).await {
+                        return;
                     }
-                    exit
+                    let mut params = self.session.connect_params();
+                    if token.is_none() {
+                        params.push(("nick_key", self.cfg.nick_key.clone()));
+                    }
+                    let target = url::connect_url(&base, &params, token.as_deref());
+                    tracing::info!(url = %url::redact(&target), attempt = failures, direct, "connecting");
+                    match self.connect(&target).await {
+                        Ok(ws) => {
+                            self.chooser.connected();
+                            let started = Instant::now();
+                            let exit = self.connected(ws).await;
+                            if started.elapsed() >= self.cfg.stable_after {
+                                failures = 0;
+                            }
+                            exit
+                        }
+                        Err(exit) => {
+                            if direct {
+                                self.chooser.failed(&base);
+                            }
+                            exit
+                        }
+                    }
                 }
-                Err(exit) => exit,
             };
             let (reason, retry_in) = match exit {
                 Exit::Shutdown(done) => {
@@ -262,7 +322,7 @@ impl Actor {
             Err(_) => return Exit::Retry("no welcome from the server".into()),
             Ok(None) => return Exit::Retry("closed before the welcome".into()),
             Ok(Some(Err(e))) => return Exit::Retry(lost(&e)),
-            Ok(Some(Ok(Message::Close(cf)))) => return close_exit(cf),
+            Ok(Some(Ok(Message::Close(cf)))) => return self.close_exit(cf),
             Ok(Some(Ok(Message::Text(t)))) => serde_json::from_str::<ServerFrame>(&t),
             Ok(Some(Ok(other))) => {
                 return Exit::Retry(format!("expected a welcome, got {other:?}"));
@@ -298,6 +358,7 @@ impl Actor {
         let mut ping = tokio::time::interval(self.cfg.ping_interval);
         let mut last_heard = Instant::now();
         let mut pace: Option<Instant> = None;
+        let mut refresh_at = self.refresh_at();
         loop {
             // Write whatever may go now, inside the rate limit.
             while pace.is_none() && self.session.has_sendable(Instant::now()) {
@@ -325,7 +386,7 @@ impl Actor {
                     match msg {
                         None => return Exit::Retry("the server closed the connection".into()),
                         Some(Err(e)) => return Exit::Retry(lost(&e)),
-                        Some(Ok(Message::Close(cf))) => return close_exit(cf),
+                        Some(Ok(Message::Close(cf))) => return self.close_exit(cf),
                         Some(Ok(Message::Text(t))) => {
                             if !self.on_text(&t).await {
                                 return Exit::Shutdown(None);
@@ -397,7 +458,66 @@ impl Actor {
                         pace = None;
                     }
                 }
+                _ = tokio::time::sleep_until(refresh_at.unwrap_or_else(Instant::now).into()), if refresh_at.is_some() => {
+                    if let Some(frame) = self.refresh_frame() {
+                        tracing::info!("sending a refreshed token");
+                        if let Err(e) = send(&mut sink, &frame).await {
+                            return Exit::Retry(lost(&e));
+                        }
+                    }
+                    // Look again shortly (the `refreshed` answer moves the
+                    // expiry on); past the expiry the server closes with
+                    // 4003.
+                    refresh_at = self.refresh_at().map(|t| t.max(Instant::now() + REFRESH_RECHECK));
+                }
             }
+        }
+    }
+
+    /// When to read the token file again: [`NetConfig::refresh_before`]
+    /// ahead of the token's `exp`. Only with a `--token-file` (a fixed
+    /// token cannot be renewed) and a token with an `exp`.
+    fn refresh_at(&self) -> Option<Instant> {
+        if !self.has_token_file() {
+            return None;
+        }
+        let exp = self.token_exp?;
+        let now = unix_now();
+        let lead = self.cfg.refresh_before.as_secs();
+        let wait = exp.saturating_sub(lead).saturating_sub(now);
+        Some(Instant::now() + Duration::from_secs(wait))
+    }
+
+    /// A `refresh` frame with the token file's token, if it holds a newer
+    /// one than the connection lives on.
+    fn refresh_frame(&mut self) -> Option<ClientFrame> {
+        let new = match self.cfg.token.as_ref()?.current() {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the token file to refresh");
+                return None;
+            }
+        };
+        if self.token_sent.as_deref() == Some(new.as_str()) {
+            return None;
+        }
+        let new_exp = jwt::exp(&new);
+        if new_exp.is_some_and(|n| self.token_exp.is_some_and(|old| n <= old)) {
+            return None;
+        }
+        self.token_sent = Some(new.clone());
+        Some(ClientFrame::Refresh { token: new })
+    }
+
+    /// Why the client stopped: the token expired. With a token file the
+    /// user can renew it in place.
+    fn token_expired_reason(&self) -> String {
+        match &self.cfg.token {
+            Some(Token::File(p)) => format!(
+                "{TOKEN_EXPIRED_REASON} (write it to {}, then /reconnect)",
+                p.display()
+            ),
+            _ => format!("{TOKEN_EXPIRED_REASON} (restart with a new --token)"),
         }
     }
 
@@ -417,6 +537,12 @@ impl Actor {
                 self.emit(NetEvent::Rtt(rtt)).await
             }
             ServerFrame::Pong { .. } => true,
+            ServerFrame::Refreshed { exp } => {
+                tracing::info!(exp, "token refreshed");
+                self.token_exp = Some(exp);
+                self.emit(NetEvent::Frame(ServerFrame::Refreshed { exp }))
+                    .await
+            }
             mut frame => {
                 if let ServerFrame::Error { code, message, id } = &mut frame {
                     tracing::info!(code = code.as_str(), %message, ?id, "error from the server");
@@ -465,31 +591,61 @@ fn raw_error_code(text: &str) -> Option<String> {
 pub(crate) const TOKEN_EXPIRED: u16 = 4003;
 
 /// What the user reads when the token expired: retrying with the same
-/// token cannot work, so the client waits for a new one and /reconnect.
-pub(crate) const TOKEN_EXPIRED_REASON: &str =
-    "token expired: get a new token (update --token-file, or restart with a new --token), then /reconnect";
+/// token cannot work, so the client waits for a new one.
+pub(crate) const TOKEN_EXPIRED_REASON: &str = "token expired: give a new token";
 
-/// What a close frame from the server means for us.
-fn close_exit(cf: Option<CloseFrame>) -> Exit {
+/// How often to look at the token file again while it holds no newer
+/// token.
+const REFRESH_RECHECK: Duration = Duration::from_secs(5);
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Actor {
+    /// What a close frame from the server means for us. A `4003` with a
+    /// token file reconnects with what the file holds now (the next
+    /// attempt says so if that token has expired too).
+    fn close_exit(&self, cf: Option<CloseFrame>) -> Exit {
+        close_exit(cf, self.has_token_file())
+    }
+}
+
+/// What a close frame means, `has_token_file` deciding a `4003`.
+fn close_exit(cf: Option<CloseFrame>, has_token_file: bool) -> Exit {
     let Some(cf) = cf else {
         return Exit::Retry("the server closed the connection".into());
     };
     let code = u16::from(cf.code);
     if code == TOKEN_EXPIRED {
+        if has_token_file {
+            return Exit::Retry(format!(
+                "token expired ({code} {}): reading the token file again",
+                cf.reason
+            ));
+        }
         return Exit::Offline(format!(
-            "{TOKEN_EXPIRED_REASON} (closed with {code} {})",
+            "{TOKEN_EXPIRED_REASON} (closed with {code} {}; restart with a new --token)",
             cf.reason
         ));
     }
-    let detail = if cf.reason.is_empty() {
-        String::new()
+    let name = close::name(code);
+    // Not `1012 service_restart: service restart: reconnect`: a reason
+    // that starts with the code's name in words says it once.
+    let spoken = name.replace('_', " ");
+    let detail = cf.reason.trim();
+    let detail = detail
+        .strip_prefix(&spoken)
+        .or_else(|| detail.strip_prefix(name))
+        .map(|d| d.trim_start_matches([':', ' ']))
+        .unwrap_or(detail);
+    let reason = if detail.is_empty() {
+        format!("closed by the server ({code} {spoken})")
     } else {
-        format!(": {}", cf.reason)
+        format!("closed by the server ({code} {spoken}: {detail})")
     };
-    let reason = format!(
-        "closed by the server ({code} {}{detail})",
-        close::name(code)
-    );
     if close::should_reconnect(code) {
         Exit::Retry(reason)
     } else {
@@ -526,7 +682,8 @@ fn connect_error(e: WsError) -> Exit {
                 401 => format!("not authorized (401): {body}"),
                 403 if body.is_empty() => "forbidden (403)".to_string(),
                 403 => format!("forbidden (403): {body}"),
-                _ => format!("the server refused the connection: {status} {body}"),
+                _ if body.is_empty() => format!("HTTP {status}"),
+                _ => format!("HTTP {status}: {body}"),
             };
             if status.is_client_error() && status.as_u16() != 429 {
                 Exit::Offline(reason)
@@ -534,7 +691,27 @@ fn connect_error(e: WsError) -> Exit {
                 Exit::Retry(reason)
             }
         }
-        other => Exit::Retry(format!("cannot connect: {other}")),
+        other => Exit::Retry(connect_failure(&other)),
+    }
+}
+
+/// Why a connection could not be made, in a few words for the status bar:
+/// refused, DNS, TLS, timed out.
+fn connect_failure(e: &WsError) -> String {
+    use std::io::ErrorKind;
+    match e {
+        WsError::Io(io) => match io.kind() {
+            ErrorKind::ConnectionRefused => "connection refused".into(),
+            ErrorKind::TimedOut => "timed out".into(),
+            ErrorKind::ConnectionReset => "connection reset".into(),
+            _ if io.to_string().contains("lookup") || io.to_string().contains("resolve") => {
+                format!("DNS: {io}")
+            }
+            _ => format!("cannot connect: {io}"),
+        },
+        WsError::Tls(t) => format!("TLS: {t}"),
+        WsError::Url(u) => format!("bad URL: {u}"),
+        other => format!("cannot connect: {other}"),
     }
 }
 
@@ -569,19 +746,62 @@ mod tests {
             code: CloseCode::from(TOKEN_EXPIRED),
             reason: "token_expired".into(),
         };
-        let (retry, reason) = exit_text(close_exit(Some(cf)));
+        let (retry, reason) = exit_text(close_exit(Some(cf.clone()), false));
         assert!(!retry, "same expired token: no retry");
         assert!(
-            reason.starts_with("token expired: get a new token"),
+            reason.starts_with("token expired: give a new token"),
             "{reason}"
         );
         assert!(reason.contains("4003 token_expired"), "{reason}");
+        // With a token file, the file is read again and the client
+        // reconnects.
+        let (retry, reason) = exit_text(close_exit(Some(cf), true));
+        assert!(retry, "{reason}");
         // A restart still reconnects by itself.
         let cf = CloseFrame {
             code: CloseCode::Restart,
             reason: "restart".into(),
         };
-        assert!(exit_text(close_exit(Some(cf))).0);
+        assert!(exit_text(close_exit(Some(cf), false)).0);
+    }
+
+    #[test]
+    fn a_close_reason_does_not_repeat_the_code_name() {
+        let cf = CloseFrame {
+            code: CloseCode::Restart,
+            reason: "service restart: reconnect".into(),
+        };
+        let (retry, reason) = exit_text(close_exit(Some(cf), false));
+        assert!(retry);
+        assert_eq!(
+            reason,
+            "closed by the server (1012 service restart: reconnect)"
+        );
+        let cf = CloseFrame {
+            code: CloseCode::Away,
+            reason: "".into(),
+        };
+        assert_eq!(
+            exit_text(close_exit(Some(cf), false)).1,
+            "closed by the server (1001 going away)"
+        );
+    }
+
+    #[test]
+    fn connect_failures_read_short() {
+        let io = |k| WsError::Io(std::io::Error::new(k, "x"));
+        assert_eq!(
+            connect_failure(&io(std::io::ErrorKind::ConnectionRefused)),
+            "connection refused"
+        );
+        assert_eq!(
+            connect_failure(&io(std::io::ErrorKind::TimedOut)),
+            "timed out"
+        );
+        let dns = WsError::Io(std::io::Error::other(
+            "failed to lookup address information: Name or service not known",
+        ));
+        assert!(connect_failure(&dns).starts_with("DNS: "));
     }
 
     fn refused(status: u16, body: &str) -> (bool, String) {
@@ -617,10 +837,8 @@ mod tests {
             (false, "forbidden (403): bad origin".to_string())
         );
         let (retry, reason) = refused(503, "busy");
-        assert!(
-            retry && reason.contains("503") && reason.contains("busy"),
-            "{reason}"
-        );
+        assert!(retry, "{reason}");
+        assert_eq!(reason, "HTTP 503 Service Unavailable: busy");
     }
 
     #[test]

@@ -10,11 +10,15 @@
 //! - [`backoff`] — exponential backoff with jitter.
 //! - [`bucket`] — pacing sends inside the server's rate limit.
 //! - [`url`] — the connect URL.
+//! - [`jwt`] — reading a token's `exp` and `sub` (not verifying it).
+//! - [`registry`] — asking the registry which instance to connect to.
 //! - `actor`: the connection loop itself.
 
 mod actor;
 pub mod backoff;
 pub mod bucket;
+pub mod jwt;
+pub mod registry;
 pub mod session;
 pub mod url;
 
@@ -59,6 +63,9 @@ pub enum NetEvent {
     },
     /// A server frame, duplicates already dropped.
     Frame(ServerFrame),
+    /// How the next connection goes: straight to an instance the registry
+    /// named (`direct`), or through `--url`. Sent before `Connected`.
+    Via { direct: bool },
     /// A round-trip time measured with an application ping.
     Rtt(Duration),
     /// The connection is gone. `retry_in` is `None` when the client will
@@ -100,6 +107,16 @@ pub struct NetConfig {
     pub stable_after: Duration,
     /// Where the JWT for `?token=` comes from, if the server wants one.
     pub token: Option<Token>,
+    /// With a `--token-file`, how long before the token's `exp` the file
+    /// is read again and a newer token sent as `refresh`.
+    pub refresh_before: Duration,
+    /// The registry to ask for an instance before every connect
+    /// (`--registry`); `url` is the fallback.
+    pub registry: Option<String>,
+    /// Sent as `?nick_key=` without a token: the server gives a reconnect
+    /// with the same key its nick back while the old connection (on a
+    /// killed instance, say) still holds it. One random key per run.
+    pub nick_key: String,
 }
 
 /// The JWT sent on every connection attempt.
@@ -157,6 +174,9 @@ impl NetConfig {
             connect_timeout: Duration::from_secs(10),
             stable_after: Duration::from_secs(10),
             token: None,
+            refresh_before: Duration::from_secs(30),
+            registry: None,
+            nick_key: format!("{:016x}", rand::random::<u64>()),
         }
     }
 }

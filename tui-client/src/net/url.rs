@@ -59,6 +59,7 @@ pub fn redact(url: &str) -> String {
         .split('&')
         .map(|kv| match kv.split_once('=') {
             Some(("token", _)) => "token=***".to_string(),
+            Some(("nick_key", _)) => "nick_key=***".to_string(),
             _ => kv.to_string(),
         })
         .collect();

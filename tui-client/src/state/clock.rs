@@ -13,6 +13,9 @@ pub struct Clock {
     pub utc: bool,
     /// A fixed "now" in ms since the epoch (tests); `None` reads the clock.
     pub fixed_ms: Option<u64>,
+    /// The time column's `strftime` format (`timestamp_format` in the
+    /// config, checked when read); `None` is `%H:%M:%S`.
+    pub format: Option<&'static str>,
 }
 
 /// `Monday, 23 November 2026` for a day counted like [`Stamp::day`].
@@ -38,6 +41,7 @@ impl Clock {
         Self {
             utc: true,
             fixed_ms: Some(ms),
+            format: None,
         }
     }
 
@@ -50,21 +54,40 @@ impl Clock {
     /// How `ms` is shown.
     pub fn stamp(&self, ms: u64) -> Stamp {
         let utc = DateTime::<Utc>::from_timestamp_millis(ms as i64).unwrap_or_default();
+        let format = self.format.unwrap_or("%H:%M:%S");
         if self.utc {
-            stamp_in(&utc)
+            stamp_in(&utc, format)
         } else {
-            stamp_in(&Local.from_utc_datetime(&utc.naive_utc()))
+            stamp_in(&Local.from_utc_datetime(&utc.naive_utc()), format)
         }
+    }
+
+    /// `2026-12-01 20:42:12` for a room log line.
+    pub fn date_time(&self, ms: u64) -> String {
+        let utc = DateTime::<Utc>::from_timestamp_millis(ms as i64).unwrap_or_default();
+        let naive = if self.utc {
+            utc.naive_utc()
+        } else {
+            Local.from_utc_datetime(&utc.naive_utc()).naive_local()
+        };
+        naive.format("%Y-%m-%d %H:%M:%S").to_string()
     }
 }
 
-fn stamp_in<Tz: TimeZone>(t: &DateTime<Tz>) -> Stamp
+fn stamp_in<Tz: TimeZone>(t: &DateTime<Tz>, format: &str) -> Stamp
 where
     Tz::Offset: std::fmt::Display,
 {
+    use std::fmt::Write;
     let naive = t.naive_local();
+    let mut time = String::new();
+    // A format checked when the config was read cannot fail here; should
+    // one fail anyway, the time shows as `?` rather than panicking.
+    if write!(time, "{}", naive.format(format)).is_err() {
+        time = "?".into();
+    }
     Stamp {
-        time: naive.format("%H:%M:%S").to_string(),
+        time,
         day: naive.and_utc().timestamp().div_euclid(86_400),
     }
 }
@@ -82,5 +105,11 @@ mod tests {
         assert_eq!(s.day, 19_675);
         assert_eq!(day_label(s.day), "Tuesday, 14 November 2023");
         assert_eq!(c.stamp(1_700_000_000_000 + 7_000_000).day, 19_676);
+        assert_eq!(c.date_time(1_700_000_000_000), "2023-11-14 22:13:20");
+        let hm = Clock {
+            format: Some("%H:%M"),
+            ..c
+        };
+        assert_eq!(hm.stamp(1_700_000_000_000).time, "22:13");
     }
 }

@@ -29,6 +29,17 @@ pub enum Command {
     Save(Option<String>),
     /// Show the lines of the current room that contain some text.
     Lastlog(String),
+    /// Find earlier lines of the current room and jump to them.
+    Search(String),
+    /// List the messages that mentioned you, in every room.
+    Mentions,
+    /// Send a direct message (to a nick; on `dm.<a>.<b>`).
+    Msg {
+        nick: String,
+        text: String,
+    },
+    /// Open the direct-message room with a nick and show it.
+    Query(String),
 }
 
 /// Every command with its arguments and what it does, for `/help`.
@@ -61,11 +72,36 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
         "",
         "reconnect now instead of waiting for the backoff",
     ),
+    (
+        "msg",
+        "<nick> <text>",
+        "send a direct message (needs a token); alias /m",
+    ),
+    (
+        "query",
+        "<nick>",
+        "open the direct-message room with a nick (needs a token)",
+    ),
+    (
+        "search",
+        "<text>",
+        "find earlier lines of this room: n older, N newer, Esc back; also Ctrl+R",
+    ),
+    (
+        "lastlog",
+        "<text>",
+        "list the lines of this room that contain the text",
+    ),
+    (
+        "mentions",
+        "",
+        "list the messages that mentioned you, in every room; also Alt+M",
+    ),
     ("clear", "", "empty this room's scrollback on screen"),
     (
         "save",
         "[file]",
-        "write this room's scrollback to a file (default ./ROOM.log)",
+        "write this room's scrollback to a file (default: the log directory)",
     ),
     ("help", "[command]", "this help"),
     ("quit", "", "leave the chat; alias /exit"),
@@ -125,8 +161,19 @@ pub fn parse(line: &str) -> Result<Command, CommandError> {
         "appids" | "appid" => Ok(Command::AppIds),
         "reconnect" => Ok(Command::Reconnect),
         "clear" => Ok(Command::Clear),
-        "lastlog" | "search" if !arg.is_empty() => Ok(Command::Lastlog(arg.to_string())),
-        "lastlog" | "search" => Err(usage("lastlog")),
+        "lastlog" if !arg.is_empty() => Ok(Command::Lastlog(arg.to_string())),
+        "lastlog" => Err(usage("lastlog")),
+        "search" | "find" if !arg.is_empty() => Ok(Command::Search(arg.to_string())),
+        "search" | "find" => Err(usage("search")),
+        "mentions" => Ok(Command::Mentions),
+        "msg" | "m" => match arg.split_once(char::is_whitespace) {
+            Some((nick, text)) if !text.trim().is_empty() => Ok(Command::Msg {
+                nick: nick.to_string(),
+                text: text.trim_start().to_string(),
+            }),
+            _ => Err(usage("msg")),
+        },
+        "query" => Ok(Command::Query(one("query")?)),
         // A path may start with `/`: no stripping here.
         "save" if arg.is_empty() => Ok(Command::Save(None)),
         "save" => Ok(Command::Save(Some(arg.to_string()))),
@@ -223,6 +270,29 @@ mod tests {
             parse("/save /tmp/x.log").unwrap(),
             Save(Some("/tmp/x.log".into()))
         );
+        assert_eq!(parse("/search deploy").unwrap(), Search("deploy".into()));
+        assert_eq!(parse("/mentions").unwrap(), Mentions);
+        assert_eq!(
+            parse("/msg bob  hi there").unwrap(),
+            Msg {
+                nick: "bob".into(),
+                text: "hi there".into()
+            }
+        );
+        assert!(parse("/msg bob").unwrap_err().0.contains("usage: /msg"));
+        assert_eq!(parse("/query bob").unwrap(), Query("bob".into()));
+    }
+
+    #[test]
+    fn lastlog_is_in_the_help_and_its_typos_get_a_suggestion() {
+        assert!(help(None).iter().any(|l| l.contains("/lastlog")));
+        let h = help(Some("lastlog"));
+        assert_eq!(h.len(), 1);
+        assert!(h[0].starts_with("/lastlog <text>"), "{h:?}");
+        let e = parse("/lastlgo x").unwrap_err().0;
+        assert!(e.contains("Did you mean /lastlog?"), "{e}");
+        let e = parse("/serch x").unwrap_err().0;
+        assert!(e.contains("Did you mean /search?"), "{e}");
     }
 
     #[test]

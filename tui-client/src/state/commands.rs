@@ -4,7 +4,7 @@ use chat_protocol::names;
 
 use super::command::{self, Command};
 use super::room::{Line, LineKind, Room};
-use super::{Action, App, ConnStatus};
+use super::{dm_room, Action, App, ConnStatus};
 use crate::net::Request;
 use crate::wrap;
 
@@ -81,7 +81,21 @@ impl App {
             }
             Command::Save(path) => {
                 let room = self.room();
-                let path = path.unwrap_or_else(|| format!("{}.log", room.name));
+                // Not the current directory: the log directory, with the
+                // time, so saving twice keeps both.
+                let path = path.unwrap_or_else(|| {
+                    let dir = self
+                        .save_dir
+                        .clone()
+                        .unwrap_or_else(|| crate::config::state_dir().join("logs"));
+                    let stamp = self
+                        .clock
+                        .date_time(self.clock.now_ms())
+                        .replace([' ', ':'], "-");
+                    dir.join(format!("{}-saved-{stamp}.txt", room.name))
+                        .display()
+                        .to_string()
+                });
                 let text = scrollback_text(room);
                 vec![Action::Save { path, text }]
             }
@@ -89,6 +103,28 @@ impl App {
                 self.lastlog(&text);
                 Vec::new()
             }
+            Command::Search(text) => {
+                self.search_for(&text);
+                if self.search.as_ref().is_some_and(|s| s.at.is_none()) {
+                    self.info(&format!("no line here holds {text:?}"));
+                }
+                Vec::new()
+            }
+            Command::Mentions => {
+                self.show_mentions();
+                Vec::new()
+            }
+            Command::Msg { nick, text } => match self.dm_with(&nick, false) {
+                Some((i, mut actions)) => {
+                    actions.extend(self.say_in(i, &text, false));
+                    actions
+                }
+                None => Vec::new(),
+            },
+            Command::Query(nick) => self
+                .dm_with(&nick, true)
+                .map(|(_, a)| a)
+                .unwrap_or_default(),
             Command::Clear => {
                 let r = self.room_mut();
                 r.lines.clear();
@@ -98,14 +134,19 @@ impl App {
         }
     }
 
-    /// Send text to the room shown, split to fit the server's limit. Each
-    /// piece shows at once as a pending line until the server echoes it.
+    /// Send text to the room shown.
     fn say(&mut self, text: &str, action: bool) -> Vec<Action> {
+        self.say_in(self.current, text, action)
+    }
+
+    /// Send text to room `i`, split to fit the server's limit. Each piece
+    /// shows at once as a pending line until the server echoes it.
+    fn say_in(&mut self, i: usize, text: &str, action: bool) -> Vec<Action> {
         let max = self
             .limits
             .as_ref()
             .map_or(DEFAULT_MAX_MESSAGE_BYTES, |l| l.max_message_bytes as usize);
-        let room = self.room().name.clone();
+        let room = self.rooms[i].name.clone();
         let pieces = split_message(text, max);
         if pieces.len() > MAX_PIECES {
             self.error(&format!(
@@ -133,7 +174,7 @@ impl App {
                 app_id: None,
                 offset: None,
             };
-            self.room_mut().pending.push(pending);
+            self.rooms[i].pending.push(pending);
             actions.push(Action::Net(Request::Send {
                 room: room.clone(),
                 text: piece,
@@ -142,6 +183,63 @@ impl App {
             }));
         }
         actions
+    }
+
+    /// The direct-message room with `nick` (joined if need be; shown when
+    /// `show`): `dm.<a>.<b>` of the two token subjects. `None` (with the
+    /// reason said) without a token of our own.
+    fn dm_with(&mut self, nick: &str, show: bool) -> Option<(usize, Vec<Action>)> {
+        let Some(me) = self.my_sub.clone() else {
+            self.error(
+                "direct messages need a token (--token or --token-file): the server lets \
+                 only the two token subjects into a dm room",
+            );
+            return None;
+        };
+        // Their subject, when a member list knows it; else the nick (a
+        // token's nick defaults to its subject).
+        let other = self
+            .rooms
+            .iter()
+            .flat_map(|r| r.members.subject_of(nick))
+            .next()
+            .unwrap_or_else(|| nick.to_string());
+        if other == me {
+            self.error("that is you: a direct message needs someone else");
+            return None;
+        }
+        let room = dm_room(&me, &other);
+        if let Err(e) = names::validate_room(&room) {
+            self.error(&format!("cannot message {nick:?}: {e}"));
+            return None;
+        }
+        if let Some(i) = self.room_index(&room) {
+            if show {
+                self.switch_to(i);
+            }
+            return Some((i, Vec::new()));
+        }
+        let shown = self.current;
+        let actions = self.join(&room);
+        let i = self.room_index(&room)?;
+        if !show {
+            self.switch_to(shown);
+        }
+        Some((i, actions))
+    }
+
+    /// `/mentions`: every message that mentioned you, oldest first, as
+    /// notices in the room shown.
+    pub(super) fn show_mentions(&mut self) {
+        let all: Vec<String> = self
+            .mention_log
+            .iter()
+            .map(|m| format!("  {} {} <{}> {}", m.time, m.room, m.nick, m.text))
+            .collect();
+        self.info(&format!("mentions of you: {}", all.len()));
+        for line in all {
+            self.info(&line);
+        }
     }
 
     fn join(&mut self, room: &str) -> Vec<Action> {

@@ -1,9 +1,13 @@
 //! The input line: editing by character (not byte), history, and nick
 //! completion.
 //!
-//! The text is a `Vec<char>` and the cursor an index into it, so moving
-//! over `é` or `日` is one step and never lands inside a UTF-8 sequence.
-//! How wide each character is on screen is the view's business.
+//! The text is a `Vec<char>` and the cursor an index into it, so it never
+//! lands inside a UTF-8 sequence; moving and deleting go by grapheme
+//! cluster, so a flag (`🇫🇷`, two regional indicators), an emoji with
+//! modifiers or `e` plus a combining accent is one step and is never cut
+//! in half. How wide each cluster is on screen is the view's business.
+
+use unicode_segmentation::UnicodeSegmentation;
 
 /// Most lines kept in the input history.
 pub const HISTORY_MAX: usize = 500;
@@ -59,14 +63,20 @@ impl Input {
         self.edited();
     }
 
-    /// Insert pasted text: tabs become spaces, carriage returns go, other
-    /// control characters are dropped; newlines stay (a multi-line paste is
-    /// sent as one multi-line message).
+    /// Insert pasted text: tabs become spaces, other control characters
+    /// are dropped; line ends stay (a multi-line paste is sent as one
+    /// multi-line message). A line end is LF, CR LF or a lone CR: many
+    /// terminals (and tmux's `paste-buffer -p`) paste lines ending in CR,
+    /// and dropping those would glue the lines together.
     pub fn insert_str(&mut self, s: &str) {
         let mut add = Vec::with_capacity(s.len());
-        for c in s.chars() {
+        let mut chars = s.chars().peekable();
+        while let Some(c) = chars.next() {
             match c {
-                '\r' => {}
+                '\r' => {
+                    chars.next_if_eq(&'\n');
+                    add.push('\n');
+                }
                 '\t' => add.extend([' '; 4]),
                 '\n' => add.push('\n'),
                 c if c.is_control() => {}
@@ -81,28 +91,48 @@ impl Input {
         self.edited();
     }
 
+    /// Character indices where grapheme clusters start, and the end.
+    pub fn boundaries(&self) -> Vec<usize> {
+        grapheme_starts(&self.chars)
+    }
+
+    /// The start of the cluster before the cursor.
+    fn prev_boundary(&self) -> usize {
+        self.boundaries()
+            .into_iter()
+            .rev()
+            .find(|&b| b < self.cursor)
+            .unwrap_or(0)
+    }
+
+    /// The end of the cluster at the cursor.
+    fn next_boundary(&self) -> usize {
+        self.boundaries()
+            .into_iter()
+            .find(|&b| b > self.cursor)
+            .unwrap_or(self.chars.len())
+    }
+
     pub fn backspace(&mut self) {
-        if self.cursor > 0 {
-            self.cursor -= 1;
-            self.chars.remove(self.cursor);
-        }
+        let start = self.prev_boundary();
+        self.chars.drain(start..self.cursor);
+        self.cursor = start;
         self.edited();
     }
 
     pub fn delete(&mut self) {
-        if self.cursor < self.chars.len() {
-            self.chars.remove(self.cursor);
-        }
+        let end = self.next_boundary();
+        self.chars.drain(self.cursor..end);
         self.edited();
     }
 
     pub fn left(&mut self) {
-        self.cursor = self.cursor.saturating_sub(1);
+        self.cursor = self.prev_boundary();
         self.edited();
     }
 
     pub fn right(&mut self) {
-        self.cursor = (self.cursor + 1).min(self.chars.len());
+        self.cursor = self.next_boundary();
         self.edited();
     }
 
@@ -221,7 +251,8 @@ impl Input {
 
     /// Tab: complete the word before the cursor from `names` (case does not
     /// matter); Tab again cycles. A nick completed at the start of the line
-    /// gets `: ` after it, as in IRC clients. Returns false when nothing
+    /// gets `: ` after it, as in IRC clients; a `/command` gets a space
+    /// (`/join: ` would not be a command). Returns false when nothing
     /// matched.
     pub fn complete<'a>(&mut self, names: impl Iterator<Item = &'a str>) -> bool {
         let comp = match self.completion.take() {
@@ -250,7 +281,11 @@ impl Input {
             }
         };
         let word = &comp.candidates[comp.next % comp.candidates.len()];
-        let suffix = if comp.start == 0 { ": " } else { " " };
+        let suffix = if comp.start == 0 && !word.starts_with('/') {
+            ": "
+        } else {
+            " "
+        };
         let replacement: Vec<char> = word.chars().chain(suffix.chars()).collect();
         self.chars
             .splice(comp.start..self.cursor, replacement.iter().copied());
@@ -261,6 +296,20 @@ impl Input {
         });
         true
     }
+}
+
+/// Character indices where the grapheme clusters of `chars` start, then
+/// `chars.len()`.
+pub fn grapheme_starts(chars: &[char]) -> Vec<usize> {
+    let text: String = chars.iter().collect();
+    let mut out = Vec::with_capacity(chars.len() + 1);
+    let mut i = 0;
+    for g in text.graphemes(true) {
+        out.push(i);
+        i += g.chars().count();
+    }
+    out.push(chars.len());
+    out
 }
 
 #[cfg(test)]
@@ -358,6 +407,44 @@ mod tests {
     fn paste_keeps_newlines_and_drops_controls() {
         let i = typed("a\tb\r\nc\x1b[31m");
         assert_eq!(i.text(), "a    b\nc[31m");
+    }
+
+    #[test]
+    fn a_paste_with_cr_line_ends_keeps_its_lines_apart() {
+        // tmux `paste-buffer -p` and many terminals end pasted lines in CR.
+        let i = typed("pasted line one\rpasted line two\r");
+        assert_eq!(i.text(), "pasted line one\npasted line two\n");
+        let i = typed("one\r\ntwo\n\rthree");
+        assert_eq!(i.text(), "one\ntwo\n\nthree");
+    }
+
+    #[test]
+    fn moving_and_deleting_go_by_grapheme_cluster() {
+        // A flag is two regional indicators; é here is e + U+0301.
+        let mut i = typed("a🇫🇷e\u{301}👍🏽");
+        assert_eq!(i.chars().len(), 7);
+        i.left();
+        assert_eq!(i.cursor(), 5, "the emoji and its skin tone are one step");
+        i.left();
+        assert_eq!(i.cursor(), 3);
+        i.left();
+        assert_eq!(i.cursor(), 1, "the flag is one step");
+        i.delete();
+        assert_eq!(i.text(), "ae\u{301}👍🏽", "the whole flag goes");
+        i.end();
+        i.backspace();
+        assert_eq!(i.text(), "ae\u{301}");
+        i.backspace();
+        assert_eq!(i.text(), "a");
+        assert_eq!(grapheme_starts(&[]), vec![0]);
+    }
+
+    #[test]
+    fn a_completed_command_gets_a_space_not_a_colon() {
+        let names = ["/join", "/who"];
+        let mut i = typed("/jo");
+        assert!(i.complete(names.iter().copied()));
+        assert_eq!(i.text(), "/join ");
     }
 
     #[test]

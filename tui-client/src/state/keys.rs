@@ -7,6 +7,7 @@ use crossterm::event::{
 use ratatui::layout::Position;
 
 use super::{Action, App};
+use crate::config::KeyAction;
 use crate::layout;
 
 /// Rows one mouse-wheel step scrolls.
@@ -20,6 +21,12 @@ impl App {
         }
         let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
         let alt = key.modifiers.contains(KeyModifiers::ALT);
+        if let Some(actions) = self.search_key(key.code, ctrl || alt) {
+            return actions;
+        }
+        if let Some(action) = self.keys.action(key.code, key.modifiers) {
+            return self.key_action(action);
+        }
         let page = self.geometry().height.saturating_sub(2).max(1);
         match key.code {
             KeyCode::Enter if alt => self.input.insert('\n'),
@@ -81,11 +88,64 @@ impl App {
         Vec::new()
     }
 
+    /// Keys while a search is on: typing the word after Ctrl+R; then `n`
+    /// and `N` (on an empty input line) step through the matches and Esc
+    /// ends it. `None`: the key does what it always does.
+    fn search_key(&mut self, code: KeyCode, modified: bool) -> Option<Vec<Action>> {
+        let search = self.search.as_mut()?;
+        if search.typing {
+            match code {
+                KeyCode::Esc => self.search = None,
+                KeyCode::Enter => {
+                    let needle = search.needle.trim().to_string();
+                    if needle.is_empty() {
+                        self.search = None;
+                    } else {
+                        self.search_for(&needle);
+                    }
+                }
+                KeyCode::Backspace => {
+                    search.needle.pop();
+                }
+                KeyCode::Char(c) if !modified => search.needle.push(c),
+                // Ctrl+C still quits.
+                KeyCode::Char('c') => return None,
+                _ => {}
+            }
+            return Some(Vec::new());
+        }
+        match code {
+            KeyCode::Char('n') if !modified && self.input.is_empty() => self.search_step(true),
+            KeyCode::Char('N') if !modified && self.input.is_empty() => self.search_step(false),
+            KeyCode::Esc => self.end_search(),
+            _ => return None,
+        }
+        Some(Vec::new())
+    }
+
+    /// A key bound in the config's `[keys]` (or by default).
+    fn key_action(&mut self, action: KeyAction) -> Vec<Action> {
+        match action {
+            KeyAction::Search => self.start_search(),
+            KeyAction::Mentions => self.show_mentions(),
+            KeyAction::NextRoom => self.cycle_room(1),
+            KeyAction::PrevRoom => self.cycle_room(-1),
+            KeyAction::NextActive => self.next_active_room(),
+            KeyAction::Help => self.show_help(None),
+            KeyAction::AppIds => self.toggle_app_ids(),
+            KeyAction::Redraw => return vec![Action::Redraw],
+        }
+        Vec::new()
+    }
+
     /// Tab: a command name after a leading `/`, a joined room after the
     /// commands that take one, otherwise a member's nick.
     fn complete(&mut self) {
         let text = self.input.text();
         let room_arg = ["/switch ", "/leave ", "/part ", "/who ", "/s "]
+            .iter()
+            .any(|c| text.starts_with(c) && text[c.len()..].find(' ').is_none());
+        let nick_arg = ["/msg ", "/query "]
             .iter()
             .any(|c| text.starts_with(c) && text[c.len()..].find(' ').is_none());
         let names: Vec<String> = if text.starts_with('/') && !text.contains(' ') {
@@ -95,6 +155,15 @@ impl App {
                 .collect()
         } else if room_arg {
             self.rooms.iter().map(|r| r.name.clone()).collect()
+        } else if nick_arg {
+            let mut all: Vec<String> = self
+                .rooms
+                .iter()
+                .flat_map(|r| r.members.iter().map(|p| p.nick.to_string()))
+                .collect();
+            all.sort();
+            all.dedup();
+            all
         } else {
             self.completion_names()
         };
@@ -103,7 +172,7 @@ impl App {
 
     /// Alt+A (as in irssi): the next room that mentions you, else the next
     /// with unread messages, searching onwards from the room shown.
-    fn next_active_room(&mut self) {
+    pub(super) fn next_active_room(&mut self) {
         let n = self.rooms.len();
         let order = (1..n).map(|k| (self.current + k) % n);
         let pick = order
@@ -116,7 +185,7 @@ impl App {
     }
 
     /// Ctrl+N / Ctrl+P: the next or previous room, wrapping around.
-    fn cycle_room(&mut self, step: isize) {
+    pub(super) fn cycle_room(&mut self, step: isize) {
         let n = self.rooms.len() as isize;
         let i = (self.current as isize + step).rem_euclid(n);
         self.switch_to(i as usize);
@@ -138,8 +207,9 @@ impl App {
                 // title) shows that room.
                 if let Some(rooms) = panes.rooms.filter(|r| r.contains(at)) {
                     let row = (m.row - rooms.y) as usize;
-                    if row >= 1 && row - 1 < self.rooms.len() {
-                        self.switch_to(row - 1);
+                    let entries = self.sidebar_entries();
+                    if let Some(Some(i)) = row.checked_sub(1).and_then(|r| entries.get(r)) {
+                        self.switch_to(*i);
                     }
                 }
             }

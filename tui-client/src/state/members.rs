@@ -105,6 +105,14 @@ impl Members {
         self.per_nick.contains_key(&crate::wrap::sanitize(nick))
     }
 
+    /// The token subject of a member with this nick, if it has one.
+    pub fn subject_of(&self, nick: &str) -> Option<String> {
+        self.sorted
+            .values()
+            .find(|m| m.nick == nick && m.sub.is_some())
+            .and_then(|m| m.sub.clone())
+    }
+
     /// People listed (nicks, not connections).
     pub fn len(&self) -> usize {
         self.per_nick.len()

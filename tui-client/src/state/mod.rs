@@ -22,19 +22,24 @@ mod keys;
 pub mod members;
 mod net_events;
 pub mod room;
+mod search;
 
+use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use chat_protocol::Limits;
 use crossterm::event::{KeyEvent, MouseEvent};
 use ratatui::layout::Rect;
 
+use crate::config::{KeyMap, Theme};
 use crate::layout;
 use crate::net::{NetEvent, Request};
 use crate::wrap;
 use clock::Clock;
 use input::Input;
 use room::{Geometry, Line, LineKind, Room};
+pub use search::Search;
 
 /// Lines of scrollback kept per room unless configured otherwise.
 pub const DEFAULT_SCROLLBACK: usize = 10_000;
@@ -70,6 +75,63 @@ pub enum Event {
     Net(NetEvent),
     /// Time passes (for countdowns).
     Tick(Instant),
+    /// The terminal gained (true) or lost the focus.
+    Focus(bool),
+}
+
+/// A line for a room's log file (written by the run loop).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    pub room: String,
+    /// `2026-12-01 20:42:12 <nick> text`, one line.
+    pub text: String,
+}
+
+/// A notification to deliver (a command, or the terminal's OSC 777/9).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notification {
+    pub title: String,
+    pub body: String,
+}
+
+/// A message that mentioned you, for `/mentions`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mention {
+    pub room: String,
+    pub time: String,
+    pub nick: String,
+    pub text: String,
+}
+
+/// Most mentions kept for `/mentions`.
+pub const MENTIONS_MAX: usize = 500;
+/// Most log lines or notifications waiting for the run loop (it drains
+/// them after every update; the cap only matters if it stops doing so).
+const OUTBOX_MAX: usize = 10_000;
+/// Own message ids remembered per process: a second delivery of one (a
+/// send applied twice by a server without idempotency keys) is dropped.
+const DELIVERED_IDS_MAX: usize = 4096;
+
+/// Whether a room is a direct-message room (`dm.<a>.<b>`).
+pub fn is_dm(room: &str) -> bool {
+    dm_parties(room).is_some()
+}
+
+/// The two subjects of a `dm.<a>.<b>` room.
+pub fn dm_parties(room: &str) -> Option<(&str, &str)> {
+    let rest = room.strip_prefix("dm.")?;
+    let (a, b) = rest.split_once('.')?;
+    (!a.is_empty() && !b.is_empty() && !b.contains('.')).then_some((a, b))
+}
+
+/// The direct-message room of two subjects: `dm.<a>.<b>` with `a < b` in
+/// byte order, as the server wants it.
+pub fn dm_room(me: &str, other: &str) -> String {
+    if me.as_bytes() <= other.as_bytes() {
+        format!("dm.{me}.{other}")
+    } else {
+        format!("dm.{other}.{me}")
+    }
 }
 
 /// What the run loop must do after an update.
@@ -140,6 +202,31 @@ pub struct App {
     /// A message mentioned this client's nick since the run loop last
     /// looked (it rings the terminal bell with `--bell`).
     pub mentioned: bool,
+    /// Colours from the config file.
+    pub theme: Theme,
+    /// Key bindings from the config file.
+    pub keys: KeyMap,
+    /// Words that count as mentions besides the nick.
+    pub highlights: Vec<String>,
+    /// Connected straight to an instance the registry named.
+    pub direct: bool,
+    /// A search of the room shown (`/search`, Ctrl+R).
+    pub search: Option<Search>,
+    /// Whether the terminal has the focus (notifications go out only
+    /// without it).
+    pub focused: bool,
+    /// Lines for the room logs, taken by the run loop.
+    pub log_out: Vec<LogEntry>,
+    /// Notifications, taken by the run loop.
+    pub notify_out: Vec<Notification>,
+    /// Every mention of you across rooms, oldest first (`/mentions`).
+    pub mention_log: VecDeque<Mention>,
+    /// This client's token subject (for `dm.<a>.<b>` rooms).
+    pub my_sub: Option<String>,
+    /// Where `/save` writes by default.
+    pub save_dir: Option<PathBuf>,
+    /// Own message ids already shown (see [`DELIVERED_IDS_MAX`]).
+    delivered_ids: VecDeque<String>,
     scrollback: usize,
     id_prefix: String,
     next_id: u64,
@@ -175,6 +262,18 @@ impl App {
             clock: settings.clock,
             quit: false,
             mentioned: false,
+            theme: Theme::default(),
+            keys: KeyMap::default(),
+            highlights: Vec::new(),
+            direct: false,
+            search: None,
+            focused: true,
+            log_out: Vec::new(),
+            notify_out: Vec::new(),
+            mention_log: VecDeque::new(),
+            my_sub: None,
+            save_dir: None,
+            delivered_ids: VecDeque::new(),
             scrollback: settings.scrollback,
             id_prefix: settings.id_prefix,
             next_id: 0,
@@ -202,7 +301,15 @@ impl App {
                 Vec::new()
             }
             Event::Paste(s) => {
-                self.input.insert_str(&s);
+                if let Some(search) = self.search.as_mut().filter(|s| s.typing) {
+                    search.needle.push_str(&s.replace(['\r', '\n'], " "));
+                } else {
+                    self.input.insert_str(&s);
+                }
+                Vec::new()
+            }
+            Event::Focus(f) => {
+                self.focused = f;
                 Vec::new()
             }
             Event::Resize(w, h) => {
@@ -216,6 +323,7 @@ impl App {
             Event::Tick(now) => {
                 self.now = now;
                 self.check_unconfirmed();
+                self.release_leaves();
                 Vec::new()
             }
         }
@@ -232,6 +340,91 @@ impl App {
 
     pub fn room_index(&self, name: &str) -> Option<usize> {
         self.rooms.iter().position(|r| r.name == name)
+    }
+
+    /// How room `i` is called on screen: a direct-message room by the
+    /// other party (`@bob`).
+    pub fn room_label(&self, i: usize) -> String {
+        let Some(r) = self.rooms.get(i) else {
+            return String::new();
+        };
+        match dm_parties(&r.name) {
+            Some((a, b)) => {
+                let other = match self.my_sub.as_deref() {
+                    Some(me) if me == a => b,
+                    Some(me) if me == b => a,
+                    _ => return format!("@{a}/{b}"),
+                };
+                format!("@{other}")
+            }
+            None => r.name.clone(),
+        }
+    }
+
+    /// The rows of the room list below its title: the rooms (by index),
+    /// then, after a `None` for the "Direct" heading, the direct-message
+    /// rooms.
+    pub fn sidebar_entries(&self) -> Vec<Option<usize>> {
+        let (dms, rooms): (Vec<usize>, Vec<usize>) =
+            (0..self.rooms.len()).partition(|&i| is_dm(&self.rooms[i].name));
+        let mut out: Vec<Option<usize>> = rooms.into_iter().map(Some).collect();
+        if !dms.is_empty() {
+            out.push(None);
+            out.extend(dms.into_iter().map(Some));
+        }
+        out
+    }
+
+    /// Whether `text` mentions this client: its nick or a highlight word.
+    pub fn is_mention(&self, text: &str) -> bool {
+        mentions(text, &self.nick) || self.highlights.iter().any(|w| mentions(text, w))
+    }
+
+    /// Queue a line for room `room`'s log.
+    fn log(&mut self, room: &str, ts: u64, text: String) {
+        if self.log_out.len() < OUTBOX_MAX {
+            let when = self.clock.date_time(ts);
+            self.log_out.push(LogEntry {
+                room: room.to_string(),
+                text: format!("{when} {}", text.replace('\n', " ⏎ ")),
+            });
+        }
+    }
+
+    /// Queue a notification (only while the terminal is unfocused: a user
+    /// looking at the screen needs no pop-up).
+    fn notify(&mut self, title: String, body: String) {
+        if !self.focused && self.notify_out.len() < OUTBOX_MAX {
+            self.notify_out.push(Notification { title, body });
+        }
+    }
+
+    /// Remember that an own message id was shown; false if it already was.
+    fn first_delivery(&mut self, id: &str) -> bool {
+        if self.delivered_ids.iter().any(|d| d == id) {
+            return false;
+        }
+        if self.delivered_ids.len() >= DELIVERED_IDS_MAX {
+            self.delivered_ids.pop_front();
+        }
+        self.delivered_ids.push_back(id.to_string());
+        true
+    }
+
+    /// Show the leaves held back past [`room::LEAVE_GRACE`].
+    fn release_leaves(&mut self) {
+        let now = self.now;
+        for i in 0..self.rooms.len() {
+            let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.rooms[i].held_leaves)
+                .into_iter()
+                .partition(|h| h.until <= now);
+            self.rooms[i].held_leaves = keep;
+            for h in due {
+                let room = self.rooms[i].name.clone();
+                self.log(&room, h.ts, format!("<-- {}", h.line.text));
+                self.push_line(i, h.line);
+            }
+        }
     }
 
     /// The message pane's geometry, for scroll arithmetic.

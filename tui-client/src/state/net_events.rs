@@ -2,8 +2,8 @@
 
 use chat_protocol::{ChatMessage, ErrorCode, PresenceEvent, ServerFrame};
 
-use super::room::{Line, LineKind};
-use super::{mentions, App, ConnStatus};
+use super::room::{HeldLeave, Line, LineKind, LEAVE_GRACE};
+use super::{is_dm, App, ConnStatus, Mention, MENTIONS_MAX};
 use crate::net::NetEvent;
 
 /// Above this many members, joins and leaves are shown only for people who
@@ -52,6 +52,7 @@ impl App {
                 self.on_connected(app_id, conn_id, nick, limits);
             }
             NetEvent::Frame(f) => self.on_frame(f),
+            NetEvent::Via { direct } => self.direct = direct,
             NetEvent::Rtt(rtt) => self.rtt = Some(rtt),
             NetEvent::Disconnected {
                 reason,
@@ -183,6 +184,10 @@ impl App {
                     r.quiet_until = head;
                     let line = self.local_line(LineKind::Join, &format!("you joined {room}"));
                     self.push_line(i, line);
+                    // The replay that follows is older than the join: it
+                    // goes above this line, not after it.
+                    let r = &mut self.rooms[i];
+                    r.replay_at = (head > 0).then(|| r.lines.len() - 1);
                 }
             }
             ServerFrame::Reset {
@@ -274,18 +279,26 @@ impl App {
                 // what we did (and of every reconnect), already told in our
                 // own words: keep the member list, skip the line.
                 let own = self.own_conn_ids.contains(&conn_id);
-                let members = &mut self.rooms[i].members;
+                let r = &mut self.rooms[i];
+                let members = &mut r.members;
                 let (kind, text) = match event {
                     PresenceEvent::Join => {
                         let first = members.add(chat_protocol::Member {
-                            conn_id,
+                            conn_id: conn_id.clone(),
                             nick: nick.clone(),
                             app_id: app_id.clone(),
                             sub,
                         });
+                        // Back within the grace of a held leave (the same
+                        // connection re-announced, or the member
+                        // reconnected elsewhere): they never left.
+                        let held = r.held_leaves.len();
+                        let safe = wrap::sanitize(&nick);
+                        r.held_leaves
+                            .retain(|h| h.conn_id != conn_id && h.nick != safe);
                         // Another connection of someone already here (a
                         // reconnect to another instance) is no news.
-                        if !first {
+                        if !first || r.held_leaves.len() < held {
                             return;
                         }
                         (
@@ -295,11 +308,12 @@ impl App {
                     }
                     PresenceEvent::Leave => {
                         // Only the last connection of a nick leaving is a
-                        // leave. (Unknown to the list: say it anyway,
-                        // unless the nick is still here.)
+                        // leave, and only of a connection the list knows:
+                        // a leave for one it does not is a stale account
+                        // of a connection from before a failover.
                         let last = match members.remove(&conn_id) {
                             Some((_, last)) => last,
-                            None => !members.has_nick(&nick),
+                            None => false,
                         };
                         if !last {
                             return;
@@ -339,12 +353,26 @@ impl App {
                 let line = Line {
                     time: stamp.time,
                     day: stamp.day,
-                    kind,
+                    kind: kind.clone(),
                     nick: String::new(),
                     text: wrap::sanitize(&text),
                     app_id: Some(wrap::sanitize(&app_id)),
                     offset: None,
                 };
+                if kind == LineKind::Leave {
+                    // Held back: see `LEAVE_GRACE`.
+                    let until = self.now + LEAVE_GRACE;
+                    self.rooms[i].held_leaves.push(HeldLeave {
+                        nick: wrap::sanitize(&nick),
+                        conn_id,
+                        until,
+                        ts,
+                        line,
+                    });
+                    return;
+                }
+                let mark = if kind == LineKind::Join { "-->" } else { "--" };
+                self.log(&room, ts, format!("{mark} {}", line.text));
                 self.push_line(i, line);
             }
             ServerFrame::Members {
@@ -355,7 +383,11 @@ impl App {
                 let Some(i) = self.room_index(&room) else {
                     return;
                 };
-                self.rooms[i].members.set(members, total as usize);
+                let r = &mut self.rooms[i];
+                r.members.set(members, total as usize);
+                // Whoever the list holds has not left.
+                let listed = &r.members;
+                r.held_leaves.retain(|h| !listed.has_nick(&h.nick));
                 if let Some(p) = self.who_pending.iter().position(|r| *r == room) {
                     self.who_pending.remove(p);
                     self.print_members(i);
@@ -363,7 +395,8 @@ impl App {
             }
             ServerFrame::Nick { nick, old } => {
                 self.nick = nick.clone();
-                self.info(&format!("you are now known as {nick} (was {old})"));
+                // A nick is the same in every room: say so in each.
+                self.info_everywhere(&format!("you are now known as {nick} (was {old})"));
             }
             ServerFrame::Error { code, message, id } => {
                 let failed = id.as_deref().and_then(|id| {
@@ -426,10 +459,28 @@ impl App {
         r.last_offset = Some(m.offset);
         r.note_talker(&m.nick);
         let echoed = m.id.as_deref().and_then(|id| r.take_pending(id)).is_some();
+        // A line of ours delivered a second time under another offset (a
+        // send applied twice by a server without idempotency keys): one
+        // copy is shown, never two.
+        if let Some(id) = m.id.as_deref().filter(|id| id.starts_with(&self.id_prefix)) {
+            if !self.first_delivery(id) {
+                tracing::info!(
+                    id,
+                    offset = m.offset,
+                    "dropped a second delivery of an own line"
+                );
+                return;
+            }
+        }
         let own = echoed || m.nick == self.nick;
-        let mention = !own && mentions(&m.text, &self.nick);
+        let mention = !own && self.is_mention(&m.text);
+        let r = &mut self.rooms[i];
+        let live = m.offset > r.quiet_until;
+        if live {
+            r.replay_at = None;
+        }
         // Replay of a fresh join is old news: no bell for it.
-        self.mentioned |= mention && m.offset > r.quiet_until;
+        self.mentioned |= mention && live;
         if i != self.current && !own && m.offset > r.quiet_until {
             if r.unread == 0 {
                 let mut marker = self.local_line(LineKind::Marker, "─── new messages ───");
@@ -455,6 +506,47 @@ impl App {
             app_id: Some(wrap::sanitize(&m.app_id)),
             offset: Some(m.offset),
         };
+        if live {
+            // Replay is already in the log (or predates this client).
+            let text = if m.action {
+                format!("* {} {}", line.nick, line.text)
+            } else {
+                format!("<{}> {}", line.nick, line.text)
+            };
+            self.log(&m.room, m.ts, text);
+            let dm = is_dm(&m.room) && !own;
+            if mention || dm {
+                let label = self.room_label(i);
+                if mention {
+                    if self.mention_log.len() >= MENTIONS_MAX {
+                        self.mention_log.pop_front();
+                    }
+                    self.mention_log.push_back(Mention {
+                        room: label.clone(),
+                        time: line.time.clone(),
+                        nick: line.nick.clone(),
+                        text: line.text.clone(),
+                    });
+                }
+                let title = if dm {
+                    format!("{} (direct)", line.nick)
+                } else {
+                    format!("{} in {label}", line.nick)
+                };
+                self.notify(title, line.text.clone());
+                self.mentioned |= dm;
+            }
+        }
+        let r = &mut self.rooms[i];
+        if !live && r.replay_at.is_some() {
+            let geo = self.geometry();
+            self.rooms[i].push_replay(line, geo);
+            if m.offset >= self.rooms[i].quiet_until {
+                // The head: replay is complete.
+                self.rooms[i].replay_at = None;
+            }
+            return;
+        }
         self.push_line(i, line);
     }
 
@@ -489,11 +581,17 @@ impl App {
         });
         for l in lines {
             let LineKind::Pending {
-                action, confirmed, ..
+                action,
+                confirmed,
+                ref id,
+                ..
             } = l.kind
             else {
                 continue;
             };
+            // Shown now: a late delivery of it is not shown again.
+            let id = id.clone();
+            self.first_delivery(&id);
             let r = &mut self.rooms[i];
             let offset = confirmed.filter(|o| r.last_offset.is_none_or(|last| *o > last));
             if offset.is_some() {

@@ -119,8 +119,29 @@ pub struct Room {
     /// Offsets up to this one are history replay of a fresh join, which is
     /// not "unread".
     pub quiet_until: u64,
+    /// While the replay of a fresh join is arriving: where its lines go,
+    /// which is just above the "you joined" line (they are older).
+    pub replay_at: Option<usize>,
+    /// Leaves held back for [`LEAVE_GRACE`]: a member whose connection
+    /// left and who is back within it (reconnected elsewhere after a
+    /// failover, or re-announced by their instance) did not leave.
+    pub held_leaves: Vec<HeldLeave>,
     capacity: usize,
 }
+
+/// A leave line waiting out [`LEAVE_GRACE`].
+#[derive(Debug, Clone)]
+pub struct HeldLeave {
+    pub nick: String,
+    pub conn_id: String,
+    pub until: std::time::Instant,
+    /// The server's time of the leave, for the room log.
+    pub ts: u64,
+    pub line: Line,
+}
+
+/// How long a leave is held back before it is shown.
+pub const LEAVE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Room {
     pub fn new(name: &str, capacity: usize) -> Self {
@@ -139,6 +160,8 @@ impl Room {
             last_offset: None,
             epoch: String::new(),
             quiet_until: 0,
+            replay_at: None,
+            held_leaves: Vec::new(),
             capacity: capacity.max(1),
         }
     }
@@ -173,9 +196,61 @@ impl Room {
             self.new_below += 1;
         }
         self.lines.push_back(line);
+        self.trim();
+    }
+
+    fn trim(&mut self) {
         while self.lines.len() > self.capacity {
             self.lines.pop_front();
+            self.replay_at = match self.replay_at {
+                Some(0) | None => None,
+                Some(i) => Some(i - 1),
+            };
         }
+    }
+
+    /// Put a line of a fresh join's history replay in its place: above the
+    /// "you joined" line, under a "history" separator (and a date
+    /// separator when the day changes).
+    pub fn push_replay(&mut self, line: Line, geo: Geometry) {
+        let Some(mut at) = self.replay_at.filter(|i| *i <= self.lines.len()) else {
+            self.push(line, geo, true);
+            return;
+        };
+        let prev = at.checked_sub(1).and_then(|i| self.lines.get(i));
+        let first = !prev.is_some_and(|l| l.kind == LineKind::Day || l.offset.is_some());
+        let mut add = Vec::new();
+        if first {
+            add.push(Line {
+                time: String::new(),
+                day: line.day,
+                kind: LineKind::Day,
+                nick: String::new(),
+                text: "─── history ───".into(),
+                app_id: None,
+                offset: None,
+            });
+        } else if prev.is_some_and(|l| l.offset.is_some() && l.day != line.day) {
+            add.push(Line {
+                time: line.time.clone(),
+                day: line.day,
+                kind: LineKind::Day,
+                nick: String::new(),
+                text: super::clock::day_label(line.day),
+                app_id: None,
+                offset: None,
+            });
+        }
+        add.push(line);
+        for l in add {
+            if self.scroll > 0 {
+                self.scroll += layout::line_height(&l, geo.width, geo.show_app_ids);
+            }
+            self.lines.insert(at, l);
+            at += 1;
+        }
+        self.replay_at = Some(at);
+        self.trim();
     }
 
     /// Remove the local echo with this id (the server echoed it, or it
@@ -332,6 +407,42 @@ mod tests {
         let mut empty = Room::new("e", 10);
         empty.scroll_up(10, GEO);
         assert_eq!(empty.scroll, 0);
+    }
+
+    #[test]
+    fn replay_goes_above_the_join_line_under_a_history_separator() {
+        let mut r = Room::new("r", 100);
+        r.push(line("before", 0), GEO, false);
+        r.push(line("you joined r", 0), GEO, false);
+        r.replay_at = Some(1);
+        let mut m = line("old 1", 0);
+        m.offset = Some(1);
+        r.push_replay(m.clone(), GEO);
+        m.text = "old 2".into();
+        m.offset = Some(2);
+        r.push_replay(m, GEO);
+        let texts: Vec<&str> = r.lines.iter().map(|l| l.text.as_str()).collect();
+        assert_eq!(
+            texts,
+            vec![
+                "before",
+                "─── history ───",
+                "old 1",
+                "old 2",
+                "you joined r"
+            ]
+        );
+        // Trimming the oldest lines keeps the insertion point right.
+        let mut small = Room::new("s", 3);
+        small.push(line("you joined s", 0), GEO, false);
+        small.replay_at = Some(0);
+        for i in 0..5 {
+            let mut m = line(&format!("h{i}"), 0);
+            m.offset = Some(i);
+            small.push_replay(m, GEO);
+        }
+        let texts: Vec<&str> = small.lines.iter().map(|l| l.text.as_str()).collect();
+        assert_eq!(texts, vec!["h3", "h4", "you joined s"]);
     }
 
     #[test]

@@ -8,20 +8,47 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line as TextLine, Span};
 
 use super::colors::nick_color;
+use crate::config::Theme;
 use crate::layout::{self, APP_COL, NICK_COL, SEPARATOR, TIME_COL};
-use crate::state::room::{Line, LineKind, Room};
+use crate::state::room::{Line, LineKind};
+use crate::state::{App, Search};
 use crate::wrap;
 
+/// How a row is drawn besides its line.
+struct Look<'a> {
+    theme: &'a Theme,
+    show_app_ids: bool,
+    /// The search whose matches are highlighted.
+    search: Option<&'a Search>,
+    /// This line is the match the search is on.
+    current: bool,
+}
+
 /// Draw the shown room's messages into `area`, newest at the bottom.
-pub(super) fn render(room: &Room, show_app_ids: bool, area: Rect, buf: &mut Buffer) {
+pub(super) fn render(app: &App, area: Rect, buf: &mut Buffer) {
     let width = area.width as usize;
     let height = area.height as usize;
     if width == 0 || height == 0 {
         return;
     }
+    let room = app.room();
+    let show_app_ids = app.show_app_ids;
+    let search = app
+        .search
+        .as_ref()
+        .filter(|s| s.room == app.current && !s.typing);
+    let current = app.search_current(app.current);
+    let total = room.lines.len() + room.pending.len();
     let mut skip = room.scroll;
     let mut y = area.bottom();
-    'lines: for line in room.lines_rev() {
+    'lines: for (n, line) in room.lines_rev().enumerate() {
+        let index = total - 1 - n;
+        let look = Look {
+            theme: &app.theme,
+            show_app_ids,
+            search: search.filter(|s| s.matches(&line.text)),
+            current: current == Some(index),
+        };
         let body = layout::body_text(line);
         let rows = layout::line_rows(&body, width, show_app_ids);
         for (k, range) in rows.iter().enumerate().rev() {
@@ -33,16 +60,47 @@ pub(super) fn render(room: &Room, show_app_ids: bool, area: Rect, buf: &mut Buff
                 break 'lines;
             }
             y -= 1;
-            let row = render_row(line, &body[range.clone()], k, width, show_app_ids);
+            let row = render_row(line, &body[range.clone()], k, width, &look);
             buf.set_line(area.x, y, &row, area.width);
         }
     }
 }
 
+/// `text` cut into spans with the search's matches highlighted.
+fn highlighted(text: &str, style: Style, look: &Look) -> Vec<Span<'static>> {
+    let Some(search) = look.search else {
+        return vec![Span::styled(text.to_string(), style)];
+    };
+    let hit = if look.current {
+        Style::new().fg(Color::Black).bg(Color::LightYellow).bold()
+    } else {
+        Style::new().fg(Color::Black).bg(Color::Yellow)
+    };
+    let lower = text.to_lowercase();
+    let needle = search.needle.to_lowercase();
+    // Lower-casing can change byte lengths (rarely): then no inline
+    // highlight, the whole row is marked instead.
+    if lower.len() != text.len() || needle.is_empty() {
+        return vec![Span::styled(text.to_string(), hit)];
+    }
+    let mut spans = Vec::new();
+    let mut at = 0;
+    for (i, _) in lower.match_indices(&needle) {
+        if i < at || !text.is_char_boundary(i) || !text.is_char_boundary(i + needle.len()) {
+            continue;
+        }
+        spans.push(Span::styled(text[at..i].to_string(), style));
+        spans.push(Span::styled(text[i..i + needle.len()].to_string(), hit));
+        at = i + needle.len();
+    }
+    spans.push(Span::styled(text[at..].to_string(), style));
+    spans
+}
+
 /// The style of a line's text.
-fn body_style(line: &Line) -> Style {
+fn body_style(line: &Line, theme: &Theme) -> Style {
     match &line.kind {
-        LineKind::Message { mention: true, .. } => Style::new().fg(Color::Yellow).bold(),
+        LineKind::Message { mention: true, .. } => Style::new().fg(theme.mention).bold(),
         LineKind::Message { action: true, .. } => Style::new().fg(nick_color(&line.nick)).italic(),
         LineKind::Message { .. } => Style::new(),
         LineKind::Pending { .. } => Style::new().fg(Color::DarkGray).italic(),
@@ -59,7 +117,7 @@ fn body_style(line: &Line) -> Style {
 }
 
 /// What goes in the nick column, and its style.
-fn nick_cell(line: &Line) -> (String, Style) {
+fn nick_cell(line: &Line, theme: &Theme) -> (String, Style) {
     let dim = Style::new().fg(Color::DarkGray);
     match &line.kind {
         LineKind::Message { action: true, .. } | LineKind::Pending { action: true, .. } => {
@@ -69,9 +127,12 @@ fn nick_cell(line: &Line) -> (String, Style) {
             let mut style = Style::new().fg(nick_color(&line.nick));
             if *own {
                 style = style.bold();
+                if let Some(c) = theme.own {
+                    style = style.fg(c);
+                }
             }
             if *mention {
-                style = Style::new().fg(Color::Black).bg(Color::Yellow).bold();
+                style = Style::new().fg(Color::Black).bg(theme.mention).bold();
             }
             (line.nick.clone(), style)
         }
@@ -102,23 +163,22 @@ fn pad_right(s: &str, width: usize) -> String {
 
 /// Row `k` of a line: the first row carries the prefix, later rows are
 /// indented to the text column.
-fn render_row(
-    line: &Line,
-    text: &str,
-    k: usize,
-    width: usize,
-    show_app_ids: bool,
-) -> TextLine<'static> {
-    let style = body_style(line);
+fn render_row(line: &Line, text: &str, k: usize, width: usize, look: &Look) -> TextLine<'static> {
+    let show_app_ids = look.show_app_ids;
+    let style = body_style(line, look.theme);
     if k > 0 {
         let prefix = layout::prefix_width(show_app_ids);
         let indent = if width >= prefix + 16 { prefix } else { 0 };
-        return TextLine::from(vec![
-            Span::raw(" ".repeat(indent)),
-            Span::styled(text.to_string(), style),
-        ]);
+        let mut spans = vec![Span::raw(" ".repeat(indent))];
+        spans.extend(highlighted(text, style, look));
+        return TextLine::from(spans);
     }
     let dim = Style::new().fg(Color::DarkGray);
+    let time_style = if look.current {
+        Style::new().fg(Color::Black).bg(Color::LightYellow)
+    } else {
+        Style::new().fg(look.theme.timestamp)
+    };
     let time = if matches!(
         line.kind,
         LineKind::Pending {
@@ -133,7 +193,7 @@ fn render_row(
     } else {
         pad_right(&line.time, TIME_COL)
     };
-    let mut spans = vec![Span::styled(time, dim), Span::raw(" ")];
+    let mut spans = vec![Span::styled(time, time_style), Span::raw(" ")];
     if show_app_ids {
         let app = line.app_id.as_deref().unwrap_or("");
         let app_style = if app.is_empty() {
@@ -144,9 +204,9 @@ fn render_row(
         spans.push(Span::styled(pad_right(app, APP_COL), app_style));
         spans.push(Span::raw(" "));
     }
-    let (nick, nick_style) = nick_cell(line);
+    let (nick, nick_style) = nick_cell(line, look.theme);
     spans.push(Span::styled(pad_left(&nick, NICK_COL), nick_style));
     spans.push(Span::styled(SEPARATOR, dim));
-    spans.push(Span::styled(text.to_string(), style));
+    spans.extend(highlighted(text, style, look));
     TextLine::from(spans)
 }

@@ -22,7 +22,7 @@ use crate::state::App;
 pub fn title(app: &App) -> String {
     let unread: usize = app.rooms.iter().map(|r| r.unread).sum();
     let mentions: usize = app.rooms.iter().map(|r| r.mentions).sum();
-    let mut t = format!("tui-client: {}", app.room().name);
+    let mut t = format!("tui-client: {}", app.room_label(app.current));
     if let Some(id) = &app.app_id {
         t.push_str(&format!(" on {id}"));
     }
@@ -46,7 +46,7 @@ pub fn render(app: &App, frame: &mut Frame) {
     if let Some(area) = panes.rooms {
         sidebar::rooms(app, area, buf);
     }
-    messages::render(app.room(), app.show_app_ids, panes.messages, buf);
+    messages::render(app, panes.messages, buf);
     if let Some(area) = panes.members {
         sidebar::members(app, area, buf);
     }

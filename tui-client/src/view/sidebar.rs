@@ -25,11 +25,22 @@ pub(super) fn rooms(app: &App, area: Rect, buf: &mut Buffer) {
         &Line::styled(" Rooms", Style::new().bold()),
         inner.width,
     );
-    for (i, room) in app.rooms.iter().enumerate() {
-        let y = inner.y + 1 + i as u16;
+    // Rooms, then the direct-message rooms under their own heading.
+    for (row, entry) in app.sidebar_entries().into_iter().enumerate() {
+        let y = inner.y + 1 + row as u16;
         if y >= inner.bottom() {
             break;
         }
+        let Some(i) = entry else {
+            buf.set_line(
+                inner.x,
+                y,
+                &Line::styled(" Direct", Style::new().bold()),
+                inner.width,
+            );
+            continue;
+        };
+        let room = &app.rooms[i];
         let number = if i < 10 {
             format!("{}", (i + 1) % 10)
         } else {
@@ -41,7 +52,7 @@ pub(super) fn rooms(app: &App, area: Rect, buf: &mut Buffer) {
             (n, m) => format!(" {n}!{m}"),
         };
         let name_w = (inner.width as usize).saturating_sub(3 + count.len());
-        let name = wrap::truncate(&room.name, name_w);
+        let name = wrap::truncate(&app.room_label(i), name_w);
         let pad = " ".repeat(name_w.saturating_sub(wrap::str_width(&name)));
         let mut name_style = Style::new();
         if !room.joined && app.conn == crate::state::ConnStatus::Connected {

@@ -61,7 +61,7 @@ pub fn conn_text(app: &App) -> (String, Color) {
                 "connecting"
             };
             (
-                format!("◌ {verb} (attempt {attempt}, next try in {})", secs(left)),
+                format!("◌ {verb} (attempt {attempt}, in {})", secs(left)),
                 Color::Yellow,
             )
         }
@@ -69,8 +69,15 @@ pub fn conn_text(app: &App) -> (String, Color) {
     }
 }
 
+/// Draw the status bar. The items go in order of importance, since a
+/// narrow terminal cuts the end: where the connection is and how it is
+/// doing (with why, when it is down), a search in progress, whether the
+/// view is scrolled up, the rooms with news, lines waiting to go, then who
+/// and where you are and the round trip.
 pub fn render(app: &App, area: Rect, buf: &mut Buffer) {
-    let bar = Style::new().bg(Color::Indexed(236)).fg(Color::White);
+    let bar = Style::new()
+        .bg(Color::Indexed(app.theme.status_bg))
+        .fg(Color::White);
     buf.set_style(area, bar);
     let sep = || Span::styled(" │ ", Style::new().fg(Color::Gray));
     let mut spans = vec![Span::raw(" ")];
@@ -87,6 +94,9 @@ pub fn render(app: &App, area: Rect, buf: &mut Buffer) {
                     Style::new().fg(Color::Gray),
                 ));
             }
+            if app.direct {
+                spans.push(Span::styled(" direct", Style::new().fg(Color::LightGreen)));
+            }
         }
         // Not connected: the last instance, clearly in the past.
         Some(id) => spans.push(Span::styled(
@@ -98,22 +108,25 @@ pub fn render(app: &App, area: Rect, buf: &mut Buffer) {
     spans.push(sep());
     let (conn, color) = conn_text(app);
     spans.push(Span::styled(conn, Style::new().fg(color).bold()));
-    spans.push(sep());
-    spans.push(Span::raw(match app.rtt {
-        Some(rtt) if rtt < Duration::from_millis(10) => {
-            format!("rtt {:.1}ms", rtt.as_secs_f64() * 1000.0)
-        }
-        Some(rtt) => format!("rtt {}ms", rtt.as_millis()),
-        None => "rtt –".into(),
-    }));
-    spans.push(sep());
-    let nick = if app.nick.is_empty() { "?" } else { &app.nick };
-    spans.push(Span::styled(nick.to_string(), Style::new().bold()));
-    spans.push(Span::raw(" in "));
-    spans.push(Span::styled(
-        app.room().name.clone(),
-        Style::new().fg(Color::LightYellow).bold(),
-    ));
+    if let Some(reason) = conn_reason(app) {
+        spans.push(Span::styled(": ", Style::new().fg(Color::Gray)));
+        spans.push(Span::styled(reason, Style::new().fg(Color::LightRed)));
+    }
+    if let Some(search) = app.search_status() {
+        spans.push(sep());
+        spans.push(Span::styled(
+            search,
+            Style::new().fg(Color::Black).bg(Color::LightYellow),
+        ));
+    }
+    let room = app.room();
+    if room.scroll > 0 {
+        spans.push(sep());
+        spans.push(Span::styled(
+            format!("⇣ {} new below (Esc)", room.new_below),
+            Style::new().fg(Color::LightYellow).bold(),
+        ));
+    }
     // irssi's "Act": the numbers of the other rooms with unread messages.
     let act: Vec<Span> = app
         .rooms
@@ -149,28 +162,32 @@ pub fn render(app: &App, area: Rect, buf: &mut Buffer) {
             )
         })
         .count();
-    if waiting > 0 && app.conn != ConnStatus::Connected {
+    if waiting > 0 && !connected {
         spans.push(sep());
         spans.push(Span::styled(
             format!("{waiting} waiting to send"),
             Style::new().fg(Color::LightYellow),
         ));
     }
-    let room = app.room();
-    if room.scroll > 0 {
-        spans.push(sep());
-        spans.push(Span::styled(
-            format!("⇣ scrolled, {} new below (Esc)", room.new_below),
-            Style::new().fg(Color::LightYellow).bold(),
-        ));
-    }
+    spans.push(sep());
+    let nick = if app.nick.is_empty() { "?" } else { &app.nick };
+    spans.push(Span::styled(nick.to_string(), Style::new().bold()));
+    spans.push(Span::raw(" in "));
+    spans.push(Span::styled(
+        app.room_label(app.current),
+        Style::new().fg(Color::LightYellow).bold(),
+    ));
+    spans.push(sep());
+    spans.push(Span::raw(match app.rtt {
+        Some(rtt) if rtt < Duration::from_millis(10) => {
+            format!("rtt {:.1}ms", rtt.as_secs_f64() * 1000.0)
+        }
+        Some(rtt) => format!("rtt {}ms", rtt.as_millis()),
+        None => "rtt –".into(),
+    }));
     if app.show_app_ids {
         spans.push(sep());
         spans.push(Span::raw("APP_IDs shown"));
-    }
-    if let Some(reason) = conn_reason(app) {
-        spans.push(sep());
-        spans.push(Span::styled(reason, Style::new().fg(Color::LightRed)));
     }
     buf.set_line(area.x, area.y, &Line::from(spans), area.width);
 }

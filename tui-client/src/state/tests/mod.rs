@@ -86,6 +86,12 @@ fn texts(a: &App, room: usize) -> Vec<String> {
     a.rooms[room].lines.iter().map(|l| l.text.clone()).collect()
 }
 
+/// Let the time pass after which held-back leaves show.
+fn past_leave_grace(a: &mut App) {
+    let later = a.now + room::LEAVE_GRACE + std::time::Duration::from_secs(1);
+    a.update(Event::Tick(later));
+}
+
 fn last_text(a: &App) -> String {
     a.room()
         .lines
@@ -335,6 +341,7 @@ fn app_id_toggle() {
     assert!(!a.show_app_ids);
 }
 
+mod daily;
 mod faults;
 mod network;
 

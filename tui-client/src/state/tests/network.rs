@@ -175,6 +175,7 @@ fn presence_updates_members_and_shows_lines() {
     a.update(presence(PresenceEvent::Nick, "c2", "robert", Some("bob")));
     assert!(last_text(&a).contains("bob is now known as robert"));
     a.update(presence(PresenceEvent::Leave, "c3", "carol", None));
+    past_leave_grace(&mut a);
     assert_eq!(a.room().lines.back().unwrap().kind, LineKind::Leave);
     let nicks: Vec<_> = a.room().members.iter().map(|p| p.nick).collect();
     assert_eq!(nicks, vec!["alice", "robert"]);
@@ -313,6 +314,7 @@ fn big_rooms_hide_joins_and_leaves_of_silent_people() {
     assert_eq!(a.room().members.len(), 150);
     a.update(msg("lobby", 1, "bot7", "I speak"));
     a.update(presence(PresenceEvent::Leave, "c7", "bot7"));
+    past_leave_grace(&mut a);
     assert!(last_text(&a).contains("bot7 left lobby"));
 }
 
