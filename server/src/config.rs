@@ -163,15 +163,14 @@ pub struct Config {
     #[arg(long = "history", env = "HISTORY_LEN", default_value_t = Limits::DEFAULT.history_len)]
     pub history_len: u32,
 
-    /// Most bytes of message frames each room keeps in history, besides
-    /// `--history` entries: the oldest go first (the newest always stays).
-    /// A resume from before them gets a `gap`. 0 (the default): no byte
-    /// cap. The cap costs Redis about 10 µs more per message (every
-    /// publish then trims the oldest entry itself to count its bytes;
-    /// `bench/publish-script.sh`), so it is off unless asked for: with
-    /// `--max-message-bytes` 4096 and `--history` 1000 a room holds at
-    /// most about 4.5 MB anyway.
-    #[arg(long, env = "HISTORY_BYTES", default_value = "0", value_parser = parse_bytes)]
+    /// Most bytes of Redis memory each room's history may use, besides
+    /// `--history` entries (Redis's own `MEMORY USAGE` of the stream, so
+    /// its overhead counts): the oldest entries go first, the newest always
+    /// stays. A resume from before them gets a `gap`. Checked every 16th
+    /// message of a room, so history can pass the cap by at most 15
+    /// messages; the check costs one sampled `MEMORY USAGE` (a few
+    /// µs in Redis, 1/16 of the time). 0: no byte cap.
+    #[arg(long, env = "HISTORY_BYTES", default_value = "1MiB", value_parser = parse_bytes)]
     pub history_bytes: usize,
 
     /// Most history entries replayed for one `join` with `since` or

@@ -85,11 +85,23 @@ impl Session {
                         .await?;
                     Ok((hist, Some(same), Some(paging)))
                 }
-                (None, Some(n)) if n > 0 => Ok((
-                    store.history_last(room, head, n.min(max_replay)).await?,
-                    None,
-                    None,
-                )),
+                (None, Some(n)) if n > 0 => {
+                    // Offsets within an epoch are consecutive, so the last
+                    // `n` messages lie above `head - n`: replay them in
+                    // pages from there, like a resume (no gap: nothing was
+                    // asked for below). After an epoch change inside that
+                    // window, fewer than `n` come back.
+                    let n = n.min(max_replay);
+                    let after = head.head.saturating_sub(u64::from(n));
+                    let paging = Paging {
+                        capped: None,
+                        budget: n,
+                    };
+                    let hist = store
+                        .history_after_n(room, head, after, REPLAY_PAGE.min(n))
+                        .await?;
+                    Ok((hist, None, Some(paging)))
+                }
                 (None, _) => Ok((
                     History {
                         head,
@@ -265,7 +277,7 @@ impl Session {
 /// Entries read from history at once during a replay.
 const REPLAY_PAGE: u32 = 100;
 
-/// A paged replay (`join` with `since`).
+/// A paged replay (`join` with `since` or `history`).
 struct Paging {
     /// The cutoff below which `--max-replay` leaves entries out (a gap
     /// announces them), if it does.

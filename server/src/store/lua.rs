@@ -56,42 +56,6 @@ local function ensure(ttl)
 end
 "#;
 
-/// Append `frame` to the log (KEYS[2]) and trim the oldest entries while
-/// it holds more than `maxlen` entries or more than `cap` bytes of frames
-/// (the newest always stays). The byte count is field `bytes` of the epoch
-/// hash (KEYS[3]); when it is missing (a new room, or Redis lost the hash)
-/// the log is measured once, at most `--history` entries. At most 100
-/// entries go per publish; past that `XTRIM` still bounds the count (the
-/// byte count then overestimates, which trims more, until the log empties
-/// and the count starts again from 0).
-const APPEND: &str = r#"
-local function append(frame, id, maxlen, cap)
-  local bytes = tonumber(redis.call('HGET', KEYS[3], 'bytes') or '')
-  if not bytes then
-    bytes = 0
-    for _, e in ipairs(redis.call('XRANGE', KEYS[2], '-', '+')) do
-      bytes = bytes + #(e[2][2] or '')
-    end
-  end
-  redis.call('XADD', KEYS[2], id .. '-0', 'f', frame)
-  bytes = bytes + #frame
-  local len = redis.call('XLEN', KEYS[2])
-  local n = 0
-  while (len > maxlen or (bytes > cap and len > 1)) and n < 100 do
-    local old = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
-    if not old[1] then break end
-    redis.call('XDEL', KEYS[2], old[1][1])
-    bytes = bytes - #(old[1][2][2] or '')
-    len = len - 1
-    n = n + 1
-  end
-  if len > maxlen then redis.call('XTRIM', KEYS[2], 'MAXLEN', maxlen) end
-  if len <= 1 then bytes = #frame end
-  if bytes < 0 then bytes = 0 end
-  redis.call('HSET', KEYS[3], 'bytes', string.format('%d', bytes))
-end
-"#;
-
 /// Append to history and publish, atomically, so that offset order is
 /// publish order across every instance.
 ///
@@ -104,8 +68,12 @@ end
 /// the room's idle life in ms (`--room-ttl`; 0 or absent: forever): every
 /// publish sets it again on seq, log and epoch, so a room without messages
 /// for that long loses them and starts a new epoch; the most bytes of
-/// frames the log keeps (`--history-bytes`; 0 or absent: no byte cap, the
-/// log is trimmed by `XADD MAXLEN` alone).
+/// Redis memory the log may use (`--history-bytes`; 0 or absent: no byte
+/// cap, the log is trimmed by `XADD MAXLEN` alone). The byte cap is
+/// checked on every 16th offset: when the log's `MEMORY USAGE` (sampled,
+/// O(1)) is above it, the log is trimmed to the share of entries that fits
+/// at the average entry size; so it can pass the cap by at most 15
+/// messages, and a publish in between costs nothing more.
 /// Returns `{"<offset> <epoch>", duplicate[, frame]}`.
 const PUBLISH: &str = r#"
 local field = ARGV[7]
@@ -122,11 +90,16 @@ local ttl = tonumber(ARGV[11] or '0') or 0
 local epoch = ensure(ttl)
 local id = string.format('%d', redis.call('INCR', KEYS[1]))
 local frame = '{"type":"message","offset":' .. id .. ',"epoch":"' .. epoch .. '",' .. ARGV[4]
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[5], id .. '-0', 'f', frame)
 local cap = tonumber(ARGV[12] or '0') or 0
-if cap > 0 then
-  append(frame, id, tonumber(ARGV[5]), cap)
-else
-  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[5], id .. '-0', 'f', frame)
+if cap > 0 and tonumber(id) % 16 == 0 then
+  local used = redis.call('MEMORY', 'USAGE', KEYS[2])
+  if used and used > cap then
+    local len = redis.call('XLEN', KEYS[2])
+    local keep = math.floor(len * cap / used)
+    if keep < 1 then keep = 1 end
+    if keep < len then redis.call('XTRIM', KEYS[2], 'MAXLEN', keep) end
+  end
 end
 if ttl > 0 then
   for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ttl) end
@@ -154,9 +127,65 @@ local start = redis.call('HGET', KEYS[3], 'start') or '0'
 return {epoch, redis.call('GET', KEYS[1]) or '0', start}
 "#;
 
+/// Claim a nick in a room's nick index (`chat:{room}:nicks`: nick →
+/// `"<owner>\n<conn_id>"`), so that two live members never share a nick.
+///
+/// KEYS: members, nicks. ARGV: nick, owner (`sub:<sub>`, `key:<nick_key>`
+/// or `conn:<conn_id>`), conn_id, "1" to take it whoever holds it.
+/// The claim succeeds (and records the claimant) when the nick is free,
+/// held by the same owner, or held by a connection that is no longer in
+/// the room under that nick (it left or renamed). Otherwise it returns the
+/// holder's conn_id and presence entry, so that the caller can tell a
+/// holder of a dead instance (then it claims again with "1").
+/// Returns `{}` when claimed, `{holder, entry}` when held.
+const NICK_CLAIM: &str = r#"
+local cur = redis.call('HGET', KEYS[2], ARGV[1])
+if cur and ARGV[4] ~= '1' then
+  local sep = string.find(cur, '\n', 1, true)
+  if sep then
+    local owner = string.sub(cur, 1, sep - 1)
+    local holder = string.sub(cur, sep + 1)
+    if owner ~= ARGV[2] and holder ~= ARGV[3] then
+      local e = redis.call('HGET', KEYS[1], holder)
+      if e then
+        local ok, m = pcall(cjson.decode, e)
+        if ok and type(m) == 'table' and m.nick == ARGV[1] then return {holder, e} end
+      end
+    end
+  end
+end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2] .. '\n' .. ARGV[3])
+return {}
+"#;
+
+/// Remove a member from a room: its presence entry, and its nick index
+/// entry if it is the claimant on record.
+///
+/// KEYS: members, nicks. ARGV: conn_id, nick.
+/// Returns `{removed (0 or 1), members left}`.
+const DEPART: &str = r#"
+local removed = redis.call('HDEL', KEYS[1], ARGV[1])
+local cur = redis.call('HGET', KEYS[2], ARGV[2])
+if cur then
+  local sep = string.find(cur, '\n', 1, true)
+  if sep and string.sub(cur, sep + 1) == ARGV[1] then redis.call('HDEL', KEYS[2], ARGV[2]) end
+end
+return {removed, redis.call('HLEN', KEYS[1])}
+"#;
+
+/// The nick claim script's source.
+pub(crate) fn nick_claim() -> &'static str {
+    NICK_CLAIM
+}
+
+/// The depart script's source.
+pub(crate) fn depart() -> &'static str {
+    DEPART
+}
+
 /// The publish script's source.
 pub(crate) fn publish() -> String {
-    format!("{ENSURE}{APPEND}{PUBLISH}")
+    format!("{ENSURE}{PUBLISH}")
 }
 
 /// The head script's source.

@@ -196,28 +196,6 @@ impl Store {
         parse_entries(v)
     }
 
-    /// The last `n` messages, oldest first, and the head.
-    pub async fn history_last(&self, room: &str, head: Head, n: u32) -> StoreResult<History> {
-        let v: Value = self
-            .query(
-                room_slot(room),
-                redis::cmd("XREVRANGE")
-                    .arg(log_key(room))
-                    .arg("+")
-                    .arg("-")
-                    .arg("COUNT")
-                    .arg(n.min(self.history_len)),
-            )
-            .await?;
-        let mut entries = parse_entries(v)?;
-        entries.reverse();
-        Ok(History {
-            head,
-            first: entries.first().map(|(o, _)| *o),
-            entries,
-        })
-    }
-
     /// Offsets `from..=to` from history.
     pub async fn range(&self, room: &str, from: u64, to: u64) -> StoreResult<Vec<(u64, Bytes)>> {
         let v: Value = self
