@@ -150,7 +150,12 @@ impl Config {
             Protocol::Raw => u.clone(),
             Protocol::Chat => {
                 let sep = if u.contains('?') { '&' } else { '?' };
-                format!("{u}{sep}room={room}&nick=lg{c}")
+                // The nick key gets the nick back on a reconnect while the
+                // old connection (on a dead instance) still holds it.
+                format!(
+                    "{u}{sep}room={room}&nick=lg{c}&nick_key=lgkey-{}-{c}",
+                    std::process::id()
+                )
             }
         }
     }

@@ -107,6 +107,13 @@ async fn upgrade(
                 .as_deref()
                 .map(validate_nick)
                 .and_then(Result::err)
+        })
+        .or_else(|| {
+            params
+                .nick_key
+                .as_deref()
+                .map(validate_nick_key)
+                .and_then(Result::err)
         });
     if let Some(why) = bad {
         state
@@ -299,4 +306,18 @@ async fn index(State(state): State<AppState>) -> String {
          GET /healthz, /metrics, /cluster. Protocol: PROTOCOL.md in the repository.\n",
         app = state.app_id
     )
+}
+
+/// A `nick_key` is 8 to 64 of `[A-Za-z0-9_-]`: a client's secret, never
+/// shown to anyone.
+fn validate_nick_key(key: &str) -> Result<(), String> {
+    let ok = (8..=64).contains(&key.len())
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err("invalid nick_key: 8 to 64 of [A-Za-z0-9_-]".to_string())
+    }
 }

@@ -109,6 +109,20 @@ impl AppState {
         std::mem::replace(&mut *g, live)
     }
 
+    /// Whether the instance with this boot id is alive: this one, one that
+    /// heartbeats, or (not in the live set yet) one the registry lists.
+    pub async fn boot_alive(&self, boot: &str) -> bool {
+        let live = self.live.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if live.is_empty() || boot == self.boot || live.contains(boot) {
+            return true;
+        }
+        match self.store.instances().await {
+            Ok(list) => list.iter().any(|i| i.boot == boot),
+            // Cannot tell: count it alive (refuse rather than double a nick).
+            Err(_) => true,
+        }
+    }
+
     /// The members of a room across the cluster, without entries of dead
     /// instances, sorted by nick.
     pub async fn members(&self, room: &str) -> StoreResult<Vec<Member>> {

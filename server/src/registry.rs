@@ -107,7 +107,7 @@ async fn sweep(state: &AppState, live: &HashSet<String>) {
             if alive(e) {
                 continue;
             }
-            if let Ok((true, left)) = state.store.remove_member(&room, conn_id).await {
+            if let Ok((true, left)) = state.store.remove_member(&room, conn_id, &e.nick).await {
                 if left >= state.config.presence_max_members {
                     continue;
                 }

@@ -34,6 +34,9 @@ pub struct ConnectParams {
     pub history: Option<u32>,
     /// A token (else `Authorization: Bearer`).
     pub token: Option<String>,
+    /// An anonymous client's secret for its nick: a reconnect with the same
+    /// key gets the nick back while its old connection still holds it.
+    pub nick_key: Option<String>,
     /// What the upgrade's token said; set by the upgrade, never the query.
     #[serde(skip)]
     pub identity: Option<Box<crate::auth::Identity>>,
@@ -178,6 +181,7 @@ pub async fn run(
             outbox: outbox.clone(),
         },
         params.nick.take(),
+        params.nick_key.take(),
         params.identity.take(),
     );
     let end = session_loop(&mut session, &mut conn, params).await;

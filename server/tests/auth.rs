@@ -232,6 +232,67 @@ async fn nicks_are_bound_to_tokens_and_anonymous_clients_cannot_take_them() {
     );
 }
 
+/// Invariant: two live members of a room never share a nick, even
+/// anonymous ones on different instances with `--auth off`; a reconnect
+/// with the same `nick_key` gets its nick back while the old connection
+/// still holds it; a nick is free again once its holder leaves or renames.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_members_never_share_a_nick_and_a_nick_key_reclaims_it() {
+    let c = cluster_async(2, &["--auth", "off"]).await;
+    let (u0, u1) = (c.server_ws_url(0), c.server_ws_url(1));
+    let mut ann = Client::joined(&format!("{u0}?room=n2&nick=ann&nick_key=ann-secret-1")).await;
+    // Another client, another instance: refused, and not joined.
+    let mut other = Client::connect(&format!("{u1}?room=n2&nick=ann")).await;
+    let e = other.next().await;
+    assert_eq!(e["code"], "nick_taken", "{e}");
+    let own = ann.welcome["conn_id"].clone();
+    let t = tokio::time::Instant::now() + Duration::from_millis(400);
+    while let Some(f) = ann.try_next(t - tokio::time::Instant::now()).await {
+        assert!(
+            f["type"] != "presence" || f["conn_id"] == own,
+            "the refused client was announced: {f}"
+        );
+    }
+    // A wrong key is another client.
+    let mut wrong = Client::connect(&format!("{u1}?room=n2&nick=ann&nick_key=not-anns-key")).await;
+    assert_eq!(error_code(&mut wrong).await, "nick_taken");
+    // A member cannot rename to a held nick.
+    let mut bob = Client::joined(&format!("{u1}?room=n2&nick=bob")).await;
+    bob.send(json!({"type":"nick","nick":"ann"})).await;
+    assert_eq!(error_code(&mut bob).await, "nick_taken");
+    // The same key (a reconnect while the old connection lingers) gets it.
+    let again = Client::joined(&format!("{u1}?room=n2&nick=ann&nick_key=ann-secret-1")).await;
+    assert_eq!(again.welcome["nick"], "ann");
+    drop(again);
+    // Once every holder is gone, anyone may take it.
+    drop(ann);
+    let mut freed = None;
+    for _ in 0..50 {
+        let mut c = Client::connect(&format!("{u1}?room=n2&nick=ann")).await;
+        if c.next().await["type"] == "joined" {
+            freed = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(freed.is_some(), "the nick was freed when its holders left");
+    // A renamed member's old nick is free at once.
+    bob.send(json!({"type":"nick","nick":"robert"})).await;
+    assert_eq!(bob.until("nick").await["nick"], "robert");
+    let mut b2 = Client::connect(&format!("{u0}?room=n2&nick=bob")).await;
+    assert_eq!(b2.next().await["type"], "joined");
+    // A bad key is refused at the upgrade.
+    let (status, body) = upgrade_raw(
+        &c.server_addr(0),
+        None,
+        "?room=n2&nick=cat&nick_key=short",
+        "",
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("nick_key"), "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_and_dm_rooms_refuse_others_and_leak_nothing() {
     let c = cluster_async(1, OPTIONAL).await;

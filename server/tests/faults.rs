@@ -319,7 +319,13 @@ async fn presence_and_cluster_view_across_instances_and_kill_9() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_who_reconnected_elsewhere_is_never_announced_as_left() {
     let mut c = cluster_async(2, &["--heartbeat", "300ms", "--instance-ttl", "1500ms"]).await;
-    let ann = Client::joined(&format!("{}?room=fo&nick=ann", c.server_ws_url(0))).await;
+    // A reconnecting client keeps its nick with its `nick_key` while the
+    // old connection (on the dead instance) still holds it.
+    let ann = Client::joined(&format!(
+        "{}?room=fo&nick=ann&nick_key=ann-key-1",
+        c.server_ws_url(0)
+    ))
+    .await;
     let old_conn = ann.welcome["conn_id"].as_str().unwrap().to_string();
     let mut bob = Client::joined(&format!("{}?room=fo&nick=bob", c.server_ws_url(1))).await;
     c = tokio::task::spawn_blocking(move || {
@@ -330,7 +336,11 @@ async fn a_member_who_reconnected_elsewhere_is_never_announced_as_left() {
     .unwrap();
     drop(ann);
     // ann's client reconnects at once, to the surviving instance.
-    let ann2 = Client::joined(&format!("{}?room=fo&nick=ann", c.server_ws_url(1))).await;
+    let ann2 = Client::joined(&format!(
+        "{}?room=fo&nick=ann&nick_key=ann-key-1",
+        c.server_ws_url(1)
+    ))
+    .await;
     let new_conn = ann2.welcome["conn_id"].as_str().unwrap().to_string();
     // Within the dead instance's TTL plus two beats, the old connection is
     // swept: as `gone`, never as `leave`.

@@ -19,7 +19,6 @@ use chat_protocol::names::validate_nick;
 use chat_protocol::{ClientFrame, ErrorCode, PresenceEvent, ServerFrame, PROTOCOL_VERSION};
 
 use crate::auth::{may_enter, Identity};
-use crate::config::AuthMode;
 use crate::hub::{Delivery, Member, RoomKey};
 use crate::session::{Conn, End};
 use crate::AppState;
@@ -78,6 +77,12 @@ pub struct Session {
     member: Member,
     pub conn_id: String,
     nick: String,
+    /// Whose the nick is, in the rooms' nick index: `sub:<sub>` with a
+    /// token, `key:<nick_key>` for an anonymous client that sent a
+    /// `nick_key` (its reconnects get the nick back), else `conn:<conn_id>`.
+    owner: String,
+    /// The nick is the server's `guest<N>`, not one the client chose.
+    assigned_nick: bool,
     /// Joined rooms, most recently joined (the current room) last.
     rooms: Vec<Joined>,
     bucket: Bucket,
@@ -108,12 +113,19 @@ impl Session {
         state: AppState,
         member: Member,
         nick: Option<String>,
+        nick_key: Option<String>,
         identity: Option<Box<Identity>>,
     ) -> Self {
         let conn_id = format!("{}-{}-{}", state.app_id, state.boot, member.id);
+        let assigned_nick = identity.is_none() && nick.is_none();
         let nick = match &identity {
             Some(id) => id.nick.clone(),
             None => nick.unwrap_or_else(|| format!("guest{}", member.id)),
+        };
+        let owner = match (&identity, nick_key) {
+            (Some(id), _) => format!("sub:{}", id.sub),
+            (None, Some(key)) => format!("key:{key}"),
+            (None, None) => format!("conn:{conn_id}"),
         };
         let burst = state.config.burst;
         // The upgrade's join (from the query) is the first membership change.
@@ -124,6 +136,8 @@ impl Session {
             member,
             conn_id,
             nick,
+            owner,
+            assigned_nick,
             rooms: Vec::new(),
             bucket: Bucket::full(burst),
             membership,
@@ -148,26 +162,43 @@ impl Session {
         std::mem::take(&mut self.expiry_changed)
     }
 
-    /// For an anonymous connection where tokens are in use: whether an
-    /// authenticated member of `room` (on any instance) holds `nick`.
-    async fn nick_held(&self, room: &str, nick: &str) -> Result<bool, crate::store::StoreError> {
-        if self.identity.is_some() || self.state.auth.mode == AuthMode::Off {
+    /// Claim `nick` in `room`'s nick index for this connection: `Ok(true)`
+    /// when it is ours (free, ours already, held by a connection that left
+    /// or renamed, or by one on a dead instance). A token's nick is always
+    /// taken (the token vouches for it); so is a server-made `guest<N>`
+    /// (unique on this instance), without taking it from anyone.
+    async fn claim_nick(&self, room: &str, nick: &str) -> Result<bool, crate::store::StoreError> {
+        let store = &self.state.store;
+        let force = self.identity.is_some();
+        let held = store
+            .claim_nick(room, nick, &self.owner, &self.conn_id, force)
+            .await?;
+        let Some((holder, entry)) = held else {
+            return Ok(true);
+        };
+        if self.assigned_nick && nick == self.nick {
+            return Ok(true);
+        }
+        if self.state.boot_alive(&entry.boot).await {
+            tracing::debug!(room, nick, holder, "nick held by a live member");
             return Ok(false);
         }
-        let members = self.state.members(room).await?;
-        Ok(members
-            .iter()
-            .any(|m| m.sub.is_some() && m.nick == nick && m.conn_id != self.conn_id))
+        // The holder's instance is dead (its entry awaits the sweep).
+        Ok(store
+            .claim_nick(room, nick, &self.owner, &self.conn_id, true)
+            .await?
+            .is_none())
     }
 
-    /// Refuse an anonymous nick an authenticated member of `room` holds;
-    /// `Ok(false)` when refused (the client got the error).
+    /// Refuse a nick another live member of `room` holds; `Ok(false)` when
+    /// refused (the client got the error).
     async fn check_nick_free(&self, conn: &mut Conn, room: &str, nick: &str) -> Result<bool, End> {
-        match self.nick_held(room, nick).await {
-            Ok(false) => Ok(true),
-            Ok(true) => {
+        match self.claim_nick(room, nick).await {
+            Ok(true) => Ok(true),
+            Ok(false) => {
                 let msg = format!(
-                    "nick {nick:?} belongs to an authenticated member of {room:?}; pick another"
+                    "nick {nick:?} belongs to another member of {room:?}; pick another \
+                     (reconnects get their nick back with the same ?nick_key=)"
                 );
                 conn.error(ErrorCode::NickTaken, msg, None).await?;
                 Ok(false)
@@ -375,6 +406,7 @@ impl Session {
             }
         }
         let old = std::mem::replace(&mut self.nick, nick.clone());
+        self.assigned_nick = false;
         for room in rooms {
             self.announce(&room, PresenceEvent::Nick, Some(old.clone()))
                 .await;

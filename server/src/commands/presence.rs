@@ -48,6 +48,9 @@ impl Session {
             {
                 tracing::debug!(room = j.name, error = %e, "presence not recorded again");
             }
+            // The nick index may be lost too: claim the nick again (a
+            // refusal changes nothing here: the member keeps its nick).
+            let _ = self.claim_nick(&j.name, &self.nick).await;
         }
     }
 
@@ -109,7 +112,7 @@ impl Drop for Session {
 
 /// Remove a connection's presence entry from `room` and announce its leave.
 async fn depart(state: &crate::AppState, room: &str, conn_id: &str, nick: &str, sub: Option<&str>) {
-    match state.store.remove_member(room, conn_id).await {
+    match state.store.remove_member(room, conn_id, nick).await {
         // Big rooms do not broadcast presence (see --presence-max-members).
         Ok((true, left)) if left < state.config.presence_max_members => {
             let frame = presence_frame(state, room, PresenceEvent::Leave, conn_id, nick, None, sub);

@@ -8,10 +8,11 @@
 //! | key | type | what |
 //! |---|---|---|
 //! | `chat:{room}:seq` | string, TTL | the room's last offset |
-//! | `chat:{room}:epoch` | hash, TTL | the room's epoch, the `run_id` of the Redis that started it, its start offset (see [`lua`]), and `bytes`: the bytes of frames the log holds (`--history-bytes`) |
+//! | `chat:{room}:epoch` | hash, TTL | the room's epoch, the `run_id` of the Redis that started it, and its start offset (see [`lua`]) |
 //! | `chat:{room}:idem:<bucket>` | hash, TTL | `<n>:<nick>:<id>` → `"<offset> <epoch>"` of each send with an id in that time bucket |
 //! | `chat:{room}:log` | stream, TTL | bounded history; entry id `<offset>-0`, field `f` = the frame |
 //! | `chat:{room}:members` | hash | conn_id → `{"nick","app_id","boot"}` (and `"sub"` for an authenticated member) |
+//! | `chat:{room}:nicks` | hash | nick → `"<owner>\n<conn_id>"`: who holds each nick in the room (see [`Store::claim_nick`]) |
 //! | `chat:{room}:msgs` | channel | every message and presence frame of the room |
 //! | `chat:{registry}:instance:<app_id>` | string, TTL | the instance's heartbeat (JSON) |
 //! | `chat:{registry}:instances` | set | every app_id ever seen, for `/cluster` |
@@ -162,6 +163,10 @@ fn members_key(room: &str) -> String {
     format!("chat:{{{room}}}:members")
 }
 
+fn nicks_key(room: &str) -> String {
+    format!("chat:{{{room}}}:nicks")
+}
+
 fn instance_key(app_id: &str) -> String {
     format!("chat:{{registry}}:instance:{app_id}")
 }
@@ -188,6 +193,7 @@ pub fn room_keys(room: &str) -> Vec<String> {
         idem_key(room, 0),
         idem_key(room, u64::MAX),
         members_key(room),
+        nicks_key(room),
         channel(room),
     ]
 }
@@ -248,6 +254,8 @@ pub struct Store {
     links: Arc<Links>,
     publish: Arc<Script>,
     head: Arc<Script>,
+    nick_claim: Arc<Script>,
+    depart: Arc<Script>,
     metrics: Arc<Metrics>,
     history_len: u32,
     timeout: Duration,
@@ -260,7 +268,7 @@ pub struct Store {
     /// How long a room's message keys live without a message (zero:
     /// forever).
     room_ttl: Duration,
-    /// Most bytes of frames a room's history keeps (zero: no byte cap).
+    /// Most bytes of Redis memory a room's history uses (zero: no byte cap).
     history_bytes: u64,
     /// Times the sentinels named another master than the one connected,
     /// or the cluster's slot map changed: the pub/sub connection must move
@@ -342,6 +350,8 @@ impl Store {
         Self {
             publish: Arc::new(Script::new(&lua::publish())),
             head: Arc::new(Script::new(&lua::head())),
+            nick_claim: Arc::new(Script::new(lua::nick_claim())),
+            depart: Arc::new(Script::new(lua::depart())),
             links: Arc::new(links),
             metrics,
             history_len,
@@ -371,7 +381,7 @@ impl Store {
         self
     }
 
-    /// A room's history keeps at most `bytes` of frames besides at most
+    /// A room's history uses at most about `bytes` of Redis memory besides
     /// `--history` entries (zero: no byte cap); the newest always stays.
     pub fn with_history_bytes(mut self, bytes: u64) -> Self {
         self.history_bytes = bytes;

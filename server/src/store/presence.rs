@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use super::{
-    instance_key, members_key, registry_slot, room_slot, InstanceInfo, MemberEntry, Store,
-    StoreError, StoreResult, INSTANCES_KEY,
+    instance_key, members_key, nicks_key, registry_slot, room_slot, Conn, InstanceInfo,
+    MemberEntry, Store, StoreError, StoreResult, INSTANCES_KEY,
 };
 
 impl Store {
@@ -29,17 +29,62 @@ impl Store {
         Ok(n)
     }
 
-    /// Remove a member. Returns whether this call removed it (so exactly
-    /// one caller announces the leave) and how many members remain.
-    pub async fn remove_member(&self, room: &str, conn_id: &str) -> StoreResult<(bool, u64)> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("HDEL")
-            .arg(members_key(room))
-            .arg(conn_id)
-            .cmd("HLEN")
-            .arg(members_key(room));
-        let (removed, left): (u64, u64) = self.query_pipe(room_slot(room), &pipe).await?;
-        Ok((removed > 0, left))
+    /// Remove a member (and its claim on `nick`, if it is the claimant on
+    /// record). Returns whether this call removed it (so exactly one
+    /// caller announces the leave) and how many members remain.
+    pub async fn remove_member(
+        &self,
+        room: &str,
+        conn_id: &str,
+        nick: &str,
+    ) -> StoreResult<(bool, u64)> {
+        self.on_slot(room_slot(room), |c: Conn| async move {
+            let mut inv = self.depart.prepare_invoke();
+            inv.key(members_key(room))
+                .key(nicks_key(room))
+                .arg(conn_id)
+                .arg(nick);
+            let mut conn = c.link.conn.clone();
+            let (removed, left): (u64, u64) = self.timed(&c, inv.invoke_async(&mut conn)).await?;
+            Ok((removed > 0, left))
+        })
+        .await
+    }
+
+    /// Claim `nick` in `room` for `owner` (`sub:<sub>`, `key:<nick_key>`
+    /// or `conn:<conn_id>`), atomically: `Ok(None)` when claimed, or the
+    /// holder's conn_id and presence entry when another owner's member
+    /// holds it. `force` claims it whoever holds it (an authenticated
+    /// member, or a holder the caller knows is on a dead instance).
+    pub async fn claim_nick(
+        &self,
+        room: &str,
+        nick: &str,
+        owner: &str,
+        conn_id: &str,
+        force: bool,
+    ) -> StoreResult<Option<(String, MemberEntry)>> {
+        self.on_slot(room_slot(room), |c: Conn| async move {
+            let mut inv = self.nick_claim.prepare_invoke();
+            inv.key(members_key(room))
+                .key(nicks_key(room))
+                .arg(nick)
+                .arg(owner)
+                .arg(conn_id)
+                .arg(if force { "1" } else { "0" });
+            let mut conn = c.link.conn.clone();
+            let held: Vec<String> = self.timed(&c, inv.invoke_async(&mut conn)).await?;
+            let mut held = held.into_iter();
+            Ok(match (held.next(), held.next()) {
+                (Some(holder), Some(json)) => {
+                    let entry = serde_json::from_str(&json)
+                        .map_err(|e| StoreError::Reply(format!("presence entry: {e}")))?;
+                    Some((holder, entry))
+                }
+                _ => None,
+            })
+        })
+        .await
     }
 
     /// Every entry of a room's presence hash, stale ones included: O(members),

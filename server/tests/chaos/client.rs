@@ -152,7 +152,12 @@ impl State {
     fn url(&self, base: &str) -> String {
         let spec = &self.peer.spec;
         let room = &spec.rooms[0];
-        let mut url = format!("{base}?room={room}&nick={}", spec.name);
+        // The nick key gets the nick back while the old connection (on a
+        // killed instance) still holds it.
+        let mut url = format!(
+            "{base}?room={room}&nick={}&nick_key=chaoskey-{}",
+            spec.name, spec.name
+        );
         if let Some((epoch, since)) = self.resume.get(room) {
             url.push_str(&format!("&since={since}&epoch={epoch}"));
         }
