@@ -5,3 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 cargo test --workspace --all-targets "$@"
+# Issue 10's rules, checked from outside by an independent client (Python,
+# standard library only: its own tokens and WebSocket code).
+cargo build -p chat-server --bin server
+python3 scripts/check-auth.py target/debug/server
