@@ -8,6 +8,12 @@
 //! ("now on appK, was appN") and messages still arriving, once each (two
 //! rooms flooded across the kill, every line found once and in order); then
 //! a graceful stop (close 1012) of the next instance moves it again.
+//!
+//! Along the way (issue 12): the nick comes from a config file (`--config`),
+//! `/jo<Tab>` completes to `/join `, a bracketed paste with CR line ends
+//! arrives as separate lines, `/search` brings a scrolled-off line back on
+//! screen, room logs are written, and a line sent while Redis is stopped
+//! (`kill -STOP`, 8 s) shows exactly once.
 
 mod common;
 
@@ -145,6 +151,31 @@ fn check_saved(tmux: &Tmux, path: &std::path::Path, prefix: &str) {
     assert!(!text.contains("missed here"), "a gap was reported:\n{text}");
 }
 
+/// SIGCONT for a stopped Redis, also when the test fails halfway.
+struct Resume(u32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &self.0.to_string()])
+            .status();
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("running kill")
+        .success();
+    assert!(ok, "kill {sig} {pid} failed");
+}
+
+/// The input line (the last row).
+fn input_row(screen: &str) -> String {
+    screen.lines().last().unwrap_or_default().to_string()
+}
+
 fn log_dir() -> PathBuf {
     let d = std::env::temp_dir().join(format!("tui-e2e-{}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
@@ -160,10 +191,22 @@ fn tui_client_follows_the_cluster_through_a_killed_instance() {
     .expect("starting the local cluster (needs redis-server, haproxy and the server binary)");
     let logs = log_dir();
     let client_log = logs.join("tui-client.log");
+    let room_logs = logs.join("rooms");
+    // The nick, the rooms and the URL come from the config file.
+    let config = logs.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "url = \"{}\"\nnick = \"tester\"\nrooms = [\"e2e\", \"e2e-b\"]\nlog_dir = \"{}\"\n",
+            cluster.ws_url(),
+            room_logs.display()
+        ),
+    )
+    .unwrap();
     let program = format!(
-        "{} --url {} --nick tester --room e2e,e2e-b --log-file {} --log debug --utc",
+        "{} --config {} --log-file {} --log debug --utc",
         env!("CARGO_BIN_EXE_tui-client"),
-        cluster.ws_url(),
+        config.display(),
         client_log.display()
     );
     let mut tmux = Tmux::start("e2e", &program, &logs);
@@ -179,6 +222,10 @@ fn tui_client_follows_the_cluster_through_a_killed_instance() {
         s.contains("● connected") && status_app_id(s).is_some_and(|id| id != "–")
     });
     eprintln!("--- connected:\n{screen}");
+    assert!(
+        screen.contains("tester in e2e"),
+        "the configured nick is not shown:\n{screen}"
+    );
     let first_app = status_app_id(&screen).unwrap();
     let landed: usize = first_app
         .trim_start_matches("app")
@@ -207,6 +254,49 @@ fn tui_client_follows_the_cluster_through_a_killed_instance() {
     tmux.wait_for("the typed line's echo", Duration::from_secs(10), |s| {
         s.lines().any(|l| l.contains("tester │ typed in tmux"))
     });
+
+    // Tab completes a command with a space, and Enter then runs it.
+    tmux.cmd(&["send-keys", "-t", "main", "-l", "/jo"]);
+    tmux.cmd(&["send-keys", "-t", "main", "Tab"]);
+    let screen = tmux.wait_for("/jo<Tab> to complete", Duration::from_secs(5), |s| {
+        input_row(s).contains("/join")
+    });
+    assert!(
+        input_row(&screen).ends_with("/join") || input_row(&screen).contains("/join "),
+        "{}",
+        input_row(&screen)
+    );
+    assert!(!input_row(&screen).contains("/join:"), "{screen}");
+    tmux.type_line("e2e-b");
+    tmux.wait_for("/join to run", Duration::from_secs(5), |s| {
+        s.contains("tester in e2e-b")
+    });
+    assert!(!tmux.screen().contains("unknown command"));
+    tmux.cmd(&["send-keys", "-t", "main", "M-1"]);
+
+    // A bracketed paste whose lines end in CR arrives as two lines.
+    tmux.cmd(&[
+        "set-buffer",
+        "-b",
+        "crpaste",
+        "pasted line one\rpasted line two",
+    ]);
+    tmux.cmd(&["paste-buffer", "-p", "-b", "crpaste", "-t", "main"]);
+    tmux.cmd(&["send-keys", "-t", "main", "Enter"]);
+    rt.block_on(peer.expect_message("pasted line one\npasted line two", Duration::from_secs(10)));
+    let screen = tmux.wait_for("the pasted lines", Duration::from_secs(10), |s| {
+        s.lines().any(|l| l.contains("tester │ pasted line one"))
+    });
+    assert!(
+        !screen.contains("pasted line onepasted"),
+        "the lines were glued:\n{screen}"
+    );
+    assert!(
+        screen
+            .lines()
+            .any(|l| l.contains("pasted line two") && !l.contains("one")),
+        "the second line is not on a row of its own:\n{screen}"
+    );
 
     // 3. Kill the instance under the client while a second peer on
     //    another instance keeps talking: it reconnects elsewhere.
@@ -281,6 +371,33 @@ fn tui_client_follows_the_cluster_through_a_killed_instance() {
     check_saved(&tmux, &logs.join("e2e-b-room.log"), "<flooder-b> bseq");
     tmux.cmd(&["send-keys", "-t", "main", "M-1"]);
 
+    // /search brings a line that scrolled off back on screen.
+    let screen = tmux.wait_for("room 1 again", Duration::from_secs(5), |s| {
+        s.contains("tester in e2e │") || s.contains("tester in e2e ")
+    });
+    let hello_row = |s: &str| s.lines().any(|l| l.contains(&format!("peer │ {hello}")));
+    assert!(
+        !hello_row(&screen),
+        "the line to search for is still on screen:\n{screen}"
+    );
+    tmux.type_line(&format!("/search {hello}"));
+    let screen = tmux.wait_for("the search to jump", Duration::from_secs(5), |s| {
+        hello_row(s) && s.contains("1 of 1")
+    });
+    eprintln!("--- /search:\n{screen}");
+    tmux.cmd(&["send-keys", "-t", "main", "Escape"]);
+    tmux.wait_for("Esc to end the search", Duration::from_secs(5), |s| {
+        !s.contains("1 of 1") && s.contains(&format!("seq {}", FLOOD - 1))
+    });
+    // The room log has the talk, with dates.
+    let room_log = std::fs::read_to_string(room_logs.join("e2e.log")).expect("the room log");
+    assert!(
+        room_log
+            .lines()
+            .any(|l| l.ends_with(&format!("<peer> {hello}")) && l.starts_with("20")),
+        "{room_log}"
+    );
+
     tmux.type_line("still here");
     let from = rt.block_on(peer.expect_message("still here", Duration::from_secs(10)));
     assert_eq!(from, "tester");
@@ -317,7 +434,46 @@ fn tui_client_follows_the_cluster_through_a_killed_instance() {
     let from = rt.block_on(peer.expect_message("after the restart", Duration::from_secs(10)));
     assert_eq!(from, "tester");
 
-    // 6. /quit ends the program and gives the terminal back.
+    // 6. Redis stalls (SIGSTOP, 8 s) while a line is sent: it shows once.
+    let redis = cluster.redis_pid().expect("the Redis pid");
+    signal(redis, "-STOP");
+    let resume = Resume(redis);
+    tmux.type_line("sent during the stall");
+    std::thread::sleep(Duration::from_secs(8));
+    drop(resume);
+    let from = rt.block_on(peer.expect_message("sent during the stall", Duration::from_secs(40)));
+    assert_eq!(from, "tester");
+    let screen = tmux.wait_for(
+        "the stalled line to be delivered",
+        Duration::from_secs(40),
+        |s| {
+            s.lines()
+                .any(|l| l.contains("tester │ sent during the stall") && !l.contains("sending"))
+        },
+    );
+    eprintln!("--- after the Redis stall:\n{screen}");
+    assert_eq!(
+        screen.matches("sent during the stall").count(),
+        1,
+        "the line is not shown exactly once:\n{screen}\n{}",
+        fail_ctx()
+    );
+    let saved = logs.join("stall.log");
+    let before = tmux.screen().matches("saved ").count();
+    tmux.type_line(&format!("/save {}", saved.display()));
+    tmux.wait_for("the scrollback to be saved", Duration::from_secs(10), |s| {
+        s.matches("saved ").count() > before
+    });
+    let text = std::fs::read_to_string(&saved).unwrap();
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.ends_with("<tester> sent during the stall"))
+            .count(),
+        1,
+        "{text}"
+    );
+
+    // 7. /quit ends the program and gives the terminal back.
     tmux.type_line("/quit");
     let status = tmux.wait_exit(Duration::from_secs(10));
     assert_eq!(

@@ -18,8 +18,12 @@ use tui_client::state::{Action, App, Event, Settings};
 use tui_client::view;
 
 const ROOMS: [&str; 4] = ["lobby", "rust", "ops", "x#1"];
-const WORDS: [&str; 10] = [
+const WORDS: [&str; 14] = [
     "hi",
+    "🇫🇷🇩🇪",
+    "👍🏽",
+    "line\rend",
+    "/search hi",
     "日本語",
     "é",
     "a\u{301}",
@@ -69,6 +73,10 @@ fn key(rng: &mut StdRng) -> Event {
         KeyCode::Char('n'),
         KeyCode::Char('d'),
         KeyCode::Char('c'),
+        // Search (Ctrl+R, n/N), mentions (Alt+M).
+        KeyCode::Char('r'),
+        KeyCode::Char('N'),
+        KeyCode::Char('m'),
     ];
     let mods = [
         KeyModifiers::NONE,
@@ -185,6 +193,7 @@ fn random_events_never_break_the_client() {
     for step in 0..6000u32 {
         let ev = match rng.random_range(0..20) {
             0..=6 => key(&mut rng),
+            7 if rng.random_bool(0.1) => Event::Focus(rng.random_bool(0.5)),
             7 => Event::Paste(text(&mut rng)),
             8 => {
                 w = rng.random_range(1..160);

@@ -422,7 +422,8 @@ impl App {
             for h in due {
                 let room = self.rooms[i].name.clone();
                 self.log(&room, h.ts, format!("<-- {}", h.line.text));
-                self.push_line(i, h.line);
+                let geo = self.geometry();
+                self.rooms[i].push_held(h, geo);
             }
         }
     }

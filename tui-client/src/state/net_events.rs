@@ -362,10 +362,12 @@ impl App {
                 if kind == LineKind::Leave {
                     // Held back: see `LEAVE_GRACE`.
                     let until = self.now + LEAVE_GRACE;
+                    let after = self.rooms[i].appended;
                     self.rooms[i].held_leaves.push(HeldLeave {
                         nick: wrap::sanitize(&nick),
                         conn_id,
                         until,
+                        after,
                         ts,
                         line,
                     });

@@ -126,6 +126,8 @@ pub struct Room {
     /// left and who is back within it (reconnected elsewhere after a
     /// failover, or re-announced by their instance) did not leave.
     pub held_leaves: Vec<HeldLeave>,
+    /// Lines ever appended: a held leave goes back to where it arrived.
+    pub appended: u64,
     capacity: usize,
 }
 
@@ -135,6 +137,8 @@ pub struct HeldLeave {
     pub nick: String,
     pub conn_id: String,
     pub until: std::time::Instant,
+    /// [`Room::appended`] when it arrived.
+    pub after: u64,
     /// The server's time of the leave, for the room log.
     pub ts: u64,
     pub line: Line,
@@ -162,6 +166,7 @@ impl Room {
             quiet_until: 0,
             replay_at: None,
             held_leaves: Vec::new(),
+            appended: 0,
             capacity: capacity.max(1),
         }
     }
@@ -196,6 +201,28 @@ impl Room {
             self.new_below += 1;
         }
         self.lines.push_back(line);
+        self.appended += 1;
+        self.trim();
+    }
+
+    /// Show a held leave where it arrived: before the lines appended
+    /// since (or at the top, when those are all that is left).
+    pub fn push_held(&mut self, held: HeldLeave, geo: Geometry) {
+        let since = self.appended.saturating_sub(held.after);
+        let at = self
+            .lines
+            .len()
+            .saturating_sub(usize::try_from(since).unwrap_or(usize::MAX));
+        if self.scroll > 0 && at == self.lines.len() {
+            self.new_below += 1;
+        }
+        if self.scroll > 0 {
+            self.scroll += layout::line_height(&held.line, geo.width, geo.show_app_ids);
+        }
+        if let Some(r) = self.replay_at.as_mut().filter(|r| **r >= at) {
+            *r += 1;
+        }
+        self.lines.insert(at, held.line);
         self.trim();
     }
 

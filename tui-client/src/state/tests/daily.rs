@@ -156,11 +156,19 @@ fn a_member_back_within_the_grace_was_never_shown_as_left() {
     a.update(presence(PresenceEvent::Leave, "app9-9", "bob"));
     past_leave_grace(&mut a);
     assert_eq!(a.room().lines.len(), n);
-    // A real leave shows, after the grace.
+    // A real leave shows, after the grace, where it arrived.
     a.update(presence(PresenceEvent::Leave, "app2-7", "bob"));
     assert_eq!(a.room().lines.len(), n);
+    a.update(msg("lobby", 1, "carol", "said after bob left"));
     past_leave_grace(&mut a);
-    assert_eq!(last_text(&a), "bob left lobby");
+    let t = texts(&a, 0);
+    assert_eq!(
+        &t[t.len() - 2..],
+        &[
+            "bob left lobby".to_string(),
+            "said after bob left".to_string()
+        ]
+    );
 }
 
 /// Defect 10: a nick change is told in every room.
