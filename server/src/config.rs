@@ -65,6 +65,13 @@ pub struct Config {
     #[arg(long, env = "REDIS_WAIT_TIMEOUT", default_value = "200ms", value_parser = humantime::parse_duration)]
     pub redis_wait_timeout: Duration,
 
+    /// The WebSocket URL clients use to reach this instance directly,
+    /// advertised in the registry and answered by `GET /connect` (default
+    /// `ws://<--listen>/ws`; set it when listening on 0.0.0.0 or behind
+    /// NAT).
+    #[arg(long, env = "PUBLIC_URL", value_parser = parse_ws_url)]
+    pub public_url: Option<String>,
+
     /// Most concurrent WebSocket connections; further upgrades get 503. It is
     /// also capped by the process file limit (less a reserve).
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000)]
@@ -289,6 +296,13 @@ impl Config {
         }
     }
 
+    /// The URL this instance advertises for direct connections.
+    pub fn public_url(&self) -> String {
+        self.public_url
+            .clone()
+            .unwrap_or_else(|| format!("ws://{}/ws", self.listen))
+    }
+
     /// Most entries one join replays (`--max-replay`, else `--history`).
     pub fn max_replay(&self) -> u32 {
         self.max_replay.unwrap_or(self.history_len).max(1)
@@ -350,4 +364,19 @@ mod tests {
         assert!(parse_bytes("KiB").is_err());
         assert!(parse_bytes("4096MiB").is_err(), "SO_SNDBUF takes an int");
     }
+}
+
+/// A `ws://` or `wss://` URL with a host.
+fn parse_ws_url(s: &str) -> Result<String, String> {
+    let rest = s
+        .strip_prefix("ws://")
+        .or_else(|| s.strip_prefix("wss://"))
+        .ok_or_else(|| format!("{s:?}: a public URL starts with ws:// or wss://"))?;
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(format!("{s:?}: no host"));
+    }
+    if s.chars().any(|c| c.is_whitespace() || c == '"') {
+        return Err(format!("{s:?}: spaces and quotes are not allowed"));
+    }
+    Ok(s.to_string())
 }

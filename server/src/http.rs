@@ -26,6 +26,7 @@ pub fn router(state: AppState, with_admin: bool) -> Router {
     let r = Router::new()
         .route("/", get(index))
         .route("/ws", get(upgrade))
+        .route("/connect", get(connect))
         .route("/healthz", get(healthz));
     let r = if with_admin {
         r.route("/metrics", get(metrics))
@@ -269,6 +270,65 @@ async fn healthz(State(state): State<AppState>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (code, Json(body)).into_response()
+}
+
+/// `GET /connect`: the WebSocket URL of the least-loaded healthy instance,
+/// from the registry, for clients that connect straight to it rather than
+/// through the load balancer (seed 004's service registry).
+///
+/// Load is the connection count of each live registry entry (this
+/// instance's own count is read live), plus the clients this instance sent
+/// there since that entry was last reported, so that a burst of asks does
+/// not send everyone to the same instance. Instances that are unhealthy,
+/// draining or full are skipped; none left is 503.
+async fn connect(State(state): State<AppState>) -> Response {
+    use std::sync::atomic::Ordering::Relaxed;
+    let no_store = [(header::CACHE_CONTROL, "no-store")];
+    let instances = match state.store.instances().await {
+        Ok(i) => i,
+        Err(e) => {
+            let body = json!({"error": format!("instance registry unavailable: {e}")});
+            return (StatusCode::SERVICE_UNAVAILABLE, no_store, Json(body)).into_response();
+        }
+    };
+    let mine = state.metrics.connections.load(Relaxed);
+    let pick = {
+        let mut assigned = state.assigned.lock().unwrap_or_else(|p| p.into_inner());
+        assigned.retain(|app, _| instances.iter().any(|i| i.app_id == *app));
+        let best = instances
+            .iter()
+            .filter(|i| i.healthy && !i.public_url.is_empty())
+            .map(|i| {
+                let conns = if i.app_id == state.app_id {
+                    mine
+                } else {
+                    i.connections
+                };
+                let sent = match assigned.get(&i.app_id) {
+                    Some((beat, n)) if *beat == i.heartbeat_ms => *n,
+                    _ => 0,
+                };
+                (i, conns, conns.saturating_add(sent))
+            })
+            .filter(|(i, conns, _)| i.max_connections == 0 || *conns < i.max_connections)
+            .min_by(|a, b| a.2.cmp(&b.2).then_with(|| a.0.app_id.cmp(&b.0.app_id)));
+        best.map(|(i, conns, load)| {
+            let sent = load - conns;
+            assigned.insert(i.app_id.clone(), (i.heartbeat_ms, sent.saturating_add(1)));
+            (i.public_url.clone(), i.app_id.clone(), conns)
+        })
+    };
+    match pick {
+        Some((url, app_id, connections)) => (
+            no_store,
+            Json(json!({"url": url, "app_id": app_id, "connections": connections})),
+        )
+            .into_response(),
+        None => {
+            let body = json!({"error": "no healthy instance with room for a connection"});
+            (StatusCode::SERVICE_UNAVAILABLE, no_store, Json(body)).into_response()
+        }
+    }
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

@@ -31,7 +31,7 @@ pub mod session;
 pub mod store;
 pub mod ws;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, RwLock};
@@ -88,6 +88,9 @@ pub struct Inner {
     next_session: AtomicU64,
     /// Boot ids of live instances (from the registry); empty until known.
     live: RwLock<Arc<HashSet<String>>>,
+    /// Clients `/connect` sent to each instance since that instance's
+    /// registry entry last changed: app_id -> (its heartbeat_ms, count).
+    pub assigned: std::sync::Mutex<HashMap<String, (u64, u64)>>,
 }
 
 impl std::ops::Deref for AppState {
@@ -260,9 +263,13 @@ pub fn raise_fd_limit() -> u64 {
 /// close with 1012 and the server waits up to `drain_timeout` for them.
 pub async fn run(
     listener: TcpListener,
-    config: Config,
+    mut config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    if config.public_url.is_none() {
+        // The bound address: `--listen` may have asked for port 0.
+        config.public_url = Some(format!("ws://{}/ws", listener.local_addr()?));
+    }
     let fd_limit = raise_fd_limit();
     let max_connections = config
         .max_connections
@@ -336,6 +343,7 @@ pub async fn run(
         started_ms: now_ms(),
         next_session: AtomicU64::new(1),
         live: RwLock::new(Arc::new(HashSet::new())),
+        assigned: Default::default(),
         auth,
         config,
     }));

@@ -19,6 +19,25 @@ use chat_protocol::{PresenceEvent, ServerFrame};
 use crate::store::InstanceInfo;
 use crate::AppState;
 
+/// How soon a changed connection count reaches the registry.
+const LOAD_REPORT: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// This instance's registry entry now.
+fn info(state: &AppState, connections: u64, healthy: bool) -> InstanceInfo {
+    InstanceInfo {
+        app_id: state.app_id.clone(),
+        boot: state.boot.clone(),
+        listen: state.config.listen.to_string(),
+        connections,
+        rooms: state.metrics.rooms.load(Relaxed),
+        started_ms: state.started_ms,
+        heartbeat_ms: crate::now_ms(),
+        public_url: state.config.public_url(),
+        max_connections: state.max_connections as u64,
+        healthy: healthy && !state.shutdown.is_cancelled(),
+    }
+}
+
 /// Heartbeat until shutdown, then deregister.
 pub async fn run(state: AppState) {
     let mut tick = tokio::time::interval(state.config.heartbeat);
@@ -27,10 +46,26 @@ pub async fn run(state: AppState) {
     // Boot id -> the beat it was last seen live at.
     let mut seen: HashMap<String, u64> = HashMap::new();
     let mut replacements = state.store.redis_replacements();
+    // Between beats, a changed connection count is reported within
+    // LOAD_REPORT, so that `/connect` sends new clients elsewhere soon.
+    let mut report = tokio::time::interval(LOAD_REPORT);
+    report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reported = u64::MAX;
     loop {
         tokio::select! {
             _ = state.shutdown.cancelled() => break,
             _ = tick.tick() => {}
+            _ = report.tick() => {
+                let (now, healthy) = (state.metrics.connections.load(Relaxed), state.hub.live());
+                if now != reported {
+                    reported = now;
+                    let info = info(&state, now, healthy);
+                    if let Err(e) = state.store.heartbeat(&info, state.config.instance_ttl).await {
+                        tracing::debug!(error = %e, "load report failed");
+                    }
+                }
+                continue;
+            }
         }
         beats += 1;
         // A replaced Redis may have lost every presence entry: each
@@ -55,15 +90,11 @@ async fn beat(
     beats: u64,
     seen: &mut HashMap<String, u64>,
 ) -> Result<(), crate::store::StoreError> {
-    let info = InstanceInfo {
-        app_id: state.app_id.clone(),
-        boot: state.boot.clone(),
-        listen: state.config.listen.to_string(),
-        connections: state.metrics.connections.load(Relaxed),
-        rooms: state.metrics.rooms.load(Relaxed),
-        started_ms: state.started_ms,
-        heartbeat_ms: crate::now_ms(),
-    };
+    let info = info(
+        state,
+        state.metrics.connections.load(Relaxed),
+        state.hub.live(),
+    );
     state
         .store
         .heartbeat(&info, state.config.instance_ttl)

@@ -221,6 +221,20 @@ pub struct InstanceInfo {
     pub rooms: u64,
     pub started_ms: u64,
     pub heartbeat_ms: u64,
+    /// Where clients connect to it directly (`--public-url`).
+    #[serde(default)]
+    pub public_url: String,
+    /// Its connection cap (0: unknown, an older instance).
+    #[serde(default)]
+    pub max_connections: u64,
+    /// Whether it takes new connections: its subscription is live and it
+    /// is not draining.
+    #[serde(default = "yes")]
+    pub healthy: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// What history holds for a resume.
