@@ -454,6 +454,7 @@ mod tests {
             started_ms: 0,
             next_session: Default::default(),
             live: Default::default(),
+            assigned: Default::default(),
             auth: crate::auth::Auth::from_config(&cfg).unwrap(),
             config: cfg,
         }));
