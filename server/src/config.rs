@@ -340,6 +340,21 @@ fn parse_bytes(s: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("{s:?} is not a byte count below 2 GiB"))
 }
 
+/// A `ws://` or `wss://` URL with a host.
+fn parse_ws_url(s: &str) -> Result<String, String> {
+    let rest = s
+        .strip_prefix("ws://")
+        .or_else(|| s.strip_prefix("wss://"))
+        .ok_or_else(|| format!("{s:?}: a public URL starts with ws:// or wss://"))?;
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(format!("{s:?}: no host"));
+    }
+    if s.chars().any(|c| c.is_whitespace() || c == '"') {
+        return Err(format!("{s:?}: spaces and quotes are not allowed"));
+    }
+    Ok(s.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -364,19 +379,4 @@ mod tests {
         assert!(parse_bytes("KiB").is_err());
         assert!(parse_bytes("4096MiB").is_err(), "SO_SNDBUF takes an int");
     }
-}
-
-/// A `ws://` or `wss://` URL with a host.
-fn parse_ws_url(s: &str) -> Result<String, String> {
-    let rest = s
-        .strip_prefix("ws://")
-        .or_else(|| s.strip_prefix("wss://"))
-        .ok_or_else(|| format!("{s:?}: a public URL starts with ws:// or wss://"))?;
-    if rest.is_empty() || rest.starts_with('/') {
-        return Err(format!("{s:?}: no host"));
-    }
-    if s.chars().any(|c| c.is_whitespace() || c == '"') {
-        return Err(format!("{s:?}: spaces and quotes are not allowed"));
-    }
-    Ok(s.to_string())
 }
