@@ -69,8 +69,10 @@ pub struct Opts {
     )]
     pub token: Option<String>,
 
-    /// Read the JWT from this file instead (re-read on every connection
-    /// attempt: replace the file when the token expires, then /reconnect).
+    /// Read the JWT from this file instead. It is read again on every
+    /// connection attempt, ~30 s before the token's exp (a newer token found
+    /// there is sent as a refresh, so the connection lives on) and after a
+    /// close 4003 (token expired), which then reconnects with it.
     #[arg(long, env = "CHAT_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
 

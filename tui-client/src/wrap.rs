@@ -39,6 +39,41 @@ pub fn str_width(s: &str) -> usize {
     s.graphemes(true).map(grapheme_width).sum()
 }
 
+/// Whether `c` is a regional indicator (half of a flag).
+fn regional_indicator(c: char) -> bool {
+    ('\u{1F1E6}'..='\u{1F1FF}').contains(&c)
+}
+
+/// Text as it goes into the screen's cells. A flag is two regional
+/// indicators: ratatui would put it in one two-cell cell, but terminals
+/// disagree about it (tmux 3.3 keeps each indicator in a cell of its own),
+/// and when the flag is later overwritten ratatui rewrites only the first
+/// cell: the second indicator stays behind as a ghost until Ctrl+L. A
+/// zero-width space between the two (ratatui drops zero-width graphemes,
+/// so it never reaches the terminal) makes them two one-cell cells that
+/// are each rewritten when they change. They are still written one right
+/// after the other, so terminals that draw flags still draw one, in the
+/// same two cells. Measuring is unchanged: a flag is 2 cells either way.
+pub fn for_cells(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(regional_indicator) {
+        return s.into();
+    }
+    // Between every two adjacent indicators, not only within a flag:
+    // otherwise the second half of one flag and the first of the next
+    // would pair up into one cell.
+    let mut out = String::with_capacity(s.len() + 8);
+    let mut prev_ri = false;
+    for c in s.chars() {
+        let ri = regional_indicator(c);
+        if ri && prev_ri {
+            out.push('\u{200B}');
+        }
+        prev_ri = ri;
+        out.push(c);
+    }
+    out.into()
+}
+
 /// Make untrusted text safe to put in terminal cells: a message that holds
 /// an escape sequence must not be able to move the cursor or change colours,
 /// so control characters become visible symbols. Newlines stay (they break
@@ -235,6 +270,14 @@ mod tests {
         assert_eq!(rows(text, 4, 4), vec!["🇫🇷🇩🇪", "🇯🇵🇧🇷", "🇮🇹"]);
         // Cutting keeps whole clusters too.
         assert_eq!(truncate("🇫🇷🇩🇪🇯🇵", 5), "🇫🇷🇩🇪…");
+    }
+
+    #[test]
+    fn flags_go_into_two_cells_of_one_indicator_each() {
+        assert_eq!(for_cells("a🇫🇷🇩🇪b"), "a🇫\u{200B}🇷\u{200B}🇩\u{200B}🇪b");
+        assert_eq!(for_cells("🇫"), "🇫");
+        assert!(matches!(for_cells("plain"), std::borrow::Cow::Borrowed(_)));
+        assert_eq!(str_width(&for_cells("🇫🇷🇩🇪")), str_width("🇫🇷🇩🇪"));
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub(super) fn render(app: &App, area: Rect, buf: &mut Buffer) -> Option<Position
         let shown: String = shown.chars().rev().collect();
         let line = Line::from(vec![
             Span::styled(prompt, Style::new().fg(Color::Black).bg(Color::LightYellow)),
-            Span::raw(shown.clone()),
+            Span::raw(wrap::for_cells(&shown).into_owned()),
         ]);
         buf.set_line(area.x, area.y, &line, area.width);
         let x = wrap::str_width(prompt) + wrap::str_width(&shown);
@@ -86,7 +86,7 @@ pub(super) fn render(app: &App, area: Rect, buf: &mut Buffer) -> Option<Position
             wrap::truncate(&prompt, prompt_w),
             Style::new().fg(Color::LightYellow),
         ),
-        Span::raw(text),
+        Span::raw(wrap::for_cells(&text).into_owned()),
     ]);
     buf.set_line(area.x, area.y, &line, area.width);
     let x: usize = prompt_w + widths[start..cursor].iter().sum::<usize>();

@@ -68,8 +68,9 @@ pub(super) fn render(app: &App, area: Rect, buf: &mut Buffer) {
 
 /// `text` cut into spans with the search's matches highlighted.
 fn highlighted(text: &str, style: Style, look: &Look) -> Vec<Span<'static>> {
+    let cell = |t: &str| wrap::for_cells(t).into_owned();
     let Some(search) = look.search else {
-        return vec![Span::styled(text.to_string(), style)];
+        return vec![Span::styled(cell(text), style)];
     };
     let hit = if look.current {
         Style::new().fg(Color::Black).bg(Color::LightYellow).bold()
@@ -81,7 +82,7 @@ fn highlighted(text: &str, style: Style, look: &Look) -> Vec<Span<'static>> {
     // Lower-casing can change byte lengths (rarely): then no inline
     // highlight, the whole row is marked instead.
     if lower.len() != text.len() || needle.is_empty() {
-        return vec![Span::styled(text.to_string(), hit)];
+        return vec![Span::styled(cell(text), hit)];
     }
     let mut spans = Vec::new();
     let mut at = 0;
@@ -89,11 +90,11 @@ fn highlighted(text: &str, style: Style, look: &Look) -> Vec<Span<'static>> {
         if i < at || !text.is_char_boundary(i) || !text.is_char_boundary(i + needle.len()) {
             continue;
         }
-        spans.push(Span::styled(text[at..i].to_string(), style));
-        spans.push(Span::styled(text[i..i + needle.len()].to_string(), hit));
+        spans.push(Span::styled(cell(&text[at..i]), style));
+        spans.push(Span::styled(cell(&text[i..i + needle.len()]), hit));
         at = i + needle.len();
     }
-    spans.push(Span::styled(text[at..].to_string(), style));
+    spans.push(Span::styled(cell(&text[at..]), style));
     spans
 }
 
@@ -148,15 +149,17 @@ fn nick_cell(line: &Line, theme: &Theme) -> (String, Style) {
 fn pad_left(s: &str, width: usize) -> String {
     let s = wrap::truncate(s, width);
     format!(
-        "{}{s}",
-        " ".repeat(width.saturating_sub(wrap::str_width(&s)))
+        "{}{}",
+        " ".repeat(width.saturating_sub(wrap::str_width(&s))),
+        wrap::for_cells(&s)
     )
 }
 
 fn pad_right(s: &str, width: usize) -> String {
     let s = wrap::truncate(s, width);
     format!(
-        "{s}{}",
+        "{}{}",
+        wrap::for_cells(&s),
         " ".repeat(width.saturating_sub(wrap::str_width(&s)))
     )
 }

@@ -65,7 +65,7 @@ pub(super) fn rooms(app: &App, area: Rect, buf: &mut Buffer) {
         };
         let mut line = Line::from(vec![
             Span::styled(format!(" {number} "), Style::new().fg(Color::DarkGray)),
-            Span::styled(format!("{name}{pad}"), name_style),
+            Span::styled(format!("{}{pad}", wrap::for_cells(&name)), name_style),
             Span::styled(count, count_style),
         ]);
         if i == app.current {
@@ -114,14 +114,20 @@ pub(super) fn members(app: &App, area: Rect, buf: &mut Buffer) {
         if app.show_app_ids {
             let apps = m.app_ids.join(",");
             let w = (inner.width as usize).saturating_sub(2 + apps.len() + 1);
-            spans.push(Span::styled(wrap::truncate(m.nick, w), nick_style));
+            spans.push(Span::styled(
+                wrap::for_cells(&wrap::truncate(m.nick, w)).into_owned(),
+                nick_style,
+            ));
             spans.push(Span::styled(
                 format!(" {apps}"),
                 Style::new().fg(Color::DarkGray),
             ));
         } else {
             let w = (inner.width as usize).saturating_sub(1);
-            spans.push(Span::styled(wrap::truncate(m.nick, w), nick_style));
+            spans.push(Span::styled(
+                wrap::for_cells(&wrap::truncate(m.nick, w)).into_owned(),
+                nick_style,
+            ));
         }
         buf.set_line(inner.x, y, &Line::from(spans), inner.width);
     }
