@@ -12,12 +12,14 @@
 //! - [`url`] — the connect URL.
 //! - [`jwt`] — reading a token's `exp` and `sub` (not verifying it).
 //! - [`registry`] — asking the registry which instance to connect to.
+//! - `reasons`: why a connection ended, in words, and what follows.
 //! - `actor`: the connection loop itself.
 
 mod actor;
 pub mod backoff;
 pub mod bucket;
 pub mod jwt;
+mod reasons;
 pub mod registry;
 pub mod session;
 pub mod url;

@@ -12,6 +12,7 @@
 //! - [`clock`] — timestamps.
 //! - `keys`: keyboard and mouse bindings.
 //! - `net_events`: what each network event does to the state.
+//! - `presence`: joins, leaves (held back briefly) and nick changes.
 //! - `commands`: carrying out commands and sending text.
 
 pub mod clock;
@@ -21,6 +22,7 @@ pub mod input;
 mod keys;
 pub mod members;
 mod net_events;
+mod presence;
 pub mod room;
 mod search;
 
