@@ -574,6 +574,31 @@ fn an_80_column_status_bar_shows_the_scroll_state_whole() {
     assert!(status.contains("act: 2"), "{status}");
 }
 
+/// `--registry`: connected straight to an instance, the status bar says
+/// `direct`; through `--url` it does not.
+#[test]
+fn the_status_bar_says_direct_when_the_registry_was_used() {
+    let mut a = app(100, 10);
+    a.update(Event::Net(NetEvent::Via { direct: true }));
+    a.update(Event::Net(NetEvent::Connected {
+        app_id: "app2".into(),
+        conn_id: "app2-1".into(),
+        nick: "alice".into(),
+        limits: limits(),
+    }));
+    let status = row(&draw(&a, 100, 10), 8);
+    assert!(status.contains("on app2 (was app1) direct │"), "{status}");
+    a.update(Event::Net(NetEvent::Via { direct: false }));
+    a.update(Event::Net(NetEvent::Connected {
+        app_id: "app3".into(),
+        conn_id: "app3-1".into(),
+        nick: "alice".into(),
+        limits: limits(),
+    }));
+    let status = row(&draw(&a, 100, 10), 8);
+    assert!(!status.contains("direct"), "{status}");
+}
+
 /// Defect 7: with every instance down, why is on screen (not only in the
 /// log), even at 80 columns.
 #[test]
