@@ -59,6 +59,8 @@ pub struct Ctx {
     pub max_message: usize,
     /// Bounds connection attempts in flight (the ramp's and reconnects').
     pub connect_sem: Arc<Semaphore>,
+    /// `--registry`: where to ask, resolved once.
+    pub registry: Option<(crate::registry::Endpoint, SocketAddr)>,
 }
 
 /// What a client hands back at the end.
@@ -77,6 +79,17 @@ const RETRY_BASE: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(2);
 /// Most times one send is retried.
 const MAX_TRIES: u32 = 100;
+/// `--registry`: failed asks in a row after which a client connects
+/// through `--url` (when one was given).
+pub const FALLBACK_AFTER: u32 = 3;
+/// Most registry asks in one connect (which the caller also bounds in time).
+const MAX_ASKS: u32 = 16;
+/// Answers in a row naming the instance that just failed this client
+/// that it skips (backing off each time) before it tries it anyway.
+const MAX_REPEATS: u32 = 3;
+/// First and largest pause after a failed ask.
+const ASK_BACKOFF_BASE: Duration = Duration::from_millis(50);
+const ASK_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Exponential backoff with jitter: attempt `n` (from 0) waits a random
 /// time in `[d/2, d]`, `d = min(base × 2ⁿ, max)`, so a herd of clients
@@ -99,8 +112,9 @@ pub async fn run(ctx: Arc<Ctx>, c: usize, permit: OwnedSemaphorePermit) -> Outco
     stats.live.attempted.fetch_add(1, Relaxed);
     let _socket = SocketSlot::new(&stats.live.sockets);
     let room = ctx.cfg.room_of(c);
+    let mut route = Route::default();
     let first = tokio::select! {
-        r = tokio::time::timeout(ctx.cfg.connect_timeout, connect(&ctx, c, ctx.cfg.url_index(c), None)) => match r {
+        r = tokio::time::timeout(ctx.cfg.connect_timeout, connect_any(&ctx, c, ctx.cfg.url_index(c), None, &mut route)) => match r {
             Ok(Ok(j)) => j,
             Ok(Err(kind)) => {
                 stats.live.failed.fetch_add(1, Relaxed);
@@ -154,8 +168,14 @@ pub async fn run(ctx: Arc<Ctx>, c: usize, permit: OwnedSemaphorePermit) -> Outco
         pending: BTreeMap::new(),
         retry_at: None,
         fallback: 0,
+        route,
     };
     ctx.members[room].fetch_add(1, Relaxed);
+    if first.direct.is_some() {
+        let mut l = stats.rare.lists.lock().expect("rare lock");
+        *l.first_direct.entry(first.app).or_default() += 1;
+    }
+    s.route.landed(stats, &first);
     s.connected(first.app);
     let mut conn = first.conn;
     let mut losses = 0u32;
@@ -242,6 +262,40 @@ struct Joined {
     head: u64,
     epoch: String,
     recovered: Option<bool>,
+    /// The instance URL the registry named, when connected straight to it.
+    direct: Option<String>,
+}
+
+/// How one client finds its way in with `--registry`.
+#[derive(Debug, Default)]
+struct Route {
+    /// Registry asks that failed in a row.
+    fails_in_row: u32,
+    /// The instance URL that failed this client last: a direct connect
+    /// that failed, or the direct connection that was lost.
+    last_failed: Option<String>,
+    /// The instance URL of the current connection, when direct.
+    current: Option<String>,
+}
+
+impl Route {
+    /// A connection is up: count how it got in.
+    fn landed(&mut self, stats: &Stats, j: &Joined) {
+        let counter = if j.direct.is_some() {
+            &stats.rare.connects_direct
+        } else {
+            &stats.rare.connects_via_url
+        };
+        counter.fetch_add(1, Relaxed);
+        self.current = j.direct.clone();
+    }
+
+    /// The connection was lost: its instance is the one that just failed.
+    fn lost(&mut self) {
+        if let Some(u) = self.current.take() {
+            self.last_failed = Some(u);
+        }
+    }
 }
 
 /// Most frames read while waiting for `joined` (or a raw greeting).
@@ -250,30 +304,145 @@ const MAX_HANDSHAKE_FRAMES: usize = 1000;
 const MAX_LOSSES: u32 = 1000;
 
 /// Where a resume starts: after offset `since` of `epoch`.
+#[derive(Clone, Copy)]
 struct Resume<'a> {
     since: u64,
     epoch: &'a str,
 }
 
-/// Connect through `--url` number `url_idx`, upgrade, and wait for the
-/// welcome and join (chat) or the greeting (raw). Errors are short kinds
-/// for the report.
-async fn connect(
+/// Client `c`'s source address towards `dest` (loopback destinations
+/// only): spread every URL's clients over every source address, so that
+/// no (source, destination) pair fills its ports before the others.
+fn source_for(ctx: &Ctx, c: usize, dest: &SocketAddr) -> Option<Ipv4Addr> {
+    (!ctx.source_ips.is_empty() && dest.ip().is_loopback())
+        .then(|| ctx.source_ips[c % ctx.source_ips.len()])
+}
+
+/// Connect the way the run says: through `--url` number `url_idx`, or
+/// with `--registry` straight to the instance the registry names.
+async fn connect_any(
+    ctx: &Ctx,
+    c: usize,
+    url_idx: usize,
+    resume: Option<Resume<'_>>,
+    route: &mut Route,
+) -> Result<Joined, String> {
+    match &ctx.registry {
+        None => connect_url(ctx, c, url_idx, resume).await,
+        Some((ep, addr)) => connect_registry(ctx, c, url_idx, resume, route, ep, *addr).await,
+    }
+}
+
+/// Through `--url` number `url_idx`.
+async fn connect_url(
     ctx: &Ctx,
     c: usize,
     url_idx: usize,
     resume: Option<Resume<'_>>,
 ) -> Result<Joined, String> {
+    let i = url_idx % ctx.addrs.len();
+    connect(ctx, c, ctx.addrs[i], &ctx.cfg.urls[i], resume).await
+}
+
+/// Ask the registry, connect straight to the instance it names; if that
+/// fails, ask again. An answer naming the instance that just failed this
+/// client is skipped (with a growing, jittered pause) up to
+/// [`MAX_REPEATS`] times in a row; after [`FALLBACK_AFTER`] failed asks in
+/// a row a client with `--url` connects through it. At most [`MAX_ASKS`]
+/// asks; the caller bounds the time.
+async fn connect_registry(
+    ctx: &Ctx,
+    c: usize,
+    url_idx: usize,
+    resume: Option<Resume<'_>>,
+    route: &mut Route,
+    ep: &crate::registry::Endpoint,
+    reg_addr: SocketAddr,
+) -> Result<Joined, String> {
+    let stats = &ctx.stats;
+    let rare = &stats.rare;
+    let src = source_for(ctx, c, &reg_addr);
+    let mut repeats = 0u32;
+    let mut last = String::from("none");
+    for _ in 0..MAX_ASKS {
+        if route.fails_in_row >= FALLBACK_AFTER && ctx.cfg.url_fallback {
+            route.fails_in_row = 0;
+            rare.registry_fallbacks.fetch_add(1, Relaxed);
+            return connect_url(ctx, c, url_idx, resume).await;
+        }
+        rare.registry_asks.fetch_add(1, Relaxed);
+        let t0 = Instant::now();
+        let a = match crate::registry::ask(ep, reg_addr, src).await {
+            Ok(a) => a,
+            Err(e) => {
+                let kind = e.kind();
+                {
+                    let mut l = rare.lists.lock().expect("rare lock");
+                    *l.registry_failures.entry(kind.clone()).or_default() += 1;
+                }
+                route.fails_in_row += 1;
+                last = format!("ask: {kind}");
+                let wait = backoff(route.fails_in_row - 1, ASK_BACKOFF_BASE, ASK_BACKOFF_MAX);
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+        };
+        rare.registry_answers.fetch_add(1, Relaxed);
+        rare.lists
+            .lock()
+            .expect("rare lock")
+            .ask_us
+            .record(t0.elapsed().as_micros() as u64);
+        route.fails_in_row = 0;
+        if route.last_failed.as_deref() == Some(a.url.as_str()) && repeats < MAX_REPEATS {
+            // Never straight back to an instance that just failed: give
+            // the registry time to notice, then ask again.
+            repeats += 1;
+            rare.registry_repeats.fetch_add(1, Relaxed);
+            last = "the registry named the instance that just failed".into();
+            tokio::time::sleep(backoff(repeats - 1, BACKOFF_BASE, BACKOFF_MAX)).await;
+            continue;
+        }
+        repeats = 0;
+        match connect(ctx, c, a.addr, &a.url, resume).await {
+            Ok(mut j) => {
+                if !a.app_id.is_empty() && stats.apps.name(j.app) != a.app_id {
+                    rare.registry_app_mismatches.fetch_add(1, Relaxed);
+                    stats.error("registry: the welcome's APP_ID is not the one the registry named");
+                }
+                route.last_failed = None;
+                j.direct = Some(a.url);
+                return Ok(j);
+            }
+            Err(kind) => {
+                rare.direct_failures.fetch_add(1, Relaxed);
+                stats.error(format!("direct: {kind}"));
+                last = format!("direct: {kind}");
+                route.last_failed = Some(a.url);
+            }
+        }
+    }
+    Err(format!(
+        "registry: no connection after {MAX_ASKS} asks (last: {last})"
+    ))
+}
+
+/// Connect to `addr` at `base` (a `--url`, or an instance URL the
+/// registry named), upgrade, and wait for the welcome and join (chat) or
+/// the greeting (raw). Errors are short kinds for the report.
+async fn connect(
+    ctx: &Ctx,
+    c: usize,
+    addr: SocketAddr,
+    base: &str,
+    resume: Option<Resume<'_>>,
+) -> Result<Joined, String> {
     let stats = &ctx.stats;
     let t0 = Instant::now();
-    let url_idx = url_idx % ctx.addrs.len();
-    let addr = ctx.addrs[url_idx];
-    // Spread every URL's clients over every source address, so that no
-    // (source, destination) pair fills its ports before the others.
-    let src = (!ctx.source_ips.is_empty()).then(|| ctx.source_ips[c % ctx.source_ips.len()]);
+    let src = source_for(ctx, c, &addr);
     let url = match &resume {
-        Some(r) => ctx.cfg.resume_url(c, url_idx, r.since, r.epoch),
-        None => ctx.cfg.url_at(c, url_idx),
+        Some(r) => ctx.cfg.resume_on(base, c, r.since, r.epoch),
+        None => ctx.cfg.url_on(base, c),
     };
     let token = ctx.cfg.token_for(c).transpose()?;
     let mut conn =
@@ -312,6 +481,7 @@ async fn connect(
                             head,
                             epoch,
                             recovered,
+                            direct: None,
                         })
                     }
                     Incoming::Error { code, .. } => {
@@ -357,6 +527,7 @@ async fn connect(
                 head: 0,
                 epoch: String::new(),
                 recovered: None,
+                direct: None,
             })
         }
     }
@@ -428,6 +599,8 @@ struct Session<'a> {
     retry_at: Option<Instant>,
     /// Messages read by the JSON fallback.
     fallback: u64,
+    /// `--registry`: which instance this client is on, and which failed.
+    route: Route,
 }
 
 impl Session<'_> {
@@ -457,6 +630,7 @@ impl Session<'_> {
         let started = Instant::now();
         let deadline = started + ctx.cfg.reconnect_timeout;
         let first_url = ctx.cfg.url_index(self.c);
+        self.route.lost();
         for attempt in 0..ctx.cfg.reconnect_attempts {
             let wait = backoff(attempt, BACKOFF_BASE, BACKOFF_MAX);
             if Instant::now() + wait >= deadline {
@@ -478,7 +652,7 @@ impl Session<'_> {
                 epoch: &self.epoch,
             };
             let r = tokio::select! {
-                r = tokio::time::timeout(limit, connect(ctx, self.c, url, Some(resume))) => r,
+                r = tokio::time::timeout(limit, connect_any(ctx, self.c, url, Some(resume), &mut self.route)) => r,
                 _ = ctx.shutdown.cancelled() => return None,
             };
             match r {
@@ -504,6 +678,7 @@ impl Session<'_> {
     fn resumed(&mut self, j: Joined, lost_at: u64) -> Conn {
         let stats = &self.ctx.stats;
         stats.live.reconnects.fetch_add(1, Relaxed);
+        self.route.landed(stats, &j);
         if j.app != self.app {
             stats.app_change(self.app, j.app);
             // What was sent since the loss comes through the new instance.

@@ -26,6 +26,13 @@ pub enum Protocol {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Config {
     pub urls: Vec<String>,
+    /// `--registry`: ask this `http://…/connect` before each connect and
+    /// connect straight to the instance it names.
+    pub registry: Option<String>,
+    /// With `--registry`: `--url` was given, so a client whose registry
+    /// asks failed [`crate::client::FALLBACK_AFTER`] times in a row
+    /// connects through it instead.
+    pub url_fallback: bool,
     pub preset: Option<Preset>,
     pub clients: usize,
     pub rooms: usize,
@@ -141,13 +148,18 @@ impl Config {
     /// The URL client `c` uses when it connects through `--url` number `i`
     /// (reconnects try the others in turn).
     pub fn url_at(&self, c: usize, i: usize) -> String {
-        let u = &self.urls[i % self.urls.len()];
+        self.url_on(&self.urls[i % self.urls.len()], c)
+    }
+
+    /// The URL client `c` uses on the endpoint `u` (a `--url`, or the
+    /// instance URL the registry named): its room, nick and nick key.
+    pub fn url_on(&self, u: &str, c: usize) -> String {
         let room = self.room_name(self.room_of(c));
         if u.contains("{room}") {
             return u.replace("{room}", &room);
         }
         match self.protocol {
-            Protocol::Raw => u.clone(),
+            Protocol::Raw => u.to_string(),
             Protocol::Chat => {
                 let sep = if u.contains('?') { '&' } else { '?' };
                 // The nick key gets the nick back on a reconnect while the
@@ -185,7 +197,13 @@ impl Config {
     /// the server scopes a send's idempotency key to the nick, so retries
     /// must come from the same one.
     pub fn resume_url(&self, c: usize, i: usize, since: u64, epoch: &str) -> String {
-        let mut u = self.url_at(c, i);
+        self.resume_on(&self.urls[i % self.urls.len()], c, since, epoch)
+    }
+
+    /// [`Config::resume_url`] on the endpoint `base` (a `--url` or the
+    /// instance URL the registry named).
+    pub fn resume_on(&self, base: &str, c: usize, since: u64, epoch: &str) -> String {
+        let mut u = self.url_on(base, c);
         let sep = if u.contains('?') { '&' } else { '?' };
         if !u.contains("nick=") {
             u = format!("{u}{sep}nick=lg{c}");

@@ -37,8 +37,17 @@ pub fn summary(r: &Report) -> String {
         humantime::format_duration(c.duration),
         if r.interrupted { " · INTERRUPTED" } else { "" }
     );
-    for u in &c.urls {
-        let _ = writeln!(o, "  url {u}");
+    if let Some(reg) = &c.registry {
+        let _ = writeln!(o, "  registry {reg} (direct connections)");
+        if c.url_fallback {
+            for u in &c.urls {
+                let _ = writeln!(o, "  url {u} (fallback after 3 failed asks in a row)");
+            }
+        }
+    } else {
+        for u in &c.urls {
+            let _ = writeln!(o, "  url {u}");
+        }
     }
     let dr = &r.drain;
     let mut drain = format!("drain {}", short_us(dr.waited_us));
@@ -168,13 +177,65 @@ fn connections(o: &mut String, r: &Report) {
         }
     }
     wrap(o, "Connections", &items);
+    if let Some(g) = &r.registry {
+        let mut items = vec![
+            format!("asks {}", g.asks),
+            format!("answered {}", g.answers),
+        ];
+        for (kind, n) in &g.failures {
+            items.push(format!("failed {kind} {n}"));
+        }
+        items.push(format!(
+            "named the instance that just failed {}",
+            g.named_failed_instance
+        ));
+        items.push(format!("direct connects failed {}", g.direct_failures));
+        items.push(format!("fell back to --url {}", g.url_fallbacks));
+        if g.app_id_mismatches > 0 {
+            items.push(format!("APP_ID not the named one {}", g.app_id_mismatches));
+        }
+        items.push(format!(
+            "connects direct {}, via --url {}",
+            g.connects_direct, g.connects_via_url
+        ));
+        if g.ask_us.count > 0 {
+            items.push(format!(
+                "ask p50 {} p99 {}",
+                short_us(g.ask_us.p50),
+                short_us(g.ask_us.p99)
+            ));
+        }
+        wrap(o, "Registry", &items);
+    }
     if !k.per_app_id.is_empty() {
-        let _ = writeln!(o, "  {:<16} {:>9} {:>7}", "APP_ID", "clients", "share");
         let mut apps: Vec<(&String, &u64)> = k.per_app_id.iter().collect();
         apps.sort_by(|a, b| natural(a.0, b.0));
-        for (app, n) in apps {
-            let share = *n as f64 * 100.0 / k.opened.max(1) as f64;
-            let _ = writeln!(o, "  {app:<16} {n:>9} {share:>6.1}%");
+        match &r.registry {
+            None => {
+                let _ = writeln!(o, "  {:<16} {:>9} {:>7}", "APP_ID", "clients", "share");
+                for (app, n) in apps {
+                    let share = *n as f64 * 100.0 / k.opened.max(1) as f64;
+                    let _ = writeln!(o, "  {app:<16} {n:>9} {share:>6.1}%");
+                }
+            }
+            Some(g) => {
+                // Where each client first landed, and how: straight to
+                // the instance the registry named, or through --url.
+                let _ = writeln!(
+                    o,
+                    "  {:<16} {:>9} {:>7} {:>9} {:>9}",
+                    "APP_ID", "clients", "share", "direct", "proxied"
+                );
+                for (app, n) in apps {
+                    let share = *n as f64 * 100.0 / k.opened.max(1) as f64;
+                    let d = g.direct_per_app_id.get(app).copied().unwrap_or(0).min(*n);
+                    let _ = writeln!(o, "  {app:<16} {n:>9} {share:>6.1}% {d:>9} {:>9}", n - d);
+                }
+                let _ = writeln!(
+                    o,
+                    "  (direct: to the instance --registry named; proxied: through --url)"
+                );
+            }
         }
     }
 }

@@ -28,6 +28,8 @@
 //!   [`timeline`]: the per-second record kept for the report.
 //! - [`units`]: durations for people.
 //! - [`jwt`]: HS256 tokens per client (`--jwt-secret`).
+//! - [`registry`]: `--registry`: ask `GET /connect` which instance to
+//!   connect to, then connect straight to it.
 //!
 //! Dependencies run one way: `opts` → `config` → `presets`, `thresholds`;
 //! `report` → `config`, `tally`, `thresholds`, `timeline`; `human` →
@@ -48,6 +50,7 @@ pub mod live;
 pub mod opts;
 pub mod presets;
 pub mod probe;
+pub mod registry;
 pub mod relay;
 pub mod report;
 pub mod run;
@@ -248,7 +251,10 @@ pub fn finish(
             Some((k, _)) if k.starts_with("upgrade: http 403") => {
                 "the server refused this client (Origin?)".to_string()
             }
-            _ => format!("is the server running at {}?", cfg.urls.join(" ")),
+            _ => match &cfg.registry {
+                Some(r) => format!("does {r} answer, and are the instances it names up?"),
+                None => format!("is the server running at {}?", cfg.urls.join(" ")),
+            },
         };
         eprintln!(
             "loadgen: error: no connection could be opened{}: {hint}",

@@ -32,9 +32,20 @@ pub const DEFAULT_APP_ID_REGEX: &str = r"Connected successfully to server\s+(?P<
 pub struct Opts {
     /// WebSocket URL to connect to; repeat to spread clients round-robin
     /// over several endpoints (e.g. straight to each instance). A `{room}`
-    /// in the URL is replaced by the client's room name.
-    #[arg(long, default_value = DEFAULT_URL, action = clap::ArgAction::Append)]
+    /// in the URL is replaced by the client's room name. With --registry,
+    /// the fallback after 3 failed registry asks in a row
+    /// [default: ws://127.0.0.1:8080/ws].
+    #[arg(long, action = clap::ArgAction::Append)]
     pub url: Vec<String>,
+
+    /// Instance registry, e.g. `http://127.0.0.1:8080/connect` (any
+    /// instance's `GET /connect`, or through HAProxy): before each connect
+    /// and reconnect a client asks it for the least-loaded instance and
+    /// connects its WebSocket straight there, with no proxy in the data
+    /// path. Plain http:// only. A direct connect that fails asks again;
+    /// an instance that just failed is not tried again at once.
+    #[arg(long, env = "LOADGEN_REGISTRY")]
+    pub registry: Option<String>,
 
     /// Built-in scenario; explicit flags override its values.
     #[arg(long, value_enum)]
@@ -255,12 +266,22 @@ impl Opts {
             .duration
             .or(p.duration)
             .unwrap_or(Duration::from_secs(10));
-        for u in &self.url {
+        let url_fallback = !self.url.is_empty();
+        let urls = if self.url.is_empty() {
+            vec![DEFAULT_URL.to_string()]
+        } else {
+            self.url.clone()
+        };
+        for u in &urls {
             check_url(u)?;
         }
-        if self.protocol == Protocol::Raw
-            && rooms > 1
-            && !self.url.iter().all(|u| u.contains("{room}"))
+        if let Some(r) = &self.registry {
+            crate::registry::Endpoint::parse(r).map_err(|e| anyhow::anyhow!(e))?;
+            if self.protocol == Protocol::Raw {
+                bail!("--registry needs --protocol chat: a raw relay has no instance registry");
+            }
+        }
+        if self.protocol == Protocol::Raw && rooms > 1 && !urls.iter().all(|u| u.contains("{room}"))
         {
             bail!(
                 "--protocol raw with --rooms {rooms}: a raw relay broadcasts to every socket, so \
@@ -275,8 +296,12 @@ impl Opts {
             // Ports are per (source, destination) system-wide, so the
             // automatic choice looks at every worker's sockets together.
             None => crate::sys::auto_source_ips(
-                clients.div_ceil(self.url.len().max(1)),
-                self.url.iter().all(|u| url_is_loopback(u)),
+                clients.div_ceil(urls.len()),
+                urls.iter().all(|u| url_is_loopback(u))
+                    && self
+                        .registry
+                        .as_deref()
+                        .is_none_or(|r| url_is_loopback(&r.replacen("http", "ws", 1))),
             ),
         };
         let workers = match self.workers {
@@ -324,7 +349,9 @@ impl Opts {
             min_cross_instance: self.min_cross_instance,
         });
         Ok(Config {
-            urls: self.url.clone(),
+            urls,
+            registry: self.registry.clone(),
+            url_fallback: url_fallback && self.registry.is_some(),
             preset: self.preset,
             clients,
             rooms,
@@ -550,6 +577,61 @@ mod tests {
             .contains(r#""jwt_secret":"unset""#));
         assert!(cfg(&["--jwt-rooms"]).is_err());
         assert!(cfg(&["--jwt-secret", ""]).is_err());
+    }
+
+    #[test]
+    fn registry_and_its_url_fallback() {
+        let c = cfg(&["--registry", "http://127.0.0.1:8080/connect"]).unwrap();
+        assert_eq!(c.registry.as_deref(), Some("http://127.0.0.1:8080/connect"));
+        // No --url: nothing to fall back to (the default is kept for
+        // placement only).
+        assert!(!c.url_fallback);
+        assert_eq!(c.urls, vec![DEFAULT_URL.to_string()]);
+        let c = cfg(&[
+            "--registry",
+            "http://127.0.0.1:8080/connect",
+            "--url",
+            "ws://127.0.0.1:8080/ws",
+        ])
+        .unwrap();
+        assert!(c.url_fallback);
+        // --url alone is no fallback either: there is no registry.
+        assert!(
+            !cfg(&["--url", "ws://127.0.0.1:8080/ws"])
+                .unwrap()
+                .url_fallback
+        );
+        let e = cfg(&["--registry", "https://127.0.0.1:8443/connect"]).unwrap_err();
+        assert!(e.to_string().contains("https:// is not supported"), "{e}");
+        assert!(cfg(&["--registry", "ws://127.0.0.1:8080/connect"]).is_err());
+        assert!(cfg(&[
+            "--registry",
+            "http://127.0.0.1:8080/connect",
+            "--protocol",
+            "raw"
+        ])
+        .is_err());
+        // The placement of a client on the instance the registry names.
+        let c = cfg(&[
+            "--registry",
+            "http://127.0.0.1:8080/connect",
+            "--rooms",
+            "2",
+            "--clients",
+            "4",
+        ])
+        .unwrap();
+        let u = c.url_on("ws://127.0.0.1:9002/ws", 3);
+        assert!(
+            u.starts_with(&format!(
+                "ws://127.0.0.1:9002/ws?room={}-1&nick=lg3&nick_key=",
+                c.room_prefix
+            )),
+            "{u}"
+        );
+        let r = c.resume_on("ws://127.0.0.1:9002/ws", 3, 41, "e 1");
+        assert!(r.starts_with(&u), "{r}");
+        assert!(r.ends_with("&since=41&epoch=e%201"), "{r}");
     }
 
     #[test]

@@ -48,6 +48,39 @@ pub struct Report {
     pub timeline: Vec<crate::timeline::Point>,
     /// Each `--faults` entry: when it hit and the recovery after it.
     pub faults: Vec<crate::faults::FaultReport>,
+    /// `--registry`: the asks, their failures by kind, and how many
+    /// connections went straight to an instance (`null` without it).
+    pub registry: Option<RegistryReport>,
+}
+
+/// How clients got in with `--registry`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RegistryReport {
+    pub url: String,
+    /// `GET`s sent, and answered with an instance.
+    pub asks: u64,
+    pub answers: u64,
+    /// Failed asks by kind: `http <status>`, `refused`, `timeout`,
+    /// `bad json`, `io: <kind>`.
+    pub failures: BTreeMap<String, u64>,
+    /// Answers naming the instance that had just failed the client (it
+    /// backed off and asked again instead of connecting).
+    pub named_failed_instance: u64,
+    /// Direct connects to the named instance that failed (then asked again).
+    pub direct_failures: u64,
+    /// Connects through `--url` after 3 failed asks in a row.
+    pub url_fallbacks: u64,
+    /// Welcomes from another APP_ID than the answer named.
+    pub app_id_mismatches: u64,
+    /// Successful connects (first ones and resumes) straight to an
+    /// instance, and through `--url` (HAProxy by default: proxied).
+    pub connects_direct: u64,
+    pub connects_via_url: u64,
+    /// Clients whose first connection was direct, by APP_ID (the rest of
+    /// `connections.per_app_id` came through `--url`).
+    pub direct_per_app_id: BTreeMap<String, u64>,
+    /// Time of an answered ask.
+    pub ask_us: Percentiles,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -286,6 +319,23 @@ impl Report {
             thresholds: ThresholdResult::default(),
             timeline: Vec::new(),
             faults: Vec::new(),
+            registry: cfg.registry.as_ref().map(|url| {
+                let g = &t.registry;
+                RegistryReport {
+                    url: url.clone(),
+                    asks: g.asks,
+                    answers: g.answers,
+                    failures: g.failures.clone(),
+                    named_failed_instance: g.repeats,
+                    direct_failures: g.direct_failures,
+                    url_fallbacks: g.fallbacks,
+                    app_id_mismatches: g.app_id_mismatches,
+                    connects_direct: g.connects_direct,
+                    connects_via_url: g.connects_via_url,
+                    direct_per_app_id: g.first_direct.clone(),
+                    ask_us: g.ask.summary(),
+                }
+            }),
         };
         r.matrix.sort_by(|a, b| {
             crate::units::natural(&a.sender, &b.sender)

@@ -186,6 +186,14 @@ pub async fn run(cfg: Arc<Config>, part: Part, h: Handle, mut control: Control) 
             ticks.push(std::sync::Mutex::new(None));
         }
     }
+    let registry = match &cfg.registry {
+        Some(r) => {
+            let ep = crate::registry::Endpoint::parse(r).map_err(anyhow::Error::msg)?;
+            let addr = ep.resolve().await.map_err(anyhow::Error::msg)?;
+            Some((ep, addr))
+        }
+        None => None,
+    };
     let sem = Arc::new(Semaphore::new(cfg.connect_concurrency));
     let ctx = Arc::new(Ctx {
         cfg: cfg.clone(),
@@ -202,6 +210,7 @@ pub async fn run(cfg: Arc<Config>, part: Part, h: Handle, mut control: Control) 
         // Room for a big `members` list and any --size.
         max_message: cfg.size.saturating_mul(2).max(1 << 20),
         connect_sem: sem.clone(),
+        registry,
     });
 
     // Ramp: start connections at `ramp` per second (this part's share),

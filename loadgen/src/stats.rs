@@ -172,6 +172,22 @@ pub struct Rare {
     pub sends_retried: AtomicU64,
     /// Sends confirmed by `sent` with `duplicate: true`.
     pub sends_confirmed_duplicate: AtomicU64,
+    /// `--registry`: asks sent, and answered with an instance.
+    pub registry_asks: AtomicU64,
+    pub registry_answers: AtomicU64,
+    /// Answers that named the instance that had just failed this client
+    /// (it backed off and asked again).
+    pub registry_repeats: AtomicU64,
+    /// Direct connects to a named instance that failed.
+    pub direct_failures: AtomicU64,
+    /// Connects through `--url` after failed asks in a row.
+    pub registry_fallbacks: AtomicU64,
+    /// Welcomes whose APP_ID was not the one the registry named.
+    pub registry_app_mismatches: AtomicU64,
+    /// Successful connects (first ones and resumes): straight to the
+    /// instance the registry named, or through a `--url`.
+    pub connects_direct: AtomicU64,
+    pub connects_via_url: AtomicU64,
     /// Everything below, under one lock.
     pub lists: Mutex<RareLists>,
 }
@@ -185,6 +201,14 @@ pub struct RareLists {
     pub recovery_events: Vec<(u64, u64)>,
     /// A few unrecognized frames: `reason: sample`.
     pub frame_samples: Vec<String>,
+    /// `--registry`: failed asks by kind (`http 503`, `refused`,
+    /// `timeout`, `bad json`, `io: …`).
+    pub registry_failures: BTreeMap<String, u64>,
+    /// Clients whose first connection went straight to the instance the
+    /// registry named, by APP_ID index.
+    pub first_direct: BTreeMap<u16, u64>,
+    /// How long answered asks took, µs.
+    pub ask_us: Hist,
 }
 
 /// The shared state of one run in one process.

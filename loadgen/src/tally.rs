@@ -133,6 +133,48 @@ pub struct Tally {
     /// The run's time origin, µs since the Unix epoch.
     #[serde(default)]
     pub epoch_unix_us: u64,
+    /// `--registry` and how clients got in.
+    #[serde(default)]
+    pub registry: RegistryTally,
+}
+
+/// How clients got in (`--registry`): asks and their failures, and
+/// connections straight to an instance vs through `--url`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RegistryTally {
+    pub asks: u64,
+    pub answers: u64,
+    /// Failed asks by kind.
+    pub failures: BTreeMap<String, u64>,
+    pub repeats: u64,
+    pub direct_failures: u64,
+    pub fallbacks: u64,
+    pub app_id_mismatches: u64,
+    pub connects_direct: u64,
+    pub connects_via_url: u64,
+    /// Clients whose first connection was direct, by APP_ID.
+    pub first_direct: BTreeMap<String, u64>,
+    pub ask: Hist,
+}
+
+impl RegistryTally {
+    fn merge(&mut self, o: &RegistryTally) {
+        self.asks += o.asks;
+        self.answers += o.answers;
+        for (k, v) in &o.failures {
+            *self.failures.entry(k.clone()).or_default() += v;
+        }
+        self.repeats += o.repeats;
+        self.direct_failures += o.direct_failures;
+        self.fallbacks += o.fallbacks;
+        self.app_id_mismatches += o.app_id_mismatches;
+        self.connects_direct += o.connects_direct;
+        self.connects_via_url += o.connects_via_url;
+        for (k, v) in &o.first_direct {
+            *self.first_direct.entry(k.clone()).or_default() += v;
+        }
+        self.ask.add(&o.ask);
+    }
 }
 
 impl Tally {
@@ -235,6 +277,23 @@ impl Tally {
             retried: load(&rare.sends_retried),
             confirmed_duplicate: load(&rare.sends_confirmed_duplicate),
             epoch_unix_us: stats.epoch_unix_us,
+            registry: RegistryTally {
+                asks: load(&rare.registry_asks),
+                answers: load(&rare.registry_answers),
+                failures: lists.registry_failures.clone(),
+                repeats: load(&rare.registry_repeats),
+                direct_failures: load(&rare.direct_failures),
+                fallbacks: load(&rare.registry_fallbacks),
+                app_id_mismatches: load(&rare.registry_app_mismatches),
+                connects_direct: load(&rare.connects_direct),
+                connects_via_url: load(&rare.connects_via_url),
+                first_direct: lists
+                    .first_direct
+                    .iter()
+                    .map(|(a, n)| (stats.apps.name(*a), *n))
+                    .collect(),
+                ask: lists.ask_us.clone(),
+            },
         }
     }
 
@@ -292,6 +351,7 @@ impl Tally {
         if self.epoch_unix_us == 0 {
             self.epoch_unix_us = o.epoch_unix_us;
         }
+        self.registry.merge(&o.registry);
         for (k, v) in &o.per_app_id {
             *self.per_app_id.entry(k.clone()).or_default() += v;
         }

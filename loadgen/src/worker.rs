@@ -55,8 +55,15 @@ pub fn child_args(cfg: &Config, index: usize, epoch_unix_us: u64) -> Vec<String>
         a.push(format!("--{k}"));
         a.push(v);
     }
-    for u in &cfg.urls {
-        kv(&mut a, "url", u.clone());
+    // With --registry and no --url, the child must not see a --url
+    // either (it would take it for a fallback).
+    if cfg.registry.is_none() || cfg.url_fallback {
+        for u in &cfg.urls {
+            kv(&mut a, "url", u.clone());
+        }
+    }
+    if let Some(r) = &cfg.registry {
+        kv(&mut a, "registry", r.clone());
     }
     kv(&mut a, "clients", cfg.clients.to_string());
     kv(&mut a, "rooms", cfg.rooms.to_string());
