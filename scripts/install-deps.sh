@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Install what the cluster and the tests need and is missing: redis-server,
-# haproxy, tmux (the terminal client's end-to-end test). Debian/Ubuntu.
+# haproxy, tmux (the terminal client's end-to-end test), postgresql (the
+# archiver's tests run initdb and postgres from /usr/lib/postgresql/*/bin).
+# Debian/Ubuntu.
 set -euo pipefail
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 command -v tmux >/dev/null 2>&1 || missing+=(tmux)
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 command -v cargo >/dev/null 2>&1 || { echo "cargo is missing: install the Rust toolchain (https://rustup.rs) first" >&2; exit 1; }
 
 if [ ${#missing[@]} -eq 0 ]; then

@@ -1,0 +1,602 @@
+//! One Redis master: find its room streams, then archive them batch by
+//! batch.
+//!
+//! A cycle reads up to `--batch` entries across the master's streams
+//! (starting after the stream the previous cycle stopped at, so a busy
+//! room cannot starve the others), commits them to PostgreSQL, then
+//! acknowledges them (`XACK`) and raises each room's watermark. Per
+//! stream, entries come from, in order:
+//! 1. this consumer's own pending entries (`XREADGROUP ... 0`), once after
+//!    start (a restart under the same `--consumer` name);
+//! 2. entries pending in any consumer for `--claim-idle` (`XAUTOCLAIM`),
+//!    one pass per scan: a dead archiver's batch;
+//! 3. new entries (`XREADGROUP ... >`).
+//!
+//! Nothing is acknowledged before its batch is committed, so a crash at
+//! any point leaves the entries pending for a claim; a second insert of a
+//! row is a no-op (see [`crate::db`]).
+
+use std::collections::{BTreeMap, HashSet};
+use std::ops::Bound;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::{Client, ErrorKind, RedisError, Value};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::db::Db;
+use crate::entries::{self, epoch_key, log_key, Body, Entry, Row};
+use crate::metrics::{Metrics, RoomLag};
+use crate::topology::{connection_config, REDIS_TIMEOUT};
+
+/// The consumer group every archiver joins.
+pub const GROUP: &str = "archiver";
+
+/// The `SCAN` pattern of room logs (room names never hold `{` or `}`).
+const LOG_PATTERN: &str = "chat:{*}:log";
+
+/// Most `SCAN` pages per scan (1,000 keys asked for per page).
+const MAX_SCAN_PAGES: usize = 100_000;
+
+/// A stream missing from this many complete scans in a row is dropped
+/// (`SCAN` may miss a key created or deleted during the iteration).
+const FORGET_AFTER_SCANS: u64 = 3;
+
+/// Rooms per pipelined round of watermark scripts.
+const WATERMARK_CHUNK: usize = 100;
+
+/// The longest wait between reconnect attempts.
+const RECONNECT_MAX: Duration = Duration::from_secs(3);
+
+/// What every node task shares.
+#[derive(Debug)]
+pub struct Shared {
+    pub consumer: String,
+    pub batch: usize,
+    pub scan_interval: Duration,
+    pub poll_interval: Duration,
+    pub claim_idle: Duration,
+    pub db: Db,
+    pub metrics: Arc<Metrics>,
+    /// Set when shutdown begins: the batch in flight may be retried until
+    /// then.
+    pub drain_deadline: Arc<OnceLock<Instant>>,
+}
+
+/// A stream this node archives.
+#[derive(Debug)]
+struct Stream {
+    /// The group exists (as far as we know).
+    group: bool,
+    /// This consumer may still have pending entries of its own to re-read.
+    own_pending: bool,
+    /// A claim pass under way: the `XAUTOCLAIM` cursor.
+    claim_cursor: Option<String>,
+    /// The scan that last saw the stream.
+    seen: u64,
+}
+
+/// One batch: entries by room, in read order.
+#[derive(Debug, Default)]
+struct Batch {
+    rooms: BTreeMap<String, Vec<Entry>>,
+    ids: HashSet<(String, String)>,
+    len: usize,
+}
+
+impl Batch {
+    fn add(&mut self, room: &str, entries: Vec<Entry>) {
+        for e in entries {
+            // Our own idle entries can come back from XAUTOCLAIM too.
+            if self.ids.insert((room.to_string(), e.id.clone())) {
+                self.rooms.entry(room.to_string()).or_default().push(e);
+                self.len += 1;
+            }
+        }
+    }
+}
+
+/// The task of one master.
+struct Node {
+    addr: String,
+    client: Client,
+    conn: Option<MultiplexedConnection>,
+    shared: Arc<Shared>,
+    streams: BTreeMap<String, Stream>,
+    /// The room the last cycle stopped after.
+    resume_after: Option<String>,
+    scans: u64,
+    next_scan: Instant,
+    /// Whether the last connect failed (logged once per change).
+    down: bool,
+}
+
+/// Archive the streams of the master at `addr` until `stop`; the batch in
+/// flight is finished first.
+pub async fn run(addr: String, client: Client, shared: Arc<Shared>, stop: CancellationToken) {
+    let mut node = Node {
+        addr,
+        client,
+        conn: None,
+        shared,
+        streams: BTreeMap::new(),
+        resume_after: None,
+        scans: 0,
+        next_scan: Instant::now(),
+        down: false,
+    };
+    tracing::info!(node = %node.addr, "archiving the streams of this Redis master");
+    let mut backoff = Duration::from_millis(100);
+    while !stop.is_cancelled() {
+        if node.conn.is_none() {
+            if let Err(e) = node.connect().await {
+                node.shared.metrics.error("redis");
+                if !node.down {
+                    tracing::warn!(node = %node.addr, error = %e, "cannot reach Redis: retrying");
+                    node.down = true;
+                }
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(RECONNECT_MAX);
+                continue;
+            }
+            if node.down {
+                tracing::info!(node = %node.addr, "Redis is reachable again");
+                node.down = false;
+            }
+            backoff = Duration::from_millis(100);
+        }
+        if Instant::now() >= node.next_scan {
+            node.next_scan = Instant::now() + node.shared.scan_interval;
+            node.scan().await;
+            let rooms: Vec<String> = node.streams.keys().cloned().collect();
+            node.refresh(&rooms).await;
+        }
+        let batch = node.collect().await;
+        if batch.len == 0 {
+            let wake = node
+                .next_scan
+                .min(Instant::now() + node.shared.poll_interval);
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep_until(wake) => {}
+            }
+            continue;
+        }
+        if !node.archive(batch).await {
+            tracing::warn!(node = %node.addr, "shutdown deadline passed with a batch uncommitted: its entries stay pending in Redis for the next archiver");
+            break;
+        }
+    }
+    for room in node.streams.keys() {
+        node.shared.metrics.forget_room(room);
+    }
+    tracing::info!(node = %node.addr, "stopped archiving this master");
+}
+
+impl Node {
+    async fn connect(&mut self) -> Result<(), RedisError> {
+        let conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&connection_config())
+            .await?;
+        let mut conn = conn;
+        load_watermark_script(&mut conn).await?;
+        self.conn = Some(conn);
+        Ok(())
+    }
+
+    fn conn(&mut self) -> Result<MultiplexedConnection, RedisError> {
+        self.conn
+            .clone()
+            .ok_or_else(|| RedisError::from((ErrorKind::Io, "not connected")))
+    }
+
+    /// Count a Redis error; one that may have broken the connection drops
+    /// it, so the next cycle reconnects.
+    fn failed(&mut self, what: &str, e: &RedisError) {
+        self.shared.metrics.error("redis");
+        tracing::warn!(node = %self.addr, error = %e, "redis {what} failed");
+        if !matches!(e.kind(), ErrorKind::Server(_)) {
+            self.conn = None;
+        }
+    }
+
+    /// `SCAN` the master for room logs.
+    async fn scan(&mut self) {
+        let Ok(mut conn) = self.conn() else { return };
+        let scan = self.scans + 1;
+        let mut cursor: u64 = 0;
+        for _ in 0..MAX_SCAN_PAGES {
+            let page: Result<(u64, Vec<String>), RedisError> = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(LOG_PATTERN)
+                .arg("TYPE")
+                .arg("stream")
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await;
+            let (next, keys) = match page {
+                Ok(p) => p,
+                Err(e) => return self.failed("SCAN", &e),
+            };
+            for key in keys {
+                let Some(room) = entries::room_of_log_key(&key) else {
+                    continue;
+                };
+                let s = self.streams.entry(room.to_string()).or_insert_with(|| {
+                    tracing::debug!(room, "found a room stream");
+                    Stream {
+                        group: false,
+                        own_pending: true,
+                        claim_cursor: None,
+                        seen: scan,
+                    }
+                });
+                s.seen = scan;
+                s.claim_cursor.get_or_insert_with(|| "0-0".into());
+            }
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        if cursor != 0 {
+            tracing::warn!(node = %self.addr, "scan stopped after {MAX_SCAN_PAGES} pages");
+            return;
+        }
+        self.scans = scan;
+        let metrics = self.shared.metrics.clone();
+        self.streams.retain(|room, s| {
+            let keep = scan - s.seen < FORGET_AFTER_SCANS;
+            if !keep {
+                tracing::debug!(room, "the room stream is gone");
+                metrics.forget_room(room);
+            }
+            keep
+        });
+    }
+
+    /// Read up to `want` entries of `room`'s log (see the module doc).
+    async fn read_stream(&mut self, room: &str, want: usize) -> Result<Vec<Entry>, RedisError> {
+        let key = log_key(room);
+        let mut conn = self.conn()?;
+        let consumer = self.shared.consumer.clone();
+        let shared = self.shared.clone();
+        let Some(st) = self.streams.get_mut(room) else {
+            return Ok(Vec::new());
+        };
+        if !st.group {
+            let r: Result<(), RedisError> = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(&key)
+                .arg(GROUP)
+                .arg("0")
+                .query_async(&mut conn)
+                .await;
+            match r {
+                Ok(()) => tracing::info!(room, "created the archiver group"),
+                Err(e) if e.code() == Some("BUSYGROUP") => {}
+                // The stream is gone (expired): never create it.
+                Err(e)
+                    if matches!(e.kind(), ErrorKind::Server(_))
+                        && e.to_string().contains("key to exist") =>
+                {
+                    return Ok(Vec::new())
+                }
+                Err(e) => return Err(e),
+            }
+            st.group = true;
+        }
+        let mut out = Vec::new();
+        let res = async {
+            if st.own_pending {
+                let v: Value = xreadgroup(&consumer, &key, want, "0").query_async(&mut conn).await?;
+                let got = entries::parse_xreadgroup(room, &v).map_err(reply_error)?;
+                if got.is_empty() {
+                    st.own_pending = false;
+                }
+                out.extend(got);
+            }
+            if let Some(cursor) = st.claim_cursor.clone().filter(|_| out.len() < want) {
+                let v: Value = redis::cmd("XAUTOCLAIM")
+                    .arg(&key)
+                    .arg(GROUP)
+                    .arg(&consumer)
+                    .arg(shared.claim_idle.as_millis() as u64)
+                    .arg(&cursor)
+                    .arg("COUNT")
+                    .arg(want - out.len())
+                    .query_async(&mut conn)
+                    .await?;
+                let c = entries::parse_xautoclaim(room, &v).map_err(reply_error)?;
+                if !c.entries.is_empty() {
+                    tracing::info!(room, entries = c.entries.len(), "claimed entries another archiver left pending");
+                    shared.metrics.claimed(c.entries.len() as u64);
+                }
+                if !c.deleted.is_empty() {
+                    shared.metrics.lost(c.deleted.len() as u64);
+                    tracing::warn!(room, entries = c.deleted.len(), first = %c.deleted[0], "pending entries left the stream before they were archived: lost");
+                }
+                st.claim_cursor = (c.next != "0-0").then_some(c.next);
+                out.extend(c.entries);
+            }
+            if out.len() < want {
+                let v: Value = xreadgroup(&consumer, &key, want - out.len(), ">").query_async(&mut conn).await?;
+                out.extend(entries::parse_xreadgroup(room, &v).map_err(reply_error)?);
+            }
+            Ok::<(), RedisError>(())
+        }
+        .await;
+        match res {
+            Ok(()) => Ok(out),
+            Err(e) if e.code() == Some("NOGROUP") => {
+                // The key expired and came back: the group goes again.
+                st.group = false;
+                st.own_pending = true;
+                Ok(out)
+            }
+            Err(e) if !out.is_empty() => {
+                // Keep what was read (it is pending now); report the rest.
+                self.failed("read", &e);
+                Ok(out)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Read one batch across the streams.
+    async fn collect(&mut self) -> Batch {
+        let mut batch = Batch::default();
+        let after: Vec<String> = match &self.resume_after {
+            Some(r) => self
+                .streams
+                .range::<String, _>((Bound::Excluded(r), Bound::Unbounded))
+                .chain(
+                    self.streams
+                        .range::<String, _>((Bound::Unbounded, Bound::Included(r))),
+                )
+                .map(|(k, _)| k.clone())
+                .collect(),
+            None => self.streams.keys().cloned().collect(),
+        };
+        for room in after {
+            if batch.len >= self.shared.batch || self.conn.is_none() {
+                break;
+            }
+            match self.read_stream(&room, self.shared.batch - batch.len).await {
+                Ok(entries) => batch.add(&room, entries),
+                Err(e) => {
+                    if e.code() == Some("MOVED") {
+                        // The slot moved to another master, whose scan finds it.
+                        self.streams.remove(&room);
+                        self.shared.metrics.forget_room(&room);
+                    } else {
+                        self.failed("read", &e);
+                    }
+                }
+            }
+            self.resume_after = Some(room);
+        }
+        batch
+    }
+
+    /// Commit `batch`, then acknowledge it and raise the watermarks; false
+    /// when the shutdown deadline came before the commit.
+    async fn archive(&mut self, batch: Batch) -> bool {
+        let m = self.shared.metrics.clone();
+        let mut rows: Vec<Row> = Vec::with_capacity(batch.len);
+        for (room, entries) in &batch.rooms {
+            let (mut gone, mut bad) = (0u64, 0u64);
+            for e in entries {
+                match &e.body {
+                    Body::Row(r) => rows.push((**r).clone()),
+                    Body::Gone => gone += 1,
+                    Body::Undecodable(why) => {
+                        bad += 1;
+                        tracing::warn!(room, id = %e.id, why, "an entry is not a message frame: acknowledged without a row");
+                    }
+                }
+            }
+            if gone > 0 {
+                m.lost(gone);
+                tracing::warn!(
+                    room,
+                    entries = gone,
+                    "pending entries left the stream before they were archived: lost"
+                );
+            }
+            if bad > 0 {
+                m.undecodable(bad);
+                m.error("decode");
+            }
+        }
+        if !rows.is_empty() {
+            let deadline = self.shared.drain_deadline.clone();
+            let Some(c) = self
+                .shared
+                .db
+                .insert_until_committed(&rows, || deadline.get().copied())
+                .await
+            else {
+                return false;
+            };
+            m.batch(c.inserted, c.duplicates);
+            tracing::debug!(
+                rows = rows.len(),
+                inserted = c.inserted,
+                duplicates = c.duplicates,
+                "batch committed"
+            );
+        }
+        // Acknowledge only now. A failed XACK leaves the entries pending:
+        // they are read again (own pending) and skipped as duplicates.
+        let mut pipe = redis::pipe();
+        for (room, entries) in &batch.rooms {
+            let mut cmd = redis::cmd("XACK");
+            cmd.arg(log_key(room)).arg(GROUP);
+            for e in entries {
+                cmd.arg(&e.id);
+            }
+            pipe.add_command(cmd).ignore();
+        }
+        let acked: Result<(), RedisError> = match self.conn() {
+            Ok(mut conn) => pipe.query_async(&mut conn).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = acked {
+            self.failed("XACK", &e);
+            for room in batch.rooms.keys() {
+                if let Some(s) = self.streams.get_mut(room) {
+                    s.own_pending = true;
+                }
+            }
+            return true;
+        }
+        let rooms: Vec<String> = batch.rooms.into_keys().collect();
+        self.refresh(&rooms).await;
+        true
+    }
+
+    /// Raise the watermarks of `rooms` and measure their lag.
+    async fn refresh(&mut self, rooms: &[String]) {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        for chunk in rooms.chunks(WATERMARK_CHUNK) {
+            let Ok(mut conn) = self.conn() else { return };
+            let mut pipe = redis::pipe();
+            for room in chunk {
+                pipe.add_command(watermark_cmd(room));
+            }
+            let replies: Vec<Value> =
+                match tokio::time::timeout(REDIS_TIMEOUT, pipe.query_async(&mut conn)).await {
+                    Ok(Ok(v)) => v,
+                    Ok(Err(e)) if e.code() == Some("NOSCRIPT") => {
+                        if let Err(e) = load_watermark_script(&mut conn).await {
+                            self.failed("SCRIPT LOAD", &e);
+                        }
+                        return;
+                    }
+                    Ok(Err(e)) => return self.failed("watermark", &e),
+                    Err(_) => {
+                        self.shared.metrics.error("redis");
+                        self.conn = None;
+                        return;
+                    }
+                };
+            for (room, v) in chunk.iter().zip(replies) {
+                match parse_watermark(&v, now_ms) {
+                    Some(Ok((lag, raised))) => {
+                        if raised {
+                            self.shared.metrics.watermark_raised();
+                        }
+                        self.shared.metrics.room(room, lag);
+                    }
+                    Some(Err(status)) => {
+                        if status == -1 {
+                            // The group is gone (the key expired and came back).
+                            if let Some(s) = self.streams.get_mut(room) {
+                                s.group = false;
+                            }
+                        }
+                        self.shared.metrics.forget_room(room);
+                    }
+                    None => {
+                        self.shared.metrics.error("redis");
+                        tracing::warn!(room, reply = ?v, "unexpected watermark reply");
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn xreadgroup(consumer: &str, key: &str, count: usize, from: &str) -> redis::Cmd {
+    let mut c = redis::cmd("XREADGROUP");
+    c.arg("GROUP")
+        .arg(GROUP)
+        .arg(consumer)
+        .arg("COUNT")
+        .arg(count)
+        .arg("STREAMS")
+        .arg(key)
+        .arg(from);
+    c
+}
+
+fn reply_error(msg: String) -> RedisError {
+    RedisError::from((ErrorKind::Parse, "unexpected reply", msg))
+}
+
+/// The watermark script (see `watermark.lua`).
+pub const WATERMARK_LUA: &str = include_str!("watermark.lua");
+
+fn watermark_script() -> &'static redis::Script {
+    static S: OnceLock<redis::Script> = OnceLock::new();
+    S.get_or_init(|| redis::Script::new(WATERMARK_LUA))
+}
+
+/// Load the watermark script on a connection (after `NOSCRIPT`).
+async fn load_watermark_script(conn: &mut MultiplexedConnection) -> Result<(), RedisError> {
+    redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(WATERMARK_LUA)
+        .query_async::<String>(conn)
+        .await
+        .map(drop)
+}
+
+fn watermark_cmd(room: &str) -> redis::Cmd {
+    let mut c = redis::cmd("EVALSHA");
+    c.arg(watermark_script().get_hash())
+        .arg(2)
+        .arg(log_key(room))
+        .arg(epoch_key(room))
+        .arg(GROUP);
+    c
+}
+
+/// Parse the watermark script's reply: the lag and whether the watermark
+/// was raised, or the status (-2: no stream, -1: no group).
+fn parse_watermark(v: &Value, now_ms: u64) -> Option<Result<(RoomLag, bool), i64>> {
+    let Value::Array(parts) = v else { return None };
+    let int = |v: &Value| -> Option<u64> {
+        match v {
+            Value::Int(i) => u64::try_from(*i).ok(),
+            Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+            _ => None,
+        }
+    };
+    let status = match parts.first()? {
+        Value::Int(i) => *i,
+        _ => return None,
+    };
+    if status != 0 {
+        return Some(Err(status));
+    }
+    let stored = int(parts.get(2)?)?;
+    let pending = int(parts.get(3)?)?;
+    let lag = int(parts.get(4)?)?;
+    let age_ms = match parts.get(5)? {
+        Value::BulkString(b) if !b.is_empty() => serde_json::from_slice::<serde_json::Value>(b)
+            .ok()
+            .and_then(|f| f["ts"].as_u64())
+            .map_or(0, |ts| now_ms.saturating_sub(ts)),
+        _ => 0,
+    };
+    Some(Ok((
+        RoomLag {
+            messages: pending + lag,
+            age_ms,
+            archived: stored,
+        },
+        parts.get(6).and_then(int) == Some(1),
+    )))
+}
