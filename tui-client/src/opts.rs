@@ -460,6 +460,7 @@ mod tests {
         let printed = o.effective_toml(&l);
         assert!(!printed.contains("secret"), "{printed}");
         assert!(printed.contains("token = \"***\""), "{printed}");
+        std::fs::remove_file(&p).unwrap();
     }
 
     #[test]
