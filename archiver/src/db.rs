@@ -5,8 +5,8 @@
 //! of a row (another archiver's, a retry after a commit whose answer was
 //! lost) a no-op that is counted as a duplicate.
 //!
-//! While PostgreSQL is down or hangs, [`Db::insert_until_committed`]
-//! retries the same batch with capped backoff; its entries stay pending
+//! While PostgreSQL is down or hangs, the caller retries the same batch
+//! with [`Backoff`] (capped at 3 s); its entries stay pending
 //! (unacknowledged) in Redis meanwhile. State changes (down, back up) are
 //! logged once each, whichever task saw them.
 
@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, QueryBuilder};
-use tokio::time::Instant;
 
 use crate::entries::Row;
 use crate::metrics::Metrics;
@@ -143,36 +142,44 @@ impl Db {
         })
     }
 
-    /// Insert `rows`, retrying with backoff until committed; `None` when
-    /// `deadline` passed first (then nothing may be acknowledged).
-    pub async fn insert_until_committed(
-        &self,
-        rows: &[Row],
-        deadline: impl Fn() -> Option<Instant>,
-    ) -> Option<Committed> {
-        let mut backoff = BACKOFF_MIN;
-        loop {
-            let res = match tokio::time::timeout(STATEMENT_DEADLINE, self.insert(rows)).await {
-                Ok(r) => r.map_err(|e| e.to_string()),
-                Err(_) => Err(format!("no commit within {STATEMENT_DEADLINE:?}")),
-            };
-            match res {
-                Ok(c) => {
-                    self.mark(true, None);
-                    return Some(c);
-                }
-                Err(e) => {
-                    self.metrics.error("postgres");
-                    tracing::debug!(error = %e, rows = rows.len(), "insert failed");
-                    self.mark(false, Some(&e));
-                }
+    /// Insert `rows` once, within [`STATEMENT_DEADLINE`]; `None` when it
+    /// failed (counted, and logged if PostgreSQL's state changed). The
+    /// caller retries after [`Backoff`].
+    pub async fn try_insert(&self, rows: &[Row]) -> Option<Committed> {
+        let res = match tokio::time::timeout(STATEMENT_DEADLINE, self.insert(rows)).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no commit within {STATEMENT_DEADLINE:?}")),
+        };
+        match res {
+            Ok(c) => {
+                self.mark(true, None);
+                Some(c)
             }
-            let wake = Instant::now() + backoff;
-            if deadline().is_some_and(|d| d <= wake) {
-                return None;
+            Err(e) => {
+                self.metrics.error("postgres");
+                tracing::debug!(error = %e, rows = rows.len(), "insert failed");
+                self.mark(false, Some(&e));
+                None
             }
-            tokio::time::sleep_until(wake).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
         }
+    }
+}
+
+/// Capped exponential backoff between retries.
+#[derive(Debug)]
+pub struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self(BACKOFF_MIN)
+    }
+}
+
+impl Backoff {
+    /// The next wait.
+    pub fn next_wait(&mut self) -> Duration {
+        let d = self.0;
+        self.0 = (self.0 * 2).min(BACKOFF_MAX);
+        d
     }
 }

@@ -14,6 +14,7 @@
 //! - [`topology`]: which Redis masters to scan (single, Sentinel, Cluster).
 //! - [`node`]: one master's task: scan, read, commit, acknowledge,
 //!   watermark.
+//! - [`watermark`]: the `archived` watermark script and the room's lag.
 //! - [`entries`]: stream replies and message frames into rows.
 //! - [`db`]: PostgreSQL: migrations, batched idempotent inserts, retries.
 //! - [`metrics`]: counters and the `/metrics` and `/healthz` listener.
@@ -28,6 +29,7 @@ pub mod node;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod topology;
+pub mod watermark;
 
 use std::collections::HashMap;
 use std::future::Future;

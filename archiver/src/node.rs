@@ -27,9 +27,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::Db;
-use crate::entries::{self, epoch_key, log_key, Body, Entry, Row};
-use crate::metrics::{Metrics, RoomLag};
+use crate::entries::{self, log_key, Body, Entry, Row};
+use crate::metrics::Metrics;
 use crate::topology::{connection_config, REDIS_TIMEOUT};
+use crate::watermark::{load_watermark_script, parse_watermark, watermark_cmd};
 
 /// The consumer group every archiver joins.
 pub const GROUP: &str = "archiver";
@@ -418,14 +419,23 @@ impl Node {
             }
         }
         if !rows.is_empty() {
-            let deadline = self.shared.drain_deadline.clone();
-            let Some(c) = self
-                .shared
-                .db
-                .insert_until_committed(&rows, || deadline.get().copied())
-                .await
-            else {
-                return false;
+            let mut backoff = crate::db::Backoff::default();
+            let c = loop {
+                if let Some(c) = self.shared.db.try_insert(&rows).await {
+                    break c;
+                }
+                let wake = Instant::now() + backoff.next_wait();
+                if self.shared.drain_deadline.get().is_some_and(|d| *d <= wake) {
+                    return false;
+                }
+                // Keep the lag metrics and watermarks of the other rooms
+                // fresh while PostgreSQL is down.
+                if Instant::now() >= self.next_scan {
+                    self.next_scan = Instant::now() + self.shared.scan_interval;
+                    let all: Vec<String> = self.streams.keys().cloned().collect();
+                    self.refresh(&all).await;
+                }
+                tokio::time::sleep_until(wake).await;
             };
             m.batch(c.inserted, c.duplicates);
             tracing::debug!(
@@ -533,70 +543,4 @@ fn xreadgroup(consumer: &str, key: &str, count: usize, from: &str) -> redis::Cmd
 
 fn reply_error(msg: String) -> RedisError {
     RedisError::from((ErrorKind::Parse, "unexpected reply", msg))
-}
-
-/// The watermark script (see `watermark.lua`).
-pub const WATERMARK_LUA: &str = include_str!("watermark.lua");
-
-fn watermark_script() -> &'static redis::Script {
-    static S: OnceLock<redis::Script> = OnceLock::new();
-    S.get_or_init(|| redis::Script::new(WATERMARK_LUA))
-}
-
-/// Load the watermark script on a connection (after `NOSCRIPT`).
-async fn load_watermark_script(conn: &mut MultiplexedConnection) -> Result<(), RedisError> {
-    redis::cmd("SCRIPT")
-        .arg("LOAD")
-        .arg(WATERMARK_LUA)
-        .query_async::<String>(conn)
-        .await
-        .map(drop)
-}
-
-fn watermark_cmd(room: &str) -> redis::Cmd {
-    let mut c = redis::cmd("EVALSHA");
-    c.arg(watermark_script().get_hash())
-        .arg(2)
-        .arg(log_key(room))
-        .arg(epoch_key(room))
-        .arg(GROUP);
-    c
-}
-
-/// Parse the watermark script's reply: the lag and whether the watermark
-/// was raised, or the status (-2: no stream, -1: no group).
-fn parse_watermark(v: &Value, now_ms: u64) -> Option<Result<(RoomLag, bool), i64>> {
-    let Value::Array(parts) = v else { return None };
-    let int = |v: &Value| -> Option<u64> {
-        match v {
-            Value::Int(i) => u64::try_from(*i).ok(),
-            Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
-            _ => None,
-        }
-    };
-    let status = match parts.first()? {
-        Value::Int(i) => *i,
-        _ => return None,
-    };
-    if status != 0 {
-        return Some(Err(status));
-    }
-    let stored = int(parts.get(2)?)?;
-    let pending = int(parts.get(3)?)?;
-    let lag = int(parts.get(4)?)?;
-    let age_ms = match parts.get(5)? {
-        Value::BulkString(b) if !b.is_empty() => serde_json::from_slice::<serde_json::Value>(b)
-            .ok()
-            .and_then(|f| f["ts"].as_u64())
-            .map_or(0, |ts| now_ms.saturating_sub(ts)),
-        _ => 0,
-    };
-    Some(Ok((
-        RoomLag {
-            messages: pending + lag,
-            age_ms,
-            archived: stored,
-        },
-        parts.get(6).and_then(int) == Some(1),
-    )))
 }

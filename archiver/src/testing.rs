@@ -6,9 +6,8 @@
 //! as root `initdb` and `postgres` run as the `postgres` system user (made
 //! by Debian's package) on a temporary directory handed to it.
 //!
-//! `postgres` runs in a process group of its own: [`Postgres::kill9`]
-//! sends SIGKILL to the whole group (the postmaster and every backend at
-//! once, like a crash), and [`Postgres::restart`] brings it back on the
+//! [`Postgres::kill9`] sends SIGKILL to the postmaster and every backend
+//! at once, like a crash, and [`Postgres::restart`] brings it back on the
 //! same data directory and port, through crash recovery.
 
 use std::fs::File;
@@ -265,13 +264,24 @@ impl Postgres {
         tail(&self.log_path(), n)
     }
 
-    /// SIGKILL the postmaster and every backend at once (its process
-    /// group), and wait for the postmaster.
+    /// SIGKILL the postmaster and every process it started (backends,
+    /// checkpointer, WAL writer) at once, like a crash, and wait for the
+    /// postmaster. Its children call `setsid()`, so its process group is
+    /// not enough: the postmaster is stopped first (it cannot fork
+    /// meanwhile), then its children are found in `/proc`.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
-            if signal(-i64::from(c.id()), "-KILL").is_err() {
-                let _ = c.kill();
-            }
+            let pm = c.id();
+            let _ = signal(i64::from(pm), "-STOP");
+            let mut pids: Vec<String> = children_of(pm).iter().map(u32::to_string).collect();
+            pids.push(pm.to_string());
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg("--")
+                .args(&pids)
+                .stderr(Stdio::null())
+                .status();
+            let _ = c.kill();
             let _ = c.wait();
         }
     }
@@ -311,6 +321,23 @@ impl Drop for Postgres {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// The pids whose parent is `parent`.
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // `pid (comm) state ppid ...`; comm may hold spaces and parens.
+            let rest = &stat[stat.rfind(')')? + 1..];
+            let ppid: u32 = rest.split_whitespace().nth(1)?.parse().ok()?;
+            (ppid == parent).then_some(pid)
+        })
+        .collect()
 }
 
 /// Run `cmd` as `owner` (uid, gid), dropping root's groups.

@@ -90,7 +90,7 @@ async fn three_thousand_messages_beyond_a_history_of_100_are_archived_once() {
         .expect("the room is measured");
     assert_eq!((lag.messages, lag.archived), (0, last as u64));
     assert_eq!(archiver.metrics.rows_inserted(), TOTAL as u64);
-    let text = common_get(&archiver.metrics_addr, "/metrics").await;
+    let text = http_get(&archiver.metrics_addr, "/metrics").await;
     assert!(text.contains("archiver_lag_messages 0\n"), "{text}");
     assert!(
         text.contains(&format!(
@@ -104,19 +104,4 @@ async fn three_thousand_messages_beyond_a_history_of_100_are_archived_once() {
         TOTAL as f64 / elapsed.as_secs_f64()
     );
     archiver.stop().await;
-}
-
-/// GET `path` from `addr` over plain HTTP/1.1.
-async fn common_get(addr: &str, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    tokio::time::timeout(T, s.read_to_string(&mut out))
-        .await
-        .unwrap()
-        .unwrap();
-    out
 }

@@ -332,3 +332,19 @@ pub fn as_set(d: &[Delivered]) -> BTreeSet<Delivered> {
     assert_eq!(set.len(), d.len(), "no message delivered twice");
     set
 }
+
+/// GET `path` from `addr` over plain HTTP/1.1: the whole answer, headers
+/// included.
+pub async fn http_get(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(T, s.read_to_string(&mut out))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    out
+}
