@@ -48,6 +48,10 @@ const FORGET_AFTER_SCANS: u64 = 3;
 /// Rooms per pipelined round of watermark scripts.
 const WATERMARK_CHUNK: usize = 100;
 
+/// Consumers (other archivers' names) with nothing pending that were idle
+/// this long are deleted from the groups.
+const FORGET_CONSUMERS_AFTER: Duration = Duration::from_secs(3600);
+
 /// The longest wait between reconnect attempts.
 const RECONNECT_MAX: Duration = Duration::from_secs(3);
 
@@ -483,7 +487,7 @@ impl Node {
             let Ok(mut conn) = self.conn() else { return };
             let mut pipe = redis::pipe();
             for room in chunk {
-                pipe.add_command(watermark_cmd(room));
+                pipe.add_command(watermark_cmd(room, FORGET_CONSUMERS_AFTER));
             }
             let replies: Vec<Value> =
                 match tokio::time::timeout(REDIS_TIMEOUT, pipe.query_async(&mut conn)).await {

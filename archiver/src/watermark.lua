@@ -1,7 +1,9 @@
 -- The archive watermark of one room, and its lag, in one atomic step (so
 -- no other archiver's read can fall between the two readings).
 --
--- KEYS[1]: chat:{room}:log; KEYS[2]: chat:{room}:epoch. ARGV[1]: the group.
+-- KEYS[1]: chat:{room}:log; KEYS[2]: chat:{room}:epoch. ARGV[1]: the group;
+-- ARGV[2]: consumers with nothing pending and idle for this many ms are
+-- deleted (archivers named hostname-pid would pile up), 0: never.
 -- The watermark is the highest offset such that every entry of the log at
 -- or below it is archived: just below the group's lowest pending id, or the
 -- group's last-delivered id when nothing is pending. It is only ever
@@ -18,6 +20,16 @@ for _, info in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
   if t['name'] == ARGV[1] then g = t end
 end
 if not g then return {-1} end
+local forget = tonumber(ARGV[2] or '0') or 0
+if forget > 0 then
+  for _, info in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+    local c = {}
+    for i = 1, #info, 2 do c[info[i]] = info[i + 1] end
+    if c['pending'] == 0 and c['idle'] and c['idle'] > forget then
+      redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], c['name'])
+    end
+  end
+end
 local function off(id) return tonumber(string.match(id, '^(%d+)')) or 0 end
 local p = redis.call('XPENDING', KEYS[1], ARGV[1])
 local pending = p[1]

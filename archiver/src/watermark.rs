@@ -22,9 +22,7 @@ fn watermark_script() -> &'static redis::Script {
 }
 
 /// Load the watermark script on a connection (after `NOSCRIPT`).
-pub(crate) async fn load_watermark_script(
-    conn: &mut MultiplexedConnection,
-) -> Result<(), RedisError> {
+pub async fn load_watermark_script(conn: &mut MultiplexedConnection) -> Result<(), RedisError> {
     redis::cmd("SCRIPT")
         .arg("LOAD")
         .arg(WATERMARK_LUA)
@@ -33,19 +31,20 @@ pub(crate) async fn load_watermark_script(
         .map(drop)
 }
 
-pub(crate) fn watermark_cmd(room: &str) -> redis::Cmd {
+pub fn watermark_cmd(room: &str, forget_consumers_after: std::time::Duration) -> redis::Cmd {
     let mut c = redis::cmd("EVALSHA");
     c.arg(watermark_script().get_hash())
         .arg(2)
         .arg(log_key(room))
         .arg(epoch_key(room))
-        .arg(GROUP);
+        .arg(GROUP)
+        .arg(forget_consumers_after.as_millis() as u64);
     c
 }
 
 /// Parse the watermark script's reply: the lag and whether the watermark
 /// was raised, or the status (-2: no stream, -1: no group).
-pub(crate) fn parse_watermark(v: &Value, now_ms: u64) -> Option<Result<(RoomLag, bool), i64>> {
+pub fn parse_watermark(v: &Value, now_ms: u64) -> Option<Result<(RoomLag, bool), i64>> {
     let Value::Array(parts) = v else { return None };
     let int = |v: &Value| -> Option<u64> {
         match v {
