@@ -212,6 +212,46 @@ impl Publisher {
     }
 }
 
+/// Send `n` messages on a fresh connection to `url`, tolerating a Redis
+/// failover under the server: errors and a closed connection end the
+/// attempt, and what was delivered back (accepted by the server) is
+/// returned. `None` if the connection failed.
+pub async fn send_tolerant(
+    url: &str,
+    nick: &str,
+    first: usize,
+    n: usize,
+) -> Option<Vec<Delivered>> {
+    let (mut ws, _) = tokio::time::timeout(T, tokio_tungstenite::connect_async(url))
+        .await
+        .ok()?
+        .ok()?;
+    for i in first..first + n {
+        let text = format!("{nick} #{i}");
+        let frame = json!({"type":"send","text":text,"id":format!("{nick}-{i}")});
+        ws.send(Message::Text(frame.to_string().into()))
+            .await
+            .ok()?;
+    }
+    let mut got = Vec::new();
+    while got.len() < n {
+        let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(3), ws.next()).await
+        else {
+            break;
+        };
+        let Message::Text(t) = msg else { continue };
+        let f: Value = serde_json::from_str(&t).unwrap();
+        if f["type"] == "message" && f["nick"] == nick {
+            got.push(Delivered {
+                offset: f["offset"].as_i64().unwrap(),
+                epoch: f["epoch"].as_str().unwrap_or("").to_string(),
+                text: f["text"].as_str().unwrap().to_string(),
+            });
+        }
+    }
+    Some(got)
+}
+
 /// An archiver running in this process.
 pub struct InProcess {
     pub metrics: Arc<Metrics>,
