@@ -30,6 +30,9 @@ pub struct Metrics {
     /// Socket flushes of queued deliveries (deliveries / flushes = frames
     /// per write under load).
     pub ws_flushes: AtomicU64,
+    /// Of those, writes the fan-out made itself (the connection's task
+    /// was not woken).
+    pub ws_direct_flushes: AtomicU64,
     /// Deliveries dropped because a socket's outbound queue was full.
     pub fanout_drops: AtomicU64,
     /// Connections closed as slow consumers.
@@ -185,6 +188,12 @@ impl Metrics {
             "counter",
             "Batched socket writes of queued deliveries.",
             &self.ws_flushes,
+        );
+        one(
+            "chat_ws_direct_flushes_total",
+            "counter",
+            "Socket writes of deliveries made by the fan-out itself, without waking the connection's task (also in chat_ws_flushes_total).",
+            &self.ws_direct_flushes,
         );
         one(
             "chat_fanout_drops_total",

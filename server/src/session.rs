@@ -76,7 +76,7 @@ struct ConnGuard {
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        self.outbox.close();
+        let _ = self.outbox.close();
         self.metrics.connections.fetch_sub(1, Relaxed);
     }
 }
@@ -111,13 +111,52 @@ async fn guarded<F: std::future::Future<Output = std::io::Result<()>>>(
     }
 }
 
+/// The session owns the socket (see `crate::outbox`, direct writes) while
+/// this lives; the fan-out writes again once it drops.
+struct Writing<'a>(&'a Outbox);
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.0.end_write();
+    }
+}
+
+/// A write of the session's own (not the outbox's frames).
+enum Own<'a, F> {
+    Texts(&'a [F]),
+    Ping,
+    Pong(&'a [u8]),
+}
+
 impl Conn {
+    /// Take the socket and write: first a frame the fan-out's direct write
+    /// left cut short, then `what`.
+    async fn write_own<F: AsRef<[u8]>>(&mut self, what: Own<'_, F>) -> Result<(), End> {
+        let partial = self.outbox.begin_write();
+        let _owned = Writing(&self.outbox);
+        if let Some((d, skip)) = partial {
+            guarded(&self.outbox, self.ws.send_texts(&[d], skip)).await?;
+        }
+        match what {
+            Own::Texts(frames) => guarded(&self.outbox, self.ws.send_texts(frames, 0)).await,
+            Own::Ping => guarded(&self.outbox, self.ws.ping()).await,
+            Own::Pong(payload) => guarded(&self.outbox, self.ws.pong(payload)).await,
+        }
+    }
+
     /// Send pre-encoded text frames now, in as few writes as possible.
     pub async fn send_texts<F: AsRef<[u8]>>(&mut self, frames: &[F]) -> Result<(), End> {
         if frames.is_empty() {
             return Ok(());
         }
-        guarded(&self.outbox, self.ws.send_texts(frames)).await
+        self.write_own(Own::Texts(frames)).await
+    }
+
+    /// Write a batch the outbox handed over (it owns the socket already);
+    /// its first `skip` bytes are written.
+    async fn send_batch(&mut self, batch: &[Out], skip: usize) -> Result<(), End> {
+        let _owned = Writing(&self.outbox);
+        guarded(&self.outbox, self.ws.send_texts(batch, skip)).await
     }
 
     /// Send a server frame now.
@@ -158,7 +197,7 @@ pub async fn run(
     let metrics = state.metrics.clone();
     metrics.connections.fetch_add(1, Relaxed);
     metrics.connections_total.fetch_add(1, Relaxed);
-    let outbox = Outbox::new(state.config.queue);
+    let outbox = Outbox::with_socket(state.config.queue, Some(ws.socket()));
     let _guard = ConnGuard {
         metrics: metrics.clone(),
         outbox: outbox.clone(),
@@ -185,7 +224,14 @@ pub async fn run(
         params.identity.take(),
     );
     let end = session_loop(&mut session, &mut conn, params).await;
-    outbox.close();
+    // Nothing more is queued or written directly; a frame a direct write
+    // left cut short is finished before the close frame.
+    let partial = outbox.close();
+    if let Some((d, skip)) = partial {
+        let rest = [d];
+        let finish = conn.ws.send_texts(&rest, skip);
+        let _ = tokio::time::timeout(Duration::from_millis(250), Box::pin(finish)).await;
+    }
     let code = match &end {
         End::Close(code, reason) => {
             tracing::debug!(conn_id = %session.conn_id, code, reason, "closing connection");
@@ -283,10 +329,9 @@ async fn session_loop(session: &mut Session, conn: &mut Conn, params: Box<Connec
                     Box::pin(session.record_presence()).await;
                     Ok(())
                 }
-                Recv::Frames => {
+                Recv::Frames { skip } => {
                     state.metrics.ws_flushes.fetch_add(1, Relaxed);
-                    batch.retain(|d| session.accept(d));
-                    let r = conn.send_texts(&batch).await;
+                    let r = conn.send_batch(&batch, skip).await;
                     batch.clear();
                     if batch.capacity() > 8 {
                         // A burst grew it; idle connections stay small.
@@ -339,7 +384,7 @@ async fn session_loop(session: &mut Session, conn: &mut Conn, params: Box<Connec
                 } else {
                     next_ping = now + ping_every;
                     ping.as_mut().reset(wake(next_ping, expiry));
-                    guarded(&conn.outbox, conn.ws.ping()).await
+                    conn.write_own::<Bytes>(Own::Ping).await
                 }
             }
         };
@@ -394,7 +439,8 @@ async fn inbound(session: &mut Session, conn: &mut Conn, msg: Msg) -> Result<Opt
                 .map(|()| None);
         }
         Msg::Ping(payload) => {
-            return guarded(&conn.outbox, conn.ws.pong(&payload))
+            return conn
+                .write_own::<Bytes>(Own::Pong(&payload))
                 .await
                 .map(|()| None);
         }

@@ -53,11 +53,10 @@ impl Session {
                         .await
                 }
             };
+            self.member.outbox.add_room(key);
             self.rooms.push(Joined {
                 name: room.to_string(),
                 key,
-                epoch: crate::hub::no_epoch(),
-                last: 0,
             });
             self.announce(room, PresenceEvent::Join, None).await;
         }
@@ -197,12 +196,17 @@ impl Session {
         let Some(i) = self.position(room) else {
             return Ok(());
         };
+        let key = self.rooms[i].key;
+        // The fan-out stops writing this room until the replay is over.
+        let Some((was_epoch, was_last)) = self.member.outbox.unsettle(key) else {
+            return Ok(());
+        };
         // Where this client stands: what it said it has, else what this
         // session already sent; a fresh join replays everything fetched.
-        let fresh = self.rooms[i].epoch.is_empty();
+        let fresh = was_epoch.is_empty();
         let (mut epoch, mut last): (Arc<str>, u64) = match &from {
             Some((e, s)) => (self.state.hub.epoch_arc(room, e), *s),
-            None if !fresh => (self.rooms[i].epoch.clone(), self.rooms[i].last),
+            None if !fresh => (was_epoch, was_last),
             None => (self.state.hub.epoch_arc(room, &head_epoch), 0),
         };
         let mut entries = hist.entries;
@@ -231,9 +235,10 @@ impl Session {
                 }
             }
             sent += frames.len() as u64;
-            self.rooms[i].epoch = epoch.clone();
-            self.rooms[i].last = last;
-            conn.send_texts(&frames).await?;
+            if let Err(end) = conn.send_texts(&frames).await {
+                self.member.outbox.settle(key, epoch, last);
+                return Err(end);
+            }
             let Some(after) = read_to.filter(|_| full && budget > 0) else {
                 break;
             };
@@ -260,8 +265,7 @@ impl Session {
             epoch = self.state.hub.epoch_arc(room, &head_epoch);
             last = head;
         }
-        self.rooms[i].epoch = epoch;
-        self.rooms[i].last = last;
+        self.member.outbox.settle(key, epoch, last);
         self.state.metrics.history_replayed.fetch_add(sent, Relaxed);
         if let Some(e) = stopped {
             tracing::warn!(room, error = %e, "history replay stopped");

@@ -12,28 +12,23 @@ mod send;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Instant;
 
 use chat_protocol::names::validate_nick;
 use chat_protocol::{ClientFrame, ErrorCode, PresenceEvent, ServerFrame, PROTOCOL_VERSION};
 
 use crate::auth::{may_enter, Identity};
-use crate::hub::{Delivery, Member, RoomKey};
+use crate::hub::{Member, RoomKey};
 use crate::session::{Conn, End};
 use crate::AppState;
 
 /// A room this connection is in.
 #[derive(Debug)]
+/// A joined room. What was sent of it (its epoch and last offset) is in
+/// the outbox's delivery filter (see `crate::outbox`).
 struct Joined {
     name: String,
     key: RoomKey,
-    /// The epoch of `last`: offsets compare only within one epoch.
-    epoch: Arc<str>,
-    /// The highest chat offset of `epoch` sent to this client in this
-    /// room (or the point it resumed from, or the head it joined at); live
-    /// copies at or below it were already sent or predate the join.
-    last: u64,
 }
 
 /// A send that passed its checks, on its way through Redis: resolves to
@@ -299,27 +294,6 @@ impl Session {
         Ok(false)
     }
 
-    /// Whether a queued delivery should go to this client: chat frames
-    /// already sent from history, or older than the join, are skipped. A
-    /// frame of another epoch is never skipped: the hub announced the new
-    /// epoch with a `reset` before it.
-    pub fn accept(&mut self, d: &Delivery) -> bool {
-        let Some(room) = self.rooms.iter_mut().find(|r| r.key == d.room) else {
-            return false; // left the room while the frame was queued
-        };
-        if d.offset == 0 {
-            return true;
-        }
-        if !Arc::ptr_eq(&room.epoch, &d.epoch) && *room.epoch != *d.epoch {
-            room.epoch = d.epoch.clone();
-        } else if d.offset <= room.last {
-            return false;
-        }
-        room.last = d.offset;
-        true
-    }
-
-    /// Carry out one protocol frame.
     /// Carry out one protocol frame. A send that passed its checks comes
     /// back as a [`SendJob`] for the session loop to run alongside others
     /// (sends are pipelined, not one Redis round trip at a time).
@@ -382,7 +356,8 @@ impl Session {
                 .error(ErrorCode::NotInRoom, format!("not in room {room:?}"), None)
                 .await;
         };
-        self.rooms.remove(i);
+        let left = self.rooms.remove(i);
+        self.member.outbox.remove_room(left.key);
         self.state.hub.leave(room, self.member.id);
         self.depart(room).await;
         conn.frame(&ServerFrame::Left {

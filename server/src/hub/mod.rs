@@ -244,6 +244,7 @@ impl Hub {
     /// Deliver a chat frame if it is the room's next one, under one lock
     /// (the common case of every message); otherwise say where it stands.
     fn deliver_if_next(&self, room: &str, offset: u64, epoch: &str, frame: Bytes) -> Step {
+        let mut idle = Vec::new();
         let mut rooms = self.rooms();
         let Some(r) = rooms.get_mut(room) else {
             return Step::Gone;
@@ -251,8 +252,10 @@ impl Hub {
         let step = step_of(r, offset, epoch);
         if step == Step::Next {
             r.last_offset = offset;
-            push(&self.shared.metrics, r, offset, frame);
+            push(&self.shared.metrics, r, offset, frame, &mut idle);
         }
+        drop(rooms);
+        flush(&self.shared.metrics, idle);
         step
     }
 
@@ -261,6 +264,7 @@ impl Hub {
     /// history. Only called with frames that history vouches for (repair)
     /// (live frames go through [`Hub::deliver_if_next`]).
     fn deliver_chat(&self, room: &str, offset: u64, epoch: &str, frame: Bytes) {
+        let mut idle = Vec::new();
         let mut rooms = self.rooms();
         let Some(r) = rooms.get_mut(room) else {
             return;
@@ -279,18 +283,27 @@ impl Hub {
                     to = offset - 1,
                     "messages lost to every local member: sending a gap notice"
                 );
-                push(&self.shared.metrics, r, 0, gap);
+                push(&self.shared.metrics, r, 0, gap, &mut idle);
             }
         } else {
-            self.switch_epoch(room, r, epoch, offset.saturating_sub(1));
+            self.switch_epoch(room, r, epoch, offset.saturating_sub(1), &mut idle);
         }
         r.last_offset = offset;
-        push(&self.shared.metrics, r, offset, frame);
+        push(&self.shared.metrics, r, offset, frame, &mut idle);
+        drop(rooms);
+        flush(&self.shared.metrics, idle);
     }
 
     /// Announce that `room` moved to `epoch`, whose offsets continue after
     /// `at`.
-    fn switch_epoch(&self, room: &str, r: &mut Room, epoch: &str, at: u64) {
+    fn switch_epoch(
+        &self,
+        room: &str,
+        r: &mut Room,
+        epoch: &str,
+        at: u64,
+        idle: &mut Vec<Arc<Outbox>>,
+    ) {
         if !r.epoch.is_empty() {
             tracing::warn!(room, from = %r.epoch, to = epoch, last = r.last_offset, "room started a new epoch: announcing a reset");
             self.shared.metrics.epoch_resets.fetch_add(1, Relaxed);
@@ -302,7 +315,7 @@ impl Hub {
             }
             .to_json();
             r.epoch = Arc::from(epoch);
-            push(&self.shared.metrics, r, 0, Bytes::from(reset));
+            push(&self.shared.metrics, r, 0, Bytes::from(reset), idle);
         } else {
             r.epoch = Arc::from(epoch);
         }
@@ -311,10 +324,13 @@ impl Hub {
 
     /// Hand a frame without an offset (presence) to every local member.
     fn deliver_plain(&self, room: &str, frame: Bytes) {
+        let mut idle = Vec::new();
         let mut rooms = self.rooms();
         if let Some(r) = rooms.get_mut(room) {
-            push(&self.shared.metrics, r, 0, frame);
+            push(&self.shared.metrics, r, 0, frame, &mut idle);
         }
+        drop(rooms);
+        flush(&self.shared.metrics, idle);
     }
 }
 
@@ -330,6 +346,19 @@ fn step_of(r: &Room, offset: u64, epoch: &str) -> Step {
     }
 }
 
+/// Write to the idle outboxes [`push`] left asleep: straight to their
+/// sockets when the kernel takes it, else by waking their tasks.
+fn flush(metrics: &Metrics, idle: Vec<Arc<Outbox>>) {
+    let mut direct = 0u64;
+    for o in idle {
+        direct += u64::from(o.flush() > 0);
+    }
+    if direct > 0 {
+        metrics.ws_flushes.fetch_add(direct, Relaxed);
+        metrics.ws_direct_flushes.fetch_add(direct, Relaxed);
+    }
+}
+
 fn gap_frame(room: &str, from: u64, to: u64) -> Bytes {
     Bytes::from(
         ServerFrame::Gap {
@@ -341,8 +370,10 @@ fn gap_frame(room: &str, from: u64, to: u64) -> Bytes {
     )
 }
 
-/// Queue one frame for every member of `r`.
-fn push(metrics: &Metrics, r: &Room, offset: u64, frame: Bytes) {
+/// Queue one frame for every member of `r`. Members whose outbox was idle
+/// are not woken but added to `idle`: write to them with [`flush`] once
+/// the hub's lock is released.
+fn push(metrics: &Metrics, r: &Room, offset: u64, frame: Bytes, idle: &mut Vec<Arc<Outbox>>) {
     let d = Out(Arc::new(Delivery {
         room: r.key,
         offset,
@@ -353,6 +384,10 @@ fn push(metrics: &Metrics, r: &Room, offset: u64, frame: Bytes) {
     for m in &r.members {
         match m.outbox.push(d.clone()) {
             Push::Queued => sent += 1,
+            Push::Idle => {
+                sent += 1;
+                idle.push(m.outbox.clone());
+            }
             Push::Full(first) => {
                 dropped += 1;
                 kicked += u64::from(first);

@@ -316,10 +316,11 @@ impl Hub {
             }
         }
         // Whatever history did not hold up to the head is gone for good.
+        let mut idle = Vec::new();
         let mut rooms = self.rooms();
         if let Some(r) = rooms.get_mut(room) {
             if *r.epoch != *head.epoch {
-                self.switch_epoch(room, r, &head.epoch, head.head);
+                self.switch_epoch(room, r, &head.epoch, head.head, &mut idle);
             } else if r.last_offset < head.head {
                 let from = r.last_offset.saturating_add(1);
                 tracing::warn!(
@@ -335,9 +336,12 @@ impl Hub {
                     r,
                     0,
                     super::gap_frame(room, from, head.head),
+                    &mut idle,
                 );
             }
         }
+        drop(rooms);
+        super::flush(&self.shared.metrics, idle);
         Ok(())
     }
 

@@ -18,6 +18,7 @@ pub mod handshake;
 mod reader;
 
 use std::io::{self, IoSlice};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -120,10 +121,17 @@ fn header(op: u8, len: usize) -> ([u8; 10], usize) {
     }
 }
 
+/// The header of a server text frame of `len` bytes, and its length.
+pub(crate) fn text_header(len: usize) -> ([u8; 10], usize) {
+    header(OP_TEXT, len)
+}
+
 /// One WebSocket connection over a TCP stream.
 #[derive(Debug)]
 pub struct WsStream {
-    tcp: TcpStream,
+    /// Shared with the connection's outbox, whose fan-out writes to it
+    /// directly (`crate::outbox`); every write is serialized there.
+    tcp: Arc<TcpStream>,
     reader: Reader,
     /// Largest frame or message accepted.
     max: usize,
@@ -141,10 +149,15 @@ impl WsStream {
     pub fn new(tcp: TcpStream, pre: Bytes, max: usize) -> Self {
         let _ = tcp.set_nodelay(std::env::var_os("WS_NAGLE").is_none());
         Self {
-            tcp,
+            tcp: Arc::new(tcp),
             reader: Reader::new(pre.to_vec()),
             max,
         }
+    }
+
+    /// The socket, for the outbox's direct writes.
+    pub fn socket(&self) -> Arc<TcpStream> {
+        self.tcp.clone()
     }
 
     /// Make dropping the socket reset the connection and discard unsent
@@ -152,7 +165,7 @@ impl WsStream {
     /// leave an orphan socket holding its full send buffer.
     pub fn abort_on_drop(&self) {
         if let Err(e) =
-            socket2::SockRef::from(&self.tcp).set_linger(Some(std::time::Duration::ZERO))
+            socket2::SockRef::from(&*self.tcp).set_linger(Some(std::time::Duration::ZERO))
         {
             tracing::debug!(error = %e, "cannot set SO_LINGER 0");
         }
@@ -196,8 +209,14 @@ impl WsStream {
     }
 
     /// Write text frames with as few `writev` calls as the socket allows,
-    /// straight from the shared bytes.
-    pub async fn send_texts<F: AsRef<[u8]>>(&mut self, frames: &[F]) -> io::Result<()> {
+    /// straight from the shared bytes; the first `skip` bytes of the
+    /// encoding are already written (a direct write the kernel cut short).
+    pub async fn send_texts<F: AsRef<[u8]>>(
+        &mut self,
+        frames: &[F],
+        skip: usize,
+    ) -> io::Result<()> {
+        let mut skip = skip;
         for chunk in frames.chunks(MAX_BATCH) {
             let heads: Vec<([u8; 10], usize)> = chunk
                 .iter()
@@ -208,7 +227,9 @@ impl WsStream {
                 slices.push(IoSlice::new(&h[..*n]));
                 slices.push(IoSlice::new(f.as_ref()));
             }
-            self.write_all_vectored(&mut slices).await?;
+            let mut view = &mut slices[..];
+            IoSlice::advance_slices(&mut view, std::mem::take(&mut skip));
+            self.write_all_vectored(view).await?;
         }
         Ok(())
     }
@@ -297,7 +318,7 @@ impl WsStream {
     /// client's Close the server should be the first to close TCP (RFC
     /// 6455 section 7.1.1), so it holds TIME_WAIT, not the client.
     pub async fn shutdown(&mut self) {
-        let _ = tokio::io::AsyncWriteExt::shutdown(&mut self.tcp).await;
+        let _ = socket2::SockRef::from(&*self.tcp).shutdown(std::net::Shutdown::Write);
     }
 }
 
