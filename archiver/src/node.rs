@@ -45,6 +45,9 @@ const MAX_SCAN_PAGES: usize = 100_000;
 /// (`SCAN` may miss a key created or deleted during the iteration).
 const FORGET_AFTER_SCANS: u64 = 3;
 
+/// Every room's watermark and lag are refreshed once in this many scans.
+const FULL_REFRESH_EVERY: u32 = 5;
+
 /// Rooms per pipelined round of watermark scripts.
 const WATERMARK_CHUNK: usize = 100;
 
@@ -114,6 +117,8 @@ struct Node {
     resume_after: Option<String>,
     scans: u64,
     next_scan: Instant,
+    /// When every room's watermark and lag are next refreshed.
+    next_full_refresh: Instant,
     /// Whether the last connect failed (logged once per change).
     down: bool,
 }
@@ -130,6 +135,7 @@ pub async fn run(addr: String, client: Client, shared: Arc<Shared>, stop: Cancel
         resume_after: None,
         scans: 0,
         next_scan: Instant::now(),
+        next_full_refresh: Instant::now(),
         down: false,
     };
     tracing::info!(node = %node.addr, "archiving the streams of this Redis master");
@@ -158,8 +164,15 @@ pub async fn run(addr: String, client: Client, shared: Arc<Shared>, stop: Cancel
         if Instant::now() >= node.next_scan {
             node.next_scan = Instant::now() + node.shared.scan_interval;
             node.scan().await;
-            let rooms: Vec<String> = node.streams.keys().cloned().collect();
-            node.refresh(&rooms).await;
+            // Rooms read from are refreshed after each commit; the others
+            // (idle, or waiting behind a backlog) only every few scans,
+            // which bounds the scripts' cost on Redis with many rooms.
+            if Instant::now() >= node.next_full_refresh {
+                node.next_full_refresh =
+                    Instant::now() + node.shared.scan_interval * FULL_REFRESH_EVERY;
+                let rooms: Vec<String> = node.streams.keys().cloned().collect();
+                node.refresh(&rooms).await;
+            }
         }
         let batch = node.collect().await;
         if batch.len == 0 {
@@ -286,7 +299,7 @@ impl Node {
                 .query_async(&mut conn)
                 .await;
             match r {
-                Ok(()) => tracing::info!(room, "created the archiver group"),
+                Ok(()) => tracing::debug!(room, "created the archiver group"),
                 Err(e) if e.code() == Some("BUSYGROUP") => {}
                 // The stream is gone (expired): never create it.
                 Err(e)
