@@ -28,6 +28,9 @@ const ROWS_PER_STATEMENT: usize = 1000;
 /// down (a hung server, a lock held elsewhere).
 const STATEMENT_DEADLINE: Duration = Duration::from_secs(30);
 
+/// The schema (`migrations/`), embedded at build time.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
 /// The first and the longest wait between retries.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(3);
@@ -78,7 +81,7 @@ impl Db {
     pub async fn migrate(&self, give_up: &tokio_util::sync::CancellationToken) -> Option<()> {
         let mut backoff = BACKOFF_MIN;
         loop {
-            match sqlx::migrate!("./migrations").run(&self.pool).await {
+            match MIGRATOR.run(&self.pool).await {
                 Ok(()) => {
                     self.mark(true, None);
                     return Some(());
@@ -94,6 +97,12 @@ impl Db {
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
+    }
+
+    /// Run the embedded migrations once (for tools and tests that need the
+    /// table without an archiver running).
+    pub async fn migrate_now(&self) -> Result<(), sqlx::migrate::MigrateError> {
+        MIGRATOR.run(&self.pool).await
     }
 
     /// Log and count a change of PostgreSQL's state (once per change).

@@ -21,6 +21,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use tempfile::TempDir;
+use tokio::sync::oneshot;
+
+use crate::{Config, Metrics};
 
 /// How long a server may take to accept connections.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -347,6 +350,60 @@ fn as_owner(cmd: &mut Command, owner: Option<(u32, u32)>) {
             .gid(gid)
             .env("HOME", "/tmp")
             .env("USER", "postgres");
+    }
+}
+
+/// An archiver running in this process (the same [`crate::run`] as the
+/// binary), with its metrics at hand; stopped when [`Archiver::stop`] is
+/// awaited or, abruptly, on drop.
+#[derive(Debug)]
+pub struct Archiver {
+    pub metrics: std::sync::Arc<Metrics>,
+    /// Where `/metrics` and `/healthz` answer.
+    pub metrics_addr: std::net::SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Archiver {
+    /// Start one with `config` (see [`Config::for_test`]); metrics on a
+    /// free loopback port whatever `--metrics-listen` says.
+    pub async fn start(config: Config) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let metrics_addr = listener.local_addr()?;
+        let metrics = std::sync::Arc::new(Metrics::default());
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(crate::run_with_metrics(
+            config,
+            listener,
+            metrics.clone(),
+            async {
+                let _ = rx.await;
+            },
+        ));
+        Ok(Self {
+            metrics,
+            metrics_addr,
+            stop: Some(tx),
+            handle,
+        })
+    }
+
+    /// Shut down as on SIGTERM (the batch in flight is finished) and wait
+    /// at most `timeout` for it.
+    pub async fn stop(mut self, timeout: Duration) -> anyhow::Result<()> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        tokio::time::timeout(timeout, &mut self.handle)
+            .await
+            .context("the archiver did not stop in time")??
+    }
+}
+
+impl Drop for Archiver {
+    fn drop(&mut self) {
+        self.handle.abort();
     }
 }
 

@@ -6,11 +6,10 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 use chat_archiver::testing::{Postgres, RedisServer};
-use chat_archiver::{Config, Metrics};
+use chat_archiver::Config;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
@@ -253,43 +252,30 @@ pub async fn send_tolerant(
 }
 
 /// An archiver running in this process.
-pub struct InProcess {
-    pub metrics: Arc<Metrics>,
-    pub metrics_addr: String,
-    stop: Option<oneshot::Sender<()>>,
-    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+pub struct InProcess(chat_archiver::testing::Archiver);
+
+impl std::ops::Deref for InProcess {
+    type Target = chat_archiver::testing::Archiver;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 impl InProcess {
     pub async fn start(config: Config) -> InProcess {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let metrics_addr = listener.local_addr().unwrap().to_string();
-        let metrics = Arc::new(Metrics::default());
-        let (tx, rx) = oneshot::channel::<()>();
-        let handle = tokio::spawn(chat_archiver::run_with_metrics(
-            config,
-            listener,
-            metrics.clone(),
-            async {
-                let _ = rx.await;
-            },
-        ));
-        InProcess {
-            metrics,
-            metrics_addr,
-            stop: Some(tx),
-            handle,
-        }
+        InProcess(
+            chat_archiver::testing::Archiver::start(config)
+                .await
+                .expect("the archiver starts"),
+        )
     }
 
     /// Shut down as on SIGTERM and wait (bounded) for it to return.
-    pub async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(T, &mut self.handle)
+    pub async fn stop(self) {
+        self.0
+            .stop(T)
             .await
-            .expect("the archiver stops in time")
-            .unwrap()
-            .expect("the archiver ran without error");
+            .expect("the archiver stops cleanly in time");
     }
 }
 
@@ -375,7 +361,7 @@ pub fn as_set(d: &[Delivered]) -> BTreeSet<Delivered> {
 
 /// GET `path` from `addr` over plain HTTP/1.1: the whole answer, headers
 /// included.
-pub async fn http_get(addr: &str, path: &str) -> String {
+pub async fn http_get(addr: impl tokio::net::ToSocketAddrs, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
