@@ -115,6 +115,7 @@ pub async fn run_with_metrics(
         db,
         metrics: metrics.clone(),
         drain_deadline,
+        shutdown: stop.clone(),
     });
     let tracker = TaskTracker::new();
     let mut nodes: HashMap<String, CancellationToken> = HashMap::new();

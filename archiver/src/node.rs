@@ -68,9 +68,21 @@ pub struct Shared {
     pub claim_idle: Duration,
     pub db: Db,
     pub metrics: Arc<Metrics>,
-    /// Set when shutdown begins: the batch in flight may be retried until
-    /// then.
+    /// Set when shutdown begins (before `shutdown` is cancelled): the
+    /// batch in flight may be retried until then.
     pub drain_deadline: Arc<OnceLock<Instant>>,
+    /// Cancelled when the whole archiver shuts down.
+    pub shutdown: CancellationToken,
+}
+
+impl Shared {
+    /// Resolves when shutdown began and its drain deadline passed.
+    async fn drained(&self) {
+        self.shutdown.cancelled().await;
+        if let Some(d) = self.drain_deadline.get() {
+            tokio::time::sleep_until(*d).await;
+        }
+    }
 }
 
 /// A stream this node archives.
@@ -438,8 +450,16 @@ impl Node {
         if !rows.is_empty() {
             let mut backoff = crate::db::Backoff::default();
             let c = loop {
-                if let Some(c) = self.shared.db.try_insert(&rows).await {
-                    break c;
+                // An attempt may hang (a dead server, a lock): the drain
+                // deadline cuts it short. An insert cut short is not
+                // acknowledged: if it did commit, the rows are skipped as
+                // duplicates next time.
+                let shared = self.shared.clone();
+                tokio::select! {
+                    r = self.shared.db.try_insert(&rows) => if let Some(c) = r {
+                        break c;
+                    },
+                    () = shared.drained() => return false,
                 }
                 let wake = Instant::now() + backoff.next_wait();
                 if self.shared.drain_deadline.get().is_some_and(|d| *d <= wake) {
