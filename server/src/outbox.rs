@@ -248,19 +248,49 @@ impl Outbox {
         if take == 0 {
             return 0;
         }
-        let mut heads = [([0u8; 10], 0usize); DIRECT_BATCH];
-        for (h, d) in heads.iter_mut().zip(q.buf.iter().take(take)) {
-            *h = crate::ws::text_header(d.frame.len());
-        }
-        let mut slices = [IoSlice::new(&[]); 2 * DIRECT_BATCH];
-        for (k, d) in q.buf.iter().take(take).enumerate() {
-            slices[2 * k] = IoSlice::new(&heads[k].0[..heads[k].1]);
-            slices[2 * k + 1] = IoSlice::new(&d.frame);
-        }
-        let mut view: &mut [IoSlice<'_>] = &mut slices[..2 * take];
-        IoSlice::advance_slices(&mut view, q.partial);
-        // Would block, or an error the session's own write will meet.
-        let wrote = tcp.try_write_vectored(view).unwrap_or(0);
+        let heads: Vec<([u8; 10], usize)>;
+        let one;
+        let heads: &[([u8; 10], usize)] = if take == 1 {
+            // The common case, one frame: no allocation.
+            one = [crate::ws::text_header(q.buf[0].frame.len())];
+            &one
+        } else {
+            heads = q
+                .buf
+                .iter()
+                .take(take)
+                .map(|d| crate::ws::text_header(d.frame.len()))
+                .collect();
+            &heads
+        };
+        let wrote = {
+            let pair;
+            let many: Vec<IoSlice<'_>>;
+            let slices: &[IoSlice<'_>] = if take == 1 {
+                pair = [
+                    IoSlice::new(&heads[0].0[..heads[0].1]),
+                    IoSlice::new(&q.buf[0].frame),
+                ];
+                &pair
+            } else {
+                many = heads
+                    .iter()
+                    .zip(q.buf.iter())
+                    .flat_map(|(h, d)| [IoSlice::new(&h.0[..h.1]), IoSlice::new(&d.frame)])
+                    .collect();
+                &many
+            };
+            let mut owned: Vec<IoSlice<'_>>;
+            let mut view: &[IoSlice<'_>] = slices;
+            if q.partial > 0 {
+                owned = slices.to_vec();
+                let mut v = &mut owned[..];
+                IoSlice::advance_slices(&mut v, q.partial);
+                view = v;
+            }
+            // Would block, or an error the session's own write will meet.
+            tcp.try_write_vectored(view).unwrap_or(0)
+        };
         let mut left = wrote.saturating_add(q.partial);
         let mut sent = 0;
         for h in heads.iter().take(take) {

@@ -46,19 +46,21 @@ pub async fn run(state: AppState) {
     // Boot id -> the beat it was last seen live at.
     let mut seen: HashMap<String, u64> = HashMap::new();
     let mut replacements = state.store.redis_replacements();
-    // Between beats, a changed connection count is reported within
-    // LOAD_REPORT, so that `/connect` sends new clients elsewhere soon.
+    // Between beats, a changed connection count or health is reported
+    // within LOAD_REPORT, so that `/connect` sends new clients elsewhere
+    // soon (and to a new instance as soon as its subscription is live).
     let mut report = tokio::time::interval(LOAD_REPORT);
     report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut reported = u64::MAX;
+    let mut reported = (u64::MAX, false);
     loop {
         tokio::select! {
             _ = state.shutdown.cancelled() => break,
             _ = tick.tick() => {}
             _ = report.tick() => {
-                let (now, healthy) = (state.metrics.connections.load(Relaxed), state.hub.live());
+                let now = (state.metrics.connections.load(Relaxed), state.hub.live());
                 if now != reported {
                     reported = now;
+                    let (now, healthy) = now;
                     let info = info(&state, now, healthy);
                     if let Err(e) = state.store.heartbeat(&info, state.config.instance_ttl).await {
                         tracing::debug!(error = %e, "load report failed");
