@@ -31,6 +31,12 @@ async fn a_backlog_in_several_rooms_is_archived_once() {
         }
         sent.push((room, p.delivered));
     }
+    let mut redis = env.redis().await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
     let start = Instant::now();
     let archiver = InProcess::start(Config::for_test(&env.redis.url(), &env.db_url)).await;
     let pool = env.pool().await;
@@ -50,5 +56,32 @@ async fn a_backlog_in_several_rooms_is_archived_once() {
         total as f64 / secs
     );
     assert_eq!(archiver.metrics.rows_inserted(), total as u64);
+    // Redis time spent on the archiver's commands, per archived message.
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let usec: f64 = stats
+        .lines()
+        .filter(|l| {
+            [
+                "xreadgroup",
+                "xack",
+                "evalsha",
+                "xautoclaim",
+                "scan",
+                "xgroup",
+            ]
+            .iter()
+            .any(|c| l.starts_with(&format!("cmdstat_{c}:")))
+        })
+        .filter_map(|l| l.split(',').find_map(|f| f.strip_prefix("usec=")))
+        .filter_map(|v| v.parse::<f64>().ok())
+        .sum();
+    eprintln!(
+        "redis time for the archiver: {:.2} µs per message",
+        usec / total as f64
+    );
     archiver.stop().await;
 }
