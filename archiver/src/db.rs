@@ -151,7 +151,7 @@ impl Db {
         })
     }
 
-    /// Insert `rows` once, within [`STATEMENT_DEADLINE`]; `None` when it
+    /// Insert `rows` once, within 30 s; `None` when it
     /// failed (counted, and logged if PostgreSQL's state changed). The
     /// caller retries after [`Backoff`].
     pub async fn try_insert(&self, rows: &[Row]) -> Option<Committed> {
