@@ -136,6 +136,15 @@ impl Inner {
     fn wake(&mut self) -> Option<Waker> {
         self.waker.take()
     }
+
+    /// A burst grew the queue: once it is empty, an idle connection goes
+    /// back to the smallest buffer (a presence burst on join had left up
+    /// to 512 bytes per idle connection).
+    fn shrink(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 4 {
+            self.buf = VecDeque::new();
+        }
+    }
 }
 
 /// The queue; share it as `Arc<Outbox>`.
@@ -218,6 +227,7 @@ impl Outbox {
             }
             _ => 0,
         };
+        q.shrink();
         let w = if q.buf.is_empty() { None } else { q.wake() };
         drop(q);
         if let Some(w) = w {
@@ -336,6 +346,8 @@ impl Outbox {
     pub fn add_room(&self, key: RoomKey) {
         let mut q = self.lock();
         if !q.rooms.iter().any(|r| r.key == key) {
+            // Most connections are in one room: no room for four.
+            q.rooms.reserve_exact(1);
             q.rooms.push(RoomFilter {
                 key,
                 epoch: crate::hub::no_epoch(),
@@ -430,10 +442,7 @@ impl Outbox {
             q.admitted = q.admitted.saturating_sub(n);
         }
         q.partial = 0;
-        if q.buf.is_empty() && q.buf.capacity() > 64 {
-            // A burst grew it; an idle connection goes back to no buffer.
-            q.buf = VecDeque::new();
-        }
+        q.shrink();
         if batch.len() == before {
             register(&mut q.waker, cx);
             return Poll::Pending;

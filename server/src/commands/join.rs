@@ -54,6 +54,8 @@ impl Session {
                 }
             };
             self.member.outbox.add_room(key);
+            // Most connections are in one room: no room for four.
+            self.rooms.reserve_exact(1);
             self.rooms.push(Joined {
                 name: room.to_string(),
                 key,

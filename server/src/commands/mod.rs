@@ -72,10 +72,9 @@ pub struct Session {
     member: Member,
     pub conn_id: String,
     nick: String,
-    /// Whose the nick is, in the rooms' nick index: `sub:<sub>` with a
-    /// token, `key:<nick_key>` for an anonymous client that sent a
-    /// `nick_key` (its reconnects get the nick back), else `conn:<conn_id>`.
-    owner: String,
+    /// An anonymous client's `nick_key` (its reconnects get the nick
+    /// back); see [`Session::owner`].
+    nick_key: Option<Box<str>>,
     /// The nick is the server's `guest<N>`, not one the client chose.
     assigned_nick: bool,
     /// Joined rooms, most recently joined (the current room) last.
@@ -117,11 +116,7 @@ impl Session {
             Some(id) => id.nick.clone(),
             None => nick.unwrap_or_else(|| format!("guest{}", member.id)),
         };
-        let owner = match (&identity, nick_key) {
-            (Some(id), _) => format!("sub:{}", id.sub),
-            (None, Some(key)) => format!("key:{key}"),
-            (None, None) => format!("conn:{conn_id}"),
-        };
+        let nick_key = nick_key.filter(|_| identity.is_none()).map(Box::from);
         let burst = state.config.burst;
         // The upgrade's join (from the query) is the first membership change.
         let mut membership = Bucket::full(state.config.membership_burst);
@@ -131,7 +126,7 @@ impl Session {
             member,
             conn_id,
             nick,
-            owner,
+            nick_key,
             assigned_nick,
             rooms: Vec::new(),
             bucket: Bucket::full(burst),
@@ -139,6 +134,17 @@ impl Session {
             strikes: 0,
             identity,
             expiry_changed: false,
+        }
+    }
+
+    /// Whose the nick is, in the rooms' nick index: `sub:<sub>` with a
+    /// token, `key:<nick_key>` for an anonymous client that sent a
+    /// `nick_key`, else `conn:<conn_id>`.
+    fn owner(&self) -> String {
+        match (self.sub(), &self.nick_key) {
+            (Some(sub), _) => format!("sub:{sub}"),
+            (None, Some(key)) => format!("key:{key}"),
+            (None, None) => format!("conn:{}", self.conn_id),
         }
     }
 
@@ -166,7 +172,7 @@ impl Session {
         let store = &self.state.store;
         let force = self.identity.is_some();
         let held = store
-            .claim_nick(room, nick, &self.owner, &self.conn_id, force)
+            .claim_nick(room, nick, &self.owner(), &self.conn_id, force)
             .await?;
         let Some((holder, entry)) = held else {
             return Ok(true);
@@ -180,7 +186,7 @@ impl Session {
         }
         // The holder's instance is dead (its entry awaits the sweep).
         Ok(store
-            .claim_nick(room, nick, &self.owner, &self.conn_id, true)
+            .claim_nick(room, nick, &self.owner(), &self.conn_id, true)
             .await?
             .is_none())
     }

@@ -234,6 +234,59 @@ impl WsStream {
         Ok(())
     }
 
+    /// Write as much of the text frames as the socket takes now, without
+    /// waiting (one `writev`, at most [`MAX_BATCH`] frames), the first
+    /// `skip` bytes of their encoding being written already. Returns where
+    /// the rest starts: the index of the first frame not written whole and
+    /// the bytes of it that are (`frames.len()` when all went out).
+    pub fn try_send_texts<F: AsRef<[u8]>>(
+        &self,
+        frames: &[F],
+        skip: usize,
+    ) -> io::Result<(usize, usize)> {
+        let chunk = &frames[..frames.len().min(MAX_BATCH)];
+        let wrote = match chunk {
+            [] => return Ok((0, skip)),
+            [one] => {
+                // The common case: no allocation.
+                let (h, n) = header(OP_TEXT, one.as_ref().len());
+                let mut pair = [IoSlice::new(&h[..n]), IoSlice::new(one.as_ref())];
+                let mut view = &mut pair[..];
+                IoSlice::advance_slices(&mut view, skip);
+                self.tcp.try_write_vectored(view)
+            }
+            _ => {
+                let heads: Vec<([u8; 10], usize)> = chunk
+                    .iter()
+                    .map(|f| header(OP_TEXT, f.as_ref().len()))
+                    .collect();
+                let mut slices: Vec<IoSlice<'_>> = heads
+                    .iter()
+                    .zip(chunk)
+                    .flat_map(|((h, n), f)| [IoSlice::new(&h[..*n]), IoSlice::new(f.as_ref())])
+                    .collect();
+                let mut view = &mut slices[..];
+                IoSlice::advance_slices(&mut view, skip);
+                self.tcp.try_write_vectored(view)
+            }
+        };
+        let wrote = match wrote {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => return Err(e),
+        };
+        let mut left = wrote.saturating_add(skip);
+        for (i, f) in chunk.iter().enumerate() {
+            let len = f.as_ref().len();
+            let whole = header(OP_TEXT, len).1.saturating_add(len);
+            if left < whole {
+                return Ok((i, left));
+            }
+            left -= whole;
+        }
+        Ok((chunk.len(), 0))
+    }
+
     /// Write one control frame.
     async fn send_control(&mut self, op: u8, payload: &[u8]) -> io::Result<()> {
         let (h, n) = header(op, payload.len());
