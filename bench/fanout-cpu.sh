@@ -12,7 +12,7 @@ RATE=${1:-20}; MEMBERS=${2:-1000}; DURATION=${3:-20s}; SENDERS=${4:-10}
   || cargo build --release -p chat-server -p chat-cluster -p loadgen
 export RATE MEMBERS DURATION SENDERS
 target/release/cluster exec --port 0 --stats-port 0 --server-base-port 0 \
-  --server-arg=--rate=100000 --server-arg=--burst=100000 -- bench/fanout-measure.sh
+  --server-arg=--rate=100000 --server-arg=--burst=100000 ${SERVER_ARGS:-} -- bench/fanout-measure.sh
 
 # Calibration in the same run: a bare C loop writing pre-encoded frames to
 # loopback sockets (no server logic), one frame per write and four, in

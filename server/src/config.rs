@@ -65,6 +65,13 @@ pub struct Config {
     #[arg(long, env = "REDIS_WAIT_TIMEOUT", default_value = "200ms", value_parser = humantime::parse_duration)]
     pub redis_wait_timeout: Duration,
 
+    /// How long the fan-out waits before writing what it queued, so that
+    /// frames arriving meanwhile share one write per socket: less CPU per
+    /// delivery in busy rooms, up to this much more latency. 0 (the
+    /// default) writes as soon as the fan-out is done with a message.
+    #[arg(long, env = "WRITE_DELAY", default_value = "0ms", value_parser = humantime::parse_duration)]
+    pub write_delay: Duration,
+
     /// The WebSocket URL clients use to reach this instance directly,
     /// advertised in the registry and answered by `GET /connect` (default
     /// `ws://<--listen>/ws`; set it when listening on 0.0.0.0 or behind

@@ -362,6 +362,10 @@ pub async fn run(
         probe.clone(),
         state.shutdown.clone(),
     ));
+    let flusher = tokio::spawn(
+        hub.clone()
+            .run_flusher(state.shutdown.clone(), state.config.write_delay),
+    );
     let prober = tokio::spawn(hub.run_probe(
         store,
         probe,
@@ -411,6 +415,7 @@ pub async fn run(
     let _ = registry.await;
     subscriber.abort();
     prober.abort();
+    flusher.abort();
     if let Some(admin) = admin {
         admin.abort();
     }

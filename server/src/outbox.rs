@@ -85,6 +85,9 @@ struct Inner {
     /// The session owns the socket for a write of its own (or of frames
     /// it took from `buf`): nobody else writes.
     writing: bool,
+    /// A push found the outbox idle and left the consumer asleep: a flush
+    /// is due, and later pushes ride along without waking it.
+    flush_pending: bool,
     /// How many frames at the front of `buf` the filter already admitted
     /// (a direct write took them, but the kernel did not take them all).
     admitted: usize,
@@ -200,10 +203,18 @@ impl Outbox {
             }
             return Push::Full(true);
         }
-        let idle = self.tcp.is_some() && q.buf.is_empty() && !q.writing && q.waker.is_some();
+        let idle = self.tcp.is_some()
+            && q.buf.is_empty()
+            && !q.writing
+            && !q.flush_pending
+            && q.waker.is_some();
         q.buf.push_back(frame);
         if idle {
+            q.flush_pending = true;
             return Push::Idle;
+        }
+        if q.flush_pending {
+            return Push::Queued; // the flush due writes it too
         }
         // Wake only on the first frame after the consumer went to sleep:
         // later frames ride along in the same batch.
@@ -221,6 +232,7 @@ impl Outbox {
     /// out (0: the session was woken for them, or nothing was queued).
     pub fn flush(&self) -> usize {
         let mut q = self.lock();
+        q.flush_pending = false;
         let written = match &self.tcp {
             Some(tcp) if !q.writing && !q.closed && q.stop.is_none() => {
                 Self::write_queued(&mut q, tcp)

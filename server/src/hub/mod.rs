@@ -123,6 +123,12 @@ struct Shared {
     probe_heard_ms: AtomicU64,
     /// A probe older than this means the subscription is dead.
     probe_timeout: Duration,
+    /// Idle outboxes a fan-out queued into, for the flusher to write.
+    pending: Mutex<Vec<Arc<Outbox>>>,
+    /// "Outboxes are pending."
+    flush_wake: Notify,
+    /// The flusher task runs (else every fan-out flushes itself).
+    flusher: std::sync::atomic::AtomicBool,
 }
 
 /// What a chat frame did to a room's sequence.
@@ -151,6 +157,9 @@ impl Hub {
                 join_timeout,
                 probe_heard_ms: AtomicU64::new(0),
                 probe_timeout,
+                pending: Mutex::new(Vec::new()),
+                flush_wake: Notify::new(),
+                flusher: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -161,6 +170,72 @@ impl Hub {
             .rooms
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Hand the idle outboxes of a fan-out to the flusher task, which
+    /// writes to them while the subscriber goes on reading: under load one
+    /// write then carries every frame that arrived meanwhile, and the
+    /// subscriber never waits for a socket. Without a flusher (unit
+    /// tests), write now.
+    fn defer(&self, idle: Vec<Arc<Outbox>>) {
+        if idle.is_empty() {
+            return;
+        }
+        if !self.shared.flusher.load(Relaxed) {
+            flush(&self.shared.metrics, idle);
+            return;
+        }
+        let mut pending = self
+            .shared
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let was_empty = pending.is_empty();
+        pending.extend(idle);
+        drop(pending);
+        if was_empty {
+            self.shared.flush_wake.notify_one();
+        }
+    }
+
+    /// The flusher: write to the outboxes fan-outs left pending (see
+    /// [`Hub::defer`]) until shutdown. With `delay` (`--write-delay`),
+    /// each round of writes waits that long after the first delivery of
+    /// the round, so that a busy room's frames share writes (less CPU per
+    /// delivery, that much more latency).
+    pub async fn run_flusher(self, shutdown: tokio_util::sync::CancellationToken, delay: Duration) {
+        self.shared.flusher.store(true, Relaxed);
+        loop {
+            let batch = std::mem::take(
+                &mut *self
+                    .shared
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()),
+            );
+            if batch.is_empty() {
+                tokio::select! {
+                    _ = self.shared.flush_wake.notified() => {
+                        if !delay.is_zero() {
+                            tokio::time::sleep(delay).await;
+                        }
+                        continue;
+                    }
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+            flush(&self.shared.metrics, batch);
+        }
+        // Whatever is left: write it here (the sessions are closing).
+        self.shared.flusher.store(false, Relaxed);
+        let rest = std::mem::take(
+            &mut *self
+                .shared
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        flush(&self.shared.metrics, rest);
     }
 
     /// Whether the subscription is up and has heard its own probe lately.
@@ -255,7 +330,7 @@ impl Hub {
             push(&self.shared.metrics, r, offset, frame, &mut idle);
         }
         drop(rooms);
-        flush(&self.shared.metrics, idle);
+        self.defer(idle);
         step
     }
 
@@ -291,7 +366,7 @@ impl Hub {
         r.last_offset = offset;
         push(&self.shared.metrics, r, offset, frame, &mut idle);
         drop(rooms);
-        flush(&self.shared.metrics, idle);
+        self.defer(idle);
     }
 
     /// Announce that `room` moved to `epoch`, whose offsets continue after
@@ -330,7 +405,7 @@ impl Hub {
             push(&self.shared.metrics, r, 0, frame, &mut idle);
         }
         drop(rooms);
-        flush(&self.shared.metrics, idle);
+        self.defer(idle);
     }
 }
 

@@ -341,7 +341,7 @@ impl Hub {
             }
         }
         drop(rooms);
-        super::flush(&self.shared.metrics, idle);
+        self.defer(idle);
         Ok(())
     }
 
