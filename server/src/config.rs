@@ -187,6 +187,15 @@ pub struct Config {
     #[arg(long, env = "HISTORY_BYTES", default_value = "1MiB", value_parser = parse_bytes)]
     pub history_bytes: usize,
 
+    /// With an archiver (`archiver`, PostgreSQL): history entries it has
+    /// not stored yet (above the watermark it writes in each room) are not
+    /// trimmed, up to this many beyond `--history`. Past that the oldest
+    /// go anyway: `chat_archive_overflow_total` counts them and the log
+    /// says so. 0 (the default): no archiver, history is trimmed to
+    /// `--history` alone.
+    #[arg(long, env = "ARCHIVE_BACKLOG", default_value_t = 0)]
+    pub archive_backlog: u32,
+
     /// Most history entries replayed for one `join` with `since` or
     /// `history` (default: `--history`). A resume from further back is told
     /// with a `gap` for what lies beyond the cap and gets the latest ones.

@@ -33,6 +33,8 @@ pub struct Metrics {
     /// Of those, writes the fan-out made itself (the connection's task
     /// was not woken).
     pub ws_direct_flushes: AtomicU64,
+    /// History entries trimmed before the archiver stored them.
+    pub archive_overflow: AtomicU64,
     /// Deliveries dropped because a socket's outbound queue was full.
     pub fanout_drops: AtomicU64,
     /// Connections closed as slow consumers.
@@ -194,6 +196,12 @@ impl Metrics {
             "counter",
             "Socket writes of deliveries made by the fan-out itself, without waking the connection's task (also in chat_ws_flushes_total).",
             &self.ws_direct_flushes,
+        );
+        one(
+            "chat_archive_overflow_total",
+            "counter",
+            "History entries trimmed before the archiver stored them (raise --archive-backlog or check the archiver).",
+            &self.archive_overflow,
         );
         one(
             "chat_fanout_drops_total",

@@ -335,3 +335,84 @@ async fn history_is_capped_by_bytes_with_a_gap_on_resume() {
     assert_eq!(rest[0]["offset"].as_u64().unwrap(), kept + 1);
     assert_eq!(texts(&rest), texts(&msgs[sent - len as usize..]));
 }
+
+/// Invariant: with `--archive-backlog`, history never trims an entry the
+/// archiver has not stored (above the `archived` watermark of the room)
+/// until the log holds `--history` plus the backlog; past that the oldest
+/// go, and every one of them is counted (`overflow`, metric), never
+/// dropped silently. Once stored, history is back to `--history`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_keeps_what_the_archiver_has_not_stored_up_to_the_backlog() {
+    let c = cluster_async(
+        1,
+        &[
+            "--history",
+            "20",
+            "--archive-backlog",
+            "50",
+            "--rate",
+            "1000",
+            "--burst",
+            "1000",
+        ],
+    )
+    .await;
+    let url = c.server_ws_url(0);
+    let mut r = redis_conn(&c.redis_url()).await;
+    let mut a = Client::joined(&format!("{url}?room=arch&nick=ann")).await;
+    let xlen = |r: &mut redis::aio::MultiplexedConnection| {
+        let mut r = r.clone();
+        async move {
+            redis::cmd("XLEN")
+                .arg("chat:{arch}:log")
+                .query_async::<u64>(&mut r)
+                .await
+                .unwrap()
+        }
+    };
+    for i in 0..40 {
+        a.say(&format!("m{i}"), &format!("a{i}")).await;
+    }
+    let msgs = a.messages(40).await;
+    assert_eq!(xlen(&mut r).await, 40, "nothing archived: all 40 stay");
+    // The archiver stored the first 30.
+    let stored = msgs[29]["offset"].as_u64().unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg("chat:{arch}:epoch")
+        .arg("archived")
+        .arg(stored)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    a.say("next", "n1").await;
+    a.messages(1).await;
+    assert_eq!(
+        xlen(&mut r).await,
+        20,
+        "stored entries go down to --history"
+    );
+    // The archiver stops: the log grows to history + backlog, then counts.
+    for i in 0..100 {
+        a.say(&format!("late{i}"), &format!("l{i}")).await;
+    }
+    a.messages(100).await;
+    assert_eq!(xlen(&mut r).await, 70, "--history 20 plus a backlog of 50");
+    let overflow: u64 = redis::cmd("HGET")
+        .arg("chat:{arch}:epoch")
+        .arg("overflow")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    // 11 unarchived after the watermark, 100 more: 111, of which 70 stay.
+    assert_eq!(overflow, 41, "every unarchived entry trimmed is counted");
+    let (_, metrics) = get(c.server_addr(0), "/metrics").await;
+    assert!(
+        metrics.contains("chat_archive_overflow_total{app_id=\"app1\"} 41"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("overflow"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

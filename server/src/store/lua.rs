@@ -73,16 +73,21 @@ end
 /// checked on every 16th offset: when the log's `MEMORY USAGE` (sampled,
 /// O(1)) is above it, the log is trimmed to the share of entries that fits
 /// at the average entry size; so it can pass the cap by at most 15
-/// messages, and a publish in between costs nothing more.
-/// Returns `{"<offset> <epoch>", duplicate[, frame]}`.
+/// messages, and a publish in between costs nothing more; the archive
+/// backlog (`--archive-backlog`; 0 or absent: no archiver): entries above
+/// the archiver's watermark (field `archived` of the epoch hash) are not
+/// trimmed until the log holds history length plus backlog entries; past
+/// that the oldest go anyway, counted in field `overflow` of the epoch
+/// hash and returned.
+/// Returns `{"<offset> <epoch>", duplicate, frame ("" unless deferred),
+/// unarchived entries trimmed}`.
 const PUBLISH: &str = r#"
 local field = ARGV[7]
 if field ~= '' then
   for i = 4, 5 do
     local prev = redis.call('HGET', KEYS[i], field)
     if prev then
-      if ARGV[9] == '1' then return {prev, 1, ''} end
-      return {prev, 1}
+      return {prev, 1, '', 0}
     end
   end
 end
@@ -90,15 +95,46 @@ local ttl = tonumber(ARGV[11] or '0') or 0
 local epoch = ensure(ttl)
 local id = string.format('%d', redis.call('INCR', KEYS[1]))
 local frame = '{"type":"message","offset":' .. id .. ',"epoch":"' .. epoch .. '",' .. ARGV[4]
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[5], id .. '-0', 'f', frame)
 local cap = tonumber(ARGV[12] or '0') or 0
-if cap > 0 and tonumber(id) % 16 == 0 then
-  local used = redis.call('MEMORY', 'USAGE', KEYS[2])
-  if used and used > cap then
-    local len = redis.call('XLEN', KEYS[2])
-    local keep = math.floor(len * cap / used)
-    if keep < 1 then keep = 1 end
-    if keep < len then redis.call('XTRIM', KEYS[2], 'MAXLEN', keep) end
+local backlog = tonumber(ARGV[13] or '0') or 0
+local overflow = 0
+if backlog <= 0 then
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[5], id .. '-0', 'f', frame)
+  if cap > 0 and tonumber(id) % 16 == 0 then
+    local used = redis.call('MEMORY', 'USAGE', KEYS[2])
+    if used and used > cap then
+      local len = redis.call('XLEN', KEYS[2])
+      local keep = math.floor(len * cap / used)
+      if keep < 1 then keep = 1 end
+      if keep < len then redis.call('XTRIM', KEYS[2], 'MAXLEN', keep) end
+    end
+  end
+else
+  -- An archiver runs: entries above its watermark stay, up to the
+  -- history length plus the backlog in all.
+  redis.call('XADD', KEYS[2], id .. '-0', 'f', frame)
+  local hist = tonumber(ARGV[5])
+  local keep = hist
+  local len = redis.call('XLEN', KEYS[2])
+  if cap > 0 and tonumber(id) % 16 == 0 then
+    local used = redis.call('MEMORY', 'USAGE', KEYS[2])
+    if used and used > cap then
+      local k = math.floor(len * cap / used)
+      if k < 1 then k = 1 end
+      if k < keep then keep = k end
+    end
+  end
+  local archived = tonumber(redis.call('HGET', KEYS[3], 'archived') or '0') or 0
+  local unarchived = tonumber(id) - archived
+  if unarchived > len then unarchived = len end
+  if unarchived > keep then keep = unarchived end
+  if keep > hist + backlog then keep = hist + backlog end
+  if len > keep then
+    redis.call('XTRIM', KEYS[2], 'MAXLEN', keep)
+    if unarchived > keep then
+      overflow = unarchived - keep
+      redis.call('HINCRBY', KEYS[3], 'overflow', overflow)
+    end
   end
 end
 if ttl > 0 then
@@ -112,8 +148,8 @@ if field ~= '' then
     redis.call('PEXPIRE', KEYS[4], ARGV[8])
   end
 end
-if deferred then return {res, 0, frame} end
-return {res, 0}
+if deferred then return {res, 0, frame, overflow} end
+return {res, 0, '', overflow}
 "#;
 
 /// The room's epoch, head and the offset its epoch started after.

@@ -1,6 +1,8 @@
 //! Chat messages in Redis: publishing (with its epoch and idempotency
 //! key, see [`super::lua`]), a room's head, and history reads.
 
+use std::sync::atomic::Ordering::Relaxed;
+
 use bytes::Bytes;
 use redis::Value;
 
@@ -56,11 +58,12 @@ impl Store {
                 .arg(if defer { "1" } else { "0" })
                 .arg(publish_cmd)
                 .arg(self.room_ttl.as_millis() as u64)
-                .arg(self.history_bytes);
+                .arg(self.history_bytes)
+                .arg(self.archive_backlog);
             let mut conn = c.link.conn.clone();
             // The scripts are loaded on every new connection (see `link`),
             // so EVALSHA finds them.
-            let (res, dup, frame) = if defer {
+            let (res, dup, frame, overflow) = if defer {
                 // Append now, publish only once enough replicas have it: a
                 // failover to any of them then loses nothing that was seen.
                 let mut pipe = redis::pipe();
@@ -68,7 +71,7 @@ impl Store {
                     .cmd("WAIT")
                     .arg(self.wait_replicas)
                     .arg(self.wait_timeout.as_millis() as u64);
-                let ((res, dup, frame), acked): ((String, i64, String), i64) =
+                let ((res, dup, frame, overflow), acked): ((String, i64, String, u64), i64) =
                     self.timed(c, pipe.query_async(&mut conn)).await?;
                 if dup == 0 && acked < i64::from(self.wait_replicas) {
                     return Err(StoreError::NotReplicated {
@@ -76,11 +79,21 @@ impl Store {
                         wanted: self.wait_replicas,
                     });
                 }
-                (res, dup, Some(frame))
+                (res, dup, Some(frame), overflow)
             } else {
-                let (res, dup): (String, i64) = self.timed(c, eval.query_async(&mut conn)).await?;
-                (res, dup, None)
+                let (res, dup, _, overflow): (String, i64, String, u64) =
+                    self.timed(c, eval.query_async(&mut conn)).await?;
+                (res, dup, None, overflow)
             };
+            if overflow > 0 {
+                self.metrics.archive_overflow.fetch_add(overflow, Relaxed);
+                tracing::warn!(
+                    room,
+                    overflow,
+                    "history trimmed messages the archiver had not stored: \
+                     raise --archive-backlog or check the archiver"
+                );
+            }
             let (offset, epoch) = res
                 .split_once(' ')
                 .and_then(|(o, e)| Some((o.parse().ok()?, e.to_string())))

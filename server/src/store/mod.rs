@@ -8,7 +8,7 @@
 //! | key | type | what |
 //! |---|---|---|
 //! | `chat:{room}:seq` | string, TTL | the room's last offset |
-//! | `chat:{room}:epoch` | hash, TTL | the room's epoch, the `run_id` of the Redis that started it, and its start offset (see [`lua`]) |
+//! | `chat:{room}:epoch` | hash, TTL | the room's epoch, the `run_id` of the Redis that started it, and its start offset (see [`lua`]); `archived`: the archiver's watermark (every entry at or below it is stored in PostgreSQL), `overflow`: entries trimmed before the archiver stored them (`--archive-backlog`) |
 //! | `chat:{room}:idem:<bucket>` | hash, TTL | `<n>:<nick>:<id>` → `"<offset> <epoch>"` of each send with an id in that time bucket |
 //! | `chat:{room}:log` | stream, TTL | bounded history; entry id `<offset>-0`, field `f` = the frame |
 //! | `chat:{room}:members` | hash | conn_id → `{"nick","app_id","boot"}` (and `"sub"` for an authenticated member) |
@@ -284,6 +284,9 @@ pub struct Store {
     room_ttl: Duration,
     /// Most bytes of Redis memory a room's history uses (zero: no byte cap).
     history_bytes: u64,
+    /// Entries beyond the history length kept for the archiver (zero: no
+    /// archiver; see [`lua`]).
+    archive_backlog: u32,
     /// Times the sentinels named another master than the one connected,
     /// or the cluster's slot map changed: the pub/sub connection must move
     /// too.
@@ -376,6 +379,7 @@ impl Store {
             wait_timeout: Duration::from_millis(200),
             room_ttl: Duration::ZERO,
             history_bytes: 0,
+            archive_backlog: 0,
         }
     }
 
@@ -399,6 +403,13 @@ impl Store {
     /// `--history` entries (zero: no byte cap); the newest always stays.
     pub fn with_history_bytes(mut self, bytes: u64) -> Self {
         self.history_bytes = bytes;
+        self
+    }
+
+    /// Keep history entries the archiver has not stored (above its
+    /// watermark), up to `backlog` beyond `--history` (zero: no archiver).
+    pub fn with_archive_backlog(mut self, backlog: u32) -> Self {
+        self.archive_backlog = backlog;
         self
     }
 
