@@ -107,7 +107,23 @@ fn compose_file_matches_the_launcher_topology() {
             Some("0.0.0.0:9100"),
             "{name}: /metrics and /cluster only on the unpublished admin port"
         );
-        assert!(svc["ports"].is_null(), "{name} publishes no port");
+        // Only the WebSocket port is published, for direct connects
+        // through the registry, and PUBLIC_URL names it; never the admin
+        // port.
+        let published: Vec<&str> = svc["ports"]
+            .as_sequence()
+            .unwrap_or_else(|| panic!("{name} publishes its WebSocket port"))
+            .iter()
+            .map(|p| p.as_str().unwrap())
+            .collect();
+        assert_eq!(published.len(), 1, "{name}: {published:?}");
+        let (host, inner) = published[0].split_once(':').unwrap();
+        assert_eq!(inner, port, "{name} publishes its WebSocket port only");
+        assert_eq!(
+            env["PUBLIC_URL"].as_str(),
+            Some(format!("ws://localhost:{host}/ws").as_str()),
+            "{name}: /connect names the published port"
+        );
         assert_eq!(env["REDIS_URL"].as_str(), Some("redis://redis:6379/"));
         assert_eq!(
             svc["build"].as_str(),
