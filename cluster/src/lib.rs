@@ -20,12 +20,24 @@
 //! Their `maxconn` and the servers' `--max-connections` are sized from the
 //! file limit unless chosen ([`sizing`], [`Cluster::sizing`]).
 //!
+//! # The archive
+//! With [`ClusterOptions::archive`] (`cluster up --archive`) the cluster
+//! also runs PostgreSQL on loopback (a temporary data directory) and one
+//! `archiver` that copies the rooms' Redis Streams into its `messages`
+//! table; the servers get `--database-url` (see [`archive`]).
+//!
+//! # Temporary files
+//! A log directory the cluster made itself (no [`ClusterOptions::log_dir`])
+//! is removed when the [`Cluster`] is dropped, unless the thread is
+//! panicking (a failed test keeps its logs, and says where they are).
+//!
 //! # Faults
 //! [`faults`] parses fault specs (`kill9:app2@5s`, `redis-stop@8s+5s`...)
 //! and injects them on a schedule into a running cluster; `cluster exec
 //! --fault` uses it.
 //!
 //! # Layout
+//! - [`archive`]: PostgreSQL and the archiver, in archive mode.
 //! - [`procs`]: one child process with its log file, readiness probes.
 //! - [`haproxy`]: the HAProxy configuration generator.
 //! - [`sizing`]: HAProxy's `maxconn` and the servers' `--max-connections`
@@ -42,6 +54,7 @@
 //! - [`state`]: the state file `cluster up` writes, so other commands
 //!   (`cluster redis-failover`) find the running topology.
 
+pub mod archive;
 pub mod faults;
 pub mod haproxy;
 pub mod http;
@@ -58,6 +71,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use crate::archive::Postgres;
 use crate::procs::{free_port, Child};
 use crate::redis_cluster::RedisCluster;
 use crate::sentinel::Sentinels;
@@ -106,6 +120,16 @@ pub struct ClusterOptions {
     /// Most connections one client address may hold through HAProxy
     /// (`None`: no cap, the default for local load tests).
     pub haproxy_max_conn_per_ip: Option<u32>,
+    /// Also run PostgreSQL and one `archiver` (see [`archive`]); the
+    /// servers get `--database-url`.
+    pub archive: bool,
+    /// PostgreSQL's port in archive mode; 0 picks a free one.
+    pub postgres_port: u16,
+    /// The archiver's `/metrics` port in archive mode; 0 picks a free one.
+    pub archiver_metrics_port: u16,
+    /// The `archiver` binary; `None` finds it like the server's
+    /// ([`find_archiver_bin`], `CHAT_ARCHIVER_BIN`).
+    pub archiver_bin: Option<PathBuf>,
 }
 
 impl Default for ClusterOptions {
@@ -125,6 +149,10 @@ impl Default for ClusterOptions {
             log_dir: None,
             server_log: "info".into(),
             haproxy_max_conn_per_ip: None,
+            archive: false,
+            postgres_port: 0,
+            archiver_metrics_port: 0,
+            archiver_bin: None,
         }
     }
 }
@@ -156,6 +184,19 @@ pub struct Cluster {
     /// The running HAProxy processes, process 1 first (empty once stopped).
     haproxy: Vec<Child>,
     sizing: Sizing,
+    /// PostgreSQL, in archive mode (`None` otherwise and once stopped).
+    postgres: Option<Postgres>,
+    /// The archiver, in archive mode, while it runs.
+    archiver: Option<Child>,
+    /// The archiver's binary, in archive mode.
+    archiver_bin: Option<PathBuf>,
+    /// The archiver's `/metrics` port (0 outside archive mode).
+    archiver_port: u16,
+    /// `--database-url URL` for every server in archive mode, when the
+    /// server binary takes the flag; else empty.
+    server_db_args: Vec<String>,
+    /// The log directory, when the cluster made it (removed on drop).
+    own_log_dir: Option<PathBuf>,
 }
 
 impl Cluster {
@@ -167,7 +208,9 @@ impl Cluster {
         let ephemeral = opts.port == 0
             && opts.stats_port == 0
             && opts.redis_port == 0
-            && opts.server_base_port == 0;
+            && opts.server_base_port == 0
+            && opts.postgres_port == 0
+            && opts.archiver_metrics_port == 0;
         let tries = if ephemeral { 3 } else { 1 };
         let mut last = None;
         for attempt in 1..=tries {
@@ -189,10 +232,16 @@ impl Cluster {
         if opts.haproxy_procs == 0 {
             bail!("haproxy_procs is 0: the cluster needs at least one HAProxy process");
         }
-        let log_dir = match &opts.log_dir {
-            Some(d) => d.clone(),
-            None => procs::temp_dir("chat-cluster")?,
+        let (log_dir, own_log_dir) = match &opts.log_dir {
+            Some(d) => (d.clone(), None),
+            None => {
+                let d = procs::temp_dir("chat-cluster")?;
+                (d.clone(), Some(d))
+            }
         };
+        // Removes a directory made here if the start fails before the
+        // cluster owns it.
+        let guard = TempDirGuard(own_log_dir);
         std::fs::create_dir_all(&log_dir)
             .with_context(|| format!("creating log directory {}", log_dir.display()))?;
         let server_bin = match &opts.server_bin {
@@ -200,6 +249,11 @@ impl Cluster {
             // Without servers (Redis and HAProxy only), build nothing.
             None if opts.servers == 0 => PathBuf::new(),
             None => find_server_bin()?,
+        };
+        let archiver_bin = match (&opts.archiver_bin, opts.archive) {
+            (_, false) => None,
+            (Some(p), true) => Some(p.clone()),
+            (None, true) => Some(find_archiver_bin()?),
         };
         let pick = |p: u16| if p == 0 { free_port() } else { Ok(p) };
         let redis_port = pick(opts.redis_port)?;
@@ -223,6 +277,10 @@ impl Cluster {
         let stats_ports = std::iter::once(pick(opts.stats_port))
             .chain((1..opts.haproxy_procs).map(|_| free_port()))
             .collect::<Result<Vec<_>>>()?;
+        let archiver_port = match opts.archive {
+            true => pick(opts.archiver_metrics_port)?,
+            false => 0,
+        };
         let sizing = Sizing::compute(
             sizing::fd_limit(),
             opts.haproxy_procs,
@@ -247,8 +305,17 @@ impl Cluster {
             stats_ports,
             haproxy: Vec::new(),
             sizing,
+            postgres: None,
+            archiver: None,
+            archiver_bin,
+            archiver_port,
+            server_db_args: Vec::new(),
+            own_log_dir: guard.take(),
         };
         cluster.start_redis()?;
+        if cluster.opts.archive {
+            cluster.start_archive()?;
+        }
         for i in 0..cluster.servers.len() {
             cluster.start_server(i)?;
         }
@@ -367,6 +434,12 @@ impl Cluster {
         &self.log_dir
     }
 
+    /// Whether the log directory is one the cluster made (and removes
+    /// when dropped), not [`ClusterOptions::log_dir`].
+    pub fn owns_log_dir(&self) -> bool {
+        self.own_log_dir.is_some()
+    }
+
     /// The Redis arguments server `i` is (or will be) started with:
     /// `--redis-url URL` with an override ([`Cluster::set_server_redis_url`])
     /// or a single Redis; `--redis-sentinels HOST:PORT,...
@@ -413,6 +486,7 @@ impl Cluster {
         ];
         args.extend(self.server_redis_args(i));
         args.extend(self.sizing.server_args());
+        args.extend(self.server_db_args.iter().cloned());
         args.extend(self.opts.server_args.iter().cloned());
         Child::spawn(
             &app_id,
@@ -574,7 +648,9 @@ impl Cluster {
     }
 
     /// Stop everything: servers first (SIGTERM, so they drain), then
-    /// HAProxy and Redis.
+    /// HAProxy, the archiver (SIGTERM: it finishes its batch), Redis and
+    /// PostgreSQL (fast shutdown; its directory is removed). The log
+    /// directory stays until the cluster is dropped.
     pub fn shutdown(&mut self) {
         for s in self.servers.iter_mut() {
             if let Some(mut c) = s.take() {
@@ -584,7 +660,11 @@ impl Cluster {
         for mut h in self.haproxy.drain(..) {
             h.kill();
         }
+        if let Some(mut a) = self.archiver.take() {
+            let _ = a.terminate(Duration::from_secs(15));
+        }
         self.kill_redis();
+        self.stop_archive();
     }
 }
 
@@ -598,7 +678,36 @@ impl Drop for Cluster {
         for mut h in self.haproxy.drain(..) {
             h.kill();
         }
+        if let Some(mut a) = self.archiver.take() {
+            a.kill();
+        }
         self.kill_redis();
+        self.stop_archive();
+        let guard = TempDirGuard(self.own_log_dir.take());
+        if std::thread::panicking() {
+            if let Some(d) = guard.take() {
+                eprintln!("chat-cluster: keeping the logs in {}", d.display());
+            }
+        }
+    }
+}
+
+/// A temporary directory removed on drop unless [`TempDirGuard::take`]n.
+struct TempDirGuard(Option<PathBuf>);
+
+impl TempDirGuard {
+    fn take(mut self) -> Option<PathBuf> {
+        self.0.take()
+    }
+}
+
+impl Drop for TempDirGuard {
+    fn drop(&mut self) {
+        if let Some(d) = self.0.take() {
+            if let Err(e) = std::fs::remove_dir_all(&d) {
+                eprintln!("chat-cluster: cannot remove {}: {e}", d.display());
+            }
+        }
     }
 }
 
@@ -620,7 +729,21 @@ pub(crate) fn wait_healthy(addr: &str, timeout: Duration) -> Result<()> {
 /// executable (or one directory up, for test binaries in `deps/`), building
 /// it with cargo when running under cargo and it is missing.
 pub fn find_server_bin() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("CHAT_SERVER_BIN") {
+    find_bin("server", "chat-server", "CHAT_SERVER_BIN")
+}
+
+/// Find the `archiver` binary like [`find_server_bin`]:
+/// `CHAT_ARCHIVER_BIN`, then next to the running executable, building it
+/// (`cargo build -p chat-archiver`) when running under cargo.
+pub fn find_archiver_bin() -> Result<PathBuf> {
+    find_bin("archiver", "chat-archiver", "CHAT_ARCHIVER_BIN")
+}
+
+/// Binary `name` of package `package`: `$env`, next to the running
+/// executable (or one directory up), else built with cargo when running
+/// under cargo.
+fn find_bin(name: &str, package: &str, env: &str) -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os(env) {
         return Ok(PathBuf::from(p));
     }
     let exe = std::env::current_exe()?;
@@ -631,18 +754,20 @@ pub fn find_server_bin() -> Result<PathBuf> {
             dirs.push(up.to_path_buf());
         }
     }
-    let look = |dirs: &[PathBuf]| dirs.iter().map(|d| d.join("server")).find(|p| p.is_file());
+    let look = |dirs: &[PathBuf]| dirs.iter().map(|d| d.join(name)).find(|p| p.is_file());
     if let Some(p) = look(&dirs) {
         return Ok(p);
     }
     if let Some(cargo) = std::env::var_os("CARGO") {
         let release = dirs.iter().any(|d| d.ends_with("release"));
         let mut cmd = std::process::Command::new(cargo);
-        cmd.args(["build", "-q", "-p", "chat-server", "--bin", "server"]);
+        cmd.args(["build", "-q", "-p", package, "--bin", name]);
         if release {
             cmd.arg("--release");
         }
-        let status = cmd.status().context("running cargo build -p chat-server")?;
+        let status = cmd
+            .status()
+            .with_context(|| format!("running cargo build -p {package}"))?;
         if status.success() {
             if let Some(p) = look(&dirs) {
                 return Ok(p);
@@ -650,7 +775,7 @@ pub fn find_server_bin() -> Result<PathBuf> {
         }
     }
     bail!(
-        "cannot find the chat `server` binary next to {} — build it with `cargo build -p chat-server` or set CHAT_SERVER_BIN",
+        "cannot find the chat `{name}` binary next to {} — build it with `cargo build -p {package}` or set {env}",
         exe.display()
     )
 }

@@ -34,6 +34,17 @@
 //! sizing, e.g. `haproxy: 6 processes × maxconn 9900 = 59400; servers: 3 ×
 //! max-connections 19800 = 59400`.
 //!
+//! `--archive` also runs PostgreSQL on loopback (a temporary data
+//! directory, removed at stop) and one `archiver` that copies every room's
+//! history into its `messages` table; the servers get `--database-url`.
+//! `up` prints the database URL and the archiver's metrics URL, the state
+//! file records them, and `exec` passes `CLUSTER_DATABASE_URL`,
+//! `CLUSTER_ARCHIVER_METRICS_URL`, `CLUSTER_ARCHIVER_PID` and
+//! `CLUSTER_POSTGRES_PID`.
+//!
+//! `cluster down --state FILE` stops a running `cluster up` (SIGTERM to
+//! it, as Ctrl-C) and waits until it has stopped everything.
+//!
 //! `--redis sentinel` runs a master, two replicas and three sentinels
 //! instead of one Redis; the servers then get `--redis-sentinels` and
 //! `--redis-sentinel-master`. `--redis cluster` runs a Redis Cluster of six
@@ -78,6 +89,8 @@ enum Cmd {
     /// schedule), stop it.
     ///
     /// The command gets CHAT_URL, CLUSTER_SERVER_PIDS, CLUSTER_SERVER_ADDRS,
+    /// (with --archive) CLUSTER_DATABASE_URL, CLUSTER_ARCHIVER_METRICS_URL,
+    /// CLUSTER_ARCHIVER_PID, CLUSTER_POSTGRES_PID,
     /// CLUSTER_HAPROXY_PID (process 1), CLUSTER_HAPROXY_PIDS (all,
     /// space-separated), CLUSTER_REDIS_PID, CLUSTER_LOG_DIR, CLUSTER_STATE,
     /// CLUSTER_REDIS_TOPOLOGY, CLUSTER_REDIS_NODES, CLUSTER_REDIS_NODE_PIDS,
@@ -106,6 +119,17 @@ enum Cmd {
     },
     /// Print the HAProxy configuration used by docker-compose.yml.
     HaproxyCfg,
+    /// Stop a running `cluster up` (or `demo`) as Ctrl-C does, and wait
+    /// until it has stopped its processes (the archiver and PostgreSQL
+    /// too) and removed its temporary directories.
+    Down {
+        /// The state file printed by `cluster up` (`<log dir>/cluster.json`).
+        #[arg(long, env = "CLUSTER_STATE")]
+        state: PathBuf,
+        /// How long to wait for it to stop, in seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
     /// Kill -9 the Redis master of a running `cluster up --redis sentinel`
     /// and print how long the sentinels took to name a new one; with
     /// `--redis cluster`, kill -9 the master of a room's slot and print how
@@ -186,6 +210,21 @@ struct Opts {
     /// sized from the file limit, (hard limit - 200) / 2.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     haproxy_maxconn: Option<u32>,
+    /// Also run PostgreSQL (Debian's `postgresql` binaries, a temporary
+    /// data directory) and one `archiver` copying every room's history
+    /// into it; the servers get `--database-url`.
+    #[arg(long, env = "CLUSTER_ARCHIVE")]
+    archive: bool,
+    /// PostgreSQL's port with --archive (0: any free port).
+    #[arg(long, env = "CLUSTER_POSTGRES_PORT", default_value_t = 0)]
+    postgres_port: u16,
+    /// The archiver's /metrics and /healthz port with --archive (0: any
+    /// free port).
+    #[arg(long, env = "CLUSTER_ARCHIVER_METRICS_PORT", default_value_t = 0)]
+    archiver_metrics_port: u16,
+    /// The `archiver` binary (default: next to this one).
+    #[arg(long, env = "CHAT_ARCHIVER_BIN")]
+    archiver_bin: Option<PathBuf>,
     /// An extra argument for every server, e.g. `--server-arg=--max-rooms=4`
     /// (repeatable). Without `--max-connections` here (or MAX_CONNECTIONS in
     /// the environment), servers get `--max-connections` = hard file limit - 200.
@@ -200,6 +239,13 @@ impl Opts {
             ("stats (--stats-port)", self.stats_port),
             ("redis (--redis-port)", self.redis_port),
         ];
+        if self.archive {
+            fixed.push(("PostgreSQL (--postgres-port)", self.postgres_port));
+            fixed.push((
+                "the archiver's metrics (--archiver-metrics-port)",
+                self.archiver_metrics_port,
+            ));
+        }
         if self.server_base_port != 0 {
             for i in 0..self.servers {
                 fixed.push((
@@ -233,6 +279,10 @@ impl Opts {
             log_dir: self.log_dir.clone(),
             server_log: std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             haproxy_max_conn_per_ip: self.haproxy_max_conn_per_ip,
+            archive: self.archive,
+            postgres_port: self.postgres_port,
+            archiver_metrics_port: self.archiver_metrics_port,
+            archiver_bin: self.archiver_bin.clone(),
         })?;
         Ok(cluster)
     }
@@ -248,7 +298,14 @@ fn print_cluster(c: &Cluster) -> Result<()> {
         1 => "HAProxy".to_string(),
         n => format!("{n} HAProxy processes on one port"),
     };
-    println!("cluster up: {redis}, {} chat servers, {haproxy}", c.len());
+    let archive = match c.database_url() {
+        Some(_) => ", PostgreSQL + archiver",
+        None => "",
+    };
+    println!(
+        "cluster up: {redis}, {} chat servers, {haproxy}{archive}",
+        c.len()
+    );
     println!("  chat:     {}   (through HAProxy)", c.ws_url());
     for i in 0..c.len() {
         println!("  {}:     {}", c.app_id(i), c.server_ws_url(i));
@@ -270,6 +327,14 @@ fn print_cluster(c: &Cluster) -> Result<()> {
         ),
         None => println!("  redis:    {}", c.redis_url()),
     }
+    if let (Some(db), Some(metrics)) = (c.database_url(), c.archiver_metrics_url()) {
+        let servers = match c.servers_have_database_url() {
+            true => "the servers read it too",
+            false => "the server binary has no --database-url yet",
+        };
+        println!("  postgres: {db}   ({servers})");
+        println!("  archiver: {metrics}   (/healthz on the same port)");
+    }
     println!("  stats:    {}", c.haproxy_stats_urls().join(" "));
     println!("  sizing:   {}", c.sizing());
     println!(
@@ -277,9 +342,13 @@ fn print_cluster(c: &Cluster) -> Result<()> {
         c.http_url(),
         c.server_addr(0)
     );
-    println!("  logs:     {}", c.log_dir().display());
+    let removed = match c.owns_log_dir() {
+        true => "   (removed at stop; --log-dir keeps them)",
+        false => "",
+    };
+    println!("  logs:     {}{removed}", c.log_dir().display());
     println!(
-        "  state:    {}   (for `cluster redis-failover --state`)",
+        "  state:    {}   (for `cluster down --state`, `cluster redis-failover --state`)",
         chat_cluster::state::write(c)?.display()
     );
     Ok(())
@@ -304,6 +373,12 @@ fn run() -> Result<u8> {
     match cli.cmd.unwrap_or(Cmd::Up(cli.opts)) {
         Cmd::HaproxyCfg => {
             print!("{}", chat_cluster::haproxy::compose_config());
+            Ok(0)
+        }
+        Cmd::Down { state, timeout } => {
+            let st = State::read(&state)?;
+            let pid = st.down(std::time::Duration::from_secs(timeout))?;
+            println!("cluster (pid {pid}) stopped");
             Ok(0)
         }
         Cmd::RedisFailover {
@@ -416,6 +491,12 @@ fn run() -> Result<u8> {
                     "CLUSTER_REDIS_NODE_PIDS",
                     join(c.redis_node_pids().into_iter().flatten()),
                 );
+            if let (Some(db), Some(metrics)) = (c.database_url(), c.archiver_metrics_url()) {
+                cmd.env("CLUSTER_DATABASE_URL", db)
+                    .env("CLUSTER_ARCHIVER_METRICS_URL", metrics)
+                    .env("CLUSTER_ARCHIVER_PID", join(c.archiver_pid()))
+                    .env("CLUSTER_POSTGRES_PID", join(c.postgres_pid()));
+            }
             let cluster = Arc::new(Mutex::new(c));
             // The schedule's zero: the command's start.
             let start = Instant::now();

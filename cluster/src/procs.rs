@@ -28,21 +28,28 @@ impl Child {
         env: &[(&str, &str)],
         log_dir: &Path,
     ) -> Result<Self> {
+        let mut cmd = Command::new(program);
+        cmd.args(args).envs(env.iter().copied());
+        Self::spawn_command(name, cmd, log_dir)
+    }
+
+    /// Spawn a prepared `cmd` (its own user, working directory...), its
+    /// stdin closed and its output going to `<log_dir>/<name>.log` like
+    /// [`Child::spawn`].
+    pub fn spawn_command(name: &str, mut cmd: Command, log_dir: &Path) -> Result<Self> {
         let log = log_dir.join(format!("{name}.log"));
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
             .with_context(|| format!("opening {}", log.display()))?;
-        let mut cmd = Command::new(program);
-        cmd.args(args)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
+        cmd.stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file);
         die_with_parent(&mut cmd);
+        let program = cmd.get_program().to_owned();
         let child = spawn_on_keeper(cmd)
-            .with_context(|| format!("starting {name} ({})", Path::new(program).display()))?;
+            .with_context(|| format!("starting {name} ({})", Path::new(&program).display()))?;
         Ok(Self {
             name: name.to_string(),
             child,
@@ -53,6 +60,26 @@ impl Child {
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Its exit status if it has exited (reaped), `None` while it runs.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Wait up to `grace` for the process to exit (after a signal):
+    /// whether it did. It is left running otherwise.
+    pub fn wait_exit(&mut self, grace: Duration) -> bool {
+        let deadline = Instant::now() + grace;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(_)) => return true,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => return false,
+            }
+        }
     }
 
     /// SIGKILL and reap.

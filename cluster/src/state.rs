@@ -4,7 +4,9 @@
 //! act on it. The file is a snapshot taken at start: PIDs are those of the
 //! first processes, and the current master is always asked of the
 //! sentinels (or, in a Redis Cluster, of the nodes), never read from the
-//! file.
+//! file. It also names the process that wrote it (`pid`, `exe`), which
+//! `cluster down --state <file>` stops ([`State::down`]), and in archive
+//! mode the database URL and the archiver's metrics URL.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -30,6 +32,14 @@ pub struct State {
     /// Every data node's `host:port` and PID at start (in cluster mode the
     /// six cluster nodes).
     pub redis_nodes: Vec<(String, Option<u32>)>,
+    /// The launcher process that wrote the file (`cluster up`).
+    pub pid: Option<u32>,
+    /// Its executable, to make sure `pid` is still it.
+    pub exe: Option<PathBuf>,
+    /// PostgreSQL's URL, in archive mode.
+    pub database_url: Option<String>,
+    /// The archiver's `/metrics` URL, in archive mode.
+    pub archiver_metrics_url: Option<String>,
 }
 
 /// Write `c`'s state to `<log_dir>/cluster.json` and return the path.
@@ -52,6 +62,12 @@ pub fn write(c: &Cluster) -> Result<PathBuf> {
         "haproxy_pid": c.haproxy_pid(),
         "haproxy_pids": c.haproxy_pids(),
         "haproxy_stats": c.haproxy_stats_urls(),
+        "pid": std::process::id(),
+        "exe": std::env::current_exe().ok(),
+        "database_url": c.database_url(),
+        "archiver_metrics_url": c.archiver_metrics_url(),
+        "archiver_pid": c.archiver_pid(),
+        "postgres_pid": c.postgres_pid(),
     });
     std::fs::write(&path, serde_json::to_string_pretty(&doc)? + "\n")
         .with_context(|| format!("writing {}", path.display()))?;
@@ -90,7 +106,34 @@ impl State {
                         .collect()
                 })
                 .unwrap_or_default(),
+            pid: v["pid"].as_u64().map(|p| p as u32),
+            exe: v["exe"].as_str().map(PathBuf::from),
+            database_url: v["database_url"].as_str().map(String::from),
+            archiver_metrics_url: v["archiver_metrics_url"].as_str().map(String::from),
         })
+    }
+
+    /// Stop the `cluster up` that wrote the file as Ctrl-C does (SIGTERM:
+    /// it stops its processes and removes its temporary directories) and
+    /// wait up to `timeout` for it to exit; returns its PID. Fails when it
+    /// no longer runs (its PID now names another program).
+    pub fn down(&self, timeout: Duration) -> Result<u32> {
+        let Some(pid) = self.pid else {
+            bail!("the state file names no launcher process (written by an older `cluster`)");
+        };
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+        if exe.is_none() || exe != self.exe || !running(pid) {
+            bail!("the cluster (pid {pid}) is not running");
+        }
+        crate::procs::signal(pid, libc::SIGTERM)?;
+        let deadline = std::time::Instant::now() + timeout;
+        while running(pid) {
+            if std::time::Instant::now() > deadline {
+                bail!("the cluster (pid {pid}) did not stop within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(pid)
     }
 
     /// Kill the current master (as the sentinels name it) with SIGKILL,
@@ -156,6 +199,15 @@ impl State {
             .find(|(a, _)| a == addr)
             .and_then(|(_, pid)| *pid)
     }
+}
+
+/// Whether `pid` runs (and is not a zombie waiting for its parent).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|st| {
+        st.rfind(')')
+            .and_then(|i| st[i + 1..].split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
 }
 
 fn kill_master(pid: u32, addr: &str) -> Result<()> {

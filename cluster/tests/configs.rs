@@ -2,7 +2,9 @@
 //! HAProxy config equals the generator's output and passes `haproxy -c`,
 //! the local one passes too, and docker-compose.yml has the topology the
 //! launcher has, in its default services and in its `sentinel` and
-//! `cluster` profiles.
+//! `cluster` profiles, each with its archive (PostgreSQL and an archiver
+//! with the profile's Redis settings), and the Dockerfile builds every
+//! binary the services run.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -75,6 +77,7 @@ fn local_haproxy_cfg_is_valid() {
     let path = dir.join("haproxy.cfg");
     std::fs::write(&path, cfg).unwrap();
     haproxy_check(&path);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -91,7 +94,10 @@ fn compose_file_matches_the_launcher_topology() {
         .filter(|(_, svc)| svc.get("profiles").is_none())
         .map(|(k, _)| k.as_str().unwrap())
         .collect();
-    assert_eq!(names, ["redis", "app1", "app2", "app3", "haproxy"]);
+    assert_eq!(
+        names,
+        ["redis", "app1", "app2", "app3", "postgres", "archiver", "haproxy"]
+    );
     let settings = compose_settings();
     for (name, addr) in &settings.servers {
         let svc = &doc["services"][name.as_str()];
@@ -126,6 +132,18 @@ fn compose_file_matches_the_launcher_topology() {
         );
         assert_eq!(env["REDIS_URL"].as_str(), Some("redis://redis:6379/"));
         assert_eq!(
+            env["DATABASE_URL"].as_str(),
+            Some(DATABASE_URL),
+            "{name} reads history from the archive"
+        );
+        for dep in ["redis", "postgres"] {
+            assert_eq!(
+                svc["depends_on"][dep]["condition"].as_str(),
+                Some("service_healthy"),
+                "{name} waits for {dep}"
+            );
+        }
+        assert_eq!(
             svc["build"].as_str(),
             Some("."),
             "{name} builds the Dockerfile"
@@ -150,13 +168,135 @@ fn compose_file_matches_the_launcher_topology() {
         vols.iter().any(|v| v.starts_with("./haproxy.cfg:")),
         "{vols:?}"
     );
-    // The Dockerfile builds the binary the compose services run.
+    // The Dockerfile builds the binaries the compose services run.
     let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
     assert!(
         dockerfile.contains("--bin server")
             && dockerfile.contains("ENTRYPOINT [\"/usr/local/bin/server\"]")
     );
     assert!(dockerfile.matches("FROM ").count() >= 2, "multi-stage");
+    let env = |name: &str| doc["services"][name]["environment"].clone();
+    check_archive(&doc, "postgres", "archiver", None, &env("app1"));
+    assert_eq!(
+        env("archiver")["REDIS_URL"],
+        env("app1")["REDIS_URL"],
+        "the archiver reads the servers' Redis"
+    );
+    for dep in ["redis", "postgres"] {
+        assert_eq!(
+            doc["services"]["archiver"]["depends_on"][dep]["condition"].as_str(),
+            Some("service_healthy"),
+            "the archiver waits for {dep}"
+        );
+    }
+}
+
+/// What every chat server and archiver is given: on each network
+/// `postgres` names that network's PostgreSQL.
+const DATABASE_URL: &str = "postgres://chat:chat@postgres:5432/chat";
+
+/// A profile's archive (the default services' with `network` `None`):
+/// PostgreSQL `pg` from the official image, healthy by `pg_isready`, with
+/// the user, password and database of [`DATABASE_URL`], its data in a
+/// declared volume of its own, reachable as `postgres` on the network; the
+/// archiver `archiver` built from the Dockerfile (which builds and ships
+/// the `archiver` binary) with the servers' `DATABASE_URL`, its metrics on
+/// an unpublished port, stopped by SIGTERM with time to drain, and
+/// waiting for PostgreSQL to be healthy.
+fn check_archive(
+    doc: &serde_yaml::Value,
+    pg: &str,
+    archiver: &str,
+    network: Option<&str>,
+    server_env: &serde_yaml::Value,
+) {
+    let svc = |name: &str| &doc["services"][name];
+    let p = svc(pg);
+    assert!(
+        p["image"].as_str().unwrap().starts_with("postgres:"),
+        "{pg}: the official image"
+    );
+    let e = &p["environment"];
+    assert_eq!(
+        [
+            &e["POSTGRES_USER"],
+            &e["POSTGRES_PASSWORD"],
+            &e["POSTGRES_DB"]
+        ]
+        .map(|v| v.as_str()),
+        [Some("chat"); 3],
+        "{pg} matches {DATABASE_URL}"
+    );
+    let check = strings(&p["healthcheck"]["test"]).join(" ");
+    assert!(
+        check.contains("pg_isready -U chat -d chat"),
+        "{pg}: {check}"
+    );
+    let vols = strings(&p["volumes"]);
+    assert_eq!(vols.len(), 1, "{pg}: {vols:?}");
+    let (vol, path) = vols[0].split_once(':').unwrap();
+    assert_eq!(path, "/var/lib/postgresql/data", "{pg}");
+    assert!(doc["volumes"].get(vol).is_some(), "{pg}: volume {vol}");
+    assert!(p.get("ports").is_none(), "{pg} is not published");
+    match network {
+        None => assert_eq!(
+            pg, "postgres",
+            "the default network resolves the service name"
+        ),
+        Some(net) => assert_eq!(
+            strings(&p["networks"][net]["aliases"]),
+            ["postgres"],
+            "{pg} answers to postgres on the {net} network"
+        ),
+    }
+
+    let a = svc(archiver);
+    let e = &a["environment"];
+    assert_eq!(a["build"].as_str(), Some("."), "{archiver}");
+    assert_eq!(
+        strings(&a["entrypoint"]),
+        ["/usr/local/bin/archiver"],
+        "{archiver}"
+    );
+    assert_eq!(e["DATABASE_URL"].as_str(), Some(DATABASE_URL), "{archiver}");
+    assert_eq!(server_env["DATABASE_URL"].as_str(), Some(DATABASE_URL));
+    assert_eq!(
+        e["METRICS_LISTEN"].as_str(),
+        Some("0.0.0.0:9200"),
+        "{archiver}"
+    );
+    assert_eq!(strings(&a["expose"]), ["9200"], "{archiver}");
+    assert!(
+        a.get("ports").is_none(),
+        "{archiver}: metrics not published"
+    );
+    assert_eq!(a["stop_signal"].as_str(), Some("SIGTERM"), "{archiver}");
+    assert!(a["stop_grace_period"].as_str().is_some(), "{archiver}");
+    assert_eq!(
+        a["depends_on"][pg]["condition"].as_str(),
+        Some("service_healthy"),
+        "{archiver} waits for {pg}"
+    );
+    if let Some(net) = network {
+        assert_eq!(strings(&a["networks"]), [net], "{archiver}");
+    }
+    // Only the Redis settings of the profile's servers.
+    for key in [
+        "REDIS_URL",
+        "REDIS_SENTINELS",
+        "REDIS_SENTINEL_MASTER",
+        "REDIS_CLUSTER_NODES",
+    ] {
+        assert_eq!(e[key], server_env[key], "{archiver}: {key}");
+    }
+
+    let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
+    assert!(dockerfile.contains("--bin archiver"), "{dockerfile}");
+    assert!(
+        dockerfile.contains("target/release/archiver"),
+        "the image ships the archiver: {dockerfile}"
+    );
+    assert!(dockerfile.contains("COPY --from=build /out/ /usr/local/bin/"));
 }
 
 fn strings(v: &serde_yaml::Value) -> Vec<String> {
@@ -199,6 +339,8 @@ fn compose_sentinel_profile_is_consistent() {
             "sentinel-app1",
             "sentinel-app2",
             "sentinel-app3",
+            "sentinel-postgres",
+            "sentinel-archiver",
             "sentinel-haproxy"
         ]
     );
@@ -280,14 +422,36 @@ fn compose_sentinel_profile_is_consistent() {
             std::slice::from_ref(name),
             "{app} answers to {name} on the sentinel network"
         );
-        for sentinel in ["sentinel1", "sentinel2", "sentinel3"] {
+        for dep in ["sentinel1", "sentinel2", "sentinel3", "sentinel-postgres"] {
             assert_eq!(
-                s["depends_on"][sentinel]["condition"].as_str(),
+                s["depends_on"][dep]["condition"].as_str(),
                 Some("service_healthy"),
-                "{app} waits for {sentinel}"
+                "{app} waits for {dep}"
             );
         }
         assert!(s["depends_on"].get("redis").is_none(), "{app}");
+        assert!(s["depends_on"].get("postgres").is_none(), "{app}");
+        assert_eq!(e["DATABASE_URL"].as_str(), Some(DATABASE_URL), "{app}");
+    }
+
+    // Its archive: the archiver asks the same sentinels for the master.
+    check_archive(
+        &doc,
+        "sentinel-postgres",
+        "sentinel-archiver",
+        Some("sentinel"),
+        env,
+    );
+    let archiver = svc("sentinel-archiver");
+    assert!(archiver["environment"]["REDIS_SENTINELS"]
+        .as_str()
+        .is_some());
+    for dep in ["sentinel1", "sentinel2", "sentinel3", "sentinel-postgres"] {
+        assert_eq!(
+            archiver["depends_on"][dep]["condition"].as_str(),
+            Some("service_healthy"),
+            "sentinel-archiver waits for {dep}"
+        );
     }
 
     // Its own HAProxy, on other host ports than the default one.
@@ -354,6 +518,8 @@ fn compose_cluster_profile_is_consistent() {
         "cluster-app1",
         "cluster-app2",
         "cluster-app3",
+        "cluster-postgres",
+        "cluster-archiver",
         "cluster-haproxy",
     ]);
     assert_eq!(profiled, expected);
@@ -504,11 +670,35 @@ fn compose_cluster_profile_is_consistent() {
             "{app} waits for the cluster to be created"
         );
         assert_eq!(
-            s["depends_on"].as_mapping().unwrap().len(),
-            1,
-            "{app} depends on the init only"
+            s["depends_on"]["cluster-postgres"]["condition"].as_str(),
+            Some("service_healthy"),
+            "{app} waits for its PostgreSQL"
         );
+        assert_eq!(
+            s["depends_on"].as_mapping().unwrap().len(),
+            2,
+            "{app} depends on the init and its PostgreSQL only"
+        );
+        assert_eq!(e["DATABASE_URL"].as_str(), Some(DATABASE_URL), "{app}");
     }
+
+    // Its archive: the archiver scans every master of the same nodes.
+    check_archive(
+        &doc,
+        "cluster-postgres",
+        "cluster-archiver",
+        Some("cluster"),
+        env,
+    );
+    let archiver = svc("cluster-archiver");
+    assert!(archiver["environment"]["REDIS_CLUSTER_NODES"]
+        .as_str()
+        .is_some());
+    assert_eq!(
+        archiver["depends_on"]["redis-cluster-init"]["condition"].as_str(),
+        Some("service_completed_successfully"),
+        "cluster-archiver waits for the cluster to be created"
+    );
     let app_ids: Vec<&str> = (1..=3)
         .map(|i| {
             svc(&format!("cluster-app{i}"))["environment"]["APP_ID"]
