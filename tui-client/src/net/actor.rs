@@ -18,6 +18,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::bucket::Bucket;
+use super::history;
 use super::reasons::{close_exit, connect_error, lost, raw_error_code, Exit, TOKEN_EXPIRED_REASON};
 use super::registry::{self, Chooser, Decision};
 use super::session::{Outgoing, Session};
@@ -41,6 +42,10 @@ pub(super) struct Actor {
     token_sent: Option<String>,
     /// Registry answers against `--url`.
     chooser: Chooser,
+    /// The WebSocket base of the instance last connected to (the direct
+    /// instance with `--registry`, else `--url`): `/history` is asked
+    /// there, so pages come from the server the client actually talks to.
+    base: String,
 }
 
 impl Actor {
@@ -53,6 +58,7 @@ impl Actor {
         for room in &cfg.more_rooms {
             session.join(room);
         }
+        let base = cfg.url.clone();
         Self {
             session,
             cfg,
@@ -64,6 +70,7 @@ impl Actor {
             token_exp: None,
             token_sent: None,
             chooser: Chooser::default(),
+            base,
         }
     }
 
@@ -158,6 +165,7 @@ impl Actor {
                     match self.connect(&target).await {
                         Ok(ws) => {
                             self.chooser.connected();
+                            self.base.clone_from(&base);
                             let started = Instant::now();
                             let exit = self.connected(ws).await;
                             if started.elapsed() >= self.cfg.stable_after {
@@ -255,6 +263,11 @@ impl Actor {
                 id,
                 action,
             } => return self.enqueue(room, text, id, action).await,
+            Request::History {
+                room,
+                before,
+                limit,
+            } => self.fetch_history(room, before, limit),
             // The UI says "not connected" itself; nothing to remember.
             Request::Who(_) | Request::Reconnect => {}
         }
@@ -416,6 +429,10 @@ impl Actor {
                             Request::Leave(room) => Some(self.session.leave(&room)),
                             Request::Nick(nick) => Some(ClientFrame::Nick { nick }),
                             Request::Who(room) => Some(ClientFrame::Who { room }),
+                            Request::History { room, before, limit } => {
+                                self.fetch_history(room, before, limit);
+                                None
+                            }
                         },
                     };
                     if let Some(frame) = frame {
@@ -510,6 +527,40 @@ impl Actor {
         }
     }
 
+    /// Fetch a page of history in a task of its own: the socket is served
+    /// meanwhile, and the answer arrives as a [`NetEvent::History`]. The
+    /// UI asks for one page per room at a time, and every fetch ends
+    /// within [`HISTORY_LIMIT`], so these tasks stay few.
+    fn fetch_history(&self, room: String, before: Option<u64>, limit: u32) {
+        let token = self
+            .token_sent
+            .clone()
+            .or_else(|| self.cfg.token.as_ref().and_then(|t| t.current().ok()));
+        let target = history::history_url(&self.base, &room, before, limit);
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let result = match target {
+                Ok((url, base_token)) => {
+                    tracing::info!(%url, "fetching history");
+                    let token = token.or(base_token);
+                    history::fetch(&url, token.as_deref(), HISTORY_LIMIT).await
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = &result {
+                tracing::warn!(%room, ?before, error = %e, "history page");
+            }
+            // The UI may be gone (quitting): nobody to tell then.
+            let _ = events
+                .send(NetEvent::History {
+                    room,
+                    before,
+                    result,
+                })
+                .await;
+        });
+    }
+
     /// One text frame from the server. False when the UI is gone.
     async fn on_text(&mut self, text: &str) -> bool {
         let frame = match serde_json::from_str::<ServerFrame>(text) {
@@ -563,6 +614,9 @@ where
     let json = serde_json::to_string(frame).expect("client frames always serialise");
     sink.send(Message::Text(json.into())).await
 }
+
+/// The most a history page may take, connect to last byte.
+const HISTORY_LIMIT: Duration = Duration::from_secs(15);
 
 /// How often to look at the token file again while it holds no newer
 /// token.

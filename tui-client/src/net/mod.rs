@@ -12,12 +12,16 @@
 //! - [`url`] — the connect URL.
 //! - [`jwt`] — reading a token's `exp` and `sub` (not verifying it).
 //! - [`registry`] — asking the registry which instance to connect to.
+//! - [`history`] — older pages of a room from the server's `/history`.
+//! - [`http`] — the minimal HTTP/1.1 GET both of those use.
 //! - `reasons`: why a connection ended, in words, and what follows.
 //! - `actor`: the connection loop itself.
 
 mod actor;
 pub mod backoff;
 pub mod bucket;
+pub mod history;
+pub mod http;
 pub mod jwt;
 mod reasons;
 pub mod registry;
@@ -46,6 +50,15 @@ pub enum Request {
         action: bool,
     },
     Who(Option<String>),
+    /// Fetch the page of `room`'s history before offset `before` (the
+    /// newest without one) from the instance the client is connected to;
+    /// answered by [`NetEvent::History`]. It goes over HTTP beside the
+    /// WebSocket, so it works while reconnecting too.
+    History {
+        room: String,
+        before: Option<u64>,
+        limit: u32,
+    },
     /// Drop the wait (or the connection) and connect now.
     Reconnect,
 }
@@ -77,6 +90,12 @@ pub enum NetEvent {
         reason: String,
         retry_in: Option<Duration>,
         attempt: u32,
+    },
+    /// The answer to [`Request::History`]: a page, or why there is none.
+    History {
+        room: String,
+        before: Option<u64>,
+        result: Result<history::Page, String>,
     },
     /// A send was refused before it reached the server.
     SendFailed {

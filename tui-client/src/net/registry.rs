@@ -11,8 +11,7 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use super::http;
 
 /// Answers naming the URL that just failed before falling back to `--url`.
 pub const SAME_ANSWERS_MAX: u32 = 3;
@@ -85,100 +84,21 @@ impl Chooser {
 
 /// `GET url` (`http://host:port/path`) and read the answer's JSON.
 pub async fn ask(url: &str, limit: Duration) -> Result<Answer, String> {
-    tokio::time::timeout(limit, ask_inner(url))
-        .await
-        .map_err(|_| format!("no answer within {}s", limit.as_secs()))?
-}
-
-async fn ask_inner(url: &str) -> Result<Answer, String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("{url}: only http:// registries are supported"))?;
-    let (host, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let addr = if host.contains(':') {
-        host.to_string()
-    } else {
-        format!("{host}:80")
-    };
-    let mut stream = TcpStream::connect(&addr)
-        .await
-        .map_err(|e| format!("{addr}: {e}"))?;
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
-    );
-    stream
-        .write_all(req.as_bytes())
-        .await
-        .map_err(|e| format!("{addr}: {e}"))?;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|e| format!("{addr}: {e}"))?;
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if buf.len() > MAX_RESPONSE {
-            return Err(format!("{addr}: answer over {MAX_RESPONSE} bytes"));
-        }
-        if complete(&buf) {
-            break;
-        }
-    }
-    parse_response(&buf)
-}
-
-/// Whether a response is complete by its `Content-Length` (otherwise it
-/// ends with the connection).
-fn complete(buf: &[u8]) -> bool {
-    let Some(end) = find(buf, b"\r\n\r\n") else {
-        return false;
-    };
-    let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
-    let len = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse::<usize>().ok());
-    len.is_some_and(|n| buf.len() >= end + 4 + n)
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+    let resp = http::get(url, &[], MAX_RESPONSE, limit).await?;
+    answer(&resp)
 }
 
 /// Read an HTTP/1.1 response (plain or chunked body) and its JSON.
 pub fn parse_response(buf: &[u8]) -> Result<Answer, String> {
-    let end = find(buf, b"\r\n\r\n").ok_or("the registry's answer has no header end")?;
-    let head = String::from_utf8_lossy(&buf[..end]);
-    let status_line = head.lines().next().unwrap_or_default();
-    let status: u16 = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
-    let mut body = buf[end + 4..].to_vec();
-    if head
-        .to_lowercase()
-        .lines()
-        .any(|l| l.starts_with("transfer-encoding:") && l.contains("chunked"))
-    {
-        body = dechunk(&body)?;
-    }
-    if status != 200 {
-        let text = String::from_utf8_lossy(&body);
-        return Err(format!(
-            "HTTP {status}: {}",
-            text.lines().next().unwrap_or("").trim()
-        ));
+    answer(&http::parse(buf)?)
+}
+
+fn answer(resp: &http::Response) -> Result<Answer, String> {
+    if resp.status != 200 {
+        return Err(resp.reason());
     }
     let v: serde_json::Value =
-        serde_json::from_slice(&body).map_err(|e| format!("the registry's JSON: {e}"))?;
+        serde_json::from_slice(&resp.body).map_err(|e| format!("the registry's JSON: {e}"))?;
     let url = v
         .get("url")
         .and_then(|u| u.as_str())
@@ -190,27 +110,6 @@ pub fn parse_response(buf: &[u8]) -> Result<Answer, String> {
         url: url.to_string(),
         app_id: v.get("app_id").and_then(|a| a.as_str()).map(str::to_string),
     })
-}
-
-fn dechunk(mut body: &[u8]) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    // At most one chunk per byte of input: the loop ends.
-    for _ in 0..=body.len() {
-        let line_end = find(body, b"\r\n").ok_or("a chunk without its size line")?;
-        let size_text = String::from_utf8_lossy(&body[..line_end]);
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-            .map_err(|_| format!("bad chunk size {size_text:?}"))?;
-        if size == 0 {
-            return Ok(out);
-        }
-        let start = line_end + 2;
-        let data = body
-            .get(start..start + size)
-            .ok_or("a chunk shorter than its size")?;
-        out.extend_from_slice(data);
-        body = body.get(start + size + 2..).unwrap_or_default();
-    }
-    Err("too many chunks".into())
 }
 
 #[cfg(test)]

@@ -129,6 +129,8 @@ impl App {
                 let r = self.room_mut();
                 r.lines.clear();
                 r.scroll_to_bottom();
+                // What was cleared can be paged back in.
+                r.older = super::room::Older::Idle;
                 Vec::new()
             }
         }

@@ -67,7 +67,9 @@ impl App {
             KeyCode::Right => self.input.right(),
             KeyCode::Home if ctrl => {
                 let geo = self.geometry();
+                let top = self.room().at_top(geo);
                 self.room_mut().scroll_up(usize::MAX / 4, geo);
+                return self.load_older(top);
             }
             KeyCode::End if ctrl => self.room_mut().scroll_to_bottom(),
             KeyCode::Home => self.input.home(),
@@ -75,8 +77,12 @@ impl App {
             KeyCode::Up => self.input.history_prev(),
             KeyCode::Down => self.input.history_next(),
             KeyCode::PageUp => {
+                // At the top already: the page before comes from the
+                // server's history.
                 let geo = self.geometry();
+                let top = self.room().at_top(geo);
                 self.room_mut().scroll_up(page, geo);
+                return self.load_older(top);
             }
             KeyCode::PageDown => self.room_mut().scroll_down(page),
             KeyCode::Esc => self.room_mut().scroll_to_bottom(),
@@ -191,13 +197,15 @@ impl App {
         self.switch_to(i as usize);
     }
 
-    pub(super) fn on_mouse(&mut self, m: MouseEvent) {
+    pub(super) fn on_mouse(&mut self, m: MouseEvent) -> Vec<Action> {
         let panes = layout::panes(self.area);
         let at = Position::new(m.column, m.row);
         match m.kind {
             MouseEventKind::ScrollUp if panes.messages.contains(at) => {
                 let geo = self.geometry();
+                let top = self.room().at_top(geo);
                 self.room_mut().scroll_up(WHEEL_ROWS, geo);
+                return self.load_older(top);
             }
             MouseEventKind::ScrollDown if panes.messages.contains(at) => {
                 self.room_mut().scroll_down(WHEEL_ROWS);
@@ -215,5 +223,6 @@ impl App {
             }
             _ => {}
         }
+        Vec::new()
     }
 }

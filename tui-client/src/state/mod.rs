@@ -10,6 +10,7 @@
 //! - [`input`] — the line editor and its history.
 //! - [`command`] — slash-command parsing and help.
 //! - [`clock`] — timestamps.
+//! - [`older`] — paging back through the server's history.
 //! - `keys`: keyboard and mouse bindings.
 //! - `net_events`: what each network event does to the state.
 //! - `presence`: joins, leaves (held back briefly) and nick changes.
@@ -22,6 +23,7 @@ pub mod input;
 mod keys;
 pub mod members;
 mod net_events;
+pub mod older;
 mod presence;
 pub mod room;
 mod search;
@@ -298,10 +300,7 @@ impl App {
     pub fn update(&mut self, event: Event) -> Vec<Action> {
         match event {
             Event::Key(k) => self.on_key(k),
-            Event::Mouse(m) => {
-                self.on_mouse(m);
-                Vec::new()
-            }
+            Event::Mouse(m) => self.on_mouse(m),
             Event::Paste(s) => {
                 if let Some(search) = self.search.as_mut().filter(|s| s.typing) {
                     search.needle.push_str(&s.replace(['\r', '\n'], " "));

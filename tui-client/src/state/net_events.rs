@@ -87,6 +87,11 @@ impl App {
                     self.error(&format!("offline: {reason} — type /reconnect to try again"));
                 }
             }
+            NetEvent::History {
+                room,
+                before,
+                result,
+            } => self.on_history(&room, before, result),
             NetEvent::SendFailed { id, room, reason } => {
                 let i = self.room_index(&room).unwrap_or(self.current);
                 let text = self.rooms[i].take_pending(&id).map(|l| l.text);

@@ -128,7 +128,22 @@ pub struct Room {
     pub held_leaves: Vec<HeldLeave>,
     /// Lines ever appended: a held leave goes back to where it arrived.
     pub appended: u64,
+    /// Paging back through the server's history (PageUp at the top).
+    pub older: Older,
     capacity: usize,
+}
+
+/// Where paging back through a room's history stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Older {
+    /// Nothing asked: PageUp at the top asks for the page before the
+    /// oldest message shown.
+    #[default]
+    Idle,
+    /// A page is on its way (a "loading" line shows where it goes).
+    Loading,
+    /// The server said there is nothing older: no more requests.
+    Done,
 }
 
 /// A leave line waiting out [`LEAVE_GRACE`].
@@ -167,6 +182,7 @@ impl Room {
             replay_at: None,
             held_leaves: Vec::new(),
             appended: 0,
+            older: Older::Idle,
             capacity: capacity.max(1),
         }
     }
@@ -224,6 +240,11 @@ impl Room {
         }
         self.lines.insert(at, held.line);
         self.trim();
+    }
+
+    /// Lines kept at most.
+    pub fn capacity(&self) -> usize {
+        self.capacity
     }
 
     fn trim(&mut self) {
