@@ -5,6 +5,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod procs;
+
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -78,12 +80,25 @@ impl Server {
     /// Start `chat_server::run` with `--history history`, no rate limits
     /// that a test's bursts would hit.
     pub async fn start(app_id: &str, redis_url: &str, history: u32) -> Server {
+        Server::start_archived(app_id, redis_url, history, 0).await
+    }
+
+    /// Like [`Server::start`], with `--archive-backlog backlog`: history
+    /// keeps the entries above the archiver's watermark, up to `history +
+    /// backlog`.
+    pub async fn start_archived(
+        app_id: &str,
+        redis_url: &str,
+        history: u32,
+        backlog: u32,
+    ) -> Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let mut config = chat_server::Config::for_test(app_id, redis_url);
         config.history_len = history;
         config.rate_per_sec = 100_000;
         config.burst = 100_000;
+        config.archive_backlog = backlog;
         let (tx, rx) = oneshot::channel::<()>();
         tokio::spawn(async move {
             let r = chat_server::run(listener, config, async {
@@ -350,6 +365,34 @@ pub async fn wait_watermark(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// `XLEN` of `room`'s history stream.
+pub async fn xlen(redis: &mut redis::aio::MultiplexedConnection, room: &str) -> i64 {
+    redis::cmd("XLEN")
+        .arg(format!("chat:{{{room}}}:log"))
+        .query_async(redis)
+        .await
+        .unwrap()
+}
+
+/// The offset of the oldest entry left in `room`'s history stream.
+pub async fn first_offset(
+    redis: &mut redis::aio::MultiplexedConnection,
+    room: &str,
+) -> Option<i64> {
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(format!("chat:{{{room}}}:log"))
+        .arg("-")
+        .arg("+")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(redis)
+        .await
+        .unwrap();
+    entries
+        .first()
+        .map(|(id, _)| id.split('-').next().unwrap().parse().unwrap())
 }
 
 /// The set of deliveries, checked to hold no offset twice.
