@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chat_cluster::state::State;
-use chat_cluster::{http, Cluster, ClusterOptions};
+use chat_cluster::{http, Cluster, ClusterOptions, RedisTopology};
 use chat_protocol::ServerFrame;
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
@@ -312,4 +312,62 @@ fn cluster_up_archive_prints_the_urls_and_cluster_down_stops_it() {
         .output()
         .unwrap();
     assert!(!again.status.success());
+}
+
+/// The archiver is given the topology's Redis flags (the servers' own)
+/// and archives rooms on every master.
+fn archive_on(redis: RedisTopology, flag: &str) {
+    let c = Cluster::start(ClusterOptions {
+        servers: 1,
+        redis,
+        archive: true,
+        server_log: "warn".into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let pid = c.archiver_pid().unwrap();
+    let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap();
+    let args: Vec<&str> = cmdline.split('\0').collect();
+    assert!(args.contains(&flag), "{args:?}");
+    assert!(!args.contains(&"--redis-url"), "{args:?}");
+    let server_args = c.server_redis_args(0);
+    for a in &server_args {
+        assert!(args.contains(&a.as_str()), "{a} in {args:?}");
+    }
+    assert_eq!(c.archiver_redis_args(), server_args);
+    if redis == RedisTopology::Cluster {
+        let mut masters: Vec<String> = ["alpha", "beta", "gamma"]
+            .iter()
+            .map(|r| {
+                c.cluster_master_for_slot(chat_cluster::room_slot(r))
+                    .unwrap()
+            })
+            .collect();
+        masters.sort();
+        masters.dedup();
+        assert!(
+            masters.len() > 1,
+            "the rooms are on several masters: {masters:?}"
+        );
+    }
+    let url = c.server_ws_url(0);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        tokio::join!(
+            send_messages(&url, "alpha", "ann", 3),
+            send_messages(&url, "beta", "bob", 2),
+            send_messages(&url, "gamma", "cid", 1),
+        );
+    });
+    wait_for_rows(&c, "alpha|3\nbeta|2\ngamma|1");
+}
+
+#[test]
+fn archive_on_sentinel() {
+    archive_on(RedisTopology::Sentinel, "--redis-sentinels");
+}
+
+#[test]
+fn archive_on_redis_cluster() {
+    archive_on(RedisTopology::Cluster, "--redis-cluster");
 }
