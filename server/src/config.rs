@@ -196,6 +196,14 @@ pub struct Config {
     #[arg(long, env = "ARCHIVE_BACKLOG", default_value_t = 0)]
     pub archive_backlog: u32,
 
+    /// The PostgreSQL archive that `archiver` fills (e.g.
+    /// `postgres://user:pass@127.0.0.1:5432/chat`): a resume from further
+    /// back than Redis history gets the missing part from it, and
+    /// `GET /history` pages back through it. Connected lazily: the server
+    /// runs while it is down (a `gap` then names what it could not send).
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+
     /// Most history entries replayed for one `join` with `since` or
     /// `history` (default: `--history`). A resume from further back is told
     /// with a `gap` for what lies beyond the cap and gets the latest ones.

@@ -27,6 +27,7 @@ pub fn router(state: AppState, with_admin: bool) -> Router {
         .route("/", get(index))
         .route("/ws", get(upgrade))
         .route("/connect", get(connect))
+        .route("/history", get(history))
         .route("/healthz", get(healthz));
     let r = if with_admin {
         r.route("/metrics", get(metrics))
@@ -329,6 +330,123 @@ async fn connect(State(state): State<AppState>) -> Response {
             (StatusCode::SERVICE_UNAVAILABLE, no_store, Json(body)).into_response()
         }
     }
+}
+
+/// The query of `GET /history`.
+#[derive(Debug, serde::Deserialize)]
+struct HistoryQuery {
+    room: String,
+    /// Messages below this offset (absent: the newest).
+    #[serde(default)]
+    before: Option<u64>,
+    #[serde(default)]
+    limit: Option<u32>,
+    #[serde(default)]
+    token: Option<String>,
+}
+
+/// Most messages one `GET /history` returns.
+const HISTORY_MAX_LIMIT: u32 = 500;
+
+/// `GET /history?room=R&before=OFFSET&limit=N`: pages back through a room,
+/// newest page first. Answers `{"room", "messages": [message frames as
+/// sent live, oldest first], "more"}`, where `more: false` means nothing
+/// older exists. Reads Redis history and, with `--database-url`, the
+/// archive, and merges them by offset (the archive may lag behind Redis,
+/// and Redis no longer holds what the archive has). Access is checked
+/// like the upgrade's: the token (`?token=` or Bearer), the Origin, and
+/// private rooms.
+async fn history(
+    State(state): State<AppState>,
+    Query(q): Query<HistoryQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let origin = headers
+        .get(header::ORIGIN)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    if !state.auth.origin_allowed(origin.as_deref()) {
+        let origin = origin.unwrap_or_default();
+        return (
+            StatusCode::FORBIDDEN,
+            format!("origin {origin:?} is not allowed\n"),
+        )
+            .into_response();
+    }
+    let token = q
+        .token
+        .as_deref()
+        .or_else(|| bearer(&headers))
+        .map(str::to_owned);
+    let identity = match state.auth.identify(token.as_deref()) {
+        Ok(id) => id,
+        Err(why) => return (StatusCode::UNAUTHORIZED, format!("401 {why}\n")).into_response(),
+    };
+    if let Err(why) = validate_room(&q.room) {
+        return (StatusCode::BAD_REQUEST, format!("{why}\n")).into_response();
+    }
+    if let Err(why) = crate::auth::may_enter(identity.as_ref(), &q.room) {
+        return (StatusCode::FORBIDDEN, format!("{why}\n")).into_response();
+    }
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=HISTORY_MAX_LIMIT).contains(&limit) {
+        let msg = format!("limit must be 1 to {HISTORY_MAX_LIMIT}\n");
+        return (StatusCode::BAD_REQUEST, msg).into_response();
+    }
+    let room = q.room.as_str();
+    let redis = state.store.history_before(room, q.before, limit);
+    let archived = async {
+        match &state.archive {
+            Some(a) => a
+                .before(room, q.before.unwrap_or(u64::MAX), limit)
+                .await
+                .map(Some),
+            None => Ok(None),
+        }
+    };
+    let (redis, archived) = tokio::join!(redis, archived);
+    let unavailable = |what: String| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            format!("history unavailable: {what}\n"),
+        )
+            .into_response()
+    };
+    let redis = match redis {
+        Ok(r) => r,
+        Err(e) => return unavailable(e.to_string()),
+    };
+    let archived = match archived {
+        Ok(a) => a.unwrap_or_default(),
+        Err(e) => return unavailable(e.to_string()),
+    };
+    // Newest first from both; one copy of each offset, the newest `limit`.
+    let mut page: std::collections::BTreeMap<u64, bytes::Bytes> = archived
+        .into_iter()
+        .map(|(_, off, frame)| (off, frame))
+        .collect();
+    page.extend(redis);
+    let messages: Vec<&bytes::Bytes> = page.values().rev().take(limit as usize).collect();
+    let more = messages.len() >= limit as usize;
+    let mut body = Vec::with_capacity(64 + messages.iter().map(|f| f.len() + 1).sum::<usize>());
+    body.extend_from_slice(b"{\"room\":");
+    body.extend_from_slice(&serde_json::to_vec(room).unwrap_or_default());
+    body.extend_from_slice(b",\"messages\":[");
+    for (i, f) in messages.iter().rev().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(f);
+    }
+    body.extend_from_slice(format!("],\"more\":{more}}}").as_bytes());
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

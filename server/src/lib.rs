@@ -18,6 +18,7 @@
 //! - [`registry`]: the instance heartbeat and dead-instance cleanup.
 //! - [`metrics`]: counters for `/metrics`.
 
+pub mod archive;
 pub mod auth;
 pub mod commands;
 pub mod config;
@@ -72,6 +73,8 @@ pub struct Inner {
     pub boot: String,
     pub metrics: Arc<Metrics>,
     pub store: Store,
+    /// The PostgreSQL archive (`--database-url`), if any.
+    pub archive: Option<archive::Archive>,
     pub hub: Hub,
     /// One permit per connection.
     pub conn_limit: Arc<Semaphore>,
@@ -329,11 +332,18 @@ pub async fn run(
         "{:06x}",
         (now_nanos() ^ std::process::id().rotate_left(16)) & 0xff_ffff
     );
+    let archive = config
+        .database_url
+        .as_deref()
+        .map(|url| archive::Archive::new(url, metrics.clone()))
+        .transpose()
+        .context("bad --database-url")?;
     let state = AppState(Arc::new(Inner {
         app_id: config.app_id.clone(),
         boot,
         metrics,
         store: store.clone(),
+        archive,
         hub: hub.clone(),
         conn_limit: Arc::new(Semaphore::new(max_connections)),
         per_ip: per_ip::PerIp::new(config.max_connections_per_ip.unwrap_or(max_connections / 2)),

@@ -35,6 +35,13 @@ pub struct Metrics {
     pub ws_direct_flushes: AtomicU64,
     /// History entries trimmed before the archiver stored them.
     pub archive_overflow: AtomicU64,
+    /// Reads of the PostgreSQL archive that answered, rows they returned,
+    /// and reads that failed (database down, slow, no table yet).
+    pub archive_reads: AtomicU64,
+    pub archive_rows_read: AtomicU64,
+    pub archive_errors: AtomicU64,
+    /// Messages a resume got from the archive.
+    pub archive_replayed: AtomicU64,
     /// Deliveries dropped because a socket's outbound queue was full.
     pub fanout_drops: AtomicU64,
     /// Connections closed as slow consumers.
@@ -202,6 +209,30 @@ impl Metrics {
             "counter",
             "History entries trimmed before the archiver stored them (raise --archive-backlog or check the archiver).",
             &self.archive_overflow,
+        );
+        one(
+            "chat_archive_reads_total",
+            "counter",
+            "Reads of the PostgreSQL archive (resumes from beyond history, GET /history) that answered.",
+            &self.archive_reads,
+        );
+        one(
+            "chat_archive_rows_read_total",
+            "counter",
+            "Messages read from the PostgreSQL archive.",
+            &self.archive_rows_read,
+        );
+        one(
+            "chat_archive_errors_total",
+            "counter",
+            "Reads of the PostgreSQL archive that failed or timed out (a gap or a 503 said so).",
+            &self.archive_errors,
+        );
+        one(
+            "chat_archive_replayed_total",
+            "counter",
+            "Messages sent to resuming clients from the PostgreSQL archive (history no longer held them).",
+            &self.archive_replayed,
         );
         one(
             "chat_fanout_drops_total",

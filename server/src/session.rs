@@ -501,6 +501,7 @@ mod tests {
             boot: "b".into(),
             metrics,
             store,
+            archive: None,
             hub,
             conn_limit: Arc::new(tokio::sync::Semaphore::new(1)),
             max_connections: 1,

@@ -162,9 +162,15 @@ impl Session {
             start,
         } = hist.head;
         let capped = paging.as_ref().and_then(|p| p.capped);
+        // What the archive is asked for: what history lost after `since`.
+        let mut fill = None;
         if let Some((epoch, since)) = from.as_ref() {
             let wanted_from = since.saturating_add(1);
             let held_from = hist.first.unwrap_or(head.saturating_add(1));
+            let below = held_from.min(head.saturating_add(1));
+            // Past the cap, nothing is read (a gap says so).
+            let after = (*since).max(capped.unwrap_or(0));
+            let archive = self.state.archive.is_some() && below > after.saturating_add(1);
             // `since: 0` asks for everything history holds: nothing is
             // missing but what the cap leaves out.
             let gap = if *since > 0 && *epoch == head_epoch {
@@ -172,7 +178,20 @@ impl Session {
                     .saturating_sub(1)
                     .max(capped.unwrap_or(0))
                     .min(head);
-                (to >= wanted_from).then_some((wanted_from, to))
+                if archive {
+                    // The archive's part is announced as it is read:
+                    // only what the cap leaves out is a gap already.
+                    fill = Some(Fill {
+                        epoch: Some(epoch.clone()),
+                        after,
+                        below,
+                    });
+                    capped
+                        .filter(|c| *c >= wanted_from)
+                        .map(|c| (wanted_from, c))
+                } else {
+                    (to >= wanted_from).then_some((wanted_from, to))
+                }
             } else if let Some(cut) = capped {
                 // Another epoch (`recovered: false` said so) or `since: 0`:
                 // announce what the cap leaves out of what history holds
@@ -185,14 +204,20 @@ impl Session {
             } else {
                 None
             };
+            if archive && *since > 0 && *epoch != head_epoch {
+                // Another epoch: the archive may hold the rest of the
+                // client's epoch and the start of later ones, all below
+                // what history holds (offsets grow across epochs). Whether
+                // anything is missing cannot be told: `recovered: false`
+                // already said so.
+                fill = Some(Fill {
+                    epoch: None,
+                    after,
+                    below,
+                });
+            }
             if let Some((from, to)) = gap {
-                self.state.metrics.gaps.fetch_add(1, Relaxed);
-                conn.frame(&ServerFrame::Gap {
-                    room: room.to_string(),
-                    from,
-                    to,
-                })
-                .await?;
+                self.gap(conn, room, from, to).await?;
             }
         }
         let Some(i) = self.position(room) else {
@@ -211,31 +236,29 @@ impl Session {
             None if !fresh => (was_epoch, was_last),
             None => (self.state.hub.epoch_arc(room, &head_epoch), 0),
         };
+        let mut sent = 0u64;
+        if let Some(fill) = fill {
+            // Boxed: a resume from the archive is rare, and the session
+            // future would otherwise hold its state for every connection.
+            match Box::pin(self.replay_archive(conn, room, fill, &mut epoch, &mut last)).await {
+                Ok(n) => sent += n,
+                Err(end) => {
+                    self.member.outbox.settle(key, epoch, last);
+                    return Err(end);
+                }
+            }
+        }
         let mut entries = hist.entries;
         let mut page_len = paging
             .as_ref()
             .map_or(0, |p| REPLAY_PAGE.min(p.budget) as usize);
         let mut budget = paging.as_ref().map_or(0, |p| p.budget);
-        let mut sent = 0u64;
         let mut stopped = None;
         loop {
             budget = budget.saturating_sub(entries.len() as u32);
             let full = page_len > 0 && entries.len() >= page_len;
             let read_to = entries.last().map(|(o, _)| *o);
-            let mut frames = Vec::with_capacity(entries.len());
-            for (off, f) in entries {
-                let Some(e) = peek_epoch(&f) else { continue };
-                if *e == *epoch && off <= last {
-                    continue;
-                }
-                if *e != *epoch {
-                    epoch = self.state.hub.epoch_arc(room, e);
-                }
-                last = off;
-                if std::str::from_utf8(&f).is_ok() {
-                    frames.push(f);
-                }
-            }
+            let frames = self.unseen(room, entries, &mut epoch, &mut last);
             sent += frames.len() as u64;
             if let Err(end) = conn.send_texts(&frames).await {
                 self.member.outbox.settle(key, epoch, last);
@@ -278,6 +301,127 @@ impl Session {
         }
         Ok(())
     }
+}
+
+impl Session {
+    /// The frames of `entries` (offset order) that this client does not
+    /// have yet, given where it stands (`epoch`, `last`), which they
+    /// advance.
+    fn unseen(
+        &self,
+        room: &str,
+        entries: Vec<(u64, bytes::Bytes)>,
+        epoch: &mut Arc<str>,
+        last: &mut u64,
+    ) -> Vec<bytes::Bytes> {
+        let mut frames = Vec::with_capacity(entries.len());
+        for (off, f) in entries {
+            let Some(e) = peek_epoch(&f) else { continue };
+            if *e == **epoch && off <= *last {
+                continue;
+            }
+            if *e != **epoch {
+                *epoch = self.state.hub.epoch_arc(room, e);
+            }
+            *last = off;
+            if std::str::from_utf8(&f).is_ok() {
+                frames.push(f);
+            }
+        }
+        frames
+    }
+
+    /// Send what the archive holds of `fill`, a page at a time, before
+    /// what Redis history holds. Within one epoch offsets are dense, so a
+    /// hole in the archive (or a read that failed) is announced with a
+    /// `gap` where it lies; across epochs nothing can be told. Returns how
+    /// many messages were sent.
+    async fn replay_archive(
+        &mut self,
+        conn: &mut Conn,
+        room: &str,
+        fill: Fill,
+        epoch: &mut Arc<str>,
+        last: &mut u64,
+    ) -> Result<u64, End> {
+        let Some(archive) = self.state.archive.clone() else {
+            return Ok(0);
+        };
+        let mut after = fill.after;
+        let mut sent = 0u64;
+        loop {
+            let page = match &fill.epoch {
+                Some(e) => archive.range(room, e, after, fill.below, REPLAY_PAGE).await,
+                None => archive.span(room, after, fill.below, REPLAY_PAGE).await,
+            };
+            let rows = match page {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::warn!(room, error = %e, "archive unavailable during a resume");
+                    break;
+                }
+            };
+            let full = rows.len() >= REPLAY_PAGE as usize;
+            let mut entries = Vec::with_capacity(rows.len());
+            for (_, off, frame) in rows {
+                if fill.epoch.is_some() && off > after.saturating_add(1) {
+                    sent += self
+                        .send_unseen(conn, room, &mut entries, epoch, last)
+                        .await?;
+                    self.gap(conn, room, after.saturating_add(1), off - 1)
+                        .await?;
+                }
+                after = off;
+                entries.push((off, frame));
+            }
+            sent += self
+                .send_unseen(conn, room, &mut entries, epoch, last)
+                .await?;
+            if !full {
+                break;
+            }
+        }
+        if fill.epoch.is_some() && after.saturating_add(1) < fill.below {
+            self.gap(conn, room, after.saturating_add(1), fill.below - 1)
+                .await?;
+        }
+        self.state.metrics.archive_replayed.fetch_add(sent, Relaxed);
+        Ok(sent)
+    }
+
+    /// Send the unseen frames of `entries` (emptied); how many were sent.
+    async fn send_unseen(
+        &self,
+        conn: &mut Conn,
+        room: &str,
+        entries: &mut Vec<(u64, bytes::Bytes)>,
+        epoch: &mut Arc<str>,
+        last: &mut u64,
+    ) -> Result<u64, End> {
+        let frames = self.unseen(room, std::mem::take(entries), epoch, last);
+        conn.send_texts(&frames).await?;
+        Ok(frames.len() as u64)
+    }
+
+    /// Tell the client that offsets `from..=to` of `room` are lost.
+    async fn gap(&self, conn: &mut Conn, room: &str, from: u64, to: u64) -> Result<(), End> {
+        self.state.metrics.gaps.fetch_add(1, Relaxed);
+        conn.frame(&ServerFrame::Gap {
+            room: room.to_string(),
+            from,
+            to,
+        })
+        .await
+    }
+}
+
+/// What a resume reads from the archive: offsets strictly between `after`
+/// and `below`, of one epoch (the client's, which is also the room's) or,
+/// after an epoch change, of any.
+struct Fill {
+    epoch: Option<String>,
+    after: u64,
+    below: u64,
 }
 
 /// Entries read from history at once during a replay.

@@ -209,6 +209,33 @@ impl Store {
         parse_entries(v)
     }
 
+    /// At most `count` entries below offset `before` (or the newest, with
+    /// none), newest first.
+    pub async fn history_before(
+        &self,
+        room: &str,
+        before: Option<u64>,
+        count: u32,
+    ) -> StoreResult<Vec<(u64, Bytes)>> {
+        let end = match before {
+            Some(0) => return Ok(Vec::new()),
+            Some(b) => format!("{}-0", b - 1),
+            None => "+".to_string(),
+        };
+        let v: Value = self
+            .query(
+                room_slot(room),
+                redis::cmd("XREVRANGE")
+                    .arg(log_key(room))
+                    .arg(end)
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(count.max(1)),
+            )
+            .await?;
+        parse_entries(v)
+    }
+
     /// Offsets `from..=to` from history.
     pub async fn range(&self, room: &str, from: u64, to: u64) -> StoreResult<Vec<(u64, Bytes)>> {
         let v: Value = self
