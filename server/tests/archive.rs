@@ -232,6 +232,20 @@ async fn a_resume_from_beyond_history_gets_the_archive_then_redis_once_in_order(
         "the archive sent what Redis no longer held: {from_archive}"
     );
 
+    // A fresh join asking for the last 500 gets them, 400 of them from
+    // the archive, and nothing announced.
+    let mut d = Client::connect(&format!(
+        "{}?room={ROOM}&nick=dee&history=500",
+        env.c.server_ws_url(1)
+    ))
+    .await;
+    let (got, gaps) = resumed(&mut d, 500).await;
+    assert!(gaps.is_empty(), "{gaps:?}");
+    assert!(
+        got == sent[sent.len() - 500..],
+        "the last 500, in order, once"
+    );
+
     // GET /history pages back through all of it.
     let mut seen = Vec::new();
     let mut before: Option<u64> = None;

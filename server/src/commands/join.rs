@@ -79,6 +79,7 @@ impl Session {
                     let paging = Paging {
                         capped: (cutoff > after).then_some(cutoff),
                         budget: max_replay,
+                        recent: None,
                     };
                     let page = REPLAY_PAGE.min(max_replay);
                     let hist = store
@@ -97,6 +98,7 @@ impl Session {
                     let paging = Paging {
                         capped: None,
                         budget: n,
+                        recent: Some(after),
                     };
                     let hist = store
                         .history_after_n(room, head, after, REPLAY_PAGE.min(n))
@@ -164,6 +166,23 @@ impl Session {
         let capped = paging.as_ref().and_then(|p| p.capped);
         // What the archive is asked for: what history lost after `since`.
         let mut fill = None;
+        if let (None, Some(after)) = (&from, paging.as_ref().and_then(|p| p.recent)) {
+            // `history: n`: the part of the last n that Redis lost comes
+            // from the archive. Nothing was asked for by offset, so
+            // nothing is announced.
+            let below = hist
+                .first
+                .unwrap_or(head.saturating_add(1))
+                .min(head.saturating_add(1));
+            if self.state.archive.is_some() && below > after.saturating_add(1) {
+                fill = Some(Fill {
+                    epoch: Some(head_epoch.clone()),
+                    after,
+                    below,
+                    announce: false,
+                });
+            }
+        }
         if let Some((epoch, since)) = from.as_ref() {
             let wanted_from = since.saturating_add(1);
             let held_from = hist.first.unwrap_or(head.saturating_add(1));
@@ -185,6 +204,7 @@ impl Session {
                         epoch: Some(epoch.clone()),
                         after,
                         below,
+                        announce: true,
                     });
                     capped
                         .filter(|c| *c >= wanted_from)
@@ -214,6 +234,7 @@ impl Session {
                     epoch: None,
                     after,
                     below,
+                    announce: false,
                 });
             }
             if let Some((from, to)) = gap {
@@ -364,7 +385,7 @@ impl Session {
             let full = rows.len() >= REPLAY_PAGE as usize;
             let mut entries = Vec::with_capacity(rows.len());
             for (_, off, frame) in rows {
-                if fill.epoch.is_some() && off > after.saturating_add(1) {
+                if fill.announce && off > after.saturating_add(1) {
                     sent += self
                         .send_unseen(conn, room, &mut entries, epoch, last)
                         .await?;
@@ -381,7 +402,7 @@ impl Session {
                 break;
             }
         }
-        if fill.epoch.is_some() && after.saturating_add(1) < fill.below {
+        if fill.announce && after.saturating_add(1) < fill.below {
             self.gap(conn, room, after.saturating_add(1), fill.below - 1)
                 .await?;
         }
@@ -420,6 +441,9 @@ impl Session {
 /// after an epoch change, of any.
 struct Fill {
     epoch: Option<String>,
+    /// Announce what the archive lacks with `gap` (a resume in the
+    /// client's own epoch, where offsets are dense).
+    announce: bool,
     after: u64,
     below: u64,
 }
@@ -432,6 +456,9 @@ struct Paging {
     /// The cutoff below which `--max-replay` leaves entries out (a gap
     /// announces them), if it does.
     capped: Option<u64>,
+    /// For `history: n`: the offset the last `n` messages lie above (the
+    /// archive supplies those Redis no longer holds).
+    recent: Option<u64>,
     /// Most entries this replay reads, the first page included.
     budget: u32,
 }
