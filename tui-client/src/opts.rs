@@ -20,6 +20,7 @@ Backspace/Del    delete a character; Ctrl+W a word; Ctrl+U/Ctrl+K to start/end
 Tab              complete a nick, a /command or a room; again to cycle
 PgUp/PgDn        scroll the messages; mouse wheel too
 Ctrl+Home        top of the scrollback; Esc or Ctrl+End back to the bottom
+                 (PgUp at the top loads older messages from the server)
 Alt+1..9, Alt+0  show room 1..10; Ctrl+N/Ctrl+P or Alt+←/→ next/previous
 Alt+A            next room that mentions you, else next with unread lines
                  (a click on a room in the list shows it)

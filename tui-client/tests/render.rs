@@ -747,3 +747,52 @@ fn direct_message_rooms_are_listed_apart_with_unread_counts() {
     assert!(row(&t, 4).contains("@bob"), "{}", row(&t, 4));
     assert!(row(&t, 4).contains(" 2"), "{}", row(&t, 4));
 }
+
+#[test]
+fn paging_back_shows_loading_then_the_page_and_the_beginning() {
+    let (w, h) = (100, 16);
+    let mut a = app(w, h);
+    for o in 21..=40 {
+        a.update(msg("lobby", o, "bob", "app2", &format!("live {o}")));
+    }
+    let ctrl_home = Event::Key(KeyEvent::new(KeyCode::Home, KeyModifiers::CONTROL));
+    assert!(a.update(ctrl_home.clone()).is_empty(), "not at the top yet");
+    let acts = a.update(Event::Key(KeyEvent::new(
+        KeyCode::PageUp,
+        KeyModifiers::NONE,
+    )));
+    assert_eq!(acts.len(), 1, "{acts:?}");
+    let t = draw(&a, w, h);
+    assert!(
+        screen(&t).contains(tui_client::state::older::LOADING),
+        "{}",
+        screen(&t)
+    );
+    let page = (1..=20)
+        .map(|o| ChatMessage {
+            room: "lobby".into(),
+            offset: o,
+            epoch: "e1".into(),
+            nick: if o % 2 == 0 { "carol" } else { "dave" }.into(),
+            text: format!("archived {o}"),
+            app_id: "app3".into(),
+            ts: T0 - 86_400_000 + o * 1000,
+            id: None,
+            action: false,
+        })
+        .collect();
+    a.update(Event::Net(NetEvent::History {
+        room: "lobby".into(),
+        before: Some(21),
+        result: Ok(tui_client::net::history::Page {
+            messages: page,
+            more: false,
+        }),
+    }));
+    a.update(ctrl_home);
+    let t = draw(&a, w, h);
+    let s = screen(&t);
+    assert!(!s.contains(tui_client::state::older::LOADING), "{s}");
+    assert!(s.contains(tui_client::state::older::BEGINNING), "{s}");
+    insta::assert_snapshot!("history_beginning", s);
+}
