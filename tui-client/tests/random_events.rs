@@ -1,6 +1,7 @@
 //! Robustness: thousands of random events (keys, pastes, resizes down to
-//! 1x1, server frames in any order, disconnects) never make the state or
-//! the view panic, and the invariants a user relies on hold throughout.
+//! 1x1, server frames in any order, history pages overlapping what is
+//! shown, disconnects) never make the state or the view panic, and the
+//! invariants a user relies on hold throughout.
 //! The RNG is seeded, so a failure replays exactly.
 
 use std::time::{Duration, Instant};
@@ -12,7 +13,8 @@ use rand::{Rng, SeedableRng};
 use ratatui::backend::TestBackend;
 use ratatui::layout::Rect;
 use ratatui::Terminal;
-use tui_client::net::NetEvent;
+use tui_client::net::history::Page;
+use tui_client::net::{NetEvent, Request};
 use tui_client::state::clock::Clock;
 use tui_client::state::{Action, App, Event, Settings};
 use tui_client::view;
@@ -190,6 +192,9 @@ fn random_events_never_break_the_client() {
     let (mut w, mut h) = (100u16, 30u16);
     let mut offsets = [0u64; 4];
     let mut quits = 0;
+    // History requests not answered yet.
+    let mut asked: Vec<(String, Option<u64>)> = Vec::new();
+    let mut pages = 0;
     for step in 0..6000u32 {
         let ev = match rng.random_range(0..20) {
             0..=6 => key(&mut rng),
@@ -230,9 +235,57 @@ fn random_events_never_break_the_client() {
                 },
             }),
             11 => Event::Tick(t0 + Duration::from_millis(u64::from(step) * 50)),
+            // A history page asked for (or one for no request at all):
+            // offsets around `before`, overlapping what is shown, or an
+            // error.
+            12 => {
+                let (room, before) = if asked.is_empty() {
+                    (ROOMS[rng.random_range(0..ROOMS.len())].to_string(), None)
+                } else {
+                    asked.remove(rng.random_range(0..asked.len()))
+                };
+                let top = before.unwrap_or(offsets[0] + 3);
+                let result = if rng.random_bool(0.15) {
+                    Err("HTTP 503: history unavailable".to_string())
+                } else {
+                    let from = top.saturating_sub(rng.random_range(0..40));
+                    let end = top + rng.random_range(0..4);
+                    let mut messages = Vec::new();
+                    for offset in from..end {
+                        if rng.random_bool(0.8) {
+                            messages.push(ChatMessage {
+                                room: room.clone(),
+                                offset,
+                                epoch: "e1".into(),
+                                nick: "bob".into(),
+                                text: text(&mut rng),
+                                app_id: "app1".into(),
+                                ts: 1_700_000_000_000 + offset * 60_000,
+                                id: None,
+                                action: false,
+                            });
+                        }
+                    }
+                    Ok(Page {
+                        messages,
+                        more: rng.random_bool(0.7),
+                    })
+                };
+                Event::Net(NetEvent::History {
+                    room,
+                    before,
+                    result,
+                })
+            }
             _ => server(&mut rng, &mut offsets),
         };
+        pages += usize::from(matches!(ev, Event::Net(NetEvent::History { .. })));
         let actions = app.update(ev);
+        for a in &actions {
+            if let Action::Net(Request::History { room, before, .. }) = a {
+                asked.push((room.clone(), *before));
+            }
+        }
         quits += actions.iter().filter(|a| **a == Action::Quit).count();
 
         // What a user relies on, after every event.
@@ -261,4 +314,5 @@ fn random_events_never_break_the_client() {
         quits > 0,
         "the run never hit a quit key: the generator is off"
     );
+    assert!(pages > 0, "no history page: the generator is off");
 }

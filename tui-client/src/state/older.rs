@@ -3,9 +3,10 @@
 //! for the page before the oldest message shown, and the page goes in
 //! above it.
 //!
-//! - Each offset shows once: a page's messages already in the scrollback
-//!   are skipped, and so are ones newer than the last live message (the
-//!   WebSocket delivers those in order).
+//! - Each offset shows once and in order: a page's messages already in
+//!   the scrollback are skipped, and so are ones not older than the
+//!   oldest shown, or newer than the last live message (the WebSocket
+//!   delivers those in order).
 //! - The view stays put: the scroll position counts rows up from the
 //!   bottom, and the page goes in above what is shown (the reader sees
 //!   its newest lines come in at the top and pages on up).
@@ -232,12 +233,17 @@ impl App {
     fn page_lines(&mut self, i: usize, room: &str, messages: Vec<ChatMessage>) -> Vec<Line> {
         let r = &self.rooms[i];
         let shown: HashSet<u64> = r.lines.iter().filter_map(|l| l.offset).collect();
+        let oldest = r.oldest_offset();
         let last = r.last_offset;
         let mut out = Vec::with_capacity(messages.len());
         for m in messages {
             // Newer than the last live message: the WebSocket brings it.
             let live_ahead = last.is_some_and(|l| m.offset > l);
-            if m.room != room || shown.contains(&m.offset) || live_ahead {
+            // The page goes above the oldest message shown: anything at or
+            // past it (a server that did not cut at `before`) is either
+            // shown already or would land out of order.
+            let not_older = oldest.is_some_and(|o| m.offset >= o);
+            if m.room != room || shown.contains(&m.offset) || live_ahead || not_older {
                 continue;
             }
             self.rooms[i].note_talker(&m.nick);

@@ -249,7 +249,14 @@ impl Room {
 
     fn trim(&mut self) {
         while self.lines.len() > self.capacity {
-            self.lines.pop_front();
+            let gone = self.lines.pop_front();
+            if self.older == Older::Done
+                && gone
+                    .is_some_and(|l| l.kind == LineKind::Day && l.text == super::older::BEGINNING)
+            {
+                // The beginning scrolled out: it can be paged back in.
+                self.older = Older::Idle;
+            }
             self.replay_at = match self.replay_at {
                 Some(0) | None => None,
                 Some(i) => Some(i - 1),
