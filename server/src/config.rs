@@ -191,10 +191,10 @@ pub struct Config {
     /// not stored yet (above the watermark it writes in each room) are not
     /// trimmed, up to this many beyond `--history`. Past that the oldest
     /// go anyway: `chat_archive_overflow_total` counts them and the log
-    /// says so. 0 (the default): no archiver, history is trimmed to
-    /// `--history` alone.
-    #[arg(long, env = "ARCHIVE_BACKLOG", default_value_t = 0)]
-    pub archive_backlog: u32,
+    /// says so. Default: 50000 with `--database-url` (an archiver is
+    /// expected), else 0 (history is trimmed to `--history` alone).
+    #[arg(long, env = "ARCHIVE_BACKLOG")]
+    pub archive_backlog: Option<u32>,
 
     /// The PostgreSQL archive that `archiver` fills (e.g.
     /// `postgres://user:pass@127.0.0.1:5432/chat`): a resume from further
@@ -205,7 +205,8 @@ pub struct Config {
     pub database_url: Option<String>,
 
     /// Most history entries replayed for one `join` with `since` or
-    /// `history` (default: `--history`). A resume from further back is told
+    /// `history` (default: `--history`, and at least 10000 with
+    /// `--database-url`). A resume from further back is told
     /// with a `gap` for what lies beyond the cap and gets the latest ones.
     /// Replay reads history in pages of 100, each sent before the next read.
     #[arg(long, env = "MAX_REPLAY", value_parser = clap::value_parser!(u32).range(1..))]
@@ -285,6 +286,16 @@ pub struct Config {
     pub admin_listen: Option<SocketAddr>,
 }
 
+/// `--archive-backlog` when `--database-url` is set and the flag is not:
+/// at most this many unarchived entries per room wait in Redis while the
+/// archiver or PostgreSQL is down (some 10 MB of Redis memory for a room
+/// of 200-byte messages).
+pub const ARCHIVE_BACKLOG: u32 = 50_000;
+
+/// The least `--max-replay` defaults to with `--database-url`: a resume
+/// from that far back reads the archive rather than getting a gap.
+pub const ARCHIVE_MAX_REPLAY: u32 = 10_000;
+
 /// How tokens are treated at the upgrade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum AuthMode {
@@ -327,9 +338,27 @@ impl Config {
             .unwrap_or_else(|| format!("ws://{}/ws", self.listen))
     }
 
-    /// Most entries one join replays (`--max-replay`, else `--history`).
+    /// Most entries one join replays (`--max-replay`, else `--history`,
+    /// and at least [`ARCHIVE_MAX_REPLAY`] with `--database-url`).
     pub fn max_replay(&self) -> u32 {
-        self.max_replay.unwrap_or(self.history_len).max(1)
+        let default = if self.database_url.is_some() {
+            self.history_len.max(ARCHIVE_MAX_REPLAY)
+        } else {
+            self.history_len
+        };
+        self.max_replay.unwrap_or(default).max(1)
+    }
+
+    /// Unarchived history entries kept beyond `--history`
+    /// (`--archive-backlog`, else [`ARCHIVE_BACKLOG`] with
+    /// `--database-url`, else 0).
+    pub fn archive_backlog(&self) -> u32 {
+        self.archive_backlog
+            .unwrap_or(if self.database_url.is_some() {
+                ARCHIVE_BACKLOG
+            } else {
+                0
+            })
     }
 
     /// A configuration for tests: defaults plus the three required settings.

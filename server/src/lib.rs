@@ -322,7 +322,7 @@ pub async fn run(
     .with_wait(config.redis_wait_replicas, config.redis_wait_timeout)
     .with_room_ttl(config.room_ttl)
     .with_history_bytes(config.history_bytes as u64)
-    .with_archive_backlog(config.archive_backlog);
+    .with_archive_backlog(config.archive_backlog());
     let hub = Hub::new(
         metrics.clone(),
         Duration::from_secs(3),

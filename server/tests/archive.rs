@@ -15,7 +15,9 @@ use serde_json::{json, Value};
 const ROOM: &str = "big";
 const TOTAL: usize = 3000;
 
-/// Two servers with `--history 100` and the archive, one archiver.
+/// Two servers with `--history 100` and the archive, one archiver: the
+/// issue's setup, so `--archive-backlog` and `--max-replay` take their
+/// defaults with `--database-url` (50,000 and 10,000).
 struct Env {
     pg: Postgres,
     db: String,
@@ -35,10 +37,6 @@ impl Env {
             "100",
             "--database-url",
             &db,
-            "--archive-backlog",
-            "10000",
-            "--max-replay",
-            "10000",
             "--rate",
             "100000",
             "--burst",
