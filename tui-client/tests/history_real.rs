@@ -18,8 +18,8 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tui_client::net::{self, Backoff, NetConfig, NetEvent, NetHandle, Request, Token};
 use tui_client::state::clock::Clock;
-use tui_client::state::older::{BEGINNING, FAILED, LOADING};
-use tui_client::state::room::{LineKind, Older};
+use tui_client::state::older::{Older, BEGINNING, FAILED, LOADING};
+use tui_client::state::room::LineKind;
 use tui_client::state::{Action, App, Event, Settings};
 
 const SECRET: &str = "tui-client-history-secret";

@@ -527,38 +527,19 @@ impl Actor {
         }
     }
 
-    /// Fetch a page of history in a task of its own: the socket is served
-    /// meanwhile, and the answer arrives as a [`NetEvent::History`]. The
-    /// UI asks for one page per room at a time, and every fetch ends
-    /// within [`HISTORY_LIMIT`], so these tasks stay few.
+    /// Fetch a page of history from the instance last connected to, in
+    /// a task of its own (see [`history::spawn_fetch`]).
     fn fetch_history(&self, room: String, before: Option<u64>, limit: u32) {
         let token = self
             .token_sent
             .clone()
             .or_else(|| self.cfg.token.as_ref().and_then(|t| t.current().ok()));
-        let target = history::history_url(&self.base, &room, before, limit);
-        let events = self.events.clone();
-        tokio::spawn(async move {
-            let result = match target {
-                Ok((url, base_token)) => {
-                    tracing::info!(%url, "fetching history");
-                    let token = token.or(base_token);
-                    history::fetch(&url, token.as_deref(), HISTORY_LIMIT).await
-                }
-                Err(e) => Err(e),
-            };
-            if let Err(e) = &result {
-                tracing::warn!(%room, ?before, error = %e, "history page");
-            }
-            // The UI may be gone (quitting): nobody to tell then.
-            let _ = events
-                .send(NetEvent::History {
-                    room,
-                    before,
-                    result,
-                })
-                .await;
-        });
+        let ask = history::Ask {
+            room,
+            before,
+            limit,
+        };
+        history::spawn_fetch(&self.base, token, ask, self.events.clone());
     }
 
     /// One text frame from the server. False when the UI is gone.
@@ -614,9 +595,6 @@ where
     let json = serde_json::to_string(frame).expect("client frames always serialise");
     sink.send(Message::Text(json.into())).await
 }
-
-/// The most a history page may take, connect to last byte.
-const HISTORY_LIMIT: Duration = Duration::from_secs(15);
 
 /// How often to look at the token file again while it holds no newer
 /// token.

@@ -10,8 +10,12 @@
 use std::time::Duration;
 
 use chat_protocol::{ChatMessage, ServerFrame};
+use tokio::sync::mpsc;
 
-use super::{http, url};
+use super::{http, url, NetEvent};
+
+/// The most a page may take, connect to last byte.
+const FETCH_LIMIT: Duration = Duration::from_secs(15);
 
 /// Most bytes of one page: 500 messages (the server's largest `limit`) of
 /// the longest text, escaped, fit with room to spare.
@@ -57,6 +61,43 @@ pub fn history_url(
     params.push(("limit", limit.to_string()));
     let url = url::with_params(&format!("http://{host}{dir}history"), &params);
     Ok((url, token))
+}
+
+/// What page to fetch.
+#[derive(Debug, Clone)]
+pub struct Ask {
+    pub room: String,
+    pub before: Option<u64>,
+    pub limit: u32,
+}
+
+/// Fetch a page from the server at the WebSocket base `ws_base` in a task
+/// of its own, so that the socket is served meanwhile; the answer arrives
+/// as a [`NetEvent::History`]. The UI asks for one page per room at a
+/// time and every fetch ends within [`FETCH_LIMIT`], so these tasks stay
+/// few.
+pub fn spawn_fetch(ws_base: &str, token: Option<String>, ask: Ask, events: mpsc::Sender<NetEvent>) {
+    let target = history_url(ws_base, &ask.room, ask.before, ask.limit);
+    tokio::spawn(async move {
+        let result = match target {
+            Ok((url, base_token)) => {
+                tracing::info!(%url, "fetching history");
+                let token = token.or(base_token);
+                fetch(&url, token.as_deref(), FETCH_LIMIT).await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &result {
+            tracing::warn!(room = %ask.room, before = ?ask.before, error = %e, "history page");
+        }
+        let ev = NetEvent::History {
+            room: ask.room,
+            before: ask.before,
+            result,
+        };
+        // The UI may be gone (quitting): nobody to tell then.
+        let _ = events.send(ev).await;
+    });
 }
 
 /// Fetch one page. `token` goes in an `Authorization: Bearer` header.

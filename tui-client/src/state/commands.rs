@@ -130,7 +130,7 @@ impl App {
                 r.lines.clear();
                 r.scroll_to_bottom();
                 // What was cleared can be paged back in.
-                r.older = super::room::Older::Idle;
+                r.older = super::older::Older::Idle;
                 Vec::new()
             }
         }

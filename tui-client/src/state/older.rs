@@ -22,12 +22,25 @@ use std::collections::HashSet;
 
 use chat_protocol::ChatMessage;
 
-use super::room::{Geometry, Line, LineKind, Older, Room};
+use super::room::{Geometry, Line, LineKind, Room};
 use super::{Action, App};
 use crate::layout;
 use crate::net::history::Page;
 use crate::net::Request;
 use crate::wrap;
+
+/// Where paging back through a room's history stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Older {
+    /// Nothing asked: PageUp at the top asks for the page before the
+    /// oldest message shown.
+    #[default]
+    Idle,
+    /// A page is on its way (a "loading" line shows where it goes).
+    Loading,
+    /// The server said there is nothing older: no more requests.
+    Done,
+}
 
 /// Messages asked for per page.
 pub const PAGE: u32 = 100;

@@ -9,6 +9,7 @@
 use std::collections::{HashSet, VecDeque};
 
 use super::members::Members;
+pub use super::older::Older;
 use crate::layout;
 
 /// What a line is, which decides how it is drawn.
@@ -131,19 +132,6 @@ pub struct Room {
     /// Paging back through the server's history (PageUp at the top).
     pub older: Older,
     capacity: usize,
-}
-
-/// Where paging back through a room's history stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Older {
-    /// Nothing asked: PageUp at the top asks for the page before the
-    /// oldest message shown.
-    #[default]
-    Idle,
-    /// A page is on its way (a "loading" line shows where it goes).
-    Loading,
-    /// The server said there is nothing older: no more requests.
-    Done,
 }
 
 /// A leave line waiting out [`LEAVE_GRACE`].

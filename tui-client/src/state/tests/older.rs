@@ -2,8 +2,8 @@
 
 use super::*;
 use crate::net::history::Page;
+use crate::state::older::Older;
 use crate::state::older::{BEGINNING, FAILED, LOADING, PAGE};
-use crate::state::room::Older;
 
 fn message(offset: u64, nick: &str, text: &str) -> ChatMessage {
     ChatMessage {
