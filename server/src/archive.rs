@@ -64,48 +64,27 @@ impl Archive {
         Ok(Archive { pool, metrics })
     }
 
-    /// Messages of `room` in `epoch` with offsets strictly between `after`
-    /// and `below`, oldest first, at most `limit`.
+    /// Messages of `room` with offsets strictly between `after` and
+    /// `below`, oldest first, at most `limit`: of `epoch` only, or of any
+    /// epoch (offsets only grow across a room's epochs, since a new epoch
+    /// starts above everything before it, so this is their order too).
     pub async fn range(
         &self,
         room: &str,
-        epoch: &str,
+        epoch: Option<&str>,
         after: u64,
         below: u64,
         limit: u32,
     ) -> Result<Vec<Archived>, ArchiveError> {
         let sql = format!(
             r#"SELECT {COLUMNS} FROM messages
-               WHERE room = $1 AND epoch = $2 AND "offset" > $3 AND "offset" < $4
+               WHERE room = $1 AND ($2::text IS NULL OR epoch = $2)
+                 AND "offset" > $3 AND "offset" < $4
                ORDER BY "offset" LIMIT $5"#
         );
         let q = sqlx::query(&sql)
             .bind(room)
             .bind(epoch)
-            .bind(to_i64(after))
-            .bind(to_i64(below))
-            .bind(i64::from(limit));
-        self.fetch(q).await
-    }
-
-    /// Messages of `room`, whatever their epoch, with offsets strictly
-    /// between `after` and `below`, oldest first, at most `limit`. Offsets
-    /// only grow across a room's epochs (a new epoch starts above
-    /// everything before it), so this is their order too.
-    pub async fn span(
-        &self,
-        room: &str,
-        after: u64,
-        below: u64,
-        limit: u32,
-    ) -> Result<Vec<Archived>, ArchiveError> {
-        let sql = format!(
-            r#"SELECT {COLUMNS} FROM messages
-               WHERE room = $1 AND "offset" > $2 AND "offset" < $3
-               ORDER BY "offset" LIMIT $4"#
-        );
-        let q = sqlx::query(&sql)
-            .bind(room)
             .bind(to_i64(after))
             .bind(to_i64(below))
             .bind(i64::from(limit));

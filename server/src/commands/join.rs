@@ -371,10 +371,9 @@ impl Session {
         let mut after = fill.after;
         let mut sent = 0u64;
         loop {
-            let page = match &fill.epoch {
-                Some(e) => archive.range(room, e, after, fill.below, REPLAY_PAGE).await,
-                None => archive.span(room, after, fill.below, REPLAY_PAGE).await,
-            };
+            let page = archive
+                .range(room, fill.epoch.as_deref(), after, fill.below, REPLAY_PAGE)
+                .await;
             let rows = match page {
                 Ok(rows) => rows,
                 Err(e) => {
