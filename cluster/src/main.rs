@@ -354,18 +354,40 @@ fn print_cluster(c: &Cluster) -> Result<()> {
     Ok(())
 }
 
-fn wait_for_signal() -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r?,
-            _ = term.recv() => {}
-        }
-        Ok::<_, anyhow::Error>(())
-    })
+/// SIGINT and SIGTERM, listened for from before the cluster starts: one
+/// that arrives while it starts is kept (the process is not killed with
+/// its children's temporary directories left behind) and ends the wait
+/// at once.
+struct Signals {
+    rt: tokio::runtime::Runtime,
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn listen() -> Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (int, term) = rt.block_on(async {
+            Ok::<_, std::io::Error>((
+                signal(SignalKind::interrupt())?,
+                signal(SignalKind::terminate())?,
+            ))
+        })?;
+        Ok(Self { rt, int, term })
+    }
+
+    /// Wait for Ctrl-C or SIGTERM.
+    fn wait(mut self) {
+        self.rt.block_on(async {
+            tokio::select! {
+                _ = self.int.recv() => {}
+                _ = self.term.recv() => {}
+            }
+        });
+    }
 }
 
 fn run() -> Result<u8> {
@@ -412,18 +434,20 @@ fn run() -> Result<u8> {
             Ok(0)
         }
         Cmd::Up(opts) => {
+            let signals = Signals::listen()?;
             let mut c = opts.start()?;
             print_cluster(&c)?;
             println!(
                 "\nChat with: target/release/tui-client --url {}\nPress Ctrl-C to stop.",
                 c.ws_url()
             );
-            wait_for_signal()?;
+            signals.wait();
             println!("stopping...");
             c.shutdown();
             Ok(0)
         }
         Cmd::Demo(opts) => {
+            let signals = Signals::listen()?;
             let mut c = opts.start()?;
             print_cluster(&c)?;
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -445,7 +469,7 @@ fn run() -> Result<u8> {
                 c.ws_url()
             );
             println!("Press Ctrl-C to stop.");
-            wait_for_signal()?;
+            signals.wait();
             println!("stopping...");
             drop(bots);
             drop(rt);

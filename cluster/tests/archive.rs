@@ -371,3 +371,41 @@ fn archive_on_sentinel() {
 fn archive_on_redis_cluster() {
     archive_on(RedisTopology::Cluster, "--redis-cluster");
 }
+
+/// `cluster exec --archive` hands the command the database and the
+/// archiver, and leaves nothing behind.
+#[test]
+fn exec_archive_exports_the_database() {
+    let out = Command::new(env!("CARGO_BIN_EXE_cluster"))
+        .args(["exec", "--archive", "--servers", "1"])
+        .args(["--port", "0", "--stats-port", "0", "--server-base-port", "0"])
+        .args(["--", "sh", "-c"])
+        .arg("echo \"db=$CLUSTER_DATABASE_URL metrics=$CLUSTER_ARCHIVER_METRICS_URL archiver=$CLUSTER_ARCHIVER_PID postgres=$CLUSTER_POSTGRES_PID logs=$CLUSTER_LOG_DIR\"")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let field = |k: &str| {
+        text.split_whitespace()
+            .find_map(|f| f.strip_prefix(&format!("{k}=")))
+            .unwrap_or_else(|| panic!("{k} in {text}"))
+            .to_string()
+    };
+    assert!(
+        field("db").starts_with("postgres://postgres@127.0.0.1:"),
+        "{text}"
+    );
+    assert!(field("db").ends_with("/chat"), "{text}");
+    assert!(field("metrics").ends_with("/metrics"), "{text}");
+    let pids: Vec<u32> = ["archiver", "postgres"]
+        .iter()
+        .map(|k| field(k).parse().unwrap())
+        .collect();
+    assert_all_gone(&pids);
+    assert!(!Path::new(&field("logs")).exists(), "{text}");
+}
