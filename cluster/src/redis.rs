@@ -19,7 +19,7 @@ pub enum RedisTopology {
     /// One `redis-server`; servers get `--redis-url`.
     #[default]
     Single,
-    /// A master, two replicas and three sentinels ([`sentinel`]); servers
+    /// A master, two replicas and three sentinels ([`crate::sentinel`]); servers
     /// get `--redis-sentinels` and `--redis-sentinel-master`.
     Sentinel,
     /// Six nodes, three masters and three replicas, in a Redis Cluster
@@ -188,7 +188,7 @@ impl Cluster {
     /// Kill the current master, as the sentinels name it, with SIGKILL and
     /// return its address (sentinel mode; in cluster mode the master of
     /// slot 0, see [`Cluster::redis_failover_slot`]). See
-    /// [`sentinel::wait_new_master`] to wait for its successor.
+    /// [`crate::sentinel::wait_new_master`] to wait for its successor.
     pub fn redis_failover(&mut self) -> Result<String> {
         if self.redis_cluster.is_some() {
             return self.redis_failover_slot(0);

@@ -75,7 +75,7 @@ pub fn write(c: &Cluster) -> Result<PathBuf> {
 }
 
 impl State {
-    /// Read a state file written by [`write`].
+    /// Read a state file written by [`write()`].
     pub fn read(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading the cluster state file {}", path.display()))?;
