@@ -16,12 +16,13 @@ const PER_ROOM: usize = 2500;
 /// batches that span rooms; the time it takes is printed as the archive's
 /// throughput (rows/s, debug build, loopback PostgreSQL with fsync off).
 ///
-/// The server keeps every message of the test in history (`--history
-/// 100000`): it does not yet keep unarchived entries past `--history`.
+/// The server keeps only `--history 100` archived entries, but with
+/// `--archive-backlog 100000` it keeps every entry no archiver stored yet:
+/// the whole backlog waits in Redis (checked before the archiver starts).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_in_several_rooms_is_archived_once() {
     let env = Env::start("backlog").await;
-    let server = Server::start("app1", &env.redis.url(), 100_000).await;
+    let server = Server::start_archived("app1", &env.redis.url(), 100, 100_000).await;
     let mut sent = Vec::new();
     for r in 0..ROOMS {
         let room = format!("b{r}");
@@ -32,6 +33,13 @@ async fn a_backlog_in_several_rooms_is_archived_once() {
         sent.push((room, p.delivered));
     }
     let mut redis = env.redis().await;
+    for (room, _) in &sent {
+        assert_eq!(
+            xlen(&mut redis, room).await,
+            PER_ROOM as i64,
+            "{room}: the unarchived backlog stays in Redis"
+        );
+    }
     let _: () = redis::cmd("CONFIG")
         .arg("RESETSTAT")
         .query_async(&mut redis)

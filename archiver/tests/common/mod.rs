@@ -98,7 +98,7 @@ impl Server {
         config.history_len = history;
         config.rate_per_sec = 100_000;
         config.burst = 100_000;
-        config.archive_backlog = backlog;
+        config.archive_backlog = Some(backlog);
         let (tx, rx) = oneshot::channel::<()>();
         tokio::spawn(async move {
             let r = chat_server::run(listener, config, async {
