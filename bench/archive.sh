@@ -134,15 +134,20 @@ part() { # $1: off|on, $2: rep
   local win=$((dur_s - 5)) m0 m1 r0 r1 ar0 ar1 s0 s1 w0 w1
   m0=$(metric "127.0.0.1:$SP" chat_messages_in_total); r0=$(ticks $RPID); s0=$(ticks $SPID); w0=$(date +%s.%N)
   ar0=0; [ -n "$APID" ] && ar0=$(metric "127.0.0.1:$AP" archiver_rows_inserted_total)
+  local ac0=0 ac1=0 pc0 pc1; pc0=$(pg_ticks); [ -n "$APID" ] && ac0=$(ticks "$APID")
   : >"$out/lag-$mode-$rep.txt"
+  # Bounded by the clock: the samples' curls take time on a busy machine.
+  local wend; wend=$(echo "$w0 + $win" | bc)
   for _ in $(seq "$win"); do
+    [ "$(echo "$(date +%s.%N) >= $wend" | bc)" = 1 ] && break
     # The archiver's own lag figures, and a check on the first from
     # outside: messages the server accepted minus rows the archiver stored.
     [ -n "$APID" ] && echo "$(metric "127.0.0.1:$AP" archiver_lag_messages) $(metric "127.0.0.1:$AP" archiver_lag_seconds) $(metric "127.0.0.1:$SP" chat_messages_in_total) $(metric "127.0.0.1:$AP" archiver_rows_inserted_total)" >>"$out/lag-$mode-$rep.txt"
-    sleep 1
+    sleep "$(echo "t = $wend - $(date +%s.%N); if (t > 1) 1 else if (t > 0) t else 0" | bc)"
   done
   m1=$(metric "127.0.0.1:$SP" chat_messages_in_total); r1=$(ticks $RPID); s1=$(ticks $SPID); w1=$(date +%s.%N)
   ar1=0; [ -n "$APID" ] && ar1=$(metric "127.0.0.1:$AP" archiver_rows_inserted_total)
+  pc1=$(pg_ticks); [ -n "$APID" ] && ac1=$(ticks "$APID")
   local la; la=$(cut -d' ' -f1 /proc/loadavg)
   for _ in $(seq 600); do kill -0 $LPID 2>/dev/null || break; sleep 0.1; done
   wait $LPID || true
@@ -164,9 +169,9 @@ def g(*ks):
 print('lg_sent=%s lg_sent_per_s=%.0f lg_lost=%s lg_dup=%s lg_p99_ms=%.1f' % (g('sends','sent'), g('sends','per_second'), g('deliveries','lost'), g('deliveries','duplicated'), g('latency_us','p99')/1000))" "$out/lg-$mode-$rep.json" 2>/dev/null || echo lg_report=unreadable)
   local overflow; overflow=$(metric "127.0.0.1:$SP" chat_archive_overflow_total)
   python3 - "$mode" "$rep" "$(echo "$m1 - $m0" | bc)" "$(echo "$ar1 - $ar0" | bc)" $((r1 - r0)) $((s1 - s0)) \
-    "$(echo "$w1 - $w0" | bc)" "$tck" "$caught" "$la" "${overflow:-0}" "$out/lag-$mode-$rep.txt" "$lg" <<'PY'
+    "$(echo "$w1 - $w0" | bc)" "$tck" "$caught" "$la" "${overflow:-0}" "$out/lag-$mode-$rep.txt" "$lg" $((ac1 - ac0)) $((pc1 - pc0)) <<'PY'
 import sys
-mode, rep, m, ar, r, s, secs, tck, caught, la, of, lagf, lg = sys.argv[1:]
+mode, rep, m, ar, r, s, secs, tck, caught, la, of, lagf, lg, ac, pc = sys.argv[1:]
 m, ar, r, s, secs, tck = float(m), float(ar), int(r), int(s), float(secs), int(tck)
 out = f"part={mode} rep={rep} msgs_in={m:.0f} msg_per_s={m / secs:.0f} archived={ar:.0f}"
 out += f" redis_us_per_msg={r / tck / m * 1e6:.3f} server_us_per_msg={s / tck / m * 1e6:.2f}"
@@ -177,6 +182,8 @@ if lags:
     out += f" lag_msgs_p50={lm[len(lm) // 2]:.0f} lag_msgs_max={lm[-1]:.0f}"
     out += f" in_minus_stored_p50={lt[len(lt) // 2]:.0f} in_minus_stored_max={lt[-1]:.0f}"
     out += f" lag_s_p50={ls[len(ls) // 2]:.2f} lag_s_max={ls[-1]:.2f} caught_up_s={caught}"
+if float(ar) > 0:
+    out += f" archiver_us_per_row={int(ac) / tck / float(ar) * 1e6:.2f} postgres_us_per_row={int(pc) / tck / float(ar) * 1e6:.2f}"
 print(f"{out} overflow={of} loadavg={la} {lg}")
 PY
   if [ -n "$APID" ]; then stop_pid "$APID"; fi
