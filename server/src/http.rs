@@ -348,6 +348,11 @@ struct HistoryQuery {
 /// Most messages one `GET /history` returns.
 const HISTORY_MAX_LIMIT: u32 = 500;
 
+/// `GET /history` requests served at once by this instance; more get 503
+/// with `Retry-After`, so a flood of them cannot queue up work on Redis
+/// and PostgreSQL that chatting members wait behind.
+static HISTORY_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(16);
+
 /// `GET /history?room=R&before=OFFSET&limit=N`: pages back through a room,
 /// newest page first. Answers `{"room", "messages": [message frames as
 /// sent live, oldest first], "more"}`, where `more: false` means nothing
@@ -392,6 +397,14 @@ async fn history(
         let msg = format!("limit must be 1 to {HISTORY_MAX_LIMIT}\n");
         return (StatusCode::BAD_REQUEST, msg).into_response();
     }
+    let Ok(_slot) = HISTORY_SLOTS.try_acquire() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            "too many history requests at once on this instance; retry\n",
+        )
+            .into_response();
+    };
     let room = q.room.as_str();
     let redis = state.store.history_before(room, q.before, limit);
     let archived = async {
