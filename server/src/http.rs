@@ -171,10 +171,13 @@ async fn upgrade(
             .into_response();
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
-    // Boxed: the session task keeps what it captures for its whole life.
     let params = Box::new(params);
     let tracker = state.tracker.clone();
-    let session = async move {
+    // The upgrade waits in a task of its own, which hands the connection
+    // to a new task and ends: the session's task then holds the session
+    // alone, not also what the upgrade needed (its future was part of
+    // every idle connection's memory).
+    let upgrade = async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {
@@ -189,14 +192,14 @@ async fn upgrade(
                 let tcp = parts.io.into_inner();
                 limit_send_buffer(&tcp, state.config.socket_send_buffer);
                 let ws = WsStream::new(tcp, parts.read_buf, state.config.max_frame_bytes);
-                session::run(state, ws, params, permit).await;
                 // The address's slot is held as long as the connection.
-                drop(ip_slot);
+                let session = session::run(state.clone(), ws, params, permit, ip_slot);
+                state.tracker.spawn(session);
             }
             Err(_) => tracing::error!("upgraded connection is not a TCP stream; closing it"),
         }
     };
-    tracker.spawn(session);
+    tracker.spawn(upgrade);
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::CONNECTION, "upgrade")

@@ -490,28 +490,19 @@ pub struct Sessions {
     map: Mutex<std::collections::HashMap<u64, Arc<Outbox>>>,
 }
 
-/// Removes a session from [`Sessions`] when dropped.
-#[derive(Debug)]
-pub struct Registration<'a> {
-    sessions: &'a Sessions,
-    id: u64,
-}
-
-impl Drop for Registration<'_> {
-    fn drop(&mut self) {
-        self.sessions.lock().remove(&self.id);
-    }
-}
-
 impl Sessions {
     fn lock(&self) -> MutexGuard<'_, std::collections::HashMap<u64, Arc<Outbox>>> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Add a session until the returned guard drops.
-    pub fn register(&self, id: u64, outbox: Arc<Outbox>) -> Registration<'_> {
+    /// Add a session; its connection's guard removes it (`crate::session`).
+    pub fn insert(&self, id: u64, outbox: Arc<Outbox>) {
         self.lock().insert(id, outbox);
-        Registration { sessions: self, id }
+    }
+
+    /// Remove a session.
+    pub fn remove(&self, id: u64) {
+        self.lock().remove(&id);
     }
 
     /// Ask every session to record its presence again.

@@ -180,7 +180,7 @@ impl WsStream {
     /// waker in the socket's slot: a `readable()` future would join and
     /// leave the socket's waiter list (a lock each way) on every turn of
     /// the session loop, that is on every delivery.
-    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Msg, WsError>> {
+    pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Msg, WsError>> {
         loop {
             if let Some(msg) = self.reader.parse(self.max)? {
                 self.release();

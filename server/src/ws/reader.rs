@@ -28,8 +28,8 @@ pub(super) struct Reader {
     skip: u64,
     /// A fragmented message in progress: its opcode and payload so far.
     /// A text prefix here is valid UTF-8 but for a possibly cut last
-    /// character.
-    frag: Option<(u8, Vec<u8>)>,
+    /// character. Boxed: rare, and every idle connection holds the field.
+    frag: Option<Box<(u8, Vec<u8>)>>,
 }
 
 impl Reader {
@@ -108,7 +108,7 @@ impl Reader {
                 return Ok(None);
             }
             if !control {
-                let so_far = self.frag.as_ref().map_or(0, |(_, p)| p.len() as u64);
+                let so_far = self.frag.as_ref().map_or(0, |f| f.1.len() as u64);
                 let total = len.saturating_add(so_far);
                 if total > max as u64 {
                     // Drop this frame, what is buffered now and the rest as
@@ -151,28 +151,30 @@ impl Reader {
                     if op == OP_TEXT && !utf8_prefix(&payload, 0) {
                         return Err(WsError::Utf8);
                     }
-                    self.frag = Some((op, payload));
+                    self.frag = Some(Box::new((op, payload)));
                 }
                 _ => {
                     // OP_CONT; the checks above guarantee a message to
                     // continue, but a parser that must not panic says so
                     // with an error rather than an `expect`.
-                    let Some((first, mut whole)) = self.frag.take() else {
+                    let Some(frag) = self.frag.take() else {
                         return Err(WsError::Protocol(
                             "continuation without a message to continue",
                         ));
                     };
-                    let from = whole.len();
-                    whole.extend_from_slice(&payload);
+                    let mut frag = frag;
+                    let from = frag.1.len();
+                    frag.1.extend_from_slice(&payload);
                     if fin {
+                        let (first, whole) = *frag;
                         return finish(first, whole).map(Some);
                     }
                     // Fail fast on bad UTF-8 (section 8.1), as tungstenite
                     // and Node's ws do, not only once the message is whole.
-                    if first == OP_TEXT && !utf8_prefix(&whole, from) {
+                    if frag.0 == OP_TEXT && !utf8_prefix(&frag.1, from) {
                         return Err(WsError::Utf8);
                     }
-                    self.frag = Some((first, whole));
+                    self.frag = Some(frag);
                 }
             }
         }
