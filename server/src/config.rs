@@ -235,11 +235,13 @@ pub struct Config {
     #[arg(long, env = "PROBE_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
     pub probe_timeout: Duration,
 
-    /// How often the server pings each client.
+    /// How often the server pings each client (one shared clock ticks four
+    /// times per interval, so a ping may go out up to a quarter late).
     #[arg(long, env = "PING_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
     pub ping_interval: Duration,
 
-    /// Close a connection (4001) that sent nothing, not even a pong, for this long.
+    /// Close a connection (4001) that sent nothing, not even a pong, for this
+    /// long (checked four times per ping interval).
     #[arg(long, env = "IDLE_TIMEOUT", default_value = "90s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
 

@@ -384,6 +384,7 @@ pub async fn run(
         state.shutdown.clone(),
     ));
     let registry = tokio::spawn(registry::run(state.clone()));
+    let clock = tokio::spawn(session::run_clock(state.clone()));
     let app = http::router(state.clone(), admin.is_none());
     let admin = admin.map(|listener| {
         tracing::info!(addr = ?listener.local_addr().ok(), "admin listener (/metrics, /cluster)");
@@ -427,6 +428,7 @@ pub async fn run(
     subscriber.abort();
     prober.abort();
     flusher.abort();
+    clock.abort();
     if let Some(admin) = admin {
         admin.abort();
     }

@@ -70,6 +70,9 @@ pub enum Recv {
     Frames { skip: usize },
     /// Redis was replaced and may have lost presence: record it again.
     Refresh,
+    /// The shared clock ticked (`crate::session::run_clock`): time to look
+    /// at the ping and idle deadlines.
+    Tick,
     /// The connection must end.
     Stop(Stop),
 }
@@ -82,6 +85,8 @@ struct Inner {
     closed: bool,
     /// Asked to record presence again (see [`Recv::Refresh`]).
     refresh: bool,
+    /// The shared clock ticked (see [`Recv::Tick`]).
+    tick: bool,
     /// The session owns the socket for a write of its own (or of frames
     /// it took from `buf`): nobody else writes.
     writing: bool,
@@ -430,6 +435,17 @@ impl Outbox {
         }
     }
 
+    /// Tell the consumer the shared clock ticked; wakes it.
+    pub fn tick(&self) {
+        let mut q = self.lock();
+        q.tick = true;
+        let w = q.waker.take();
+        drop(q);
+        if let Some(w) = w {
+            w.wake();
+        }
+    }
+
     /// Move up to `max` queued frames into `batch`, filtered; pending while
     /// none passes. With frames, the consumer owns the socket until
     /// [`Outbox::end_write`].
@@ -440,6 +456,9 @@ impl Outbox {
         }
         if std::mem::take(&mut q.refresh) {
             return Poll::Ready(Recv::Refresh);
+        }
+        if std::mem::take(&mut q.tick) {
+            return Poll::Ready(Recv::Tick);
         }
         let skip = q.partial;
         let before = batch.len();
@@ -510,6 +529,14 @@ impl Sessions {
         let all: Vec<Arc<Outbox>> = self.lock().values().cloned().collect();
         for o in all {
             o.refresh();
+        }
+    }
+
+    /// Tell every session the shared clock ticked.
+    pub fn tick_all(&self) {
+        let all: Vec<Arc<Outbox>> = self.lock().values().cloned().collect();
+        for o in all {
+            o.tick();
         }
     }
 

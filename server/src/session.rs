@@ -95,11 +95,11 @@ impl Drop for ConnGuard {
     }
 }
 
-/// The socket plus what every write must watch.
+/// The socket plus what every write must watch (the outbox, in the
+/// guard, which holds the rest of what the connection owns).
 pub struct Conn {
     ws: WsStream,
-    outbox: Arc<Outbox>,
-    state: AppState,
+    guard: ConnGuard,
 }
 
 impl std::fmt::Debug for Conn {
@@ -146,15 +146,15 @@ impl Conn {
     /// Take the socket and write: first a frame the fan-out's direct write
     /// left cut short, then `what`.
     async fn write_own<F: AsRef<[u8]>>(&mut self, what: Own<'_, F>) -> Result<(), End> {
-        let partial = self.outbox.begin_write();
-        let _owned = Writing(&self.outbox);
+        let partial = self.guard.outbox.begin_write();
+        let _owned = Writing(&self.guard.outbox);
         if let Some((d, skip)) = partial {
-            guarded(&self.outbox, self.ws.send_texts(&[d], skip)).await?;
+            guarded(&self.guard.outbox, self.ws.send_texts(&[d], skip)).await?;
         }
         match what {
-            Own::Texts(frames) => guarded(&self.outbox, self.ws.send_texts(frames, 0)).await,
-            Own::Ping => guarded(&self.outbox, self.ws.ping()).await,
-            Own::Pong(payload) => guarded(&self.outbox, self.ws.pong(payload)).await,
+            Own::Texts(frames) => guarded(&self.guard.outbox, self.ws.send_texts(frames, 0)).await,
+            Own::Ping => guarded(&self.guard.outbox, self.ws.ping()).await,
+            Own::Pong(payload) => guarded(&self.guard.outbox, self.ws.pong(payload)).await,
         }
     }
 
@@ -172,7 +172,7 @@ impl Conn {
     /// take at once waits, in a boxed future, so an idle connection's
     /// future does not carry the space of a write in progress.
     async fn send_batch(&mut self, batch: &[Out], skip: usize) -> Result<(), End> {
-        let _owned = Writing(&self.outbox);
+        let _owned = Writing(&self.guard.outbox);
         let (i, skip) = match self.ws.try_send_texts(batch, skip) {
             Ok(at) => at,
             Err(_) => return Err(End::Gone(1006)),
@@ -180,7 +180,11 @@ impl Conn {
         if i == batch.len() {
             return Ok(());
         }
-        Box::pin(guarded(&self.outbox, self.ws.send_texts(&batch[i..], skip))).await
+        Box::pin(guarded(
+            &self.guard.outbox,
+            self.ws.send_texts(&batch[i..], skip),
+        ))
+        .await
     }
 
     /// Send a server frame now.
@@ -195,7 +199,7 @@ impl Conn {
         message: impl Into<String>,
         id: Option<String>,
     ) -> Result<(), End> {
-        self.state.metrics.error(code);
+        self.guard.state.metrics.error(code);
         self.frame(&ServerFrame::error(code, message, id)).await
     }
 }
@@ -250,7 +254,7 @@ pub fn run(
         params.nick_key.take(),
         params.identity.take(),
     );
-    let mut conn = Conn { ws, outbox, state };
+    let mut conn = Conn { ws, guard };
     async move {
         // Boxed: requests' futures (Redis round trips) are large and
         // short-lived, and an idle connection should not carry their space.
@@ -261,12 +265,12 @@ pub fn run(
         // Boxed: the close handshake's timers need not sit in every idle
         // connection's future.
         let code = Box::pin(close(&mut conn, &session, end)).await;
-        conn.state.metrics.closed(code);
-        drop(conn);
+        conn.guard.state.metrics.closed(code);
         // Leaves the hub now and removes presence in the background (also
         // on a panic: see `impl Drop for Session`).
         drop(session);
-        drop(guard);
+        // Closes the socket and gives back what the guard holds.
+        drop(conn);
     }
 }
 
@@ -274,7 +278,7 @@ pub fn run(
 async fn close(conn: &mut Conn, session: &Session, end: End) -> u16 {
     // Nothing more is queued or written directly; a frame a direct write
     // left cut short is finished before the close frame.
-    let partial = conn.outbox.close();
+    let partial = conn.guard.outbox.close();
     if let Some((d, skip)) = partial {
         let rest = [d];
         let finish = conn.ws.send_texts(&rest, skip);
@@ -342,30 +346,39 @@ async fn opening(
 
 /// What woke the session loop (see [`poll_event`]).
 enum Event {
-    Outbox(Recv),
+    /// With the frames it handed over, if any: a batch is allocated only
+    /// while the session writes it (rare: the fan-out writes most frames),
+    /// so no idle connection keeps one.
+    Outbox(Recv, Vec<Out>),
     /// The answer of the oldest send in flight, encoded (`None`: the
     /// delivery itself answers it).
     Reply(Option<Bytes>),
     Inbound(Result<Msg, WsError>),
-    /// The ping (or token expiry) timer fired.
-    Timer,
+    /// The token's expiry timer fired.
+    Expiry,
 }
+
+/// The token's expiry timer, only for a connection whose token expires.
+/// Pings and the idle timeout go by the shared clock instead
+/// ([`run_clock`]): a timer is 112 bytes, and in every connection's future
+/// it made tokio's allocation for the task 128 bytes larger.
+type ExpiryTimer = Option<Pin<Box<Sleep>>>;
 
 /// The session loop's wait: by hand rather than with `select!`, which keeps
 /// every branch's future and a slot for its output in the future of every
 /// idle connection. Looks where a `biased` select would, in this order: the
-/// outbox (a stop must win over everything), answers of sends in flight,
-/// the client's frames (unless [`MAX_IN_FLIGHT`] sends are in flight),
-/// the timer.
+/// outbox (a stop must win over everything; the shared clock's ticks come
+/// this way too), answers of sends in flight, the client's frames (unless
+/// [`MAX_IN_FLIGHT`] sends are in flight), the token's expiry.
 fn poll_event(
     cx: &mut Context<'_>,
     conn: &mut Conn,
-    batch: &mut Vec<Out>,
     in_flight: &mut InFlight,
-    timer: Pin<&mut Sleep>,
+    expiry: &mut ExpiryTimer,
 ) -> Poll<Event> {
-    if let Poll::Ready(r) = conn.outbox.poll_recv(cx, batch, MAX_BATCH) {
-        return Poll::Ready(Event::Outbox(r));
+    let mut batch = Vec::new();
+    if let Poll::Ready(r) = conn.guard.outbox.poll_recv(cx, &mut batch, MAX_BATCH) {
+        return Poll::Ready(Event::Outbox(r, batch));
     }
     let mut busy = 0;
     if let Some(queue) = in_flight.as_mut() {
@@ -388,7 +401,34 @@ fn poll_event(
             return Poll::Ready(Event::Inbound(msg));
         }
     }
-    timer.poll(cx).map(|()| Event::Timer)
+    match expiry {
+        Some(timer) => timer.as_mut().poll(cx).map(|()| Event::Expiry),
+        None => Poll::Pending,
+    }
+}
+
+/// Arm (or disarm) the expiry timer for the session's token.
+fn set_expiry(timer: &mut ExpiryTimer, session: &Session) {
+    match (expiry_instant(session.expires()), timer.as_mut()) {
+        (None, _) => *timer = None,
+        (Some(at), Some(t)) => t.as_mut().reset(at),
+        (Some(at), None) => *timer = Some(Box::pin(tokio::time::sleep_until(at))),
+    }
+}
+
+/// The connections' shared clock: ticks every session (through its
+/// outbox) four times per ping interval, and each looks at its own ping
+/// and idle deadlines then. One task instead of a timer in every
+/// connection; a ping goes out up to a quarter interval late. Runs until
+/// aborted.
+pub async fn run_clock(state: AppState) {
+    let period = (state.config.ping_interval / 4).max(Duration::from_millis(10));
+    let mut every = tokio::time::interval(period);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        state.sessions.tick_all();
+    }
 }
 
 /// Serve a connection that has joined, until it ends. Requests are boxed:
@@ -397,38 +437,38 @@ fn poll_event(
 async fn session_loop(session: &mut Session, conn: &mut Conn) -> End {
     // (Read from the config and the session where used: copies would sit
     // in every idle connection's future.)
-    // One timer for pings and the token's expiry: whichever comes first.
-    let mut next_ping = Instant::now() + conn.state.config.ping_interval;
-    let wake = |next_ping: Instant, session: &Session| {
-        expiry_instant(session.expires()).map_or(next_ping, |e| e.min(next_ping))
-    };
-    let ping = tokio::time::sleep_until(wake(next_ping, session));
-    tokio::pin!(ping);
+    let mut next_ping = Instant::now() + conn.guard.state.config.ping_interval;
+    let mut expiry: ExpiryTimer = None;
+    set_expiry(&mut expiry, session);
     let mut last_seen = Instant::now();
-    let mut batch: Vec<Out> = Vec::new();
     let mut in_flight: InFlight = None;
     loop {
-        let event = std::future::poll_fn(|cx| {
-            poll_event(cx, conn, &mut batch, &mut in_flight, ping.as_mut())
-        })
-        .await;
+        let event =
+            std::future::poll_fn(|cx| poll_event(cx, conn, &mut in_flight, &mut expiry)).await;
         let step: Result<(), End> = match event {
-            Event::Outbox(Recv::Stop(why)) => Err(stopped(why)),
-            Event::Outbox(Recv::Refresh) => {
+            Event::Outbox(Recv::Stop(why), _) => Err(stopped(why)),
+            Event::Outbox(Recv::Refresh, _) => {
                 Box::pin(session.record_presence()).await;
                 Ok(())
             }
-            Event::Outbox(Recv::Frames { skip }) => {
-                conn.state.metrics.ws_flushes.fetch_add(1, Relaxed);
-                // Boxed: the fan-out writes most frames itself, so this
-                // is rare, and the event stays alive beside it.
-                let r = Box::pin(conn.send_batch(&batch, skip)).await;
-                batch.clear();
-                if batch.capacity() > 8 {
-                    // A burst grew it; idle connections stay small.
-                    batch = Vec::new();
+            Event::Outbox(Recv::Frames { skip }, batch) => {
+                conn.guard.state.metrics.ws_flushes.fetch_add(1, Relaxed);
+                // Boxed: rare, like the batch.
+                Box::pin(conn.send_batch(&batch, skip)).await
+            }
+            Event::Outbox(Recv::Tick, _) => {
+                let now = Instant::now();
+                let config = &conn.guard.state.config;
+                if now.saturating_duration_since(last_seen) >= config.idle_timeout {
+                    let secs = config.idle_timeout.as_secs();
+                    let why = format!("idle timeout: nothing received for {secs}s");
+                    Err(End::Close(close::IDLE_TIMEOUT, why))
+                } else if now < next_ping {
+                    Ok(())
+                } else {
+                    next_ping = now + config.ping_interval;
+                    Box::pin(conn.write_own::<Bytes>(Own::Ping)).await
                 }
-                r
             }
             // (Errors were counted where they were made.)
             // Boxed, like every request: an idle connection's future
@@ -451,27 +491,18 @@ async fn session_loop(session: &mut Session, conn: &mut Conn) -> End {
                     Err(end) => Err(end),
                 };
                 if session.take_expiry_changed() {
-                    ping.as_mut().reset(wake(next_ping, session));
+                    set_expiry(&mut expiry, session);
                 }
                 r
             }
             Event::Inbound(Err(e)) => Err(read_error(e)),
-            Event::Timer => {
-                let now = Instant::now();
-                let config = &conn.state.config;
-                if expiry_instant(session.expires()).is_some_and(|e| now >= e) {
+            Event::Expiry => {
+                if expiry_instant(session.expires()).is_some_and(|e| Instant::now() >= e) {
                     Err(End::Close(close::TOKEN_EXPIRED, "token_expired".into()))
-                } else if now < next_ping {
-                    ping.as_mut().reset(wake(next_ping, session));
-                    Ok(())
-                } else if last_seen.elapsed() >= config.idle_timeout {
-                    let secs = config.idle_timeout.as_secs();
-                    let why = format!("idle timeout: nothing received for {secs}s");
-                    Err(End::Close(close::IDLE_TIMEOUT, why))
                 } else {
-                    next_ping = now + config.ping_interval;
-                    ping.as_mut().reset(wake(next_ping, session));
-                    Box::pin(conn.write_own::<Bytes>(Own::Ping)).await
+                    // The wall clock and tokio's disagreed by a little.
+                    set_expiry(&mut expiry, session);
+                    Ok(())
                 }
             }
         };
@@ -590,15 +621,17 @@ mod tests {
         let fut = super::run(state, ws, Box::default(), permit, None);
         let size = std::mem::size_of_val(&fut);
         println!("a connection's future: {size} bytes");
-        // 648 bytes with rustc 1.95 (debug and release): tokio then
-        // allocates the task in 768 bytes (its header and trailer, 128-byte
-        // aligned), so 24 more bytes cost 128 per connection. It was 1,920
-        // before the batch write became a non-blocking try with a boxed
-        // fallback, the ping boxed and the send replies encoded before the
-        // select; 1,048 before `run` stopped being an `async fn` (its
-        // arguments were stored twice), the session got a task of its own
-        // (not the upgrade's), the loop's `select!` became `poll_event`,
-        // and the fragment buffer and the address slot were boxed.
-        assert!(size <= 664, "a connection's future grew to {size} bytes");
+        // 504 bytes with rustc 1.95 (debug and release): tokio then
+        // allocates the task in 640 bytes (its header and trailer, 128-byte
+        // aligned); at 536 it took 768, so a few bytes more cost 128 per
+        // connection. It was 1,920 before the batch write became a
+        // non-blocking try with a boxed fallback, the ping boxed and the
+        // send replies encoded before the select; 1,048 before `run`
+        // stopped being an `async fn` (its arguments were stored twice),
+        // the session got a task of its own (not the upgrade's), the loop's
+        // `select!` became `poll_event`, the fragment buffer, the address
+        // slot and the batch went on the heap, and the ping timer became
+        // the shared clock.
+        assert!(size <= 520, "a connection's future grew to {size} bytes");
     }
 }
