@@ -7,6 +7,12 @@
 //! syscall. Replies to the client's own requests are written directly.
 //! Every write also watches the outbox's stop reason, so a client that
 //! stopped reading cannot pin the task.
+//!
+//! An idle connection's memory is mostly this task's future, so it is kept
+//! small (a size test bounds it): pings and the idle timeout go by one
+//! shared clock ([`run_clock`]) rather than a timer per connection, and
+//! rare paths (requests, the close handshake, a batch the fan-out could not
+//! write) are boxed.
 
 use std::future::Future;
 use std::pin::Pin;
