@@ -58,10 +58,10 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOC: Counting = Counting;
 
-/// Heap an idle connection may hold. Measured when this was set: 1,355
-/// bytes (debug and release): the task with its future, 640 bytes; tokio's
-/// per-socket readiness state, 256; the outbox, 136; the socket handle, 56;
-/// a few strings and vectors. It was 2,134 (release) before the session's
+/// Heap an idle connection may hold. Measured when this was set: 1,347
+/// bytes in a release build and 1,355 in a debug one (the task with its
+/// future, 640 bytes; tokio's per-socket readiness state, 256; the outbox,
+/// 136; the socket handle, 48 / 56; a few strings and vectors). It was 2,134 (release) before the session's
 /// future shrank from 1,048 to 504 bytes (`session.rs`, its size test). A
 /// future that grows past about 530 bytes makes the task 768 and fails
 /// this. See BENCHMARKS.md, "Issue 11: idle memory, second pass".
