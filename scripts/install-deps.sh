@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what the cluster and the tests need and is missing: redis-server,
 # haproxy, tmux (the terminal client's end-to-end test), postgresql (the
-# archiver's tests run initdb and postgres from /usr/lib/postgresql/*/bin).
+# archiver's tests run initdb and postgres from /usr/lib/postgresql/*/bin),
+# make and a C compiler (jemalloc is built from source for the server).
 # Debian/Ubuntu.
 set -euo pipefail
 
@@ -10,6 +11,9 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 command -v tmux >/dev/null 2>&1 || missing+=(tmux)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
+# The server links jemalloc (tikv-jemalloc-sys builds it from source).
+command -v make >/dev/null 2>&1 || missing+=(make)
+command -v cc >/dev/null 2>&1 || missing+=(gcc)
 command -v cargo >/dev/null 2>&1 || { echo "cargo is missing: install the Rust toolchain (https://rustup.rs) first" >&2; exit 1; }
 
 if [ ${#missing[@]} -eq 0 ]; then

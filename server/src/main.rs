@@ -5,6 +5,14 @@ use chat_server::config::{Config, LogFormat};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+/// jemalloc, configured at build time (`.cargo/config.toml`,
+/// `JEMALLOC_SYS_WITH_MALLOC_CONF`) to hand freed pages back to the kernel
+/// within a second: after a ramp of upgrades and joins, glibc keeps about
+/// 1.1 KB per connection resident that the connections no longer use
+/// (BENCHMARKS.md, "Issue 11: idle memory").
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
