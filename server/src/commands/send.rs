@@ -73,12 +73,11 @@ impl Session {
         });
         let state = self.state.clone();
         let nick = self.nick.clone();
-        // Unconstrained: the session polls many of these at once, and a
-        // job that tokio's cooperative budget stops before its command is
-        // queued on the Redis connection would be queued after later ones,
-        // publishing a connection's sends out of order (DELIVERY.md rule 9;
-        // `tests/delivery.rs` sends 300 at once). Each job does a bounded
-        // amount of work, so it cannot starve the task.
+        // Unconstrained: tokio's cooperative budget must not stall a send
+        // the session polls among its other work (the session runs a
+        // connection's sends one at a time, in order: DELIVERY.md rule 9).
+        // Each job does a bounded amount of work, so it cannot starve the
+        // task.
         Ok(Some(Box::pin(tokio::task::coop::unconstrained(publish(
             state, room, tail, nick, id,
         )))))
