@@ -64,34 +64,14 @@ async fn upgrade(
         )
             .into_response();
     }
-    let origin = req
-        .headers()
-        .get(header::ORIGIN)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    if !state.auth.origin_allowed(origin.as_deref()) {
-        state
-            .metrics
-            .connections_rejected_bad_request
-            .fetch_add(1, Relaxed);
-        let origin = origin.unwrap_or_default();
-        return (
-            StatusCode::FORBIDDEN,
-            format!("origin {origin:?} is not allowed\n"),
-        )
-            .into_response();
-    }
-    let token = params
-        .token
-        .take()
-        .or_else(|| bearer(req.headers()).map(str::to_owned));
-    match state.auth.identify(token.as_deref()) {
+    match admit(&state, req.headers(), params.token.take()) {
         Ok(identity) => params.identity = identity.map(Box::new),
-        Err(why) => {
+        Err(refusal) => {
             state
                 .metrics
                 .connections_rejected_bad_request
                 .fetch_add(1, Relaxed);
-            return (StatusCode::UNAUTHORIZED, format!("401 {why}\n")).into_response();
+            return refusal;
         }
     }
     if params.identity.is_some() {
@@ -207,6 +187,34 @@ async fn upgrade(
         .header(header::SEC_WEBSOCKET_ACCEPT, accept_key(key.as_bytes()))
         .body(Body::empty())
         .expect("static response parts are valid")
+}
+
+/// Who a request is, or the refusal: its `Origin` must be allowed (else
+/// 403) and its token (`token`, else `Authorization: Bearer`) valid, or
+/// absent where the auth mode allows that (else 401). The upgrade and
+/// `GET /history` both ask this.
+#[allow(clippy::result_large_err)] // built once per refused request
+fn admit(
+    state: &AppState,
+    headers: &HeaderMap,
+    token: Option<String>,
+) -> Result<Option<crate::auth::Identity>, Response> {
+    let origin = headers
+        .get(header::ORIGIN)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    if !state.auth.origin_allowed(origin.as_deref()) {
+        let origin = origin.unwrap_or_default();
+        return Err((
+            StatusCode::FORBIDDEN,
+            format!("origin {origin:?} is not allowed\n"),
+        )
+            .into_response());
+    }
+    let token = token.or_else(|| bearer(headers).map(str::to_owned));
+    state
+        .auth
+        .identify(token.as_deref())
+        .map_err(|why| (StatusCode::UNAUTHORIZED, format!("401 {why}\n")).into_response())
 }
 
 /// The token of an `Authorization: Bearer <token>` header.
@@ -366,28 +374,12 @@ static HISTORY_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new
 /// private rooms.
 async fn history(
     State(state): State<AppState>,
-    Query(q): Query<HistoryQuery>,
+    Query(mut q): Query<HistoryQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let origin = headers
-        .get(header::ORIGIN)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    if !state.auth.origin_allowed(origin.as_deref()) {
-        let origin = origin.unwrap_or_default();
-        return (
-            StatusCode::FORBIDDEN,
-            format!("origin {origin:?} is not allowed\n"),
-        )
-            .into_response();
-    }
-    let token = q
-        .token
-        .as_deref()
-        .or_else(|| bearer(&headers))
-        .map(str::to_owned);
-    let identity = match state.auth.identify(token.as_deref()) {
+    let identity = match admit(&state, &headers, q.token.take()) {
         Ok(id) => id,
-        Err(why) => return (StatusCode::UNAUTHORIZED, format!("401 {why}\n")).into_response(),
+        Err(refusal) => return refusal,
     };
     if let Err(why) = validate_room(&q.room) {
         return (StatusCode::BAD_REQUEST, format!("{why}\n")).into_response();
