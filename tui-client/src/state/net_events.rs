@@ -404,20 +404,7 @@ impl App {
             r.unread += 1;
             r.mentions += usize::from(mention);
         }
-        let stamp = self.clock.stamp(m.ts);
-        let line = Line {
-            time: stamp.time,
-            day: stamp.day,
-            kind: LineKind::Message {
-                own,
-                action: m.action,
-                mention,
-            },
-            nick: wrap::sanitize(&m.nick),
-            text: wrap::sanitize(&m.text),
-            app_id: Some(wrap::sanitize(&m.app_id)),
-            offset: Some(m.offset),
-        };
+        let line = self.message_line(&m, own, mention);
         if live {
             // Replay is already in the log (or predates this client).
             let text = if m.action {

@@ -240,6 +240,25 @@ impl App {
         self.shift_search(i, at, n);
     }
 
+    /// The line of a chat message, as live delivery and history pages
+    /// draw it.
+    pub(super) fn message_line(&self, m: &ChatMessage, own: bool, mention: bool) -> Line {
+        let stamp = self.clock.stamp(m.ts);
+        Line {
+            time: stamp.time,
+            day: stamp.day,
+            kind: LineKind::Message {
+                own,
+                action: m.action,
+                mention,
+            },
+            nick: wrap::sanitize(&m.nick),
+            text: wrap::sanitize(&m.text),
+            app_id: Some(wrap::sanitize(&m.app_id)),
+            offset: Some(m.offset),
+        }
+    }
+
     /// The lines of a page's messages that are not shown yet, oldest
     /// first, drawn as the replay of a join is: mentions highlighted, but
     /// nothing counted, rung or logged.
@@ -262,20 +281,7 @@ impl App {
             self.rooms[i].note_talker(&m.nick);
             let own = m.nick == self.nick;
             let mention = !own && self.is_mention(&m.text);
-            let stamp = self.clock.stamp(m.ts);
-            out.push(Line {
-                time: stamp.time,
-                day: stamp.day,
-                kind: LineKind::Message {
-                    own,
-                    action: m.action,
-                    mention,
-                },
-                nick: wrap::sanitize(&m.nick),
-                text: wrap::sanitize(&m.text),
-                app_id: Some(wrap::sanitize(&m.app_id)),
-                offset: Some(m.offset),
-            });
+            out.push(self.message_line(&m, own, mention));
         }
         out
     }
