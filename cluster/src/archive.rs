@@ -98,7 +98,7 @@ fn as_owner(cmd: &mut Command, owner: Option<(u32, u32)>) {
 }
 
 /// The pids whose parent is `parent`, from `/proc`.
-fn children_of(parent: u32) -> Vec<u32> {
+pub fn children_of(parent: u32) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };

@@ -24,21 +24,6 @@ fn alive(pid: u32) -> bool {
     })
 }
 
-/// The pids whose parent is `parent` (PostgreSQL's backends and workers).
-fn children_of(parent: u32) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| {
-            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-            let rest = &stat[stat.rfind(')')? + 1..];
-            let ppid: u32 = rest.split_whitespace().nth(1)?.parse().ok()?;
-            (ppid == parent).then_some(pid)
-        })
-        .collect()
-}
-
 /// Wait up to 10 s for every pid in `pids` to be gone.
 fn assert_all_gone(pids: &[u32]) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -196,7 +181,7 @@ fn archive_mode_stores_every_message_and_cleans_up() {
     pids.extend([archiver_pid, postmaster]);
     assert!(pids.iter().all(|p| alive(*p)), "{pids:?}");
     // Some of them (a backend, an autovacuum worker) may come and go.
-    let backends = children_of(postmaster);
+    let backends = chat_cluster::archive::children_of(postmaster);
     assert!(!backends.is_empty(), "PostgreSQL's background processes");
     pids.extend(backends);
 
