@@ -151,3 +151,26 @@ def http_get(port, path):
         buf += c
     s.close()
     return int(buf.split(b" ")[1]), buf.partition(b"\r\n\r\n")[2].decode(errors="replace")
+
+
+FAILS = []
+PASSES = 0
+
+
+def check(ok, what):
+    """Count and print one check; the failures are listed in FAILS."""
+    global PASSES
+    if ok:
+        PASSES += 1
+        print(f"  ok    {what}")
+    else:
+        FAILS.append(what)
+        print(f"  FAIL  {what}")
+
+
+def summary():
+    """Print the tally; the exit status for it."""
+    print(f"\n{PASSES} checks passed, {len(FAILS)} failed")
+    for f in FAILS:
+        print(f"  failed: {f}")
+    return 1 if FAILS else 0

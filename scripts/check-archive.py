@@ -29,21 +29,11 @@ import tempfile
 import time
 import urllib.parse
 
-from chatcheck import Ws, free_port, http_get, wait_port
+import chatcheck
+from chatcheck import Ws, free_port, http_get, wait_port, check
 
-FAILS = []
-PASSES = 0
 ROOM = "archived-room"
 
-
-def check(ok, what):
-    global PASSES
-    if ok:
-        PASSES += 1
-        print(f"  ok    {what}")
-    else:
-        FAILS.append(what)
-        print(f"  FAIL  {what}")
 
 
 def pg_bin():
@@ -208,14 +198,11 @@ def main():
             p.wait()
         if pg:
             pg.stop()
-        if not FAILS:
+        if not chatcheck.FAILS:
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             print(f"logs kept in {tmp}")
-    print(f"\n{PASSES} checks passed, {len(FAILS)} failed")
-    for f in FAILS:
-        print(f"  failed: {f}")
-    sys.exit(1 if FAILS else 0)
+    sys.exit(chatcheck.summary())
 
 
 def run_checks(pg, ports, mport):

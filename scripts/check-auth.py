@@ -25,23 +25,12 @@ import sys
 import tempfile
 import time
 
-from chatcheck import Ws, free_port, http_get, wait_port
+import chatcheck
+from chatcheck import Ws, free_port, http_get, wait_port, check
 
 SECRET = "check-secret"
 PREVIOUS = "check-previous"
 ORIGIN = "http://good.example"
-FAILS = []
-PASSES = 0
-
-
-def check(ok, what):
-    global PASSES
-    if ok:
-        PASSES += 1
-        print(f"  ok    {what}")
-    else:
-        FAILS.append(what)
-        print(f"  FAIL  {what}")
 
 
 def b64u(b):
@@ -98,10 +87,7 @@ def main():
             p.kill()
             p.wait()
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"\n{PASSES} checks passed, {len(FAILS)} failed")
-    for f in FAILS:
-        print(f"  failed: {f}")
-    sys.exit(1 if FAILS else 0)
+    sys.exit(chatcheck.summary())
 
 
 def run_checks(req, opt, admin):
